@@ -1,0 +1,1 @@
+//! gatehouse-broker (in progress).

@@ -1,0 +1,1 @@
+//! gatehouse-sim (in progress).

@@ -1,0 +1,17 @@
+//! Shared vocabulary of Gatehouse: identifiers, validated MQTT topic newtypes and the
+//! observation events that the broker emits for the detection stage.
+//!
+//! The one design decision that shapes this crate: anything that must be validated
+//! (a device id, a topic, a topic filter) is a newtype that can only be built through
+//! its validating constructor, so code that holds one never checks it again.
+
+mod id;
+mod observation;
+mod topic;
+
+pub use id::{DeviceId, IdError, Identity, IdentitySource, TenantId};
+pub use observation::{
+    AuthFailure, ConnectObservation, DisconnectCause, Observation, PublishObservation,
+    SubscribeObservation, TlsFacts,
+};
+pub use topic::{Topic, TopicError, TopicFilter, matches};
