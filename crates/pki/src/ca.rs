@@ -1,0 +1,735 @@
+//! The local certificate authority: a self-signed root kept in a directory, issuing device
+//! and server certificates.
+//!
+//! Issuance has two halves: the `*_params` functions turn a request into rcgen
+//! [`CertificateParams`] (names, extensions, validity, serial), and [`LocalCa::sign`] signs a
+//! public key with them. Today the key pair is generated here; enrollment will feed the public
+//! key of a checked CSR to the same signing half.
+
+use std::fmt;
+use std::io;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use gatehouse_types::{DeviceId, TenantId};
+use rcgen::{
+    BasicConstraints, Certificate, CertificateParams, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256,
+    PublicKeyData, SanType, SerialNumber,
+};
+use ring::rand::{SecureRandom, SystemRandom};
+use rustls_pki_types::CertificateDer;
+use time::OffsetDateTime;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use crate::fsutil::{self, Install, ReadPrivateError};
+use crate::issued::IssuedCert;
+use crate::pem::{PemError, load_certs_pem, load_key_pem};
+
+/// File name of the CA's private key inside the CA directory.
+const KEY_FILE: &str = "ca.key";
+/// File name of the CA's certificate inside the CA directory.
+const CERT_FILE: &str = "ca.crt";
+
+/// Common name of the local root.
+pub(crate) const CA_COMMON_NAME: &str = "Gatehouse Local CA";
+/// Lifetime of the local root.
+const CA_VALIDITY: time::Duration = time::Duration::days(3652);
+/// How far back `notBefore` is set, so devices with a slightly slow clock accept a new
+/// certificate at once.
+const CLOCK_SKEW: time::Duration = time::Duration::minutes(5);
+/// Length of a certificate serial number in bytes (positive, so 126 random bits).
+const SERIAL_LEN: usize = 16;
+/// How long `load_or_create` waits for another process that is half-way through creating
+/// the CA before it reports the directory as incomplete.
+const CREATE_WAIT: Duration = Duration::from_secs(2);
+
+/// Why the CA could not be loaded, created, or could not issue a certificate.
+///
+/// No variant carries private key material: key problems are described by kind only.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CaError {
+    /// Reading or writing a file or directory failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// The CA key file can be read or written by its group or by others.
+    #[error(
+        "{}: permissions {mode:04o} are too open; the CA key must be accessible by its owner only (chmod 600)",
+        path.display()
+    )]
+    KeyPermissions {
+        /// The key file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// The CA directory can be written by its group or by others, who could replace the CA.
+    #[error(
+        "{}: directory permissions {mode:04o} let group or others replace the CA (chmod 700)",
+        path.display()
+    )]
+    DirectoryPermissions {
+        /// The CA directory.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// A CA path is not a regular file.
+    #[error("{}: not a regular file", path.display())]
+    NotAFile {
+        /// The path.
+        path: PathBuf,
+    },
+    /// Only one of `ca.key` and `ca.crt` exists. Gatehouse does not overwrite the one that is
+    /// there: restore the missing file, or move both away to create a new CA (which
+    /// invalidates every certificate issued so far).
+    #[error(
+        "CA directory is incomplete: {} exists but {} is missing; restore it, or move both away to create a new CA",
+        present.display(),
+        missing.display()
+    )]
+    Incomplete {
+        /// The file that exists.
+        present: PathBuf,
+        /// The file that is missing.
+        missing: PathBuf,
+    },
+    /// The CA key file does not hold a usable PKCS#8 private key.
+    #[error("{}: not a usable CA private key ({reason})", path.display())]
+    InvalidKey {
+        /// The key file.
+        path: PathBuf,
+        /// What is wrong, without any of the key.
+        reason: String,
+    },
+    /// The CA certificate file does not hold a usable certificate.
+    #[error("{}: not a usable CA certificate ({reason})", path.display())]
+    InvalidCertificate {
+        /// The certificate file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The CA key does not belong to the CA certificate.
+    #[error("{} does not match the public key of {}", key.display(), cert.display())]
+    KeyMismatch {
+        /// The key file.
+        key: PathBuf,
+        /// The certificate file.
+        cert: PathBuf,
+    },
+    /// The CA certificate has expired; nothing it issues would be accepted.
+    #[error("the CA certificate expired at {not_after}")]
+    Expired {
+        /// When it expired.
+        not_after: OffsetDateTime,
+    },
+    /// The requested validity cannot be used (zero, too long, or an empty window).
+    #[error("invalid certificate validity: {0}")]
+    InvalidValidity(&'static str),
+    /// A name to put into a certificate is not valid there.
+    #[error("invalid name {name:?} for a certificate: {reason}")]
+    InvalidName {
+        /// The refused name.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+    /// A server certificate was requested without any DNS name or IP address.
+    #[error("a server certificate needs at least one DNS name or IP address")]
+    NoServerNames,
+    /// The system random number generator failed.
+    #[error("the system random number generator failed")]
+    Random,
+    /// Generating a key or signing a certificate failed.
+    #[error("certificate generation failed: {0}")]
+    Generation(String),
+}
+
+/// What a device certificate is issued for. Build one with [`DeviceCertParams::new`] and, where
+/// an explicit window is needed (tests, enrollment), [`DeviceCertParams::with_window`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DeviceCertParams {
+    /// The tenant, written as the subject's O and into the SAN URI.
+    pub tenant: TenantId,
+    /// The device, written as the subject's CN and into the SAN URI.
+    pub device: DeviceId,
+    /// Start of validity.
+    pub not_before: OffsetDateTime,
+    /// End of validity.
+    pub not_after: OffsetDateTime,
+}
+
+/// What a server certificate is issued for. Build one with [`ServerCertParams::new`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ServerCertParams {
+    /// DNS names, written as SAN dNSName entries in the given order.
+    pub dns_names: Vec<String>,
+    /// IP addresses, written as SAN iPAddress entries in the given order.
+    pub ips: Vec<IpAddr>,
+    /// Start of validity.
+    pub not_before: OffsetDateTime,
+    /// End of validity.
+    pub not_after: OffsetDateTime,
+}
+
+/// The local certificate authority: a self-signed ECDSA P-256 root whose key lives in
+/// `<dir>/ca.key` (mode 0600, PKCS#8 PEM) and certificate in `<dir>/ca.crt`.
+///
+/// The private key stays inside this value: nothing returns it and `Debug` omits it.
+/// File operations are blocking; call [`LocalCa::load_or_create`] at startup or from
+/// `spawn_blocking`. Issuing is CPU-only (one key generation and one signature).
+pub struct LocalCa {
+    dir: PathBuf,
+    cert_pem: String,
+    cert_der: CertificateDer<'static>,
+    not_after: OffsetDateTime,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+// === impl LocalCa ===
+
+impl LocalCa {
+    /// Loads the CA from `dir`, creating it on first use.
+    ///
+    /// On first call `dir` is created (mode 0700, with missing parents) and a new root is
+    /// written: `ca.key` (0600 from creation on) and `ca.crt`, each atomically. Later calls
+    /// load both and check that the key is the certificate's, that the certificate is a CA
+    /// and that it has not expired. A key file that group or others may access is refused,
+    /// and so is a CA directory that group or others may write. If two processes race to
+    /// create the CA, one wins and the other loads its CA.
+    pub fn load_or_create(dir: &Path) -> Result<LocalCa, CaError> {
+        fsutil::create_private_dir(dir).map_err(|source| io_err(dir, source))?;
+        check_dir(dir)?;
+        let key_path = dir.join(KEY_FILE);
+        let cert_path = dir.join(CERT_FILE);
+
+        let deadline = std::time::Instant::now() + CREATE_WAIT;
+        loop {
+            let key_exists = exists(&key_path)?;
+            let cert_exists = exists(&cert_path)?;
+            match (key_exists, cert_exists) {
+                (true, true) => return Self::load(dir),
+                (false, false) => match Self::create(dir, &key_path, &cert_path) {
+                    Ok(ca) => return Ok(ca),
+                    // Another process linked its key first: wait for its certificate.
+                    Err(CaError::Io { source, .. })
+                        if source.kind() == io::ErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(e),
+                },
+                (present_key, _) => {
+                    if std::time::Instant::now() >= deadline {
+                        let (present, missing) = if present_key {
+                            (key_path, cert_path)
+                        } else {
+                            (cert_path, key_path)
+                        };
+                        return Err(CaError::Incomplete { present, missing });
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn create(dir: &Path, key_path: &Path, cert_path: &Path) -> Result<LocalCa, CaError> {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
+            .map_err(|e| CaError::Generation(e.to_string()))?;
+        let params = ca_params(OffsetDateTime::now_utc())?;
+        let cert = params
+            .self_signed(&key)
+            .map_err(|e| CaError::Generation(e.to_string()))?;
+        let key_pem = zeroize::Zeroizing::new(key.serialize_pem());
+
+        // The key goes first and never replaces an existing file: whoever links it first owns
+        // the CA, and a loser sees `AlreadyExists` and loads the winner's CA instead.
+        fsutil::write_atomic(
+            key_path,
+            key_pem.as_bytes(),
+            fsutil::KEY_MODE,
+            Install::NoClobber,
+        )
+        .map_err(|source| io_err(key_path, source))?;
+        fsutil::write_atomic(
+            cert_path,
+            cert.pem().as_bytes(),
+            fsutil::PUBLIC_MODE,
+            Install::NoClobber,
+        )
+        .map_err(|source| match source.kind() {
+            io::ErrorKind::AlreadyExists => CaError::KeyMismatch {
+                key: key_path.to_owned(),
+                cert: cert_path.to_owned(),
+            },
+            _ => io_err(cert_path, source),
+        })?;
+        tracing::info!(dir = %dir.display(), "created local CA");
+        Self::from_parts(dir, cert.pem(), key, key_path, cert_path)
+    }
+
+    fn load(dir: &Path) -> Result<LocalCa, CaError> {
+        let key_path = dir.join(KEY_FILE);
+        let cert_path = dir.join(CERT_FILE);
+        let key_pem = fsutil::read_private(&key_path).map_err(|e| match e {
+            ReadPrivateError::Io(source) => io_err(&key_path, source),
+            ReadPrivateError::NotAFile => CaError::NotAFile {
+                path: key_path.clone(),
+            },
+            ReadPrivateError::TooOpen { mode } => CaError::KeyPermissions {
+                path: key_path.clone(),
+                mode,
+            },
+        })?;
+        let key_der = load_key_pem(&key_pem).map_err(|e| CaError::InvalidKey {
+            path: key_path.clone(),
+            reason: e.to_string(),
+        })?;
+        let key = KeyPair::try_from(&key_der).map_err(|e| CaError::InvalidKey {
+            path: key_path.clone(),
+            reason: e.to_string(),
+        })?;
+        let cert_pem =
+            std::fs::read_to_string(&cert_path).map_err(|source| io_err(&cert_path, source))?;
+        Self::from_parts(dir, cert_pem, key, &key_path, &cert_path)
+    }
+
+    /// Checks a certificate and key pair and builds the issuer from them.
+    fn from_parts(
+        dir: &Path,
+        cert_pem: String,
+        key: KeyPair,
+        key_path: &Path,
+        cert_path: &Path,
+    ) -> Result<LocalCa, CaError> {
+        let invalid = |reason: String| CaError::InvalidCertificate {
+            path: cert_path.to_owned(),
+            reason,
+        };
+        let mut certs = load_certs_pem(&cert_pem).map_err(|e: PemError| invalid(e.to_string()))?;
+        if certs.len() != 1 {
+            return Err(invalid(format!(
+                "holds {} certificates; expected the root alone",
+                certs.len()
+            )));
+        }
+        let cert_der = certs.remove(0);
+        let (_, x509) = X509Certificate::from_der(&cert_der).map_err(|e| invalid(e.to_string()))?;
+
+        let is_ca = x509
+            .basic_constraints()
+            .map_err(|e| invalid(e.to_string()))?
+            .is_some_and(|bc| bc.value.ca);
+        let can_sign = x509
+            .key_usage()
+            .map_err(|e| invalid(e.to_string()))?
+            .is_some_and(|ku| ku.value.key_cert_sign());
+        if !is_ca || !can_sign {
+            return Err(invalid(
+                "not a CA certificate (needs basicConstraints CA:TRUE and keyUsage keyCertSign)"
+                    .to_owned(),
+            ));
+        }
+        if x509.public_key().raw != key.subject_public_key_info().as_slice() {
+            return Err(CaError::KeyMismatch {
+                key: key_path.to_owned(),
+                cert: cert_path.to_owned(),
+            });
+        }
+        let not_after = x509.validity().not_after.to_datetime();
+        if not_after <= OffsetDateTime::now_utc() {
+            return Err(CaError::Expired { not_after });
+        }
+        drop(x509);
+
+        let issuer =
+            Issuer::from_ca_cert_der(&cert_der, key).map_err(|e| invalid(e.to_string()))?;
+        Ok(LocalCa {
+            dir: dir.to_owned(),
+            cert_pem,
+            cert_der,
+            not_after,
+            issuer,
+        })
+    }
+
+    /// The CA certificate, PEM.
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    /// The CA certificate, DER: the trust anchor for device certificates.
+    pub fn cert_der(&self) -> CertificateDer<'static> {
+        self.cert_der.clone()
+    }
+
+    /// The CA chain handed out with an issued certificate, PEM: the issuing CA up to and
+    /// including the root. Today that is the root alone.
+    pub fn chain_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    /// When the CA certificate expires. Issued certificates never outlive it.
+    pub fn not_after(&self) -> OffsetDateTime {
+        self.not_after
+    }
+
+    /// The directory the CA lives in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Issues a device certificate and a new ECDSA P-256 key, valid from five minutes ago
+    /// (clock skew) for `validity`. See [`LocalCa::issue_device_with`].
+    pub fn issue_device(
+        &self,
+        tenant: &TenantId,
+        device: &DeviceId,
+        validity: Duration,
+    ) -> Result<IssuedCert, CaError> {
+        self.issue_device_with(DeviceCertParams::new(
+            tenant.clone(),
+            device.clone(),
+            validity,
+        )?)
+    }
+
+    /// Issues a device certificate for `params` with a new ECDSA P-256 key: subject
+    /// `O=<tenant>, CN=<device>`, SAN URI `gatehouse://<tenant>/device/<device>`, extended key
+    /// usage clientAuth, key usage digitalSignature (critical), basicConstraints CA:FALSE,
+    /// a random 16-byte serial, authority and subject key identifiers.
+    ///
+    /// A `not_after` beyond the CA's own expiry is cut to it (with a warning).
+    pub fn issue_device_with(&self, params: DeviceCertParams) -> Result<IssuedCert, CaError> {
+        let key = new_key()?;
+        let cert_params = self.device_params(&params)?;
+        let cert = self.sign(&cert_params, &key)?;
+        Ok(IssuedCert::new(
+            cert,
+            &key,
+            self.chain_pem().to_owned(),
+            &cert_params,
+        ))
+    }
+
+    /// Issues a server certificate and a new ECDSA P-256 key for the given names, valid from
+    /// five minutes ago for `validity`. See [`LocalCa::issue_server_with`].
+    pub fn issue_server(
+        &self,
+        dns_names: &[String],
+        ips: &[IpAddr],
+        validity: Duration,
+    ) -> Result<IssuedCert, CaError> {
+        self.issue_server_with(ServerCertParams::new(dns_names, ips, validity)?)
+    }
+
+    /// Issues a server certificate for `params` with a new ECDSA P-256 key: every DNS name
+    /// and IP address given becomes a SAN (exact duplicates dropped), subject
+    /// `O=Gatehouse, CN=<first name>`, extended key usage serverAuth, key usage
+    /// digitalSignature (critical), basicConstraints CA:FALSE, random serial, key identifiers.
+    pub fn issue_server_with(&self, params: ServerCertParams) -> Result<IssuedCert, CaError> {
+        let key = new_key()?;
+        let cert_params = self.server_params(&params)?;
+        let cert = self.sign(&cert_params, &key)?;
+        Ok(IssuedCert::new(
+            cert,
+            &key,
+            self.chain_pem().to_owned(),
+            &cert_params,
+        ))
+    }
+
+    /// Signs `public_key` with the CA key under `params`.
+    fn sign(
+        &self,
+        params: &CertificateParams,
+        public_key: &impl PublicKeyData,
+    ) -> Result<Certificate, CaError> {
+        params
+            .signed_by(public_key, &self.issuer)
+            .map_err(|e| CaError::Generation(e.to_string()))
+    }
+
+    /// Cuts a validity window to the CA's own and checks that it is not empty.
+    fn window(
+        &self,
+        not_before: OffsetDateTime,
+        not_after: OffsetDateTime,
+    ) -> Result<(OffsetDateTime, OffsetDateTime), CaError> {
+        let not_before = whole_seconds(not_before);
+        let mut not_after = whole_seconds(not_after);
+        if not_after > self.not_after {
+            tracing::warn!(
+                requested = %not_after,
+                ca_not_after = %self.not_after,
+                "certificate validity cut to the CA's expiry"
+            );
+            not_after = self.not_after;
+        }
+        if not_after <= not_before {
+            return Err(CaError::InvalidValidity(
+                "not_after must be later than not_before",
+            ));
+        }
+        Ok((not_before, not_after))
+    }
+
+    fn device_params(&self, p: &DeviceCertParams) -> Result<CertificateParams, CaError> {
+        let uri = device_uri(&p.tenant, &p.device);
+        let mut params = leaf_params(self.window(p.not_before, p.not_after)?)?;
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, p.tenant.as_str());
+        params
+            .distinguished_name
+            .push(DnType::CommonName, p.device.as_str());
+        params.subject_alt_names = vec![SanType::URI(ia5(&uri)?)];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        Ok(params)
+    }
+
+    fn server_params(&self, p: &ServerCertParams) -> Result<CertificateParams, CaError> {
+        let mut sans: Vec<SanType> = Vec::with_capacity(p.dns_names.len() + p.ips.len());
+        for name in &p.dns_names {
+            if name.is_empty() {
+                return Err(CaError::InvalidName {
+                    name: name.clone(),
+                    reason: "empty DNS name".to_owned(),
+                });
+            }
+            let san = SanType::DnsName(ia5(name)?);
+            if !sans.contains(&san) {
+                sans.push(san);
+            }
+        }
+        for ip in &p.ips {
+            let san = SanType::IpAddress(*ip);
+            if !sans.contains(&san) {
+                sans.push(san);
+            }
+        }
+        let common_name = match (p.dns_names.first(), p.ips.first()) {
+            (Some(name), _) => name.clone(),
+            (None, Some(ip)) => ip.to_string(),
+            (None, None) => return Err(CaError::NoServerNames),
+        };
+        let mut params = leaf_params(self.window(p.not_before, p.not_after)?)?;
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, "Gatehouse");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        params.subject_alt_names = sans;
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        Ok(params)
+    }
+}
+
+impl fmt::Debug for LocalCa {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LocalCa")
+            .field("dir", &self.dir)
+            .field("subject", &CA_COMMON_NAME)
+            .field("not_after", &self.not_after)
+            .field("key", &"<redacted>")
+            .finish()
+    }
+}
+
+// === impl DeviceCertParams ===
+
+impl DeviceCertParams {
+    /// A device certificate valid from five minutes ago (clock skew) until `validity` from now.
+    pub fn new(tenant: TenantId, device: DeviceId, validity: Duration) -> Result<Self, CaError> {
+        let (not_before, not_after) = window_from_now(validity)?;
+        Ok(Self {
+            tenant,
+            device,
+            not_before,
+            not_after,
+        })
+    }
+
+    /// Replaces the validity window with an explicit one, e.g. one already in the past for a
+    /// test of expiry, or the window an enrollment policy decided.
+    pub fn with_window(mut self, not_before: OffsetDateTime, not_after: OffsetDateTime) -> Self {
+        self.not_before = not_before;
+        self.not_after = not_after;
+        self
+    }
+}
+
+// === impl ServerCertParams ===
+
+impl ServerCertParams {
+    /// A server certificate for these names, valid from five minutes ago until `validity`
+    /// from now.
+    pub fn new(dns_names: &[String], ips: &[IpAddr], validity: Duration) -> Result<Self, CaError> {
+        let (not_before, not_after) = window_from_now(validity)?;
+        Ok(Self {
+            dns_names: dns_names.to_vec(),
+            ips: ips.to_vec(),
+            not_before,
+            not_after,
+        })
+    }
+
+    /// Replaces the validity window with an explicit one.
+    pub fn with_window(mut self, not_before: OffsetDateTime, not_after: OffsetDateTime) -> Self {
+        self.not_before = not_before;
+        self.not_after = not_after;
+        self
+    }
+}
+
+// === helpers ===
+
+/// The SAN URI naming a device.
+pub(crate) fn device_uri(tenant: &TenantId, device: &DeviceId) -> String {
+    format!("{}://{tenant}/device/{device}", crate::DEVICE_URI_SCHEME)
+}
+
+fn ca_params(now: OffsetDateTime) -> Result<CertificateParams, CaError> {
+    let mut params = CertificateParams::default();
+    params.not_before = whole_seconds(now - CLOCK_SKEW);
+    params.not_after = whole_seconds(now + CA_VALIDITY);
+    params.serial_number = Some(random_serial()?);
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, CA_COMMON_NAME);
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    Ok(params)
+}
+
+/// Parameters shared by every end-entity certificate; the caller adds names and EKU.
+fn leaf_params(
+    (not_before, not_after): (OffsetDateTime, OffsetDateTime),
+) -> Result<CertificateParams, CaError> {
+    let mut params = CertificateParams::default();
+    params.not_before = not_before;
+    params.not_after = not_after;
+    params.serial_number = Some(random_serial()?);
+    params.distinguished_name = DistinguishedName::new();
+    // ExplicitNoCa writes basicConstraints CA:FALSE and the subject key identifier.
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.use_authority_key_identifier_extension = true;
+    Ok(params)
+}
+
+fn window_from_now(validity: Duration) -> Result<(OffsetDateTime, OffsetDateTime), CaError> {
+    if validity.is_zero() {
+        return Err(CaError::InvalidValidity(
+            "validity must be longer than zero",
+        ));
+    }
+    let validity = time::Duration::try_from(validity)
+        .map_err(|_| CaError::InvalidValidity("validity is too long"))?;
+    let now = OffsetDateTime::now_utc();
+    let not_after = now
+        .checked_add(validity)
+        .ok_or(CaError::InvalidValidity("validity is too long"))?;
+    Ok((now - CLOCK_SKEW, not_after))
+}
+
+/// X.509 times have whole seconds; keep ours the same so reported times equal the encoded ones.
+fn whole_seconds(t: OffsetDateTime) -> OffsetDateTime {
+    t.replace_nanosecond(0).unwrap_or(t)
+}
+
+/// A random positive serial of exactly [`SERIAL_LEN`] bytes: the top bit is cleared (positive)
+/// and the next one set (so no leading zero byte shortens it).
+fn random_serial() -> Result<SerialNumber, CaError> {
+    let mut bytes = [0u8; SERIAL_LEN];
+    SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| CaError::Random)?;
+    bytes[0] = (bytes[0] & 0x7f) | 0x40;
+    Ok(SerialNumber::from_slice(&bytes))
+}
+
+fn new_key() -> Result<KeyPair, CaError> {
+    KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|e| CaError::Generation(e.to_string()))
+}
+
+fn ia5(name: &str) -> Result<rcgen::string::Ia5String, CaError> {
+    rcgen::string::Ia5String::try_from(name).map_err(|e| CaError::InvalidName {
+        name: name.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+fn io_err(path: &Path, source: io::Error) -> CaError {
+    CaError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn exists(path: &Path) -> Result<bool, CaError> {
+    match std::fs::symlink_metadata(path) {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(io_err(path, e)),
+    }
+}
+
+fn check_dir(dir: &Path) -> Result<(), CaError> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(dir).map_err(|e| io_err(dir, e))?;
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        return Err(CaError::DirectoryPermissions {
+            path: dir.to_owned(),
+            mode,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serials_are_positive_sixteen_bytes_and_distinct() -> Result<(), CaError> {
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..1000 {
+            let s = random_serial()?.to_bytes();
+            assert_eq!(s.len(), SERIAL_LEN);
+            assert_eq!(s[0] & 0x80, 0, "serial must be positive");
+            assert_ne!(s[0], 0, "serial must not have a leading zero byte");
+            assert!(seen.insert(s), "duplicate serial");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn zero_and_huge_validity_are_refused() {
+        assert!(matches!(
+            window_from_now(Duration::ZERO),
+            Err(CaError::InvalidValidity(_))
+        ));
+        assert!(matches!(
+            window_from_now(Duration::MAX),
+            Err(CaError::InvalidValidity(_))
+        ));
+    }
+
+    #[test]
+    fn device_uri_format() -> Result<(), gatehouse_types::IdError> {
+        let uri = device_uri(&TenantId::new("acme")?, &DeviceId::new("thermo-1")?);
+        assert_eq!(uri, "gatehouse://acme/device/thermo-1");
+        Ok(())
+    }
+}
