@@ -339,6 +339,84 @@ pub enum Packet {
 }
 
 impl Packet {
+    /// The packet as a peer speaking `version` reads it back after
+    /// [`encode`](crate::encode) with that `version`.
+    ///
+    /// For MQTT 5.0 this is the packet itself. For 3.1.1 the 5.0-only parts are gone:
+    /// properties (the will's too), acknowledgement and DISCONNECT reason codes, UNSUBACK
+    /// reason codes and the 5.0 subscription options; CONNACK and SUBACK reason codes are
+    /// narrowed to what a 3.1.1 return code can say. A CONNECT is encoded at its own
+    /// level, so it is stripped only when its `protocol` is 3.1.1. AUTH, which 3.1.1 cannot
+    /// carry, is returned unchanged.
+    pub fn normalized_for(&self, version: ProtocolVersion) -> Packet {
+        if version == ProtocolVersion::V5 {
+            return self.clone();
+        }
+        let none = Properties::default;
+        match self {
+            Self::Connect(c) if c.protocol == ProtocolVersion::V311 => {
+                let mut c = c.clone();
+                c.properties = none();
+                if let Some(w) = &mut c.will {
+                    w.properties = none();
+                }
+                Self::Connect(c)
+            }
+            Self::ConnAck(a) => Self::ConnAck(ConnAck {
+                session_present: a.session_present,
+                reason: a
+                    .reason
+                    .to_v311_connack()
+                    .and_then(ReasonCode::from_v311_connack)
+                    .unwrap_or(a.reason),
+                properties: none(),
+            }),
+            Self::Publish(p) => Self::Publish(Publish {
+                properties: none(),
+                ..p.clone()
+            }),
+            Self::PubAck(a) => Self::PubAck(Ack::success(a.packet_id)),
+            Self::PubRec(a) => Self::PubRec(Ack::success(a.packet_id)),
+            Self::PubRel(a) => Self::PubRel(Ack::success(a.packet_id)),
+            Self::PubComp(a) => Self::PubComp(Ack::success(a.packet_id)),
+            Self::Subscribe(s) => Self::Subscribe(Subscribe {
+                packet_id: s.packet_id,
+                filters: s
+                    .filters
+                    .iter()
+                    .map(|f| SubscribeFilter {
+                        filter: f.filter.clone(),
+                        options: SubscriptionOptions {
+                            qos: f.options.qos,
+                            ..SubscriptionOptions::default()
+                        },
+                    })
+                    .collect(),
+                properties: none(),
+            }),
+            Self::SubAck(s) => Self::SubAck(SubAck {
+                packet_id: s.packet_id,
+                reasons: s
+                    .reasons
+                    .iter()
+                    .map(|r| r.to_v311_suback().map_or(*r, ReasonCode))
+                    .collect(),
+                properties: none(),
+            }),
+            Self::Unsubscribe(u) => Self::Unsubscribe(Unsubscribe {
+                properties: none(),
+                ..u.clone()
+            }),
+            Self::UnsubAck(u) => Self::UnsubAck(UnsubAck {
+                packet_id: u.packet_id,
+                reasons: Vec::new(),
+                properties: none(),
+            }),
+            Self::Disconnect(_) => Self::Disconnect(Disconnect::new(ReasonCode::SUCCESS)),
+            other => other.clone(),
+        }
+    }
+
     /// The control packet type number (1..=15).
     pub fn packet_type(&self) -> u8 {
         match self {

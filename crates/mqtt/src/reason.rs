@@ -57,6 +57,73 @@ impl ReasonCode {
     pub fn is_error(self) -> bool {
         self.0 >= 0x80
     }
+
+    /// The MQTT 3.1.1 CONNACK return code (3.1.1 §3.2.2.3) that stands for this reason:
+    /// 0x00 → 0 (accepted), 0x84 → 1 (unacceptable protocol version), 0x85 → 2
+    /// (identifier rejected), 0x88 and 0x89 → 3 (server unavailable), 0x86 → 4 (bad user
+    /// name or password), any other failure → 5 (not authorized). `None` for a non-zero
+    /// success code, which a CONNACK cannot carry.
+    pub fn to_v311_connack(self) -> Option<u8> {
+        match self.0 {
+            0x00 => Some(0),
+            0x84 => Some(1),
+            0x85 => Some(2),
+            0x88 | 0x89 => Some(3),
+            0x86 => Some(4),
+            c if c >= 0x80 => Some(5),
+            _ => None,
+        }
+    }
+
+    /// The reason code for an MQTT 3.1.1 CONNACK return code; `None` above 5.
+    pub fn from_v311_connack(code: u8) -> Option<Self> {
+        match code {
+            0 => Some(Self::SUCCESS),
+            1 => Some(Self::UNSUPPORTED_PROTOCOL_VERSION),
+            2 => Some(Self::CLIENT_IDENTIFIER_NOT_VALID),
+            3 => Some(Self::SERVER_UNAVAILABLE),
+            4 => Some(Self::BAD_USER_NAME_OR_PASSWORD),
+            5 => Some(Self::NOT_AUTHORIZED),
+            _ => None,
+        }
+    }
+
+    /// The MQTT 3.1.1 SUBACK return code (3.1.1 §3.9.3) for this reason: granted QoS 0,
+    /// 1 or 2 as is, any failure as 0x80. `None` for other success codes.
+    pub fn to_v311_suback(self) -> Option<u8> {
+        match self.0 {
+            0..=2 => Some(self.0),
+            c if c >= 0x80 => Some(0x80),
+            _ => None,
+        }
+    }
+
+    /// Whether an MQTT 5.0 packet of type `packet_type` may carry this reason code: the
+    /// tables of §3.2.2.2 (CONNACK), §3.4.2.1 (PUBACK), §3.5.2.1 (PUBREC), §3.6.2.1
+    /// (PUBREL), §3.7.2.1 (PUBCOMP), §3.9.3 (SUBACK), §3.11.3 (UNSUBACK), §3.14.2.1
+    /// (DISCONNECT) and §3.15.2.1 (AUTH). `false` for packet types without a reason code.
+    pub fn is_valid_for(self, packet_type: u8) -> bool {
+        let allowed: &[u8] = match packet_type {
+            2 => &[
+                0x00, 0x80, 0x81, 0x82, 0x83, 0x84, 0x85, 0x86, 0x87, 0x88, 0x89, 0x8A, 0x8C, 0x90,
+                0x95, 0x97, 0x99, 0x9A, 0x9B, 0x9C, 0x9D, 0x9F,
+            ],
+            4 | 5 => &[0x00, 0x10, 0x80, 0x83, 0x87, 0x90, 0x91, 0x97, 0x99],
+            6 | 7 => &[0x00, 0x92],
+            9 => &[
+                0x00, 0x01, 0x02, 0x80, 0x83, 0x87, 0x8F, 0x91, 0x97, 0x9E, 0xA1, 0xA2,
+            ],
+            11 => &[0x00, 0x11, 0x80, 0x83, 0x87, 0x8F, 0x91],
+            14 => &[
+                0x00, 0x04, 0x80, 0x81, 0x82, 0x83, 0x87, 0x89, 0x8B, 0x8D, 0x8E, 0x8F, 0x90, 0x93,
+                0x94, 0x95, 0x96, 0x97, 0x98, 0x99, 0x9A, 0x9B, 0x9C, 0x9D, 0x9E, 0x9F, 0xA0, 0xA1,
+                0xA2,
+            ],
+            15 => &[0x00, 0x18, 0x19],
+            _ => &[],
+        };
+        allowed.contains(&self.0)
+    }
 }
 
 impl std::fmt::Display for ReasonCode {
