@@ -1,0 +1,329 @@
+//! Brokers under test: started by the bench as child processes on free loopback ports,
+//! each with a fresh temporary directory, and killed when dropped (also on error and
+//! Ctrl-C, through `kill_on_drop`).
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use tempfile::TempDir;
+use tokio::process::{Child, Command};
+
+use super::machine;
+use super::pki::BenchPki;
+use super::report::BrokerKind;
+
+/// Unacknowledged QoS 1 messages per session, in each direction: Gatehouse's default
+/// (`gatehouse_broker::Limits::max_inflight`), given to Mosquitto too (its default is 20).
+pub const MAX_INFLIGHT: u16 = 64;
+
+/// Messages queued per session beyond the inflight window: Gatehouse's default, and
+/// Mosquitto's.
+pub const MAX_QUEUED: u32 = 1000;
+
+/// How long a broker may take to accept TCP connections after it is started.
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Where the brokers' binaries are.
+#[derive(Debug, Clone)]
+pub struct Binaries {
+    /// The `gatehouse` binary.
+    pub gatehouse: PathBuf,
+    /// The `mosquitto` binary.
+    pub mosquitto: PathBuf,
+}
+
+/// A running broker.
+#[derive(Debug)]
+pub struct Broker {
+    kind: BrokerKind,
+    child: Child,
+    pid: u32,
+    addr: SocketAddr,
+    log: PathBuf,
+    // Removed when the broker is dropped (after the child, declared above it).
+    _dir: TempDir,
+}
+
+// === impl Broker ===
+
+impl Broker {
+    /// Starts a broker of `kind` trusting the run's CA, and waits until it accepts TCP.
+    pub async fn start(kind: BrokerKind, bins: &Binaries, pki: &BenchPki) -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("gatehouse-bench-{}-", kind.name()))
+            .tempdir()
+            .context("creating the broker's temporary directory")?;
+        let port = free_port()?;
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let log = dir.path().join("broker.log");
+        let mut command = match kind {
+            BrokerKind::Mosquitto => mosquitto_command(&bins.mosquitto, dir.path(), addr, pki)?,
+            BrokerKind::Gatehouse => gatehouse_command(&bins.gatehouse, dir.path(), addr, pki)?,
+        };
+        let log_file = std::fs::File::create(&log)?;
+        command
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone()?)
+            .stderr(log_file)
+            .kill_on_drop(true);
+        let child = command.spawn().with_context(|| {
+            format!(
+                "starting {} ({:?})",
+                kind.name(),
+                command.as_std().get_program()
+            )
+        })?;
+        let pid = child
+            .id()
+            .context("the broker exited before its pid was read")?;
+        let mut broker = Self {
+            kind,
+            child,
+            pid,
+            addr,
+            log,
+            _dir: dir,
+        };
+        broker.wait_ready().await?;
+        Ok(broker)
+    }
+
+    /// Which broker this is.
+    pub fn kind(&self) -> BrokerKind {
+        self.kind
+    }
+
+    /// Its MQTTS address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Its resident memory in bytes.
+    pub fn rss(&self) -> anyhow::Result<u64> {
+        machine::rss_bytes(self.pid)
+            .with_context(|| format!("reading {}'s memory", self.kind.name()))
+    }
+
+    /// Fails, with the end of its log, if the broker has exited.
+    pub fn check_alive(&mut self) -> anyhow::Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!(
+                "{} exited ({status}); its log ends with:\n{}",
+                self.kind.name(),
+                self.log_tail()
+            );
+        }
+        Ok(())
+    }
+
+    /// The last lines of the broker's output.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    async fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+        loop {
+            self.check_alive()?;
+            if tokio::net::TcpStream::connect(self.addr).await.is_ok() {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!(
+                    "{} did not accept connections on {} within {:?}; its log ends with:\n{}",
+                    self.kind.name(),
+                    self.addr,
+                    READY_TIMEOUT,
+                    self.log_tail()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Kills the broker and waits for it to exit.
+    pub async fn stop(mut self) {
+        let _ = self.child.start_kill();
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await;
+    }
+}
+
+/// Asks the kernel for a free loopback port.
+fn free_port() -> anyhow::Result<u16> {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("finding a free port")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// Mosquitto's configuration: one mutual-TLS listener, identity from the certificate's CN,
+/// nothing persisted, inflight and queue limits equal to Gatehouse's.
+pub fn mosquitto_conf(dir: &Path, addr: SocketAddr, running_as_root: bool) -> String {
+    let mut conf = String::new();
+    conf.push_str("# Written by gatehouse bench.\n");
+    if running_as_root {
+        // Mosquitto drops root for the `mosquitto` user, which cannot read this directory.
+        conf.push_str("user root\n");
+    }
+    conf.push_str(&format!(
+        "per_listener_settings false\n\
+         allow_anonymous false\n\
+         persistence false\n\
+         max_inflight_messages {MAX_INFLIGHT}\n\
+         max_queued_messages {MAX_QUEUED}\n\
+         set_tcp_nodelay true\n\
+         sys_interval 0\n\
+         log_dest stderr\n\
+         log_type error\n\
+         log_type warning\n\
+         listener {port} {ip}\n\
+         max_connections -1\n\
+         cafile {dir}/ca.crt\n\
+         certfile {dir}/server.crt\n\
+         keyfile {dir}/server.key\n\
+         require_certificate true\n\
+         use_identity_as_username true\n",
+        port = addr.port(),
+        ip = addr.ip(),
+        dir = dir.display(),
+    ));
+    conf
+}
+
+fn mosquitto_command(
+    bin: &Path,
+    dir: &Path,
+    addr: SocketAddr,
+    pki: &BenchPki,
+) -> anyhow::Result<Command> {
+    pki.server()
+        .write_to(dir, "server")
+        .context("writing Mosquitto's certificates")?;
+    let conf_path = dir.join("mosquitto.conf");
+    std::fs::write(&conf_path, mosquitto_conf(dir, addr, running_as_root()))?;
+    let mut command = Command::new(bin);
+    command.arg("-c").arg(conf_path);
+    Ok(command)
+}
+
+/// Gatehouse's configuration file for `gatehouse serve --config`.
+pub fn gatehouse_toml(data_dir: &Path, mqtts: SocketAddr, https: SocketAddr) -> String {
+    format!(
+        "# Written by gatehouse bench.\n\
+         data_dir = {data_dir:?}\n\
+         \n\
+         [listeners]\n\
+         mqtts = \"{mqtts}\"\n\
+         https = \"{https}\"\n\
+         \n\
+         [limits]\n\
+         connect_rate_per_source = 0\n\
+         max_connections = 0\n\
+         \n\
+         [log]\n\
+         level = \"warn\"\n",
+        data_dir = data_dir.display().to_string(),
+    )
+}
+
+fn gatehouse_command(
+    bin: &Path,
+    dir: &Path,
+    addr: SocketAddr,
+    pki: &BenchPki,
+) -> anyhow::Result<Command> {
+    let data_dir = dir.join("data");
+    pki.copy_ca_to(&data_dir.join("ca"))?;
+    let https = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
+    let conf_path = dir.join("gatehouse.toml");
+    std::fs::write(&conf_path, gatehouse_toml(&data_dir, addr, https))?;
+    let mut command = Command::new(bin);
+    command.arg("serve").arg("--config").arg(conf_path);
+    Ok(command)
+}
+
+fn running_as_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|euid| euid == "0"))
+        })
+        .unwrap_or(false)
+}
+
+/// The version a broker binary reports, for the report header.
+pub async fn version_of(kind: BrokerKind, bin: &Path) -> String {
+    let arg = match kind {
+        BrokerKind::Mosquitto => "-h",
+        BrokerKind::Gatehouse => "--version",
+    };
+    let output = tokio::time::timeout(
+        Duration::from_secs(5),
+        Command::new(bin)
+            .arg(arg)
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await;
+    match output {
+        Ok(Ok(out)) => {
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            text.lines()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("unknown")
+                .trim()
+                .to_owned()
+        }
+        _ => "unknown".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gatehouse_config_is_toml_with_the_expected_keys() {
+        let text = gatehouse_toml(
+            Path::new("/tmp/x \"y\"/data"),
+            "127.0.0.1:1".parse().expect("addr"),
+            "127.0.0.1:2".parse().expect("addr"),
+        );
+        assert!(
+            text.contains("data_dir = \"/tmp/x \\\"y\\\"/data\""),
+            "{text}"
+        );
+        assert!(text.contains("mqtts = \"127.0.0.1:1\""));
+        assert!(text.contains("connect_rate_per_source = 0"));
+    }
+
+    #[test]
+    fn mosquitto_config_requires_client_certificates() {
+        let conf = mosquitto_conf(
+            Path::new("/d"),
+            "127.0.0.1:8883".parse().expect("addr"),
+            false,
+        );
+        assert!(conf.contains("listener 8883 127.0.0.1\n"));
+        assert!(conf.contains("require_certificate true\n"));
+        assert!(conf.contains("use_identity_as_username true\n"));
+        assert!(conf.contains("allow_anonymous false\n"));
+        assert!(conf.contains("max_inflight_messages 64\n"));
+        assert!(!conf.contains("user root"));
+    }
+}

@@ -1,0 +1,335 @@
+//! `gatehouse bench`: the MQTT load generator that measures Gatehouse against Mosquitto on
+//! the same machine, in the same run.
+//!
+//! Each scenario starts a fresh broker per target (never two at once, so they do not share
+//! the two cores), runs against it with the same load generator, stops it, and prints one
+//! table with a row per broker and the Gatehouse/Mosquitto ratio. Both brokers trust one CA
+//! created for the run, so every client certificate works against both.
+
+mod args;
+mod broker;
+mod flow;
+mod machine;
+mod pki;
+mod report;
+mod scenario;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context as _, bail};
+use rustls_pki_types::ServerName;
+
+pub use args::{BenchArgs, MqttVersion, ScenarioArg, TargetArg, parse_duration};
+pub use broker::{MAX_INFLIGHT, MAX_QUEUED};
+pub use machine::Machine;
+pub use report::{Better, BrokerKind, Figure, Report, Row, ScenarioReport, Target};
+
+use broker::{Binaries, Broker};
+use flow::Pace;
+use pki::BenchPki;
+use scenario::{Ctx, idle, messages, storm};
+
+/// Runs the benchmark, prints its tables, and writes the JSON report if asked. Ctrl-C
+/// stops it; the brokers it started are killed either way.
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    tokio::select! {
+        report = execute(args) => report.map(|_| ()),
+        _ = tokio::signal::ctrl_c() => bail!("interrupted; the brokers under test were stopped"),
+    }
+}
+
+/// Runs the benchmark and returns the report (also printed, and written with `--json`).
+/// Fails after the report is out if any scenario failed on any broker.
+pub async fn execute(args: BenchArgs) -> anyhow::Result<Report> {
+    let started_unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let nofile = machine::raise_nofile_limit();
+    let machine = Machine::read(nofile);
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    println!("gatehouse bench");
+    println!("machine: {}", machine.summary());
+    println!("command: {command}");
+
+    let targets = targets(args.target);
+    let bins = Binaries {
+        gatehouse: match &args.gatehouse_bin {
+            Some(path) => path.clone(),
+            None => std::env::current_exe().context("finding the gatehouse binary")?,
+        },
+        mosquitto: args.mosquitto_bin.clone(),
+    };
+    let mut versions = Vec::new();
+    for kind in &targets {
+        let bin = match kind {
+            BrokerKind::Gatehouse => &bins.gatehouse,
+            BrokerKind::Mosquitto => &bins.mosquitto,
+        };
+        if !bin.exists() {
+            bail!(
+                "{} binary not found at {} (pass --{}-bin; Mosquitto comes with Debian's \
+                 mosquitto package)",
+                kind.name(),
+                bin.display(),
+                kind.name()
+            );
+        }
+        let version = broker::version_of(*kind, bin).await;
+        println!("{}: {} ({version})", kind.name(), bin.display());
+        versions.push((*kind, version));
+    }
+    println!(
+        "client: MQTT {}, mutual TLS without session resumption, {} loopback source addresses",
+        match args.mqtt_version {
+            MqttVersion::V5 => "5.0",
+            MqttVersion::V311 => "3.1.1",
+        },
+        args.source_addrs
+    );
+    println!("brokers: max inflight {MAX_INFLIGHT}, max queued {MAX_QUEUED} per session");
+
+    let scenarios = args.scenarios();
+    let run_dir = tempfile::Builder::new()
+        .prefix("gatehouse-bench-")
+        .tempdir()
+        .context("creating the run's temporary directory")?;
+    let mut pki = BenchPki::create(&run_dir.path().join("ca"), &args.server_name)?;
+    let needed = scenarios
+        .iter()
+        .map(|s| identities_needed(*s, &args))
+        .max()
+        .unwrap_or(0);
+    let issuing = Instant::now();
+    pki.ensure_identities(needed).await?;
+    println!(
+        "issued {needed} client certificates in {:.1} s",
+        issuing.elapsed().as_secs_f64()
+    );
+
+    let ctx = Ctx {
+        version: args.mqtt_version.into(),
+        server_name: ServerName::try_from(args.server_name.clone())
+            .context("--server-name is not a valid DNS name or IP address")?,
+        args: Arc::new(args),
+        pki: Arc::new(pki),
+    };
+
+    let mut reports = Vec::new();
+    let mut failures = 0;
+    for scenario in scenarios {
+        let (report, failed) = run_scenario(&ctx, scenario, &targets, &bins).await;
+        print!("{}", report.render());
+        failures += failed;
+        reports.push(report);
+    }
+
+    let targets = report::targets(&reports, ctx.args.idle_connections);
+    print!("{}", report::render_targets(&targets));
+    let report = Report {
+        machine,
+        command,
+        started_unix,
+        versions,
+        scenarios: reports,
+        targets,
+    };
+    if let Some(path) = &ctx.args.json {
+        let json = serde_json::to_string_pretty(&report)?;
+        std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
+        println!("\nJSON report written to {}", path.display());
+    }
+    if failures > 0 {
+        bail!("{failures} scenario run(s) failed; see the notes above");
+    }
+    Ok(report)
+}
+
+fn targets(target: TargetArg) -> Vec<BrokerKind> {
+    match target {
+        TargetArg::Both => vec![BrokerKind::Gatehouse, BrokerKind::Mosquitto],
+        TargetArg::Gatehouse => vec![BrokerKind::Gatehouse],
+        TargetArg::Mosquitto => vec![BrokerKind::Mosquitto],
+    }
+}
+
+fn identities_needed(scenario: ScenarioArg, args: &BenchArgs) -> usize {
+    match scenario {
+        ScenarioArg::All => 0,
+        ScenarioArg::Throughput | ScenarioArg::Latency => 2 * args.pairs as usize,
+        ScenarioArg::Fanin => args.fanin_publishers as usize + 1,
+        ScenarioArg::Fanout => args.fanout_subscribers as usize + 1,
+        ScenarioArg::Storm => args.storm_connections as usize,
+        ScenarioArg::Idle => args.idle_connections as usize,
+    }
+}
+
+fn measured(args: &BenchArgs) -> String {
+    match args.messages {
+        Some(m) => format!("{m} messages per publisher"),
+        None => format!(
+            "{:?} measured after {:?} warm-up",
+            args.duration, args.warmup
+        ),
+    }
+}
+
+fn describe(scenario: ScenarioArg, args: &BenchArgs) -> (&'static str, String) {
+    match scenario {
+        ScenarioArg::All => ("all", String::new()),
+        ScenarioArg::Throughput => (
+            "throughput",
+            format!(
+                "{} publisher/subscriber pairs, a topic each, {} B payload, window {} per \
+                 publisher, {}",
+                args.pairs,
+                args.payload,
+                args.window,
+                measured(args)
+            ),
+        ),
+        ScenarioArg::Latency => (
+            "latency",
+            format!(
+                "publish-to-deliver, {} msg/s in all over {} pairs, {} B payload, {:?} \
+                 measured after {:?} warm-up",
+                args.rate, args.pairs, args.payload, args.duration, args.warmup
+            ),
+        ),
+        ScenarioArg::Fanin => (
+            "fanin",
+            format!(
+                "{} publishers -> 1 subscriber of bench/fanin/+, {} B payload, window {} per \
+                 publisher, {}",
+                args.fanin_publishers,
+                args.payload,
+                args.window,
+                measured(args)
+            ),
+        ),
+        ScenarioArg::Fanout => (
+            "fanout",
+            format!(
+                "1 publisher -> {} subscribers of bench/fanout, {} B payload, window {} \
+                 messages, {}",
+                args.fanout_subscribers,
+                args.payload,
+                args.window,
+                measured(args)
+            ),
+        ),
+        ScenarioArg::Storm => (
+            "storm",
+            format!(
+                "{} new mTLS connections, {} at a time: TCP, full TLS handshake, \
+                 CONNECT/CONNACK, DISCONNECT",
+                args.storm_connections, args.concurrency
+            ),
+        ),
+        ScenarioArg::Idle => (
+            "idle",
+            format!(
+                "{} idle mTLS connections, keep-alive {} s, opened {} at a time, held {:?}; \
+                 B/conn = resident memory growth / connections held",
+                args.idle_connections, args.keep_alive, args.concurrency, args.idle_hold
+            ),
+        ),
+    }
+}
+
+/// Runs one scenario on every target; returns its report and the number of failed runs.
+async fn run_scenario(
+    ctx: &Ctx,
+    scenario: ScenarioArg,
+    targets: &[BrokerKind],
+    bins: &Binaries,
+) -> (ScenarioReport, usize) {
+    let (name, description) = describe(scenario, &ctx.args);
+    println!("\nrunning {name} ...");
+    let mut rows = Vec::new();
+    let mut notes = Vec::new();
+    for kind in targets {
+        if let Err(e) = run_on(ctx, scenario, *kind, bins, &mut rows).await {
+            eprintln!("{name} on {}: {e:#}", kind.name());
+            notes.push(format!("{}: {e:#}", kind.name()));
+        }
+    }
+    let failed = notes.len();
+    let mut report = ScenarioReport::new(name, description, rows);
+    report.failures = notes;
+    (report, failed)
+}
+
+async fn run_on(
+    ctx: &Ctx,
+    scenario: ScenarioArg,
+    kind: BrokerKind,
+    bins: &Binaries,
+    rows: &mut Vec<Row>,
+) -> anyhow::Result<()> {
+    let args = &ctx.args;
+    let mut broker = Broker::start(kind, bins, &ctx.pki).await?;
+    let result = async {
+        match scenario {
+            ScenarioArg::All => {}
+            ScenarioArg::Throughput
+            | ScenarioArg::Latency
+            | ScenarioArg::Fanin
+            | ScenarioArg::Fanout => {
+                for qos in args.qos_levels() {
+                    let plan = match scenario {
+                        ScenarioArg::Throughput => messages::pairs_plan(
+                            args.pairs,
+                            qos,
+                            Pace::Window(args.window),
+                            false,
+                            args.messages,
+                        ),
+                        ScenarioArg::Latency => messages::pairs_plan(
+                            args.pairs,
+                            qos,
+                            Pace::Rate {
+                                per_second: f64::from(args.rate) / f64::from(args.pairs),
+                                window: args.window,
+                            },
+                            true,
+                            None,
+                        ),
+                        ScenarioArg::Fanin => messages::fanin_plan(
+                            args.fanin_publishers,
+                            qos,
+                            args.window,
+                            args.messages,
+                        ),
+                        _ => messages::fanout_plan(
+                            args.fanout_subscribers,
+                            qos,
+                            args.window,
+                            args.messages,
+                        ),
+                    };
+                    let outcome = messages::run(ctx, &mut broker, &plan)
+                        .await
+                        .with_context(|| messages::variant(qos))?;
+                    let figures = if scenario == ScenarioArg::Latency {
+                        messages::latency_row(&outcome)
+                    } else {
+                        messages::throughput_row(&outcome, args.payload)
+                    };
+                    rows.push(messages::row(
+                        &broker,
+                        messages::variant(qos),
+                        figures,
+                        &outcome,
+                    ));
+                }
+            }
+            ScenarioArg::Storm => rows.push(storm::run(ctx, &mut broker).await?),
+            ScenarioArg::Idle => rows.push(idle::run(ctx, &mut broker).await?),
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    broker.stop().await;
+    result
+}
