@@ -1,0 +1,429 @@
+//! The configuration file: a raw serde layer that refuses unknown keys, then a validated
+//! [`Settings`] that is the only thing the rest of the binary sees.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use bytesize::ByteSize;
+use gatehouse_broker::{
+    BrokerConfig, ClientIdPolicy, DevicePolicy, Limits, StaticPolicy, TopicPattern,
+};
+use gatehouse_types::{DeviceId, TenantId};
+use serde::Deserialize;
+
+/// The documented example, with every option at its default.
+pub const EXAMPLE: &str = include_str!("../gatehouse.example.toml");
+
+mod raw {
+    use super::*;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields, default)]
+    pub struct File {
+        pub data_dir: PathBuf,
+        pub listeners: Listeners,
+        pub mqtt: Mqtt,
+        pub limits: RawLimits,
+        pub policy: Policy,
+        pub legacy: Legacy,
+        pub persistence: Persistence,
+        pub log: Log,
+    }
+
+    impl Default for File {
+        fn default() -> Self {
+            Self {
+                data_dir: PathBuf::from("./gatehouse-data"),
+                listeners: Listeners::default(),
+                mqtt: Mqtt::default(),
+                limits: RawLimits::default(),
+                policy: Policy::default(),
+                legacy: Legacy::default(),
+                persistence: Persistence::default(),
+                log: Log::default(),
+            }
+        }
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields, default)]
+    pub struct Listeners {
+        pub mqtts: SocketAddr,
+        pub https: SocketAddr,
+        pub mqtt: Option<SocketAddr>,
+        pub server_names: Vec<String>,
+    }
+
+    impl Default for Listeners {
+        fn default() -> Self {
+            Self {
+                mqtts: SocketAddr::from(([0, 0, 0, 0], 8883)),
+                https: SocketAddr::from(([127, 0, 0, 1], 8443)),
+                mqtt: None,
+                server_names: Vec::new(),
+            }
+        }
+    }
+
+    #[derive(Debug, Deserialize, Default)]
+    #[serde(deny_unknown_fields, default)]
+    pub struct Mqtt {
+        pub client_id: ClientIdMode,
+    }
+
+    #[derive(Debug, Deserialize, Default, Clone, Copy)]
+    #[serde(rename_all = "snake_case")]
+    pub enum ClientIdMode {
+        #[default]
+        RequireDeviceId,
+        AssignDeviceId,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields, default)]
+    pub struct RawLimits {
+        pub max_packet_size: ByteSize,
+        pub max_topic_length: usize,
+        pub max_topic_levels: usize,
+        pub max_subscriptions_per_session: usize,
+        pub max_inflight: u16,
+        pub max_queued_messages: usize,
+        pub max_connections: usize,
+        pub connect_rate_per_source: u32,
+        pub takeovers_per_device_per_minute: u32,
+        #[serde(with = "humantime_serde")]
+        pub tls_handshake_timeout: Duration,
+        #[serde(with = "humantime_serde")]
+        pub connect_timeout: Duration,
+        #[serde(with = "humantime_serde")]
+        pub max_keep_alive: Duration,
+        #[serde(with = "humantime_serde")]
+        pub max_session_expiry: Duration,
+        pub max_retained_messages: usize,
+        pub topic_alias_maximum: u16,
+    }
+
+    impl Default for RawLimits {
+        fn default() -> Self {
+            let d = Limits::default();
+            Self {
+                max_packet_size: ByteSize::b(u64::from(d.max_packet_size)),
+                max_topic_length: d.max_topic_length,
+                max_topic_levels: d.max_topic_levels,
+                max_subscriptions_per_session: d.max_subscriptions_per_session,
+                max_inflight: d.max_inflight,
+                max_queued_messages: d.max_queued_messages,
+                max_connections: d.max_connections,
+                connect_rate_per_source: d.connect_rate_per_source,
+                takeovers_per_device_per_minute: d.takeovers_per_device_per_minute,
+                tls_handshake_timeout: d.tls_handshake_timeout,
+                connect_timeout: d.connect_timeout,
+                max_keep_alive: Duration::from_secs(u64::from(d.max_keep_alive)),
+                max_session_expiry: d.max_session_expiry,
+                max_retained_messages: d.max_retained_messages,
+                topic_alias_maximum: d.topic_alias_maximum,
+            }
+        }
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields, default)]
+    pub struct Policy {
+        pub publish: Vec<String>,
+        pub subscribe: Vec<String>,
+        pub blocked: Vec<String>,
+        pub device: Vec<DeviceRule>,
+    }
+
+    impl Default for Policy {
+        fn default() -> Self {
+            let d = StaticPolicy::default_policy();
+            Self {
+                publish: d.publish.iter().map(|p| p.as_str().to_owned()).collect(),
+                subscribe: d.subscribe.iter().map(|p| p.as_str().to_owned()).collect(),
+                blocked: Vec::new(),
+                device: Vec::new(),
+            }
+        }
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct DeviceRule {
+        pub id: String,
+        #[serde(default)]
+        pub publish: Vec<String>,
+        #[serde(default)]
+        pub subscribe: Vec<String>,
+    }
+
+    #[derive(Debug, Deserialize, Default)]
+    #[serde(deny_unknown_fields, default)]
+    pub struct Legacy {
+        pub users: Vec<LegacyUser>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct LegacyUser {
+        pub username: String,
+        #[serde(default)]
+        pub tenant: Option<String>,
+        pub password_hash: String,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields, default)]
+    pub struct Persistence {
+        #[serde(with = "humantime_serde")]
+        pub save_interval: Duration,
+    }
+
+    impl Default for Persistence {
+        fn default() -> Self {
+            Self {
+                save_interval: Duration::from_secs(30),
+            }
+        }
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields, default)]
+    pub struct Log {
+        pub level: String,
+        pub format: LogFormat,
+    }
+
+    impl Default for Log {
+        fn default() -> Self {
+            Self {
+                level: "info".into(),
+                format: LogFormat::Text,
+            }
+        }
+    }
+
+    #[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+    #[serde(rename_all = "snake_case")]
+    pub enum LogFormat {
+        #[default]
+        Text,
+        Json,
+    }
+}
+
+pub use raw::LogFormat;
+
+/// A legacy (plain listener) credential.
+#[derive(Debug, Clone)]
+pub struct LegacyUser {
+    pub device: DeviceId,
+    pub tenant: TenantId,
+    /// Argon2 PHC string.
+    pub password_hash: String,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub data_dir: PathBuf,
+    pub mqtts: SocketAddr,
+    pub https: SocketAddr,
+    pub mqtt: Option<SocketAddr>,
+    pub server_names: Vec<String>,
+    pub broker: BrokerConfig,
+    pub policy: StaticPolicy,
+    pub legacy_users: Vec<LegacyUser>,
+    pub log_level: String,
+    pub log_format: LogFormat,
+}
+
+fn patterns(list: &[String], what: &str) -> anyhow::Result<Vec<TopicPattern>> {
+    list.iter()
+        .map(|p| TopicPattern::new(p.clone()).with_context(|| format!("in {what}")))
+        .collect()
+}
+
+impl Settings {
+    /// Reads and validates a file; `None` gives the defaults.
+    pub fn load(path: Option<&Path>) -> anyhow::Result<Self> {
+        let raw: raw::File = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("reading config file {}", p.display()))?;
+                toml::from_str(&text)
+                    .with_context(|| format!("invalid config file {}", p.display()))?
+            }
+            None => raw::File::default(),
+        };
+        Self::validate(raw)
+    }
+
+    /// Parses and validates configuration text.
+    #[cfg(test)]
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        Self::validate(toml::from_str(text)?)
+    }
+
+    fn validate(raw: raw::File) -> anyhow::Result<Self> {
+        let l = raw.limits;
+        let max_packet_size = u32::try_from(l.max_packet_size.as_u64())
+            .ok()
+            .filter(|s| (64..=268_435_455).contains(s))
+            .context("limits.max_packet_size must be between 64 B and 256 MiB")?;
+        if l.max_inflight == 0 {
+            bail!("limits.max_inflight must be at least 1");
+        }
+        if l.max_topic_length == 0 || l.max_topic_length > 65_535 {
+            bail!("limits.max_topic_length must be between 1 and 65535");
+        }
+        if l.max_topic_levels == 0 {
+            bail!("limits.max_topic_levels must be at least 1");
+        }
+        let max_keep_alive = u16::try_from(l.max_keep_alive.as_secs())
+            .ok()
+            .filter(|s| *s > 0)
+            .context("limits.max_keep_alive must be between 1 s and 65535 s")?;
+        if l.tls_handshake_timeout.is_zero() || l.connect_timeout.is_zero() {
+            bail!("limits.tls_handshake_timeout and limits.connect_timeout must not be zero");
+        }
+        let limits = Limits {
+            max_packet_size,
+            max_topic_length: l.max_topic_length,
+            max_topic_levels: l.max_topic_levels,
+            max_subscriptions_per_session: l.max_subscriptions_per_session,
+            max_inflight: l.max_inflight,
+            max_queued_messages: l.max_queued_messages,
+            max_connections: l.max_connections,
+            connect_rate_per_source: l.connect_rate_per_source,
+            takeovers_per_device_per_minute: l.takeovers_per_device_per_minute,
+            tls_handshake_timeout: l.tls_handshake_timeout,
+            connect_timeout: l.connect_timeout,
+            max_keep_alive,
+            max_session_expiry: l.max_session_expiry,
+            max_retained_messages: l.max_retained_messages,
+            topic_alias_maximum: l.topic_alias_maximum,
+        };
+
+        let p = raw.policy;
+        let mut devices = Vec::new();
+        for d in p.device {
+            DeviceId::new(d.id.clone()).with_context(|| format!("policy.device id {:?}", d.id))?;
+            devices.push(DevicePolicy {
+                publish: patterns(&d.publish, "policy.device.publish")?,
+                subscribe: patterns(&d.subscribe, "policy.device.subscribe")?,
+                device: d.id,
+            });
+        }
+        let policy = StaticPolicy {
+            publish: patterns(&p.publish, "policy.publish")?,
+            subscribe: patterns(&p.subscribe, "policy.subscribe")?,
+            devices,
+            blocked: p.blocked,
+        };
+
+        let mut legacy_users = Vec::new();
+        for u in raw.legacy.users {
+            let device = DeviceId::new(u.username.clone())
+                .with_context(|| format!("legacy.users username {:?}", u.username))?;
+            let tenant = match u.tenant {
+                Some(t) => TenantId::new(t).context("legacy.users tenant")?,
+                None => TenantId::default(),
+            };
+            argon2::PasswordHash::new(&u.password_hash)
+                .map_err(|e| anyhow::anyhow!("legacy.users {}: password_hash: {e}", device))?;
+            legacy_users.push(LegacyUser {
+                device,
+                tenant,
+                password_hash: u.password_hash,
+            });
+        }
+        if raw.listeners.mqtt.is_some() && legacy_users.is_empty() {
+            tracing::warn!(
+                "the plain MQTT listener is enabled but legacy.users is empty: nobody can connect to it"
+            );
+        }
+
+        let data_dir = raw.data_dir;
+        let save_interval = raw.persistence.save_interval;
+        Ok(Self {
+            broker: BrokerConfig {
+                limits,
+                client_id: match raw.mqtt.client_id {
+                    raw::ClientIdMode::RequireDeviceId => ClientIdPolicy::RequireDeviceId,
+                    raw::ClientIdMode::AssignDeviceId => ClientIdPolicy::AssignDeviceId,
+                },
+                state_file: Some(data_dir.join("broker").join("state.bin")),
+                save_interval: (!save_interval.is_zero()).then_some(save_interval),
+            },
+            data_dir,
+            mqtts: raw.listeners.mqtts,
+            https: raw.listeners.https,
+            mqtt: raw.listeners.mqtt,
+            server_names: raw.listeners.server_names,
+            policy,
+            legacy_users,
+            log_level: raw.log.level,
+            log_format: raw.log.format,
+        })
+    }
+
+    /// The CA directory.
+    pub fn ca_dir(&self) -> PathBuf {
+        self.data_dir.join("ca")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_file_is_valid_and_equals_the_defaults() {
+        let example = Settings::parse(EXAMPLE).expect("example parses");
+        let defaults = Settings::load(None).expect("defaults");
+        assert_eq!(format!("{example:?}"), format!("{defaults:?}"));
+        assert_eq!(example.mqtts.port(), 8883);
+        assert_eq!(example.https.port(), 8443);
+        assert!(
+            example.mqtt.is_none(),
+            "plaintext listener is off by default"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_an_error() {
+        let err = Settings::parse("[limits]\nmax_packet_sise = \"1MiB\"\n").unwrap_err();
+        assert!(format!("{err:#}").contains("max_packet_sise"), "{err:#}");
+        assert!(Settings::parse("colour = 1").is_err());
+    }
+
+    #[test]
+    fn bad_values_are_explained() {
+        for (text, needle) in [
+            ("[limits]\nmax_inflight = 0", "max_inflight"),
+            ("[limits]\nmax_packet_size = \"1GiB\"", "max_packet_size"),
+            ("[policy]\npublish = [\"a/{dev}\"]", "policy.publish"),
+            (
+                "[limits]\ntls_handshake_timeout = \"0s\"",
+                "tls_handshake_timeout",
+            ),
+        ] {
+            let err = format!("{:#}", Settings::parse(text).unwrap_err());
+            assert!(err.contains(needle), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn durations_and_sizes_take_units() {
+        let s = Settings::parse(
+            "[limits]\nmax_packet_size = \"64KiB\"\nconnect_timeout = \"2s\"\nmax_keep_alive = \"1m\"",
+        )
+        .unwrap();
+        assert_eq!(s.broker.limits.max_packet_size, 65536);
+        assert_eq!(s.broker.limits.connect_timeout, Duration::from_secs(2));
+        assert_eq!(s.broker.limits.max_keep_alive, 60);
+    }
+}
