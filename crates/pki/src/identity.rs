@@ -365,6 +365,26 @@ mod tests {
     }
 
     #[test]
+    fn rfc4514_names_are_last_rdn_first() -> Result<(), Box<dyn std::error::Error>> {
+        let mut params = rcgen::CertificateParams::default();
+        let mut dn = rcgen::DistinguishedName::new();
+        dn.push(rcgen::DnType::CountryName, "DE");
+        dn.push(rcgen::DnType::OrganizationName, "Acme, Inc.");
+        dn.push(rcgen::DnType::CommonName, "gw #1");
+        params.distinguished_name = dn;
+        let key = rcgen::KeyPair::generate()?;
+        let der = params.self_signed(&key)?.der().to_vec();
+        let cert = parse(&der)?;
+        assert_eq!(rfc4514(cert.subject()), "CN=gw #1,O=Acme\\, Inc.,C=DE");
+        let mut facts = TlsFacts::default();
+        fill_cert_facts(&mut facts, &der);
+        assert_eq!(facts.cert_issuer, "CN=gw #1,O=Acme\\, Inc.,C=DE");
+        assert_eq!(facts.cert_key, "ecdsa-p256");
+        assert_eq!(facts.cert_serial.len() % 2, 0);
+        Ok(())
+    }
+
+    #[test]
     fn bit_lengths() {
         assert_eq!(bit_length(&[0x00, 0x80, 0x00]), 16);
         assert_eq!(bit_length(&[0x01]), 1);

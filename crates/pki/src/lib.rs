@@ -41,3 +41,212 @@ pub use tls::{ClientAuth, ServerTlsBuilder, TlsError, client_config, server_conf
 
 /// Scheme of the SAN URI that names a device: `gatehouse://<tenant>/device/<id>`.
 pub const DEVICE_URI_SCHEME: &str = "gatehouse";
+
+#[cfg(test)]
+mod redaction_tests {
+    //! Every error variant, formatted with `Display` and `Debug`, next to a real key: none
+    //! of them may carry key material. The `match`es list every variant without a wildcard,
+    //! so a new variant does not compile until it is covered here.
+
+    use std::path::PathBuf;
+
+    use super::*;
+
+    fn all_ca_errors() -> Vec<CaError> {
+        let path = PathBuf::from("ca/ca.key");
+        let v = vec![
+            CaError::Io {
+                path: path.clone(),
+                source: std::io::Error::other("disk full"),
+            },
+            CaError::KeyPermissions {
+                path: path.clone(),
+                mode: 0o644,
+            },
+            CaError::DirectoryPermissions {
+                path: path.clone(),
+                mode: 0o777,
+            },
+            CaError::NotAFile { path: path.clone() },
+            CaError::Incomplete {
+                present: path.clone(),
+                missing: path.clone(),
+            },
+            CaError::InvalidKey {
+                path: path.clone(),
+                reason: PemError::MalformedKey("x").to_string(),
+            },
+            CaError::InvalidCertificate {
+                path: path.clone(),
+                reason: "x".to_owned(),
+            },
+            CaError::KeyMismatch {
+                key: path.clone(),
+                cert: path,
+            },
+            CaError::Expired {
+                not_after: time::OffsetDateTime::UNIX_EPOCH,
+            },
+            CaError::InvalidValidity("x"),
+            CaError::InvalidName {
+                name: "x".to_owned(),
+                reason: "y".to_owned(),
+            },
+            CaError::NoServerNames,
+            CaError::Random,
+            CaError::Generation("x".to_owned()),
+        ];
+        for e in &v {
+            match e {
+                CaError::Io { .. }
+                | CaError::KeyPermissions { .. }
+                | CaError::DirectoryPermissions { .. }
+                | CaError::NotAFile { .. }
+                | CaError::Incomplete { .. }
+                | CaError::InvalidKey { .. }
+                | CaError::InvalidCertificate { .. }
+                | CaError::KeyMismatch { .. }
+                | CaError::Expired { .. }
+                | CaError::InvalidValidity(_)
+                | CaError::InvalidName { .. }
+                | CaError::NoServerNames
+                | CaError::Random
+                | CaError::Generation(_) => {}
+            }
+        }
+        v
+    }
+
+    fn all_identity_errors() -> Vec<IdentityError> {
+        let v = vec![
+            IdentityError::Malformed("x".to_owned()),
+            IdentityError::NoIdentity,
+            IdentityError::BadSanUri {
+                uri: "gatehouse://x".to_owned(),
+            },
+            IdentityError::InvalidTenant(gatehouse_types::IdError::Empty),
+            IdentityError::InvalidDevice(gatehouse_types::IdError::BadChar('/')),
+            IdentityError::ConflictingSanUris,
+            IdentityError::ConflictingCommonNames,
+            IdentityError::CommonNameNotText,
+        ];
+        for e in &v {
+            match e {
+                IdentityError::Malformed(_)
+                | IdentityError::NoIdentity
+                | IdentityError::BadSanUri { .. }
+                | IdentityError::InvalidTenant(_)
+                | IdentityError::InvalidDevice(_)
+                | IdentityError::ConflictingSanUris
+                | IdentityError::ConflictingCommonNames
+                | IdentityError::CommonNameNotText => {}
+            }
+        }
+        v
+    }
+
+    fn all_pem_errors(key_pem: &str) -> Vec<PemError> {
+        // Real errors from damaged copies of the key, plus every variant.
+        let mut v = vec![
+            PemError::NoCertificates,
+            PemError::MalformedCertificate("x".to_owned()),
+            PemError::NoKey,
+            PemError::MalformedKey("x"),
+        ];
+        let damaged = [
+            key_pem.replacen('A', "!", 1),
+            key_pem.replace("-----END PRIVATE KEY-----", ""),
+            key_pem.replace("-----BEGIN PRIVATE KEY-----", "-----BEGIN PRIVATE KEY"),
+        ];
+        for d in &damaged {
+            if let Err(e) = load_key_pem(d) {
+                v.push(e);
+            }
+            if let Err(e) = load_certs_pem(d) {
+                v.push(e);
+            }
+        }
+        for e in &v {
+            match e {
+                PemError::NoCertificates
+                | PemError::MalformedCertificate(_)
+                | PemError::NoKey
+                | PemError::MalformedKey(_) => {}
+            }
+        }
+        v
+    }
+
+    fn all_tls_errors(key_pem: &str) -> Vec<TlsError> {
+        let v = vec![
+            TlsError::NoClientRoots,
+            TlsError::NoRoots,
+            TlsError::InvalidRoot(rustls::Error::General("bad root".to_owned())),
+            TlsError::Verifier(rustls::server::VerifierBuilderError::NoRootAnchors),
+            TlsError::Rustls(rustls::Error::InconsistentKeys(
+                rustls::InconsistentKeys::KeyMismatch,
+            )),
+            TlsError::Pem(PemError::MalformedKey("x")),
+            TlsError::Pem(
+                load_key_pem(&key_pem.replacen('A', "!", 1))
+                    .err()
+                    .unwrap_or(PemError::NoKey),
+            ),
+        ];
+        for e in &v {
+            match e {
+                TlsError::NoClientRoots
+                | TlsError::NoRoots
+                | TlsError::InvalidRoot(_)
+                | TlsError::Verifier(_)
+                | TlsError::Rustls(_)
+                | TlsError::Pem(_) => {}
+            }
+        }
+        v
+    }
+
+    #[test]
+    fn no_error_or_debug_output_carries_key_material() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let ca = LocalCa::load_or_create(dir.path())?;
+        let ca_key = std::fs::read_to_string(dir.path().join("ca.key"))?;
+        let device = ca.issue_device(
+            &gatehouse_types::TenantId::new("acme")?,
+            &gatehouse_types::DeviceId::new("d")?,
+            std::time::Duration::from_secs(60),
+        )?;
+
+        let mut texts = Vec::new();
+        for e in all_ca_errors() {
+            texts.push(format!("{e} {e:?}"));
+        }
+        for e in all_identity_errors() {
+            texts.push(format!("{e} {e:?}"));
+        }
+        for key in [ca_key.as_str(), device.key_pem.expose()] {
+            for e in all_pem_errors(key) {
+                texts.push(format!("{e} {e:?}"));
+            }
+            for e in all_tls_errors(key) {
+                texts.push(format!("{e} {e:?}"));
+            }
+        }
+        texts.push(format!("{ca:?} {ca:#?}"));
+        texts.push(format!("{device:?} {device:#?}"));
+
+        for key in [ca_key.as_str(), device.key_pem.expose()] {
+            let body: Vec<&str> = key
+                .lines()
+                .filter(|l| !l.starts_with("-----") && l.len() >= 16)
+                .collect();
+            assert!(!body.is_empty());
+            for text in &texts {
+                for line in &body {
+                    assert!(!text.contains(line), "key material in: {text}");
+                }
+            }
+        }
+        Ok(())
+    }
+}
