@@ -223,7 +223,8 @@ impl LocalCa {
                     Ok(ca) => return Ok(ca),
                     // Another process linked its key first: wait for its certificate.
                     Err(CaError::Io { source, .. })
-                        if source.kind() == io::ErrorKind::AlreadyExists => {}
+                        if source.kind() == io::ErrorKind::AlreadyExists
+                            && std::time::Instant::now() < deadline => {}
                     Err(e) => return Err(e),
                 },
                 (present_key, _) => {

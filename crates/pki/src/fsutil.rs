@@ -61,7 +61,7 @@ pub(crate) fn write_atomic(
         drop(file);
         match install {
             Install::Replace => fs::rename(&tmp_path, path),
-            Install::NoClobber => fs::hard_link(&tmp_path, path),
+            Install::NoClobber => link_no_clobber(&tmp_path, path),
         }
     })();
     // After a rename the temporary name is gone; after a link (or on error) remove it.
@@ -70,6 +70,29 @@ pub(crate) fn write_atomic(
     }
     result?;
     sync_dir(dir)
+}
+
+/// Moves `tmp` to `path` unless `path` exists. A hard link does that atomically; on file
+/// systems without hard links, fall back to an existence check and a rename (a small window,
+/// acceptable there).
+fn link_no_clobber(tmp: &Path, path: &Path) -> io::Result<()> {
+    match fs::hard_link(tmp, path) {
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::Unsupported | io::ErrorKind::PermissionDenied
+            ) =>
+        {
+            if fs::symlink_metadata(path).is_ok() {
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    "file already exists",
+                ));
+            }
+            fs::rename(tmp, path)
+        }
+        other => other,
+    }
 }
 
 fn create_temp(dir: &Path, name: &str, mode: u32) -> io::Result<(PathBuf, File)> {
@@ -86,10 +109,8 @@ fn create_temp(dir: &Path, name: &str, mode: u32) -> io::Result<(PathBuf, File)>
             .mode(mode)
             .open(&tmp)
         {
-            Ok(file) => {
-                // The umask may have narrowed the mode further; it can never have widened it.
-                return Ok((tmp, file));
-            }
+            // The umask may narrow the mode further; it can never widen it.
+            Ok(file) => return Ok((tmp, file)),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
             Err(e) => return Err(e),
         }

@@ -8,7 +8,9 @@ use rcgen::{Certificate, CertificateParams, KeyPair};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use time::OffsetDateTime;
 
-use crate::fsutil::{self, Install};
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use crate::fsutil::{self, Install, ReadPrivateError};
 use crate::pem::{PemError, load_certs_pem, load_key_pem};
 use crate::secret::SecretPem;
 
@@ -68,6 +70,59 @@ impl IssuedCert {
             not_before: params.not_before,
             not_after: params.not_after,
         }
+    }
+
+    /// Rebuilds an issued certificate from its PEM parts, e.g. the files a device was given:
+    /// the certificate (the first `CERTIFICATE` section is the leaf), its private key and the
+    /// CA chain. The certificate is parsed for its serial and validity and the key is checked
+    /// to be a private key; whether it is *this certificate's* key is checked by rustls when
+    /// a TLS configuration is built from it.
+    pub fn from_pem(
+        cert_pem: String,
+        key_pem: SecretPem,
+        chain_pem: String,
+    ) -> Result<Self, PemError> {
+        let leaf = load_certs_pem(&cert_pem)?.swap_remove(0);
+        let (_, x509) = X509Certificate::from_der(&leaf)
+            .map_err(|e| PemError::MalformedCertificate(e.to_string()))?;
+        load_key_pem(key_pem.expose())?;
+        load_certs_pem(&chain_pem)?;
+        Ok(Self {
+            serial_hex: serial_to_hex(x509.raw_serial()),
+            not_before: x509.validity().not_before.to_datetime(),
+            not_after: x509.validity().not_after.to_datetime(),
+            cert_pem,
+            key_pem,
+            chain_pem,
+        })
+    }
+
+    /// Reads back what [`write_to`](Self::write_to) wrote: `<stem>.key`, `<stem>.crt` and
+    /// `ca.crt` in `dir`. A key file that group or others may access is refused
+    /// ([`io::ErrorKind::PermissionDenied`]); unparsable PEM is
+    /// [`io::ErrorKind::InvalidData`].
+    pub fn read_from(dir: &Path, stem: &str) -> io::Result<Self> {
+        check_stem(stem)?;
+        let key_path = dir.join(format!("{stem}.key"));
+        let mut key = fsutil::read_private(&key_path).map_err(|e| match e {
+            ReadPrivateError::Io(e) => e,
+            ReadPrivateError::NotAFile => io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{}: not a regular file", key_path.display()),
+            ),
+            ReadPrivateError::TooOpen { mode } => io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "{}: permissions {mode:04o} are too open; a private key must be accessible by its owner only (chmod 600)",
+                    key_path.display()
+                ),
+            ),
+        })?;
+        let cert_pem = std::fs::read_to_string(dir.join(format!("{stem}.crt")))?;
+        let chain_pem = std::fs::read_to_string(dir.join("ca.crt"))?;
+        let key_pem = SecretPem::new(std::mem::take(&mut *key));
+        Self::from_pem(cert_pem, key_pem, chain_pem)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
     }
 
     /// The certificate, DER.

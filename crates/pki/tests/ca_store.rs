@@ -194,6 +194,18 @@ fn issued_files_are_written_with_private_key_mode() -> TestResult {
     assert_eq!(fs::read_to_string(&files.cert)?, again.cert_pem);
     assert_eq!(mode(&files.key)?, 0o600);
 
+    // What was written reads back as the same certificate.
+    let read = gatehouse_pki::IssuedCert::read_from(&out, "device")?;
+    assert_eq!(read.cert_pem, again.cert_pem);
+    assert_eq!(read.key_pem, again.key_pem);
+    assert_eq!(read.chain_pem, again.chain_pem);
+    assert_eq!(read.serial_hex, again.serial_hex);
+    assert_eq!(read.not_before, again.not_before);
+    assert_eq!(read.not_after, again.not_after);
+    fs::set_permissions(&files.key, fs::Permissions::from_mode(0o644))?;
+    let err = gatehouse_pki::IssuedCert::read_from(&out, "device").expect_err("open key");
+    assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied);
+
     assert!(issued.write_to(&out, "../escape").is_err());
     assert!(issued.write_to(&out, "ca").is_err());
     Ok(())
