@@ -250,3 +250,18 @@ mod redaction_tests {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod thread_safety {
+    /// The CA is shared across tasks (`Arc<LocalCa>`, `spawn_blocking`) and issued
+    /// certificates cross threads.
+    #[test]
+    fn shared_types_are_send_and_sync() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<super::LocalCa>();
+        assert_send_sync::<super::IssuedCert>();
+        assert_send_sync::<super::ServerTlsBuilder>();
+        assert_send_sync::<super::CaError>();
+        assert_send_sync::<super::TlsError>();
+    }
+}
