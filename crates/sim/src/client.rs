@@ -27,6 +27,9 @@ use tokio_rustls::client::TlsStream;
 /// Largest packet the client accepts from the server.
 const MAX_PACKET_SIZE: u32 = 1024 * 1024;
 
+/// How long [`Client::disconnect`] waits for the server to close its side.
+const LINGER: Duration = Duration::from_secs(2);
+
 /// A write buffer that grew past this is released after a flush.
 const WRITE_BUFFER_KEEP: usize = 64 * 1024;
 
@@ -311,14 +314,28 @@ impl Client {
         self.send(&Packet::PingReq).await
     }
 
-    /// Sends DISCONNECT (normal disconnection), closes TLS and the socket. Errors are
-    /// ignored: the connection is going away either way.
+    /// Sends DISCONNECT (normal disconnection), closes TLS and our half of the socket, then
+    /// reads until the server closes its half. Errors are ignored: the connection is going
+    /// away either way.
+    ///
+    /// Reading to the end matters: a socket closed with unread bytes in its receive buffer
+    /// is reset rather than closed, and a reset makes the server drop whatever it had not
+    /// read yet, publishes included.
     pub async fn disconnect(mut self) {
         let packet = Packet::Disconnect(Disconnect::new(ReasonCode::NORMAL_DISCONNECTION));
         if self.queue(&packet).is_ok() {
             let _ = self.flush().await;
         }
         let _ = self.stream.shutdown().await;
+        let _ = tokio::time::timeout(LINGER, async {
+            let mut sink = [0u8; 512];
+            while let Ok(n) = self.stream.read(&mut sink).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        })
+        .await;
     }
 }
 

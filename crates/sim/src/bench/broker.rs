@@ -16,8 +16,15 @@ use super::pki::BenchPki;
 use super::report::BrokerKind;
 
 /// Unacknowledged QoS 1 messages per session, in each direction: Gatehouse's default
-/// (`gatehouse_broker::Limits::max_inflight`), given to Mosquitto too (its default is 20).
+/// (`gatehouse_broker::Limits::max_inflight`). The load generator's window is the same.
 pub const MAX_INFLIGHT: u16 = 64;
+
+/// Mosquitto's `max_inflight_messages`: 0, no limit, rather than [`MAX_INFLIGHT`].
+/// Mosquitto 2.0.11 (Debian 12) with a finite quota strands queued QoS 1 messages for a
+/// subscriber that several publishers feed (its inflight-quota fixes came in 2.0.13); with
+/// no limit it delivers everything, and the generator's window still bounds what is in
+/// flight. This favours Mosquitto, never Gatehouse.
+pub const MOSQUITTO_MAX_INFLIGHT: u16 = 0;
 
 /// Messages queued per session beyond the inflight window: Gatehouse's default, and
 /// Mosquitto's.
@@ -177,7 +184,7 @@ pub fn mosquitto_conf(dir: &Path, addr: SocketAddr, running_as_root: bool) -> St
         "per_listener_settings false\n\
          allow_anonymous false\n\
          persistence false\n\
-         max_inflight_messages {MAX_INFLIGHT}\n\
+         max_inflight_messages {MOSQUITTO_MAX_INFLIGHT}\n\
          max_queued_messages {MAX_QUEUED}\n\
          set_tcp_nodelay true\n\
          sys_interval 0\n\
@@ -214,7 +221,9 @@ fn mosquitto_command(
     Ok(command)
 }
 
-/// Gatehouse's configuration file for `gatehouse serve --config`.
+/// Gatehouse's configuration file for `gatehouse serve --config`. Every bench device may
+/// publish and subscribe under `bench/`, as every client may on the Mosquitto side (which
+/// has no ACL); the gate still checks each publish and subscription against the policy.
 pub fn gatehouse_toml(data_dir: &Path, mqtts: SocketAddr, https: SocketAddr) -> String {
     format!(
         "# Written by gatehouse bench.\n\
@@ -227,6 +236,10 @@ pub fn gatehouse_toml(data_dir: &Path, mqtts: SocketAddr, https: SocketAddr) -> 
          [limits]\n\
          connect_rate_per_source = 0\n\
          max_connections = 0\n\
+         \n\
+         [policy]\n\
+         publish = [\"bench/#\"]\n\
+         subscribe = [\"bench/#\"]\n\
          \n\
          [log]\n\
          level = \"warn\"\n",
@@ -310,6 +323,7 @@ mod tests {
         );
         assert!(text.contains("mqtts = \"127.0.0.1:1\""));
         assert!(text.contains("connect_rate_per_source = 0"));
+        assert!(text.contains("subscribe = [\"bench/#\"]"));
     }
 
     #[test]
@@ -323,7 +337,7 @@ mod tests {
         assert!(conf.contains("require_certificate true\n"));
         assert!(conf.contains("use_identity_as_username true\n"));
         assert!(conf.contains("allow_anonymous false\n"));
-        assert!(conf.contains("max_inflight_messages 64\n"));
+        assert!(conf.contains("max_inflight_messages 0\n"));
         assert!(!conf.contains("user root"));
     }
 }

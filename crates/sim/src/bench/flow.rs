@@ -26,6 +26,9 @@ pub const STAMP_LEN: usize = 16;
 /// for as lost and goes on (QoS 0 may drop; a broker may drop on a full queue).
 const STALL: Duration = Duration::from_millis(500);
 
+/// Longest wait for the last PUBACKs once a publisher stops.
+const ACK_WAIT: Duration = Duration::from_secs(5);
+
 /// Most publishes written before one flush.
 const BATCH: u64 = 32;
 
@@ -263,14 +266,33 @@ impl Publisher {
     /// Publishes until stopped or `max_messages` are out, then disconnects.
     pub async fn run(mut self) -> Result<PublisherStats, ClientError> {
         let mut stats = PublisherStats::default();
-        let result = match self.pace {
+        let mut result = match self.pace {
             Pace::Window(window) => self.run_window(window, &mut stats).await,
             Pace::Rate { per_second, window } => {
                 self.run_rate(per_second, window, &mut stats).await
             }
         };
+        if result.is_ok() {
+            result = self.await_acks(&mut stats).await;
+        }
         self.client.disconnect().await;
         result.map(|()| stats)
+    }
+
+    /// Waits (boundedly) for the PUBACKs of everything published, so that nothing is in
+    /// flight when the connection closes.
+    async fn await_acks(&mut self, stats: &mut PublisherStats) -> Result<(), ClientError> {
+        if self.qos == QoS::AtMostOnce {
+            return Ok(());
+        }
+        let deadline = tokio::time::Instant::now() + ACK_WAIT;
+        while stats.acked < stats.sent {
+            let packet = tokio::time::timeout_at(deadline, self.client.recv())
+                .await
+                .map_err(|_| ClientError::Timeout("final PUBACKs"))??;
+            Self::handle(packet, stats)?;
+        }
+        Ok(())
     }
 
     fn ack_window(&self, window: u32) -> u64 {

@@ -21,7 +21,7 @@ use anyhow::{Context as _, bail};
 use rustls_pki_types::ServerName;
 
 pub use args::{BenchArgs, MqttVersion, ScenarioArg, TargetArg, parse_duration};
-pub use broker::{MAX_INFLIGHT, MAX_QUEUED};
+pub use broker::{MAX_INFLIGHT, MAX_QUEUED, MOSQUITTO_MAX_INFLIGHT};
 pub use machine::Machine;
 pub use report::{Better, BrokerKind, Figure, Report, Row, ScenarioReport, Target};
 
@@ -87,7 +87,12 @@ pub async fn execute(args: BenchArgs) -> anyhow::Result<Report> {
         },
         args.source_addrs
     );
-    println!("brokers: max inflight {MAX_INFLIGHT}, max queued {MAX_QUEUED} per session");
+    println!(
+        "brokers: max queued {MAX_QUEUED} per session; max inflight {MAX_INFLIGHT} (gatehouse), \
+         {MOSQUITTO_MAX_INFLIGHT} = unlimited (mosquitto 2.0.11 strands queued QoS 1 messages \
+         with a finite quota); generator window {}",
+        args.window
+    );
 
     let scenarios = args.scenarios();
     let run_dir = tempfile::Builder::new()

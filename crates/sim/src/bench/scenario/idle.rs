@@ -195,9 +195,11 @@ async fn hold(
     counters: &Counters,
 ) {
     let keep_alive = client.server_limits().keep_alive.unwrap_or(keep_alive);
-    let interval = (keep_alive > 0)
-        .then(|| Duration::from_secs(u64::from(keep_alive)) * 3 / 4)
-        .unwrap_or(Duration::from_secs(24 * 3600));
+    let interval = if keep_alive > 0 {
+        Duration::from_secs(u64::from(keep_alive)) * 3 / 4
+    } else {
+        Duration::from_secs(24 * 3600)
+    };
     let mut next_ping = tokio::time::Instant::now() + interval;
     loop {
         tokio::select! {

@@ -215,6 +215,12 @@ pub async fn run(ctx: &Ctx, broker: &mut Broker, plan: &Plan) -> anyhow::Result<
     .await;
     drain(&flows, &delivered, &expected).await;
     let lost = expected(&flows).saturating_sub(delivered(&flows));
+    let given_up: u64 = pub_stats.iter().map(|s| s.given_up).sum();
+    if given_up > 0 {
+        errors.push(format!(
+            "publishers stalled and gave up waiting for {given_up} deliveries"
+        ));
+    }
     let _ = stop_sub_tx.send(true);
 
     let mut latency = plan.latency.then(latency_histogram);
