@@ -346,12 +346,9 @@ impl Packet {
     /// properties (the will's too), acknowledgement and DISCONNECT reason codes, UNSUBACK
     /// reason codes and the 5.0 subscription options; CONNACK and SUBACK reason codes are
     /// narrowed to what a 3.1.1 return code can say. A CONNECT is encoded at its own
-    /// level, so it is stripped only when its `protocol` is 3.1.1. AUTH, which 3.1.1 cannot
-    /// carry, is returned unchanged.
+    /// level whatever `version` says, so it is stripped exactly when its `protocol` is
+    /// 3.1.1. AUTH, which 3.1.1 cannot carry, is returned unchanged.
     pub fn normalized_for(&self, version: ProtocolVersion) -> Packet {
-        if version == ProtocolVersion::V5 {
-            return self.clone();
-        }
         let none = Properties::default;
         match self {
             Self::Connect(c) if c.protocol == ProtocolVersion::V311 => {
@@ -360,8 +357,12 @@ impl Packet {
                 if let Some(w) = &mut c.will {
                     w.properties = none();
                 }
-                Self::Connect(c)
+                return Self::Connect(c);
             }
+            _ if version == ProtocolVersion::V5 => return self.clone(),
+            _ => {}
+        }
+        match self {
             Self::ConnAck(a) => Self::ConnAck(ConnAck {
                 session_present: a.session_present,
                 reason: a
@@ -436,5 +437,65 @@ impl Packet {
             Self::Disconnect(_) => 14,
             Self::Auth(_) => 15,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn connect(protocol: ProtocolVersion) -> Packet {
+        Packet::Connect(Box::new(Connect {
+            protocol,
+            clean_start: true,
+            keep_alive: 0,
+            client_id: String::new(),
+            will: None,
+            username: None,
+            password: None,
+            properties: Properties {
+                user_properties: vec![(String::new(), String::new())],
+                ..Properties::default()
+            },
+        }))
+    }
+
+    #[test]
+    fn a_v311_connect_loses_its_properties_whatever_the_session_version() {
+        // CONNECT is encoded at its own level, so even "for 5.0" a 3.1.1 CONNECT comes
+        // back without properties (found by the round-trip property test).
+        for version in [ProtocolVersion::V311, ProtocolVersion::V5] {
+            let Packet::Connect(c) = connect(ProtocolVersion::V311).normalized_for(version) else {
+                panic!("not a CONNECT")
+            };
+            assert!(c.properties.is_empty());
+        }
+        let v5 = connect(ProtocolVersion::V5);
+        assert_eq!(v5.normalized_for(ProtocolVersion::V311), v5);
+    }
+
+    #[test]
+    fn v311_narrows_reason_codes() {
+        let connack = Packet::ConnAck(ConnAck {
+            session_present: false,
+            reason: ReasonCode::BANNED,
+            properties: Properties::default(),
+        });
+        let Packet::ConnAck(a) = connack.normalized_for(ProtocolVersion::V311) else {
+            panic!("not a CONNACK")
+        };
+        assert_eq!(a.reason, ReasonCode::NOT_AUTHORIZED);
+        let suback = Packet::SubAck(SubAck {
+            packet_id: 1,
+            reasons: vec![ReasonCode::GRANTED_QOS_1, ReasonCode::QUOTA_EXCEEDED],
+            properties: Properties::default(),
+        });
+        let Packet::SubAck(s) = suback.normalized_for(ProtocolVersion::V311) else {
+            panic!("not a SUBACK")
+        };
+        assert_eq!(
+            s.reasons,
+            vec![ReasonCode::GRANTED_QOS_1, ReasonCode::UNSPECIFIED_ERROR]
+        );
     }
 }
