@@ -470,6 +470,10 @@ impl Inner {
             }
             (ours, st.expiry)
         };
+        // Taken over by a connection that resumed the session: that new connection came
+        // within any will delay, so a delayed will is not published (MQTT 5.0 §3.1.2.5).
+        let resumed_by_another = !still_ours && !session.state.lock().ended;
+        let will = will.filter(|(_, delay)| !(resumed_by_another && *delay > 0));
         if let Some((msg, delay)) = will {
             let delay = Duration::from_secs(u64::from(delay));
             // A will is published when the delay passes or the session ends, whichever first.
