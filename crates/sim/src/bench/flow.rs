@@ -373,7 +373,11 @@ impl Publisher {
             let notified = flow.progress.notified();
             tokio::select! {
                 biased;
-                _ = self.stop.changed() => {}
+                changed = self.stop.changed() => {
+                    if changed.is_err() {
+                        return Ok(());
+                    }
+                }
                 packet = self.client.recv() => Self::handle(packet?, stats)?,
                 () = notified => {}
                 () = tokio::time::sleep(STALL) => {
@@ -416,7 +420,11 @@ impl Publisher {
             let next = start + period.mul_f64(stats.sent as f64);
             tokio::select! {
                 biased;
-                _ = self.stop.changed() => {}
+                changed = self.stop.changed() => {
+                    if changed.is_err() {
+                        return Ok(());
+                    }
+                }
                 packet = self.client.recv() => Self::handle(packet?, stats)?,
                 () = tokio::time::sleep_until(next.max(tokio::time::Instant::now())) => {}
             }

@@ -21,6 +21,8 @@ pub struct Machine {
     pub kernel: String,
     /// Open-file limit (soft, hard) of the bench process and the brokers it starts.
     pub nofile: (u64, u64),
+    /// 1-minute load average when the run started: other work competing for the cores.
+    pub load_average: Option<f64>,
 }
 
 impl Machine {
@@ -45,25 +47,38 @@ impl Machine {
         let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
             .map(|s| s.trim().to_owned())
             .unwrap_or_else(|_| "unknown".to_owned());
+        let load_average = std::fs::read_to_string("/proc/loadavg")
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse().ok());
         Self {
             cores,
             cpu_model,
             memory_bytes,
             kernel,
             nofile,
+            load_average,
         }
+    }
+
+    /// Whether other work was keeping the cores busy when the run started.
+    pub fn busy(&self) -> bool {
+        self.load_average
+            .is_some_and(|load| load > 0.5 * self.cores as f64)
     }
 
     /// One line for the report header.
     pub fn summary(&self) -> String {
         format!(
-            "{} cores ({}), {:.1} GiB memory, Linux {}, open-file limit {} (hard {})",
+            "{} cores ({}), {:.1} GiB memory, Linux {}, open-file limit {} (hard {}), \
+             load average {}",
             self.cores,
             self.cpu_model,
             self.memory_bytes as f64 / (1u64 << 30) as f64,
             self.kernel,
             self.nofile.0,
-            self.nofile.1
+            self.nofile.1,
+            self.load_average
+                .map_or_else(|| "unknown".to_owned(), |l| format!("{l:.2}"))
         )
     }
 }

@@ -50,6 +50,12 @@ pub async fn execute(args: BenchArgs) -> anyhow::Result<Report> {
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     println!("gatehouse bench");
     println!("machine: {}", machine.summary());
+    if machine.busy() {
+        println!(
+            "warning: other work is keeping the cores busy; the figures will be noisy and \
+             both brokers are slowed"
+        );
+    }
     println!("command: {command}");
 
     let targets = targets(args.target);

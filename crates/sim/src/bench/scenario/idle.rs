@@ -23,6 +23,9 @@ use crate::client::Client;
 /// Failed connection attempts after which no more are started.
 const FAILURE_LIMIT: u64 = 100;
 
+/// File descriptors kept free for everything but the connections (runtime, /proc reads).
+const FD_RESERVE: u64 = 256;
+
 /// Time the broker is given to settle before it is weighed.
 const SETTLE: Duration = Duration::from_secs(2);
 
@@ -61,7 +64,10 @@ impl FirstError {
 
 /// Runs the idle scenario against `broker` and returns its row.
 pub async fn run(ctx: &Ctx, broker: &mut Broker) -> anyhow::Result<Row> {
-    let n = ctx.args.idle_connections as usize;
+    let requested = ctx.args.idle_connections as usize;
+    let own_limit = rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(u64::MAX, |(soft, _)| soft);
+    let n =
+        requested.min(usize::try_from(own_limit.saturating_sub(FD_RESERVE)).unwrap_or(usize::MAX));
     let keep_alive = ctx.args.keep_alive;
     let addr = broker.addr();
 
@@ -144,6 +150,12 @@ pub async fn run(ctx: &Ctx, broker: &mut Broker) -> anyhow::Result<Row> {
         (held_open > 0).then(|| after.saturating_sub(before) as f64 / held_open as f64)
     };
     let mut notes = Vec::new();
+    if n < requested {
+        notes.push(format!(
+            "attempted {n} of {requested}: this process may open {own_limit} files \
+             (RLIMIT_NOFILE; its hard limit can only be raised by a privileged process)"
+        ));
+    }
     let failed = counters.failed.load(Ordering::Acquire);
     let skipped = counters.skipped.load(Ordering::Acquire);
     if let Some(e) = first_error.take() {
@@ -154,13 +166,13 @@ pub async fn run(ctx: &Ctx, broker: &mut Broker) -> anyhow::Result<Row> {
             "{skipped} connections not attempted after {failed} failures"
         ));
     }
-    if held < n as u64 {
+    if held < requested as u64 {
         let limits = format!(
             "open-file limits: broker {}, load generator {}",
             nofile_limit_of(broker.pid()).map_or("?".to_owned(), |l| l.to_string()),
             nofile_limit_of(std::process::id()).map_or("?".to_owned(), |l| l.to_string()),
         );
-        notes.push(format!("held {held} of {n}; {limits}"));
+        notes.push(format!("held {held} of {requested}; {limits}"));
     }
     Ok(Row {
         broker: broker.kind(),
