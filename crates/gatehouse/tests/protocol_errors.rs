@@ -1,0 +1,205 @@
+//! Protocol violations and policy refusals, with the reason codes on the wire: a second
+//! CONNECT, wildcards in a topic name, subscribing to everything, publishing outside
+//! the device's namespace, and a session taken over.
+
+mod support;
+
+use std::time::Duration;
+
+use anyhow::{Result, ensure};
+use rumqttc::v5::mqttbytes::QoS as Q5;
+use rumqttc::v5::mqttbytes::v5 as p5;
+use support::clients::{V4, V5};
+use support::{Gatehouse, LAB_POLICY, Options, WAIT, raw};
+
+#[tokio::test]
+async fn second_connect_is_a_protocol_error() -> Result<()> {
+    let gh = Gatehouse::start_default().await?;
+    let tls = gh.client_tls("twice")?;
+
+    let mut s = raw::tls(gh.listeners.mqtts, tls.clone()).await?;
+    raw::handshake_v5(&mut s, "twice").await?;
+    raw::send(&mut s, &raw::connect_v5("twice")).await?;
+    let frames = raw::read_until_closed(&mut s, WAIT).await?.frames()?;
+    ensure!(
+        frames.iter().any(|f| f.disconnect_reason() == Some(0x82)),
+        "a second CONNECT (5.0) was answered with {frames:?}, expected DISCONNECT 0x82"
+    );
+
+    // 3.1.1 has no DISCONNECT from the server: the connection is closed.
+    let mut s = raw::tls(gh.listeners.mqtts, tls).await?;
+    raw::send(&mut s, &raw::connect_v311("twice", None, None)).await?;
+    let ack = raw::read_frame(&mut s).await?;
+    ensure!(ack.connack() == Some((false, 0)), "got {ack:?}");
+    raw::send(&mut s, &raw::connect_v311("twice", None, None)).await?;
+    let frames = raw::read_until_closed(&mut s, WAIT).await?.frames()?;
+    ensure!(
+        frames.is_empty(),
+        "3.1.1 second CONNECT answered with {frames:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn publish_to_a_wildcard_topic_is_refused() -> Result<()> {
+    let gh = Gatehouse::start(Options::extra(LAB_POLICY)).await?;
+    let addr = gh.listeners.mqtts;
+    let mut watcher = V5::connect_as(addr, gh.client_tls("watcher")?, "watcher").await?;
+    watcher.subscribe("lab/#", Q5::AtLeastOnce).await?;
+    for topic in ["lab/+/x", "lab/#", "lab/a#"] {
+        let mut s = raw::tls(addr, gh.client_tls("wild")?).await?;
+        raw::handshake_v5(&mut s, "wild").await?;
+        raw::send(&mut s, &raw::publish_v5(topic, b"boo")).await?;
+        let frames = raw::read_until_closed(&mut s, WAIT).await?.frames()?;
+        ensure!(
+            frames
+                .iter()
+                .any(|f| matches!(f.disconnect_reason(), Some(0x90 | 0x81))),
+            "PUBLISH to {topic:?} was answered with {frames:?}, expected DISCONNECT 0x90"
+        );
+    }
+    watcher.no_publish_for(Duration::from_millis(200)).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn subscribing_to_everything_is_refused_under_the_default_policy() -> Result<()> {
+    let gh = Gatehouse::start_default().await?;
+    let addr = gh.listeners.mqtts;
+
+    let mut c = V5::connect_as(addr, gh.client_tls("nosy-5")?, "nosy-5").await?;
+    for filter in [
+        "#",
+        "+/#",
+        "devices/#",
+        "devices/+/telemetry",
+        "$SYS/#",
+        "$gatehouse/#",
+    ] {
+        c.client.subscribe(filter, Q5::AtMostOnce).await?;
+        let codes = c.suback().await?;
+        ensure!(
+            codes == [p5::SubscribeReasonCode::NotAuthorized],
+            "5.0 SUBSCRIBE {filter:?} got {codes:?}, expected 0x87"
+        );
+    }
+    // Its own namespace is fine, and the session survived the refusals.
+    c.subscribe("devices/nosy-5/#", Q5::AtLeastOnce).await?;
+
+    let mut c = V4::connect_as(addr, gh.client_tls("nosy-4")?, "nosy-4").await?;
+    for filter in ["#", "devices/+/telemetry"] {
+        c.client.subscribe(filter, rumqttc::QoS::AtMostOnce).await?;
+        let codes = c.suback().await?;
+        ensure!(
+            codes == [rumqttc::SubscribeReasonCode::Failure],
+            "3.1.1 SUBSCRIBE {filter:?} got {codes:?}, expected 0x80"
+        );
+    }
+    c.subscribe("devices/nosy-4/#", rumqttc::QoS::AtLeastOnce)
+        .await?;
+    gh.wait_metric("gatehouse_gate_denials_total{action=\"subscribe\"}", 8.0)
+        .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn publish_outside_policy_is_refused_and_not_delivered() -> Result<()> {
+    let gh = Gatehouse::start_default().await?;
+    let addr = gh.listeners.mqtts;
+    let mut valve = V5::connect_as(addr, gh.client_tls("valve-1")?, "valve-1").await?;
+    valve
+        .subscribe("devices/valve-1/#", Q5::ExactlyOnce)
+        .await?;
+
+    // A 5.0 device commands another device's valve: PUBACK / PUBREC 0x87.
+    let mut rogue = V5::connect_as(addr, gh.client_tls("sensor-9")?, "sensor-9").await?;
+    rogue
+        .client
+        .publish("devices/valve-1/cmd", Q5::AtLeastOnce, false, "open")
+        .await?;
+    let ack = rogue.puback().await?;
+    ensure!(
+        ack.reason == p5::PubAckReason::NotAuthorized,
+        "PUBACK {ack:?}, expected 0x87"
+    );
+    rogue
+        .client
+        .publish("devices/valve-1/cmd", Q5::ExactlyOnce, false, "open-2")
+        .await?;
+    let rec = rogue
+        .wait("PUBREC", |p| match p {
+            p5::Packet::PubRec(r) => Some(r.clone()),
+            _ => None,
+        })
+        .await?;
+    ensure!(
+        rec.reason == p5::PubRecReason::NotAuthorized,
+        "PUBREC {rec:?}, expected 0x87"
+    );
+    rogue
+        .client
+        .publish("devices/valve-1/cmd", Q5::AtMostOnce, false, "open-0")
+        .await?;
+
+    // A 3.1.1 device gets a plain PUBACK (3.1.1 has no reason codes) but no delivery.
+    let mut old = V4::connect_as(addr, gh.client_tls("sensor-8")?, "sensor-8").await?;
+    old.client
+        .publish(
+            "devices/valve-1/cmd",
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            "open-4",
+        )
+        .await?;
+    old.wait("PUBACK", |p| {
+        matches!(p, rumqttc::Packet::PubAck(_)).then_some(())
+    })
+    .await?;
+
+    // The valve's own message arrives, and nothing before it.
+    valve
+        .client
+        .publish("devices/valve-1/state", Q5::AtLeastOnce, false, "closed")
+        .await?;
+    let before = valve.publishes_until(b"closed").await?;
+    ensure!(
+        before.is_empty(),
+        "foreign commands were delivered: {:?}",
+        before.iter().map(|p| &p.payload).collect::<Vec<_>>()
+    );
+    // The refusals did not end the rogue's session.
+    rogue
+        .client
+        .publish("devices/sensor-9/t", Q5::AtLeastOnce, false, "21.5")
+        .await?;
+    let ack = rogue.puback().await?;
+    ensure!(ack.reason == p5::PubAckReason::Success, "{ack:?}");
+    gh.wait_metric("gatehouse_gate_denials_total{action=\"publish\"}", 4.0)
+        .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn session_takeover_tells_the_old_connection_0x8e() -> Result<()> {
+    let gh = Gatehouse::start_default().await?;
+    let tls = gh.client_tls("twin")?;
+    for resume in [false, true] {
+        let connect = raw::connect_v5_with("twin", !resume, resume.then_some(60));
+        let mut first = raw::tls(gh.listeners.mqtts, tls.clone()).await?;
+        raw::send(&mut first, &connect).await?;
+        ensure!(raw::read_frame(&mut first).await?.connack().is_some());
+        let mut second = raw::tls(gh.listeners.mqtts, tls.clone()).await?;
+        raw::send(&mut second, &connect).await?;
+        let ack = raw::read_frame(&mut second).await?;
+        ensure!(
+            matches!(ack.connack(), Some((_, 0))),
+            "the second connection got {ack:?}"
+        );
+        let frames = raw::read_until_closed(&mut first, WAIT).await?.frames()?;
+        ensure!(
+            frames.iter().any(|f| f.disconnect_reason() == Some(0x8e)),
+            "the first connection (resume: {resume}) got {frames:?}, expected DISCONNECT 0x8E"
+        );
+    }
+    Ok(())
+}
