@@ -389,10 +389,10 @@ pub fn connect_protocol_level(buf: &[u8]) -> Option<u8> {
     body.get(2 + name_len).copied()
 }
 
-/// Restores a frame that failed to decode to the front of `buf`.
+/// Restores a frame that failed to decode to the front of `buf`. This runs only for a
+/// refused frame, just before the connection closes, so a copy is acceptable: the frame
+/// still shares its allocation with `buf` and usually cannot be reclaimed in place.
 fn put_back(buf: &mut BytesMut, frame: Bytes) {
-    // Every slice of the frame taken while decoding has been dropped with the partial
-    // packet, so the frame is unique and converts back without a copy.
     let mut head = frame
         .try_into_mut()
         .unwrap_or_else(|shared| BytesMut::from(&shared[..]));
