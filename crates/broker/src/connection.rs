@@ -13,8 +13,8 @@ use std::time::{Duration, SystemTime};
 use bytes::BytesMut;
 use gatehouse_mqtt::{
     Ack, ConnAck, Connect, DecodeError, Disconnect, Packet, Properties, ProtocolVersion, Publish,
-    QoS, ReasonCode, RetainHandling, SubAck, Subscribe, UnsubAck, Unsubscribe, decode, encode,
-    encoded_len,
+    QoS, ReasonCode, RetainHandling, SubAck, Subscribe, UnsubAck, Unsubscribe,
+    connect_protocol_level, decode, encode, encoded_len,
 };
 use gatehouse_types::{
     AuthFailure, ConnectObservation, DisconnectCause, Identity, Observation, PublishObservation,
@@ -199,6 +199,9 @@ async fn read_connect<S: AsyncRead + AsyncWrite + Unpin>(
                 if code == ReasonCode::UNSUPPORTED_PROTOCOL_VERSION {
                     // 3.1.1-shaped CONNACK, return code 1: what any client can read.
                     write_and_close(stream, &[0x20, 0x02, 0x00, 0x01]).await;
+                } else if connect_protocol_level(rbuf) == Some(5) {
+                    // A 5.0 client is told why (§3.1.4); a 3.1.1 client is just closed.
+                    refuse_connect(stream, ProtocolVersion::V5, code).await;
                 }
                 return None;
             }
@@ -736,6 +739,14 @@ impl Conn {
         let inner = self.inner.clone();
         inner.metrics.messages_in.inc();
 
+        if !p.properties.subscription_identifiers.is_empty() {
+            // §3.3.4 [MQTT-3.3.4-6]: only the server sends subscription identifiers.
+            return Err(Close::protocol(
+                ReasonCode::PROTOCOL_ERROR,
+                "subscription identifier in a client PUBLISH",
+            ));
+        }
+
         // Topic alias (5.0 §3.3.2.3.4).
         let topic: Arc<str> = match p.properties.topic_alias {
             Some(a) if a == 0 || a > self.alias_max => {
@@ -810,9 +821,16 @@ impl Conn {
         }
         match decision {
             Decision::Allow => {
+                // A retained payload is kept for long: copy it out of the read buffer so
+                // it does not pin that whole allocation.
+                let payload = if p.retain {
+                    bytes::Bytes::copy_from_slice(&p.payload)
+                } else {
+                    p.payload
+                };
                 let msg = Arc::new(Message {
                     topic,
-                    payload: p.payload,
+                    payload,
                     qos: p.qos,
                     retain: p.retain,
                     properties: forwarded_properties(&p.properties),
