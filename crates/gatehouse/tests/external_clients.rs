@@ -122,7 +122,10 @@ async fn openssl_s_client_completes_mutual_tls_and_is_refused_without_a_certific
         "mutual TLS with openssl failed: {err}"
     );
 
-    let out = run("openssl", &base).await?;
+    // Keep reading after our end of input, until the server's alert arrives.
+    let mut without: Vec<&str> = base.to_vec();
+    without.push("-ign_eof");
+    let out = run("openssl", &without).await?;
     let err = String::from_utf8_lossy(&out.stderr);
     ensure!(
         !out.status.success() && err.contains("certificate required"),
