@@ -63,10 +63,20 @@ pub fn connect_v5(client_id: &str) -> Vec<u8> {
 
 /// CONNECT, MQTT 5.0, with the clean start flag and session expiry given.
 pub fn connect_v5_with(client_id: &str, clean_start: bool, session_expiry: Option<u32>) -> Vec<u8> {
+    connect_v5_keep_alive(client_id, clean_start, session_expiry, 60)
+}
+
+/// CONNECT, MQTT 5.0, with the clean start flag, session expiry and keep-alive given.
+pub fn connect_v5_keep_alive(
+    client_id: &str,
+    clean_start: bool,
+    session_expiry: Option<u32>,
+    keep_alive: u16,
+) -> Vec<u8> {
     let mut body = string("MQTT");
     body.push(5);
     body.push(if clean_start { 0x02 } else { 0x00 });
-    body.extend(60u16.to_be_bytes());
+    body.extend(keep_alive.to_be_bytes());
     let mut props = Vec::new();
     if let Some(e) = session_expiry {
         props.push(0x11);
