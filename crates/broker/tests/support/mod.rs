@@ -97,6 +97,15 @@ impl TestBroker {
         )?)
     }
 
+    /// Issues a device certificate in `tenant`.
+    pub fn issue_in(&self, tenant: &str, device: &str) -> Result<IssuedCert> {
+        Ok(self.ca.issue_device(
+            &TenantId::new(tenant)?,
+            &DeviceId::new(device)?,
+            Duration::from_secs(3600),
+        )?)
+    }
+
     /// A client configuration presenting a fresh certificate for `device`.
     pub fn client_tls(&self, device: &str) -> Result<Arc<ClientConfig>> {
         self.tls_for(&self.issue(device)?)
