@@ -350,3 +350,37 @@ async fn idle_connection_without_connect_is_closed() -> Result<()> {
     let _ok = V5::connect_as(addr, tls, "idler").await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn connection_limit_refuses_extra_connections_and_frees_up() -> Result<()> {
+    let gh = Gatehouse::start(Options::extra("[limits]\nmax_connections = 2\n")).await?;
+    let addr = gh.listeners.mqtts;
+    let a = V5::connect_as(addr, gh.client_tls("a")?, "a").await?;
+    let _b = V5::connect_as(addr, gh.client_tls("b")?, "b").await?;
+    let mut c = V5::spawn(support::clients::v5_options(addr, gh.client_tls("c")?, "c"));
+    c.refused().await?;
+    gh.wait_metric(
+        "gatehouse_connections_refused_total{reason=\"max_connections\"}",
+        1.0,
+    )
+    .await?;
+    // When one leaves, its place is free again.
+    a.disconnect().await?;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (mut c, ack) =
+            match V5::connect(support::clients::v5_options(addr, gh.client_tls("c")?, "c")).await {
+                Ok(x) => x,
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    // The closed connection may not be counted out yet.
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+        ensure!(!ack.session_present);
+        c.subscribe("devices/c/#", Q5::AtMostOnce).await?;
+        return Ok(());
+    }
+}

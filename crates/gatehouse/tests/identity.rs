@@ -208,3 +208,34 @@ async fn client_id_must_be_the_certificate_device_id() -> Result<()> {
     .await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn cloned_certificate_ping_pong_is_refused_after_the_takeover_limit() -> Result<()> {
+    // One certificate used from two places takes its session over again and again; past
+    // `takeovers_per_device_per_minute` new connections are refused with 0x9F.
+    let gh = Gatehouse::start(Options::extra(
+        "[limits]\ntakeovers_per_device_per_minute = 3\n",
+    ))
+    .await?;
+    let tls = gh.client_tls("clone")?;
+    let mut live = Vec::new();
+    let mut codes = Vec::new();
+    for _ in 0..6 {
+        let mut s = support::raw::tls(gh.listeners.mqtts, tls.clone()).await?;
+        support::raw::send(&mut s, &support::raw::connect_v5("clone")).await?;
+        let ack = support::raw::read_frame(&mut s).await?;
+        codes.push(ack.connack().context("expected CONNACK")?.1);
+        live.push(s);
+    }
+    // The first connects, three take it over, then the rest are refused.
+    ensure!(
+        codes == [0, 0, 0, 0, 0x9f, 0x9f],
+        "CONNACK codes for six connections of one device: {codes:x?}"
+    );
+    gh.wait_metric(
+        "gatehouse_connections_refused_total{reason=\"takeover_rate_exceeded\"}",
+        2.0,
+    )
+    .await?;
+    Ok(())
+}

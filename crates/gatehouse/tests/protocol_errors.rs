@@ -203,3 +203,37 @@ async fn session_takeover_tells_the_old_connection_0x8e() -> Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn will_outside_policy_is_not_published() -> Result<()> {
+    // A will is a deferred PUBLISH: it must not smuggle a message past the gate.
+    let gh = Gatehouse::start_default().await?;
+    let addr = gh.listeners.mqtts;
+    let mut valve = V5::connect_as(addr, gh.client_tls("valve-2")?, "valve-2").await?;
+    valve
+        .subscribe("devices/valve-2/#", Q5::AtLeastOnce)
+        .await?;
+    let mut o = support::clients::v5_options(addr, gh.client_tls("sensor-3")?, "sensor-3");
+    o.set_last_will(p5::LastWill::new(
+        "devices/valve-2/cmd",
+        "open",
+        Q5::AtLeastOnce,
+        false,
+        None,
+    ));
+    let (sneaky, _) = V5::connect(o).await?;
+    drop(sneaky);
+    // The gate's refusal of the will is counted once the broker has handled it.
+    gh.wait_metric("gatehouse_gate_denials_total{action=\"publish\"}", 1.0)
+        .await?;
+    valve
+        .client
+        .publish("devices/valve-2/state", Q5::AtLeastOnce, false, "closed")
+        .await?;
+    let before = valve.publishes_until(b"closed").await?;
+    ensure!(
+        before.is_empty(),
+        "a will outside the device's policy was delivered: {before:?}"
+    );
+    Ok(())
+}
