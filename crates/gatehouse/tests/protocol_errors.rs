@@ -237,3 +237,30 @@ async fn will_outside_policy_is_not_published() -> Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn too_many_unreleased_qos2_messages_exceed_the_receive_maximum() -> Result<()> {
+    // The broker advertises Receive Maximum 64; a client that leaves more QoS 2 messages
+    // unreleased is cut off with 0x93 instead of growing the broker's state.
+    let gh = Gatehouse::start(Options::extra(LAB_POLICY)).await?;
+    let mut s = raw::tls(gh.listeners.mqtts, gh.client_tls("hoarder")?).await?;
+    raw::handshake_v5(&mut s, "hoarder").await?;
+    let mut burst = Vec::new();
+    for id in 1..=65u16 {
+        let mut body = raw::string("lab/hoard");
+        body.extend(id.to_be_bytes());
+        body.push(0);
+        body.push(b'x');
+        burst.extend(raw::packet(0x34, &body));
+    }
+    raw::send(&mut s, &burst).await?;
+    let frames = raw::read_until_closed(&mut s, WAIT).await?.frames()?;
+    let recs = frames.iter().filter(|f| f.kind() == 5).count();
+    ensure!(recs == 64, "{recs} PUBRECs before the limit");
+    ensure!(
+        frames.last().and_then(|f| f.disconnect_reason()) == Some(0x93),
+        "the 65th unreleased QoS 2 message was answered with {:?}",
+        frames.last()
+    );
+    Ok(())
+}

@@ -8,7 +8,7 @@ mod support;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use anyhow::{Result, ensure};
+use anyhow::{Context, Result, ensure};
 use bytes::Bytes;
 use rumqttc::v5::mqttbytes::QoS as Q5;
 use rumqttc::v5::mqttbytes::v5 as p5;
@@ -664,5 +664,44 @@ async fn client_maximum_packet_size_is_never_exceeded() -> Result<()> {
         "a {}-byte message reached a client whose maximum packet size is 1024",
         before[0].payload.len()
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn connack_advertises_the_limits_and_caps_what_the_client_asks() -> Result<()> {
+    let gh = Gatehouse::start(Options::extra(
+        "[limits]\nmax_keep_alive = \"2m\"\nmax_session_expiry = \"1h\"\n",
+    ))
+    .await?;
+    let mut o = v5_options(gh.listeners.mqtts, gh.client_tls("greedy")?, "greedy");
+    o.set_keep_alive(Duration::from_secs(3600));
+    o.set_session_expiry_interval(Some(u32::MAX));
+    let (_c, ack) = V5::connect(o).await?;
+    let p = ack
+        .properties
+        .clone()
+        .context("CONNACK without properties")?;
+    ensure!(
+        p.server_keep_alive == Some(120),
+        "server keep alive: {ack:?}"
+    );
+    ensure!(
+        p.session_expiry_interval == Some(3600),
+        "granted session expiry: {ack:?}"
+    );
+    ensure!(p.receive_max == Some(64), "{ack:?}");
+    ensure!(p.max_packet_size == Some(1024 * 1024), "{ack:?}");
+    ensure!(p.topic_alias_max == Some(32), "{ack:?}");
+    for (what, v) in [
+        ("retain", p.retain_available),
+        ("wildcard subscriptions", p.wildcard_subscription_available),
+        (
+            "subscription identifiers",
+            p.subscription_identifiers_available,
+        ),
+        ("shared subscriptions", p.shared_subscription_available),
+    ] {
+        ensure!(v != Some(0), "{what} advertised as unavailable: {ack:?}");
+    }
     Ok(())
 }
