@@ -85,6 +85,11 @@ async fn issued_certificates_verify_with_openssl() -> Result<()> {
         "EKU: {text}"
     );
 
+    // The private key is readable by its owner only.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&dev.key)?.permissions().mode();
+    ensure!(mode & 0o077 == 0, "device key has mode {mode:o}");
+
     // The CA that `ca issue` wrote is the one the server uses.
     ensure!(
         std::fs::read(&dev.ca)? == std::fs::read(&gh.listeners.ca)?,

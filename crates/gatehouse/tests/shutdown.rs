@@ -124,3 +124,42 @@ async fn a_client_library_sees_the_shutdown_reason() -> Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn state_saved_periodically_survives_a_crash() -> Result<()> {
+    let mut gh = Gatehouse::start(Options::extra(&format!(
+        "{LAB_POLICY}\n[persistence]\nsave_interval = \"1s\"\n"
+    )))
+    .await?;
+    let addr = gh.listeners.mqtts;
+    let mut publisher = V5::connect_as(addr, gh.client_tls("pub")?, "pub").await?;
+    publisher
+        .client
+        .publish("lab/durable", Q5::AtLeastOnce, true, "saved")
+        .await?;
+    publisher.puback().await?;
+    // Wait for a periodic save that includes it.
+    let state = gh.data_dir().join("broker").join("state.bin");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let saved = std::fs::read(&state).unwrap_or_default();
+        if saved
+            .windows(b"lab/durable".len())
+            .any(|w| w == b"lab/durable")
+        {
+            break;
+        }
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the retained message was not saved within {WAIT:?} with save_interval 1s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    gh.crash().await?;
+    let gh = gh.restart().await?;
+    let mut late = V5::connect_as(gh.listeners.mqtts, gh.client_tls("late")?, "late").await?;
+    late.subscribe("lab/durable", Q5::AtLeastOnce).await?;
+    let p = late.publish().await?;
+    ensure!(p.payload.as_ref() == b"saved" && p.retain, "got {p:?}");
+    Ok(())
+}

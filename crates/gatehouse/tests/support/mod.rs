@@ -208,7 +208,19 @@ impl Gatehouse {
         }
     }
 
-    /// Stops the server gracefully and starts it again on the same data directory (new
+    /// Kills the server with SIGKILL (a crash: no shutdown work happens) and reaps it.
+    pub async fn crash(&mut self) -> Result<()> {
+        let Some(mut child) = self.child.take() else {
+            bail!("the server is not running");
+        };
+        child.start_kill()?;
+        tokio::time::timeout(WAIT, child.wait())
+            .await
+            .context("the killed server did not exit")??;
+        Ok(())
+    }
+
+    /// Stops the server gracefully (unless it is already stopped) and starts it again on the same data directory (new
     /// ports).
     pub async fn restart(mut self) -> Result<Self> {
         if self.child.is_some() {
