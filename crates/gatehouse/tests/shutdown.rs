@@ -111,8 +111,6 @@ async fn sigterm_disconnects_with_0x8b_and_a_restart_keeps_sessions_and_retained
 }
 
 #[tokio::test]
-#[ignore = "bug: DISCONNECT without properties is encoded with Remaining Length 1 (no Property \
-            Length byte); rumqttc 0.25 cannot parse it and reports a dropped connection"]
 async fn a_client_library_sees_the_shutdown_reason() -> Result<()> {
     let mut gh = Gatehouse::start_default().await?;
     let mut c = V5::connect_as(gh.listeners.mqtts, gh.client_tls("listener")?, "listener").await?;

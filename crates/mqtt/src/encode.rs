@@ -363,9 +363,11 @@ fn measure(packet: &Packet, version: ProtocolVersion, c: &mut Check) -> Sizes {
             if v5 {
                 c.reason(d.reason, 14, "DISCONNECT");
                 s.props = properties_len(&d.properties, Kind::Disconnect, c);
+                // A reason code is always followed by a property length, even a zero one:
+                // §3.14.2.2.1 allows leaving it out, but common client libraries cannot
+                // read that short form.
                 match (d.reason, s.props) {
                     (ReasonCode::NORMAL_DISCONNECTION, 0) => 0,
-                    (_, 0) => 1,
                     (_, props) => 1 + vbi_len(props) + props,
                 }
             } else {
@@ -398,9 +400,9 @@ fn ack_len(a: &Ack, kind: Kind, packet_type: u8, v5: bool, c: &mut Check, s: &mu
     }
     c.reason(a.reason, packet_type, kind.name());
     s.props = properties_len(&a.properties, kind, c);
+    // As for DISCONNECT: a reason code always comes with a property length.
     match (a.reason, s.props) {
         (ReasonCode::SUCCESS, 0) => 2,
-        (_, 0) => 3,
         (_, props) => 3 + vbi_len(props) + props,
     }
 }

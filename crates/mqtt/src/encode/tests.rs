@@ -355,7 +355,7 @@ fn v5_publish() {
 }
 
 #[test]
-fn v5_acknowledgements_use_the_shortest_form() {
+fn v5_acknowledgements_carry_a_property_length_with_a_reason_code() {
     assert_eq!(
         enc(&Packet::PubAck(Ack::success(10)), V5),
         [0x40, 0x02, 0x00, 0x0A]
@@ -366,7 +366,7 @@ fn v5_acknowledgements_use_the_shortest_form() {
     };
     assert_eq!(
         enc(&Packet::PubAck(no_subscribers), V5),
-        [0x40, 0x03, 0x00, 0x0A, 0x10]
+        [0x40, 0x04, 0x00, 0x0A, 0x10, 0x00]
     );
     let with_reason_string = Ack {
         packet_id: 10,
@@ -400,7 +400,7 @@ fn v5_acknowledgements_use_the_shortest_form() {
     };
     assert_eq!(
         enc(&Packet::PubRel(not_found), V5),
-        [0x62, 0x03, 0x00, 0x01, 0x92]
+        [0x62, 0x04, 0x00, 0x01, 0x92, 0x00]
     );
 }
 
@@ -467,7 +467,7 @@ fn v5_disconnect_and_auth_forms() {
     assert_eq!(enc(&d(ReasonCode::NORMAL_DISCONNECTION), V5), [0xE0, 0x00]);
     assert_eq!(
         enc(&d(ReasonCode::DISCONNECT_WITH_WILL), V5),
-        [0xE0, 0x01, 0x04]
+        [0xE0, 0x02, 0x04, 0x00]
     );
     let with_expiry = Disconnect {
         reason: ReasonCode::NORMAL_DISCONNECTION,
