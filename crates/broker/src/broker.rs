@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 use arc_swap::ArcSwap;
 use gatehouse_mqtt::{Properties, QoS, ReasonCode};
 use gatehouse_types::{
-    DeviceId, DisconnectCause, Identity, Observation, SubscribeObservation, TlsFacts,
+    DeviceRef, DisconnectCause, Identity, Observation, SubscribeObservation, TlsFacts,
 };
 use parking_lot::Mutex;
 use tokio::net::TcpListener;
@@ -73,7 +73,7 @@ pub(crate) struct Inner {
     pub router: Router,
     sessions: Mutex<HashMap<String, Arc<Session>>>,
     wills: Mutex<Vec<PendingWill>>,
-    takeovers: Mutex<HashMap<DeviceId, (Instant, u32)>>,
+    takeovers: Mutex<HashMap<DeviceRef, (Instant, u32)>>,
     sources: Mutex<HashMap<IpAddr, RateBucket>>,
     pub tap: Tap,
     pub metrics: Metrics,
@@ -227,13 +227,13 @@ impl Broker {
     /// Re-applies the current gate to the sessions of one device (or all, with `None`):
     /// for when the gate's own state changed (a new verdict). Returns the number of
     /// subscriptions removed.
-    pub fn reevaluate(&self, device: Option<&DeviceId>) -> usize {
+    pub fn reevaluate(&self, device: Option<&DeviceRef>) -> usize {
         let sessions: Vec<Arc<Session>> = self
             .inner
             .sessions
             .lock()
             .values()
-            .filter(|s| device.is_none_or(|d| &s.identity.device == d))
+            .filter(|s| device.is_none_or(|d| d.is(&s.identity)))
             .cloned()
             .collect();
         let gate = self.inner.gate.load_full();
@@ -260,13 +260,13 @@ impl Broker {
 
     /// Ends every live session of a device (e.g. its certificate was revoked). Returns the
     /// number of sessions told to disconnect.
-    pub fn disconnect_device(&self, device: &DeviceId, reason: &str) -> usize {
+    pub fn disconnect_device(&self, device: &DeviceRef, reason: &str) -> usize {
         let sessions: Vec<Arc<Session>> = self
             .inner
             .sessions
             .lock()
             .values()
-            .filter(|s| &s.identity.device == device)
+            .filter(|s| device.is(&s.identity))
             .cloned()
             .collect();
         let mut n = 0;
@@ -361,13 +361,13 @@ impl Inner {
     }
 
     /// Counts a takeover of a device's live session; false when it happens too often.
-    pub fn admit_takeover(&self, device: &DeviceId, now: Instant) -> bool {
+    pub fn admit_takeover(&self, identity: &Identity, now: Instant) -> bool {
         let max = self.config.limits.takeovers_per_device_per_minute;
         if max == 0 {
             return true;
         }
         let mut t = self.takeovers.lock();
-        let e = t.entry(device.clone()).or_insert((now, 0));
+        let e = t.entry(DeviceRef::from(identity)).or_insert((now, 0));
         if now.duration_since(e.0) >= Duration::from_secs(60) {
             *e = (now, 0);
         }
@@ -519,7 +519,8 @@ impl Inner {
             st.subscriptions.drain().map(|(_, s)| s.filter).collect()
         };
         for f in subs {
-            self.router.unsubscribe(&f, session.uid);
+            self.router
+                .unsubscribe(session.identity.tenant.as_str(), &f, session.uid);
         }
     }
 
@@ -559,7 +560,7 @@ impl Inner {
     /// by the caller across messages.
     pub fn route(&self, msg: &Arc<Message>, buf: &mut Vec<SubRef>) {
         buf.clear();
-        self.router.targets(&msg.topic, buf);
+        self.router.targets(&msg.tenant, &msg.topic, buf);
         if buf.is_empty() {
             return;
         }
@@ -633,7 +634,8 @@ impl Inner {
             return 0;
         }
         for f in &denied {
-            self.router.unsubscribe(f, s.uid);
+            self.router
+                .unsubscribe(s.identity.tenant.as_str(), f, s.uid);
             self.metrics.deny("subscribe");
             if self.tap.is_active() {
                 self.tap.emit(Observation::Subscribe(SubscribeObservation {

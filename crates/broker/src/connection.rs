@@ -314,7 +314,7 @@ where
     drop(gate);
 
     if inner.is_live(&identity, &client_id)
-        && !inner.admit_takeover(&identity.device, std::time::Instant::now())
+        && !inner.admit_takeover(&identity, std::time::Instant::now())
     {
         warn!(%peer, device, "session taken over too often: refusing (cloned identity?)");
         Metrics::reason(&inner.metrics.refused, "takeover_rate_exceeded");
@@ -341,6 +341,7 @@ where
                 return;
             }
             let msg = Message {
+                tenant: identity.tenant.as_str().into(),
                 topic: w.topic.as_str().into(),
                 payload: w.payload.clone(),
                 qos: w.qos,
@@ -443,6 +444,7 @@ where
 
     let span = info_span!("conn", %peer, tenant = %identity.tenant, device = %identity.device);
     let mut conn = Conn {
+        tenant: identity.tenant.as_str().into(),
         max_packet_in: limits.max_packet_size,
         alias_max: limits.topic_alias_maximum,
         inner: inner.clone(),
@@ -479,6 +481,8 @@ where
 
 struct Conn {
     inner: Arc<Inner>,
+    /// The identity's tenant: the topic space this connection publishes into.
+    tenant: Arc<str>,
     conn_id: u64,
     identity: Arc<Identity>,
     session: Arc<Session>,
@@ -829,6 +833,7 @@ impl Conn {
                     p.payload
                 };
                 let msg = Arc::new(Message {
+                    tenant: self.tenant.clone(),
                     topic,
                     payload,
                     qos: p.qos,
@@ -965,7 +970,10 @@ impl Conn {
                     RetainHandling::DoNotSend => false,
                 };
             if send_retained {
-                for msg in inner.router.retained_matching(filter.match_filter(), now) {
+                for msg in inner
+                    .router
+                    .retained_matching(&self.tenant, filter.match_filter(), now)
+                {
                     retained.push(Delivery {
                         qos: msg.qos.min(options.qos),
                         retain: true,
@@ -1000,7 +1008,9 @@ impl Conn {
                 .remove(f.as_str())
                 .is_some();
             if had {
-                self.inner.router.unsubscribe(f, self.session.uid);
+                self.inner
+                    .router
+                    .unsubscribe(&self.tenant, f, self.session.uid);
             }
             reasons.push(if had {
                 ReasonCode::SUCCESS

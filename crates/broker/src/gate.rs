@@ -8,7 +8,7 @@
 use std::borrow::Cow;
 
 use gatehouse_mqtt::QoS;
-use gatehouse_types::{Identity, TopicFilter};
+use gatehouse_types::{DeviceRef, Identity, TopicFilter};
 
 /// What the gate decided.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -175,14 +175,14 @@ pub struct StaticPolicy {
     /// Per-device additions.
     pub devices: Vec<DevicePolicy>,
     /// Devices that may not connect at all.
-    pub blocked: Vec<String>,
+    pub blocked: Vec<DeviceRef>,
 }
 
 /// Extra patterns for one device.
 #[derive(Debug, Clone)]
 pub struct DevicePolicy {
-    /// The device id.
-    pub device: String,
+    /// The device, within its tenant.
+    pub device: DeviceRef,
     /// Extra publish patterns.
     pub publish: Vec<TopicPattern>,
     /// Extra subscribe patterns.
@@ -203,13 +203,13 @@ impl StaticPolicy {
     }
 
     fn device(&self, id: &Identity) -> Option<&DevicePolicy> {
-        self.devices.iter().find(|d| d.device == id.device.as_str())
+        self.devices.iter().find(|d| d.device.is(id))
     }
 }
 
 impl Gate for StaticPolicy {
     fn connect(&self, id: &Identity) -> Decision {
-        if self.blocked.iter().any(|b| b == id.device.as_str()) {
+        if self.blocked.iter().any(|b| b.is(id)) {
             Decision::Deny(Cow::Borrowed("device is blocked by policy"))
         } else {
             Decision::Allow

@@ -45,6 +45,7 @@ pub enum PersistError {
 
 #[derive(Debug, Serialize, Deserialize)]
 struct SavedMessage {
+    tenant: String,
     topic: String,
     payload: Vec<u8>,
     qos: u8,
@@ -96,6 +97,7 @@ pub(crate) struct Snapshot {
 fn save_msg(m: &Message, now: Instant) -> SavedMessage {
     let p = &m.properties;
     SavedMessage {
+        tenant: m.tenant.to_string(),
         topic: m.topic.to_string(),
         payload: m.payload.to_vec(),
         qos: m.qos as u8,
@@ -113,6 +115,7 @@ fn save_msg(m: &Message, now: Instant) -> SavedMessage {
 
 fn load_msg(m: SavedMessage, now: Instant) -> Message {
     Message {
+        tenant: m.tenant.into(),
         topic: m.topic.into(),
         payload: Bytes::from(m.payload),
         qos: QoS::from_u8(m.qos).unwrap_or(QoS::AtMostOnce),

@@ -65,20 +65,28 @@ fn pick(g: &SharedGroup) -> Option<SubRef> {
         .cloned()
 }
 
-/// Subscriptions and retained messages.
+/// One tenant's retained messages, by topic.
+type Retained = HashMap<Arc<str>, Arc<Message>>;
+
+/// Subscriptions and retained messages, one topic space per tenant: a filter of one
+/// tenant never matches a topic of another, whatever its wildcards.
 #[derive(Debug, Default)]
 pub(crate) struct Router {
-    trie: RwLock<Node>,
-    retained: RwLock<HashMap<Arc<str>, Arc<Message>>>,
+    trie: RwLock<HashMap<Box<str>, Node>>,
+    retained: RwLock<HashMap<Box<str>, Retained>>,
+    retained_count: std::sync::atomic::AtomicUsize,
 }
 
 // === impl Router ===
 
 impl Router {
-    /// Adds or replaces a session's subscription. Returns whether it is new.
+    /// Adds or replaces a session's subscription (in the session's tenant). Returns
+    /// whether it is new.
     pub fn subscribe(&self, filter: &TopicFilter, sub: SubRef) -> bool {
-        let mut root = self.trie.write();
-        let mut node = &mut *root;
+        let mut tenants = self.trie.write();
+        let mut node = tenants
+            .entry(sub.session.identity.tenant.as_str().into())
+            .or_default();
         for level in filter.match_filter().split('/') {
             node = node.children.entry(level.into()).or_default();
         }
@@ -114,62 +122,88 @@ impl Router {
     }
 
     /// Removes a session's subscription. Returns whether it existed.
-    pub fn unsubscribe(&self, filter: &TopicFilter, session_uid: u64) -> bool {
-        let mut root = self.trie.write();
+    pub fn unsubscribe(&self, tenant: &str, filter: &TopicFilter, session_uid: u64) -> bool {
+        let mut tenants = self.trie.write();
+        let Some(root) = tenants.get_mut(tenant) else {
+            return false;
+        };
         let levels: Vec<&str> = filter.match_filter().split('/').collect();
-        remove(
-            &mut root,
-            &levels,
-            filter.shared().map(|(g, _)| g),
-            session_uid,
-        )
+        let removed = remove(root, &levels, filter.shared().map(|(g, _)| g), session_uid);
+        if root.is_empty() {
+            tenants.remove(tenant);
+        }
+        removed
     }
 
-    /// Every subscription whose filter matches `topic`: all plain subscriptions and one
-    /// member of each shared group.
-    pub fn targets(&self, topic: &str, out: &mut Vec<SubRef>) {
-        let root = self.trie.read();
+    /// Every subscription of the tenant whose filter matches `topic`: all plain
+    /// subscriptions and one member of each shared group.
+    pub fn targets(&self, tenant: &str, topic: &str, out: &mut Vec<SubRef>) {
+        let tenants = self.trie.read();
+        let Some(root) = tenants.get(tenant) else {
+            return;
+        };
         let levels: Vec<&str> = topic.split('/').collect();
         let dollar = topic.starts_with('$');
-        walk(&root, &levels, 0, dollar, out);
+        walk(root, &levels, 0, dollar, out);
     }
 
     /// Stores (or, for an empty payload, clears) the retained message of a topic.
     /// Returns false when the store is full and the message was not kept.
     pub fn retain(&self, msg: Arc<Message>, max: usize) -> bool {
-        let mut r = self.retained.write();
+        let mut all = self.retained.write();
+        let tenant = all.entry(msg.tenant.as_ref().into()).or_default();
         if msg.payload.is_empty() {
-            r.remove(&msg.topic);
+            if tenant.remove(&msg.topic).is_some() {
+                self.retained_count.fetch_sub(1, Ordering::Relaxed);
+            }
             return true;
         }
-        if r.len() >= max && !r.contains_key(&msg.topic) {
+        let exists = tenant.contains_key(&msg.topic);
+        if !exists && self.retained_count.load(Ordering::Relaxed) >= max {
             return false;
         }
-        r.insert(msg.topic.clone(), msg);
+        if tenant.insert(msg.topic.clone(), msg).is_none() {
+            self.retained_count.fetch_add(1, Ordering::Relaxed);
+        }
         true
     }
 
-    /// Retained messages whose topic matches the (unshared) filter.
-    pub fn retained_matching(&self, filter: &str, now: Instant) -> Vec<Arc<Message>> {
+    /// The tenant's retained messages whose topic matches the (unshared) filter.
+    pub fn retained_matching(&self, tenant: &str, filter: &str, now: Instant) -> Vec<Arc<Message>> {
         self.retained
             .read()
-            .values()
-            .filter(|m| !m.expired(now) && gatehouse_mqtt::topic_matches(filter, &m.topic))
-            .cloned()
-            .collect()
+            .get(tenant)
+            .map(|t| {
+                t.values()
+                    .filter(|m| !m.expired(now) && gatehouse_mqtt::topic_matches(filter, &m.topic))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     pub fn retained_count(&self) -> usize {
-        self.retained.read().len()
+        self.retained_count.load(Ordering::Relaxed)
     }
 
     pub fn retained_all(&self) -> Vec<Arc<Message>> {
-        self.retained.read().values().cloned().collect()
+        self.retained
+            .read()
+            .values()
+            .flat_map(|t| t.values().cloned())
+            .collect()
     }
 
     /// Drops expired retained messages.
     pub fn expire_retained(&self, now: Instant) {
-        self.retained.write().retain(|_, m| !m.expired(now));
+        let mut all = self.retained.write();
+        let mut left = 0;
+        for t in all.values_mut() {
+            t.retain(|_, m| !m.expired(now));
+            left += t.len();
+        }
+        all.retain(|_, t| !t.is_empty());
+        self.retained_count.store(left, Ordering::Relaxed);
     }
 }
 
@@ -231,8 +265,12 @@ mod tests {
     use super::*;
 
     fn session(uid: u64) -> Arc<Session> {
+        session_in("t", uid)
+    }
+
+    fn session_in(tenant: &str, uid: u64) -> Arc<Session> {
         let id = Identity {
-            tenant: "t".parse().unwrap(),
+            tenant: tenant.parse().unwrap(),
             device: format!("d{uid}").parse().unwrap(),
             source: IdentitySource::CertificateSanUri,
         };
@@ -254,7 +292,7 @@ mod tests {
 
     fn uids(router: &Router, topic: &str) -> Vec<u64> {
         let mut out = Vec::new();
-        router.targets(topic, &mut out);
+        router.targets("t", topic, &mut out);
         let mut v: Vec<u64> = out.iter().map(|s| s.session.uid).collect();
         v.sort_unstable();
         v
@@ -273,8 +311,8 @@ mod tests {
         assert_eq!(uids(&r, "sport"), vec![1, 3]);
         assert_eq!(uids(&r, "sport/tennis/player"), vec![1, 2, 3]);
         assert_eq!(uids(&r, "$SYS/load"), vec![4]);
-        assert!(r.unsubscribe(&f("#"), 3));
-        assert!(!r.unsubscribe(&f("#"), 3));
+        assert!(r.unsubscribe("t", &f("#"), 3));
+        assert!(!r.unsubscribe("t", &f("#"), 3));
         assert_eq!(uids(&r, "sport"), vec![1]);
     }
 
@@ -294,8 +332,24 @@ mod tests {
         seen.sort_unstable();
         seen.dedup();
         assert_eq!(seen, vec![1, 2], "round robin reaches both");
-        assert!(r.unsubscribe(&f, 1));
-        assert!(r.unsubscribe(&f, 2));
+        assert!(r.unsubscribe("t", &f, 1));
+        assert!(r.unsubscribe("t", &f, 2));
         assert!(r.trie.read().is_empty(), "empty nodes are pruned");
+    }
+
+    #[test]
+    fn tenants_have_separate_topic_spaces() {
+        let r = Router::default();
+        let (a, b) = (session_in("acme", 1), session_in("globex", 2));
+        let f = TopicFilter::new("#").unwrap();
+        r.subscribe(&f, sub(&a));
+        r.subscribe(&f, sub(&b));
+        let mut out = Vec::new();
+        r.targets("acme", "devices/d1/t", &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].session.uid, 1);
+        out.clear();
+        r.targets("initech", "devices/d1/t", &mut out);
+        assert!(out.is_empty());
     }
 }

@@ -18,6 +18,8 @@ use tokio::sync::{Notify, mpsc};
 /// A message as the router carries it: shared by every delivery of it.
 #[derive(Debug)]
 pub(crate) struct Message {
+    /// The tenant whose topic space the message lives in.
+    pub tenant: Arc<str>,
     pub topic: Arc<str>,
     pub payload: Bytes,
     pub qos: QoS,

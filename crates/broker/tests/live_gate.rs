@@ -183,7 +183,7 @@ async fn gate_that_no_longer_admits_a_device_disconnects_it_and_refuses_it() -> 
     fine.subscribe("lab/#", Q5::AtLeastOnce).await?;
 
     let mut blocked = policy(&["lab/#"])?;
-    blocked.blocked = vec!["doomed".to_owned()];
+    blocked.blocked = vec![device("doomed")?];
     tb.broker.set_gate(Arc::new(blocked));
     let reason = doomed.server_disconnect().await?;
     ensure!(

@@ -11,11 +11,9 @@ use anyhow::{Result, ensure};
 use gatehouse_broker::{BrokerConfig, StaticPolicy};
 use rumqttc::v5::mqttbytes::QoS as Q5;
 use support::clients::V5;
-use support::{TestBroker, device};
+use support::{TestBroker, device_in};
 
 #[tokio::test]
-#[ignore = "bug: Broker::disconnect_device takes a DeviceId only and ends the sessions of \
-            that device id in every tenant"]
 async fn disconnecting_a_device_spares_the_same_id_in_another_tenant() -> Result<()> {
     let tb = TestBroker::start(
         BrokerConfig::default(),
@@ -32,7 +30,7 @@ async fn disconnecting_a_device_spares_the_same_id_in_another_tenant() -> Result
 
     // The operator revokes acme's pump-1.
     tb.broker
-        .disconnect_device(&device("pump-1")?, "certificate revoked");
+        .disconnect_device(&device_in("acme", "pump-1")?, "certificate revoked");
     revoked.server_disconnect().await?;
     innocent
         .no_publish_for(Duration::from_millis(500))
@@ -42,9 +40,6 @@ async fn disconnecting_a_device_spares_the_same_id_in_another_tenant() -> Result
 }
 
 #[tokio::test]
-#[ignore = "bug: topics are one namespace for all tenants and the default policy's \
-            devices/{device}/# does not name the tenant, so same-id devices of two tenants \
-            read each other's messages"]
 async fn same_device_id_in_two_tenants_does_not_share_topics() -> Result<()> {
     let tb = TestBroker::start(
         BrokerConfig::default(),

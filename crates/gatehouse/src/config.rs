@@ -10,7 +10,7 @@ use bytesize::ByteSize;
 use gatehouse_broker::{
     BrokerConfig, ClientIdPolicy, DevicePolicy, Limits, StaticPolicy, TopicPattern,
 };
-use gatehouse_types::{DeviceId, TenantId};
+use gatehouse_types::{DeviceId, DeviceRef, TenantId};
 use serde::Deserialize;
 
 /// The documented example, with every option at its default.
@@ -310,18 +310,28 @@ impl Settings {
         let p = raw.policy;
         let mut devices = Vec::new();
         for d in p.device {
-            DeviceId::new(d.id.clone()).with_context(|| format!("policy.device id {:?}", d.id))?;
             devices.push(DevicePolicy {
                 publish: patterns(&d.publish, "policy.device.publish")?,
                 subscribe: patterns(&d.subscribe, "policy.device.subscribe")?,
-                device: d.id,
+                device: d
+                    .id
+                    .parse()
+                    .with_context(|| format!("policy.device id {:?}", d.id))?,
             });
         }
+        let blocked = p
+            .blocked
+            .iter()
+            .map(|b| {
+                b.parse::<DeviceRef>()
+                    .with_context(|| format!("policy.blocked entry {b:?}"))
+            })
+            .collect::<anyhow::Result<_>>()?;
         let policy = StaticPolicy {
             publish: patterns(&p.publish, "policy.publish")?,
             subscribe: patterns(&p.subscribe, "policy.subscribe")?,
             devices,
-            blocked: p.blocked,
+            blocked,
         };
 
         let mut legacy_users = Vec::new();

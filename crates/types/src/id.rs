@@ -172,3 +172,64 @@ mod tests {
         assert!(serde_json::from_str::<DeviceId>("\"not ok\"").is_err());
     }
 }
+
+/// A device named within its tenant: `tenant/device`, or just `device` for the default
+/// tenant. Device ids are unique only within a tenant, so anything that acts on "a
+/// device" (revoke, block, grant) names one of these.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct DeviceRef {
+    /// The tenant.
+    pub tenant: TenantId,
+    /// The device.
+    pub device: DeviceId,
+}
+
+impl DeviceRef {
+    /// A reference to `device` in `tenant`.
+    pub fn new(tenant: TenantId, device: DeviceId) -> Self {
+        Self { tenant, device }
+    }
+
+    /// Whether the identity is this device.
+    pub fn is(&self, identity: &Identity) -> bool {
+        self.tenant == identity.tenant && self.device == identity.device
+    }
+}
+
+impl From<&Identity> for DeviceRef {
+    fn from(id: &Identity) -> Self {
+        Self::new(id.tenant.clone(), id.device.clone())
+    }
+}
+
+impl std::str::FromStr for DeviceRef {
+    type Err = IdError;
+    fn from_str(s: &str) -> Result<Self, IdError> {
+        match s.split_once('/') {
+            Some((t, d)) => Ok(Self::new(TenantId::new(t)?, DeviceId::new(d)?)),
+            None => Ok(Self::new(TenantId::default(), DeviceId::new(s)?)),
+        }
+    }
+}
+
+impl fmt::Display for DeviceRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.tenant, self.device)
+    }
+}
+
+#[cfg(test)]
+mod device_ref_tests {
+    use super::*;
+
+    #[test]
+    fn device_refs_parse_with_or_without_tenant() {
+        let r: DeviceRef = "acme/pump-1".parse().unwrap();
+        assert_eq!(r.tenant.as_str(), "acme");
+        assert_eq!(r.device.as_str(), "pump-1");
+        let d: DeviceRef = "pump-1".parse().unwrap();
+        assert_eq!(d.tenant, TenantId::default());
+        assert!("a/b/c".parse::<DeviceRef>().is_err());
+        assert_eq!(r.to_string(), "acme/pump-1");
+    }
+}

@@ -9,7 +9,7 @@ mod id;
 mod observation;
 mod topic;
 
-pub use id::{DeviceId, IdError, Identity, IdentitySource, TenantId};
+pub use id::{DeviceId, DeviceRef, IdError, Identity, IdentitySource, TenantId};
 pub use observation::{
     AuthFailure, ConnectObservation, DisconnectCause, Observation, PublishObservation,
     SubscribeObservation, TlsFacts,

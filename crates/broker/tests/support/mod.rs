@@ -17,7 +17,7 @@ use anyhow::{Context, Result, bail};
 use arc_swap::ArcSwap;
 use gatehouse_broker::{AuthError, Authenticator, Broker, BrokerConfig, Gate};
 use gatehouse_pki::{ClientAuth, IssuedCert, LocalCa, ServerTlsBuilder};
-use gatehouse_types::{DeviceId, Identity, Observation, TenantId, TlsFacts};
+use gatehouse_types::{DeviceId, DeviceRef, Identity, Observation, TenantId, TlsFacts};
 use rustls::ClientConfig;
 use tempfile::TempDir;
 use tokio::net::TcpListener;
@@ -148,6 +148,15 @@ pub async fn observe<T>(
 }
 
 /// A device id, for the broker API.
-pub fn device(id: &str) -> Result<DeviceId> {
-    DeviceId::new(id).context("device id")
+/// A device of the `default` tenant, as the broker's device-level calls name it.
+pub fn device(id: &str) -> Result<DeviceRef> {
+    device_in("default", id)
+}
+
+/// A device of `tenant`.
+pub fn device_in(tenant: &str, id: &str) -> Result<DeviceRef> {
+    Ok(DeviceRef::new(
+        TenantId::new(tenant).context("tenant id")?,
+        DeviceId::new(id).context("device id")?,
+    ))
 }

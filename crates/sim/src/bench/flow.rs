@@ -364,7 +364,12 @@ impl Publisher {
             let room_e2e = e2e_window.saturating_sub(outstanding) / fanout;
             let room_ack = ack_window.saturating_sub(stats.sent - stats.acked);
             let n = room_e2e.min(room_ack).min(BATCH).min(self.remaining(stats));
-            if n > 0 {
+            // Wait for a quarter of the window to free up before sending again, so that
+            // a full pipeline moves in batches rather than one record per delivery.
+            let low_water = (u64::from(window) / 4)
+                .clamp(1, BATCH)
+                .min(self.remaining(stats));
+            if n >= low_water || (n > 0 && outstanding == 0) {
                 self.write_batch(n, stats);
                 self.client.flush().await?;
                 continue;
