@@ -241,7 +241,8 @@ fn describe(scenario: ScenarioArg, args: &BenchArgs) -> (&'static str, String) {
             "idle",
             format!(
                 "{} idle mTLS connections, keep-alive {} s, opened {} at a time, held {:?}; \
-                 B/conn = resident memory growth / connections held",
+                 B/conn = resident memory growth / connections held (the generator is \
+                 weighed on the first broker only)",
                 args.idle_connections, args.keep_alive, args.concurrency, args.idle_hold
             ),
         ),

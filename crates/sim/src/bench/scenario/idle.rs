@@ -6,7 +6,7 @@
 //! one address's ephemeral ports. Opening stops early once connections keep failing (the
 //! broker's or this process's open-file limit, typically), and what was held is reported.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -25,6 +25,10 @@ const FAILURE_LIMIT: u64 = 100;
 
 /// File descriptors kept free for everything but the connections (runtime, /proc reads).
 const FD_RESERVE: u64 = 256;
+
+/// Set once the load generator has been weighed: memory it freed after one broker's run is
+/// reused for the next, so only its first idle run shows what connections cost it.
+static GENERATOR_WEIGHED: AtomicBool = AtomicBool::new(false);
 
 /// Time the broker is given to settle before it is weighed.
 const SETTLE: Duration = Duration::from_secs(2);
@@ -146,6 +150,7 @@ pub async fn run(ctx: &Ctx, broker: &mut Broker) -> anyhow::Result<Row> {
     while let Ok(Some(_)) = tokio::time::timeout_at(deadline, set.join_next()).await {}
     set.abort_all();
 
+    let generator_first = !GENERATOR_WEIGHED.swap(true, Ordering::AcqRel);
     let per_conn = |before: u64, after: u64| {
         (held_open > 0).then(|| after.saturating_sub(before) as f64 / held_open as f64)
     };
@@ -185,7 +190,11 @@ pub async fn run(ctx: &Ctx, broker: &mut Broker) -> anyhow::Result<Row> {
                 broker_after as f64 / (1u64 << 20) as f64,
                 1,
             ),
-            Figure::info("generator B/conn", per_conn(self_before, self_after), 0),
+            Figure::info(
+                "generator B/conn",
+                per_conn(self_before, self_after).filter(|_| generator_first),
+                0,
+            ),
             Figure::info("open conn/s", held_open as f64 / open_secs, 0),
             Figure::lower("failed", failed as f64, 0),
             Figure::lower(
