@@ -211,10 +211,10 @@ fn describe(scenario: ScenarioArg, args: &BenchArgs) -> (&'static str, String) {
             "fanin",
             format!(
                 "{} publishers -> 1 subscriber of bench/fanin/+, {} B payload, window {} per \
-                 publisher, {}",
+                 publisher (at most {MAX_QUEUED} in all: one session's queue), {}",
                 args.fanin_publishers,
                 args.payload,
-                args.window,
+                messages::fanin_window(args.fanin_publishers, args.window),
                 measured(args)
             ),
         ),

@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use super::{BUSY_READ_CHUNK, Ctx, percent};
-use crate::bench::broker::Broker;
+use crate::bench::broker::{Broker, MAX_QUEUED};
 use crate::bench::flow::{
     Flow, Pace, PublishTemplate, Publisher, PublisherStats, Subscriber, SubscriberStats,
     latency_histogram,
@@ -339,9 +339,17 @@ pub fn pairs_plan(pairs: u32, qos: QoS, pace: Pace, latency: bool, messages: Opt
     }
 }
 
+/// The window of each fan-in publisher: `window`, but no more than the subscriber's share of
+/// a session queue ([`MAX_QUEUED`]), so that all publishers together do not overflow the
+/// one subscriber's session and make either broker drop messages by design.
+pub fn fanin_window(publishers: u32, window: u32) -> u32 {
+    (MAX_QUEUED / publishers.max(1)).clamp(1, window.max(1))
+}
+
 /// Fan-in: `publishers` each on `bench/fanin/i`, one subscriber of `bench/fanin/+`.
 pub fn fanin_plan(publishers: u32, qos: QoS, window: u32, messages: Option<u64>) -> Plan {
     let n = publishers as usize;
+    let window = fanin_window(publishers, window);
     Plan {
         qos,
         subscribers: vec![SubSpec {
@@ -433,5 +441,18 @@ pub fn row(broker: &Broker, variant: String, figures: Vec<Figure>, outcome: &Out
         variant,
         figures,
         notes: outcome.errors.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fanin_windows_fit_one_session_queue() {
+        assert_eq!(fanin_window(100, 64), 10);
+        assert_eq!(fanin_window(4, 64), 64);
+        assert_eq!(fanin_window(5000, 64), 1);
+        assert!(fanin_window(100, 64) * 100 <= MAX_QUEUED);
     }
 }
