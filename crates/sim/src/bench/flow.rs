@@ -59,6 +59,8 @@ pub struct Stamp {
     pub seq: u32,
 }
 
+// === impl Stamp ===
+
 impl Stamp {
     fn write(&self, out: &mut [u8]) {
         out[0..8].copy_from_slice(&self.sent_ns.to_le_bytes());
@@ -87,6 +89,8 @@ pub struct PublishTemplate {
     id_at: Option<usize>,
     payload_at: usize,
 }
+
+// === impl PublishTemplate ===
 
 impl PublishTemplate {
     /// Encodes a PUBLISH of `payload_len` bytes to `topic` and checks, by decoding a
@@ -183,6 +187,8 @@ pub struct Flow {
     progress: Notify,
 }
 
+// === impl Flow ===
+
 impl Flow {
     /// A flow whose every message is expected by `fanout` subscribers.
     pub fn new(fanout: u64) -> Self {
@@ -261,6 +267,8 @@ pub struct PublisherStats {
     /// Deliveries given up on after a stall.
     pub given_up: u64,
 }
+
+// === impl Publisher ===
 
 impl Publisher {
     /// Publishes until stopped or `max_messages` are out, then disconnects.
@@ -461,6 +469,8 @@ pub struct SubscriberStats {
     /// Publish-to-deliver latencies (ns) while recording.
     pub latency: Option<Histogram<u64>>,
 }
+
+// === impl Subscriber ===
 
 impl Subscriber {
     /// Receives, acknowledges and counts until stopped, then disconnects.
