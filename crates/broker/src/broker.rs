@@ -407,7 +407,7 @@ impl Inner {
                 drop(sessions);
                 let prev = old.state.lock().conn.take();
                 if let Some(prev) = prev {
-                    let _ = prev.control.send(Control::Disconnect {
+                    prev.control.send(Control::Disconnect {
                         reason: ReasonCode::SESSION_TAKEN_OVER,
                         cause: DisconnectCause::SessionTakenOver,
                         reason_string: None,
@@ -447,7 +447,7 @@ impl Inner {
             st.conn.replace(conn)
         };
         if let Some(prev) = previous {
-            let _ = prev.control.send(Control::Disconnect {
+            prev.control.send(Control::Disconnect {
                 reason: ReasonCode::SESSION_TAKEN_OVER,
                 cause: DisconnectCause::SessionTakenOver,
                 reason_string: None,
@@ -614,7 +614,10 @@ impl Inner {
     fn send_control(&self, session: &Session, c: Control) -> bool {
         let st = session.state.lock();
         match &st.conn {
-            Some(conn) => conn.control.send(c).is_ok(),
+            Some(conn) => {
+                conn.control.send(c);
+                true
+            }
             None => false,
         }
     }

@@ -22,7 +22,6 @@ use gatehouse_types::{
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{Instrument, debug, info, info_span, warn};
 
@@ -31,12 +30,18 @@ use crate::config::ClientIdPolicy;
 use crate::gate::{Decision, PublishContext};
 use crate::metrics::Metrics;
 use crate::router::SubRef;
-use crate::session::{Control, Delivery, Inflight, LiveConn, Message, Session, Subscription};
+use crate::session::{
+    Control, ControlSlot, Delivery, Inflight, LiveConn, Message, Session, Subscription,
+};
 
 /// Stop filling the write buffer past this; the rest waits in the session queue.
 const WRITE_HIGH_WATER: usize = 64 * 1024;
-/// Read in chunks of this size.
+/// Read the first packets in chunks of this size.
 const READ_CHUNK: usize = 4096;
+/// A session's reads start at this size and double, up to [`MAX_READ_CHUNK`], whenever a
+/// read fills the buffer.
+const IDLE_READ_CHUNK: usize = 512;
+const MAX_READ_CHUNK: usize = 64 * 1024;
 
 /// How a session's connection ends.
 #[derive(Debug)]
@@ -382,7 +387,7 @@ where
     };
 
     let conn_id = inner.new_uid();
-    let (control_tx, control_rx) = mpsc::unbounded_channel();
+    let control = Arc::new(ControlSlot::default());
     let attached = inner.attach(
         identity.clone(),
         client_id.clone(),
@@ -390,7 +395,7 @@ where
         expiry,
         LiveConn {
             conn_id,
-            control: control_tx,
+            control: control.clone(),
         },
     );
 
@@ -469,7 +474,7 @@ where
             .run(
                 &mut stream,
                 rbuf,
-                control_rx,
+                &control,
                 Duration::from_secs(u64::from(keep_alive)),
             )
             .await;
@@ -502,7 +507,7 @@ impl Conn {
         &mut self,
         stream: &mut S,
         mut rbuf: BytesMut,
-        mut control: mpsc::UnboundedReceiver<Control>,
+        control: &ControlSlot,
         keep_alive: Duration,
     ) -> Close
     where
@@ -519,17 +524,19 @@ impl Conn {
         if let Err(close) = self.process(&mut rbuf) {
             return close;
         }
+        // Idle connections are the common case: start small, grow when busy.
+        if rbuf.is_empty() {
+            rbuf = BytesMut::new();
+        }
+        let mut read_size = IDLE_READ_CHUNK;
         loop {
             if self.wbuf.len() < WRITE_HIGH_WATER {
                 self.drain();
             }
             tokio::select! {
                 biased;
-                c = control.recv() => match c {
-                    Some(Control::Disconnect { reason, cause, reason_string }) => {
-                        return Close { cause, reason: Some(reason), reason_string, will: cause != DisconnectCause::ServerShutdown };
-                    }
-                    None => {}
+                Control::Disconnect { reason, cause, reason_string } = control.recv() => {
+                    return Close { cause, reason: Some(reason), reason_string, will: cause != DisconnectCause::ServerShutdown };
                 },
                 r = async {
                     if self.wbuf.is_empty() {
@@ -549,19 +556,24 @@ impl Conn {
                     Ok(None) => needs_flush = false,
                 },
                 r = async {
-                    if rbuf.capacity() - rbuf.len() < 512 {
-                        rbuf.reserve(READ_CHUNK);
+                    if rbuf.capacity() - rbuf.len() < 128 {
+                        rbuf.reserve(read_size);
                     }
-                    reader.read_buf(&mut rbuf).await
+                    let spare = rbuf.capacity() - rbuf.len();
+                    reader.read_buf(&mut rbuf).await.map(|n| (n, spare))
                 } => match r {
-                    Ok(0) | Err(_) => return Close { cause: DisconnectCause::ConnectionLost, reason: None, reason_string: None, will: true },
-                    Ok(n) => {
+                    Ok((0, _)) | Err(_) => return Close { cause: DisconnectCause::ConnectionLost, reason: None, reason_string: None, will: true },
+                    Ok((n, spare)) => {
+                        if n == spare {
+                            // The buffer was too small for what was waiting: grow the next one.
+                            read_size = (read_size * 2).min(MAX_READ_CHUNK);
+                        }
                         self.inner.metrics.bytes_in.inc_by(n as u64);
                         last_rx = Instant::now();
                         if let Err(close) = self.process(&mut rbuf) {
                             return close;
                         }
-                        if rbuf.is_empty() && rbuf.capacity() > 4 * READ_CHUNK {
+                        if rbuf.is_empty() && rbuf.capacity() > MAX_READ_CHUNK {
                             rbuf = BytesMut::new();
                         }
                     }

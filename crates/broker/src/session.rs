@@ -13,7 +13,7 @@ use bytes::Bytes;
 use gatehouse_mqtt::{Properties, ProtocolVersion, QoS, ReasonCode, SubscriptionOptions};
 use gatehouse_types::{DisconnectCause, Identity, TopicFilter};
 use parking_lot::Mutex;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 
 /// A message as the router carries it: shared by every delivery of it.
 #[derive(Debug)]
@@ -75,11 +75,42 @@ pub(crate) enum Control {
     },
 }
 
+/// A one-slot mailbox from the broker to one connection. A connection ends at its first
+/// control message, so the first one wins and later ones are dropped; it costs no
+/// allocation beyond itself, which matters with tens of thousands of idle connections.
+#[derive(Debug, Default)]
+pub(crate) struct ControlSlot {
+    slot: Mutex<Option<Control>>,
+    notify: Notify,
+}
+
+impl ControlSlot {
+    /// Posts a control message (kept only if none is waiting) and wakes the connection.
+    pub fn send(&self, c: Control) {
+        let mut slot = self.slot.lock();
+        if slot.is_none() {
+            *slot = Some(c);
+        }
+        drop(slot);
+        self.notify.notify_one();
+    }
+
+    /// Waits for a control message. Cancel-safe: a message is only taken when returned.
+    pub async fn recv(&self) -> Control {
+        loop {
+            if let Some(c) = self.slot.lock().take() {
+                return c;
+            }
+            self.notify.notified().await;
+        }
+    }
+}
+
 /// The connection currently attached to a session.
 #[derive(Debug)]
 pub(crate) struct LiveConn {
     pub conn_id: u64,
-    pub control: mpsc::UnboundedSender<Control>,
+    pub control: Arc<ControlSlot>,
 }
 
 #[derive(Debug)]
