@@ -1,0 +1,30 @@
+//! Storage for Gatehouse: the registry (tenants, manufacturers, models, claims, devices,
+//! certificates, enrollment tokens) and the append-only, hash-chained audit log.
+//!
+//! The one design decision that shapes this crate: **a change and its audit record are
+//! one commit.** Every mutating [`Registry`] method takes the [`AuditEntry`] that
+//! describes it and writes both in one durable transaction, so "durable before it is
+//! acknowledged, and audited" (invariant 4) is a single `Ok`. Events that change nothing
+//! else (a refused enrollment) go through [`AuditLog::append`].
+//!
+//! The API is the [`Registry`] and [`AuditLog`] traits; [`SqliteStore`] is the embedded
+//! backend (one SQLite file, WAL, `synchronous = FULL`). Every method **blocks**: async
+//! code calls it inside `tokio::task::spawn_blocking`. Backends prove themselves with the
+//! suites in [`conformance`]. Timestamps are stored as whole unix seconds; the audit
+//! entry's `at` is the time of the change it records. The audit chain format, enough to
+//! verify an export with another tool, is in `docs/store.md`.
+
+pub mod audit;
+#[cfg(feature = "conformance")]
+pub mod conformance;
+mod error;
+mod hex;
+mod model;
+pub mod sqlite;
+mod traits;
+
+pub use audit::{AuditEntry, AuditRecord, Tamper, VerifyError, VerifyReport};
+pub use error::{AuditError, BackendError, OpenError, ReadError, TokenError, WriteError};
+pub use model::*;
+pub use sqlite::SqliteStore;
+pub use traits::{AuditLog, Registry};

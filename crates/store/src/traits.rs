@@ -1,0 +1,203 @@
+//! The storage traits every backend implements. All methods block: async code calls them
+//! through `tokio::task::spawn_blocking`.
+
+use gatehouse_types::{DeviceRef, TenantId};
+use time::OffsetDateTime;
+
+use crate::audit::{AuditEntry, AuditRecord, VerifyError, VerifyReport};
+use crate::error::{AuditError, ReadError, TokenError, WriteError};
+use crate::model::*;
+
+/// The append-only, hash-chained audit log.
+pub trait AuditLog: Send + Sync {
+    /// Appends an event that changes nothing else (a refused enrollment, a login), durably.
+    fn append(&self, entry: &AuditEntry) -> Result<AuditRecord, AuditError>;
+
+    /// Up to `limit` records with `seq >= from`, in order.
+    fn audit_records(&self, from: u64, limit: usize) -> Result<Vec<AuditRecord>, AuditError>;
+
+    /// The last record's seq and hash, `None` for an empty log.
+    fn audit_head(&self) -> Result<Option<(u64, String)>, AuditError>;
+
+    /// Writes every record as one JSON line, in order; returns how many.
+    fn export_jsonl(&self, out: &mut dyn std::io::Write) -> Result<u64, AuditError>;
+
+    /// Walks the whole chain; names the first bad record.
+    fn verify(&self) -> Result<VerifyReport, VerifyError>;
+}
+
+/// The registry. Every mutating method takes the [`AuditEntry`] that records it and writes
+/// the change and the audit record in one durable transaction: when it returns `Ok`, both
+/// are on disk; when it returns `Err`, neither is.
+pub trait Registry: AuditLog {
+    // --- tenants
+    /// Creates a tenant.
+    fn create_tenant(
+        &self,
+        id: &TenantId,
+        display_name: &str,
+        audit: &AuditEntry,
+    ) -> Result<Tenant, WriteError>;
+    /// A tenant.
+    fn get_tenant(&self, id: &TenantId) -> Result<Option<Tenant>, ReadError>;
+    /// All tenants by id.
+    fn list_tenants(&self) -> Result<Vec<Tenant>, ReadError>;
+
+    // --- manufacturers and models
+    /// Registers a manufacturer.
+    fn add_manufacturer(
+        &self,
+        m: &NewManufacturer,
+        audit: &AuditEntry,
+    ) -> Result<Manufacturer, WriteError>;
+    /// Replaces a manufacturer's IDevID CA certificates (a CA roll-over or a distrust).
+    fn set_manufacturer_cas(
+        &self,
+        id: &ManufacturerId,
+        idevid_ca_pems: &[String],
+        audit: &AuditEntry,
+    ) -> Result<Manufacturer, WriteError>;
+    /// A manufacturer.
+    fn get_manufacturer(&self, id: &ManufacturerId) -> Result<Option<Manufacturer>, ReadError>;
+    /// All manufacturers by id.
+    fn list_manufacturers(&self) -> Result<Vec<Manufacturer>, ReadError>;
+    /// Registers a device model.
+    fn add_model(&self, m: &NewModel, audit: &AuditEntry) -> Result<Model, WriteError>;
+    /// A model.
+    fn get_model(&self, id: &ModelId) -> Result<Option<Model>, ReadError>;
+    /// All models by id.
+    fn list_models(&self) -> Result<Vec<Model>, ReadError>;
+    /// Stores a new profile version for a model (version = previous + 1).
+    fn add_model_profile(
+        &self,
+        model: &ModelId,
+        toml: &str,
+        audit: &AuditEntry,
+    ) -> Result<ModelProfile, WriteError>;
+    /// The newest profile of a model.
+    fn latest_model_profile(&self, model: &ModelId) -> Result<Option<ModelProfile>, ReadError>;
+    /// One profile version.
+    fn get_model_profile(
+        &self,
+        model: &ModelId,
+        version: u32,
+    ) -> Result<Option<ModelProfile>, ReadError>;
+
+    // --- claims
+    /// Claims serials for `tenant`, all or none. Serials the tenant already claimed are
+    /// skipped; a serial claimed by another tenant refuses the whole batch
+    /// (`AlreadyExists`). Returns how many were new.
+    fn add_claims(
+        &self,
+        tenant: &TenantId,
+        manufacturer: &ManufacturerId,
+        claims: &[NewClaim],
+        audit: &AuditEntry,
+    ) -> Result<usize, WriteError>;
+    /// Who claimed a manufacturer serial; `None` if nobody did.
+    fn find_claim(
+        &self,
+        manufacturer: &ManufacturerId,
+        serial: &str,
+    ) -> Result<Option<Claim>, ReadError>;
+
+    // --- devices
+    /// Registers a device (status `Active`).
+    fn create_device(&self, d: &NewDevice, audit: &AuditEntry) -> Result<Device, WriteError>;
+    /// A device.
+    fn get_device(&self, d: &DeviceRef) -> Result<Option<Device>, ReadError>;
+    /// The tenant's device with this manufacturer serial.
+    fn find_device_by_serial(
+        &self,
+        tenant: &TenantId,
+        manufacturer: &ManufacturerId,
+        serial: &str,
+    ) -> Result<Option<Device>, ReadError>;
+    /// Devices matching `filter`, ordered by (tenant, id), at most `limit` (capped at 1000)
+    /// starting after `cursor`.
+    fn list_devices(
+        &self,
+        filter: &DeviceFilter,
+        limit: usize,
+        cursor: Option<&Cursor>,
+    ) -> Result<Page<Device>, ReadError>;
+    /// Sets a device's status. Setting `Revoked` here does not revoke certificates: use
+    /// [`Registry::revoke_device`].
+    fn set_device_status(
+        &self,
+        d: &DeviceRef,
+        status: DeviceStatus,
+        audit: &AuditEntry,
+    ) -> Result<Device, WriteError>;
+
+    // --- certificates
+    /// Registers the device if it is new (an existing one must be `Active`), records its
+    /// certificate and sets `last_enrolled_at`: one enrollment, one transaction.
+    fn enroll(
+        &self,
+        device: &NewDevice,
+        cert: &NewCertificate,
+        audit: &AuditEntry,
+    ) -> Result<(Device, Certificate), WriteError>;
+    /// Records a certificate issued to an existing, `Active` device (a renewal) and sets
+    /// its `last_enrolled_at`.
+    fn record_certificate(
+        &self,
+        cert: &NewCertificate,
+        audit: &AuditEntry,
+    ) -> Result<Certificate, WriteError>;
+    /// A certificate.
+    fn get_certificate(&self, serial: &CertSerial) -> Result<Option<Certificate>, ReadError>;
+    /// A device's certificates, oldest first.
+    fn list_certificates(&self, d: &DeviceRef) -> Result<Vec<Certificate>, ReadError>;
+    /// Revoked certificates (of one issuer, or all), for a CRL, by serial.
+    fn list_revoked(&self, issuer: Option<&str>) -> Result<Vec<RevokedCertificate>, ReadError>;
+    /// Revokes one certificate.
+    fn revoke_certificate(
+        &self,
+        serial: &CertSerial,
+        reason: RevocationReason,
+        at: OffsetDateTime,
+        audit: &AuditEntry,
+    ) -> Result<Certificate, WriteError>;
+    /// Marks a device `Revoked` and revokes its valid certificates; returns those.
+    fn revoke_device(
+        &self,
+        d: &DeviceRef,
+        reason: RevocationReason,
+        at: OffsetDateTime,
+        audit: &AuditEntry,
+    ) -> Result<Vec<Certificate>, WriteError>;
+    /// Revokes a manufacturer's devices (all, or a serial range) in every tenant, and their
+    /// valid certificates, in one transaction.
+    fn revoke_batch(
+        &self,
+        scope: &BatchScope,
+        reason: RevocationReason,
+        at: OffsetDateTime,
+        audit: &AuditEntry,
+    ) -> Result<BatchRevocation, WriteError>;
+
+    // --- enrollment tokens
+    /// Creates a token; the secret is returned here and never again.
+    fn create_token(
+        &self,
+        t: &NewToken,
+        audit: &AuditEntry,
+    ) -> Result<(TokenRecord, TokenSecret), WriteError>;
+    /// Checks a token and counts one use, atomically; `audit` is written with the use.
+    /// Refusals write nothing: the caller audits them with [`AuditLog::append`].
+    fn consume_token(
+        &self,
+        id: &TokenId,
+        secret: &TokenSecret,
+        now: OffsetDateTime,
+        audit: &AuditEntry,
+    ) -> Result<TokenRecord, TokenError>;
+    /// Revokes a token.
+    fn revoke_token(&self, id: &TokenId, audit: &AuditEntry) -> Result<TokenRecord, WriteError>;
+    /// A token (without its secret).
+    fn get_token(&self, id: &TokenId) -> Result<Option<TokenRecord>, ReadError>;
+    /// A tenant's tokens, newest first.
+    fn list_tokens(&self, tenant: &TenantId) -> Result<Vec<TokenRecord>, ReadError>;
+}
