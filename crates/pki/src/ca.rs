@@ -25,26 +25,22 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::fsutil::{self, Install, ReadPrivateError};
 use crate::issued::IssuedCert;
+use crate::kek::{KekError, KeySource};
 use crate::pem::{PemError, load_certs_pem, load_key_pem};
 
-/// File name of the CA's private key inside the CA directory.
-const KEY_FILE: &str = "ca.key";
-/// File name of the CA's certificate inside the CA directory.
-const CERT_FILE: &str = "ca.crt";
+mod store;
 
 /// Common name of the local root.
 pub(crate) const CA_COMMON_NAME: &str = "Gatehouse Local CA";
 /// Lifetime of the local root.
 const CA_VALIDITY: time::Duration = time::Duration::days(3652);
+/// Lifetime of an issuing CA: shorter than the root's, so it is rolled while the root lasts.
+const ISSUING_VALIDITY: time::Duration = time::Duration::days(1826);
 /// How far back `notBefore` is set, so devices with a slightly slow clock accept a new
 /// certificate at once.
 const CLOCK_SKEW: time::Duration = time::Duration::minutes(5);
 /// Length of a certificate serial number in bytes (positive, so 126 random bits).
 const SERIAL_LEN: usize = 16;
-/// How long `load_or_create` waits for another process that is half-way through creating
-/// the CA before it reports the directory as incomplete.
-const CREATE_WAIT: Duration = Duration::from_secs(2);
-
 /// Why the CA could not be loaded, created, or could not issue a certificate.
 ///
 /// No variant carries private key material: key problems are described by kind only.
@@ -151,6 +147,26 @@ pub enum CaError {
     /// Generating a key or signing a certificate failed.
     #[error("certificate generation failed: {0}")]
     Generation(String),
+    /// The key-encryption key could not be obtained.
+    #[error("key-encryption key: {0}")]
+    Kek(#[from] KekError),
+    /// A sealed CA key does not open with the key-encryption key given: the KEK is not the
+    /// one the key was sealed with, or the file was altered or moved from another name.
+    #[error(
+        "{}: cannot decrypt the CA key: wrong key-encryption key, or the file was altered or swapped",
+        path.display()
+    )]
+    WrongKek {
+        /// The key file.
+        path: PathBuf,
+    },
+    /// The operation needs a CA this one is not (e.g. rolling the issuing CA of an external
+    /// CA, or of a CA created by an earlier version whose root issues directly).
+    #[error("not supported by this CA: {0}")]
+    Unsupported(&'static str),
+    /// A certificate signing request was refused.
+    #[error(transparent)]
+    Csr(#[from] crate::csr::CsrError),
 }
 
 /// What a device certificate is issued for. Build one with [`DeviceCertParams::new`] and, where
@@ -182,210 +198,138 @@ pub struct ServerCertParams {
     pub not_after: OffsetDateTime,
 }
 
-/// The local certificate authority: a self-signed ECDSA P-256 root whose key lives in
-/// `<dir>/ca.key` (mode 0600, PKCS#8 PEM) and certificate in `<dir>/ca.crt`.
+/// The local certificate authority: a self-signed ECDSA P-256 root and an issuing
+/// intermediate under it, kept in a directory with their private keys sealed (see
+/// [`LocalCa::open`] for the layout), or an external issuing CA given as PEM
+/// ([`LocalCa::from_pem`]).
 ///
-/// The private key stays inside this value: nothing returns it and `Debug` omits it.
-/// File operations are blocking; call [`LocalCa::load_or_create`] at startup or from
-/// `spawn_blocking`. Issuing is CPU-only (one key generation and one signature).
+/// Certificates are issued by the *active* issuing CA (the newest live one). After
+/// [`roll_issuing_ca`](LocalCa::roll_issuing_ca) the previous issuing CAs stay in
+/// [`chain_pem`](LocalCa::chain_pem) and [`client_trust_anchors`](LocalCa::client_trust_anchors)
+/// until they expire, so the certificates they issued stay valid.
+///
+/// The private keys stay inside this value: nothing returns them and `Debug` omits them.
+/// File operations are blocking; call the constructors at startup or from `spawn_blocking`.
+/// Issuing is CPU-only (one key generation and one signature).
 pub struct LocalCa {
     dir: PathBuf,
+    root_pem: String,
+    root_der: CertificateDer<'static>,
+    root_not_after: OffsetDateTime,
+    /// The root's signing key; `None` for an external CA (whose root we do not hold).
+    root_issuer: Option<Issuer<'static, KeyPair>>,
+    /// Live issuing CAs, newest (active) first. Never empty.
+    issuing: Vec<IssuingCa>,
+    /// Live issuing CAs (that are not the root), newest first, then the root.
+    chain_pem: String,
+    /// The key-encryption key, kept to seal the key of a new issuing CA; `None` for an
+    /// external CA.
+    kek: Option<crate::kek::Kek>,
+    /// URL written into the CRL distribution point of device certificates.
+    crl_url: Option<String>,
+    /// CRL numbers of a CA without a directory (external CA).
+    crl_counter: std::sync::atomic::AtomicU64,
+}
+
+/// One issuing CA: its certificate and signing key.
+struct IssuingCa {
+    /// The key's role and file stem (`issuing-3`), or `root` when the root issues directly.
+    role: String,
     cert_pem: String,
     cert_der: CertificateDer<'static>,
     not_after: OffsetDateTime,
     issuer: Issuer<'static, KeyPair>,
+    /// This is the root itself (a CA created by an earlier version, or an external CA with
+    /// no intermediate).
+    is_root: bool,
 }
 
 // === impl LocalCa ===
 
 impl LocalCa {
-    /// Loads the CA from `dir`, creating it on first use.
+    /// Loads the CA from `dir`, creating it on first use, with the default key-encryption
+    /// key: the `GATEHOUSE_CA_KEK` environment variable if it is set, else a KEK generated
+    /// into `<dir>/ca.kek` (mode 0600). See [`LocalCa::open`].
     ///
-    /// On first call `dir` is created (mode 0700, with missing parents) and a new root is
-    /// written: `ca.key` (0600 from creation on) and `ca.crt`, each atomically. Later calls
-    /// load both and check that the key is the certificate's, that the certificate is a CA
-    /// and that it has not expired. A key file that group or others may access is refused,
-    /// and so is a CA directory that group or others may write. If two processes race to
-    /// create the CA, one wins and the other loads its CA.
+    /// The generated KEK sits next to the keys it protects: that keeps a fresh install
+    /// working out of the box, but only protects key files that are copied without it. For
+    /// real protection at rest set `GATEHOUSE_CA_KEK`, or use [`LocalCa::open`] with a
+    /// [`KeySource`] outside the data directory.
     pub fn load_or_create(dir: &Path) -> Result<LocalCa, CaError> {
-        fsutil::create_private_dir(dir).map_err(|source| io_err(dir, source))?;
-        check_dir(dir)?;
-        let key_path = dir.join(KEY_FILE);
-        let cert_path = dir.join(CERT_FILE);
-
-        let deadline = std::time::Instant::now() + CREATE_WAIT;
-        loop {
-            let key_exists = exists(&key_path)?;
-            let cert_exists = exists(&cert_path)?;
-            match (key_exists, cert_exists) {
-                (true, true) => return Self::load(dir),
-                (false, false) => match Self::create(dir, &key_path, &cert_path) {
-                    Ok(ca) => return Ok(ca),
-                    // Another process linked its key first: wait for its certificate.
-                    Err(CaError::Io { source, .. })
-                        if source.kind() == io::ErrorKind::AlreadyExists
-                            && std::time::Instant::now() < deadline => {}
-                    Err(e) => return Err(e),
-                },
-                (present_key, _) => {
-                    if std::time::Instant::now() >= deadline {
-                        let (present, missing) = if present_key {
-                            (key_path, cert_path)
-                        } else {
-                            (cert_path, key_path)
-                        };
-                        return Err(CaError::Incomplete { present, missing });
-                    }
-                }
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        Self::open(dir, &KeySource::default_for(dir))
     }
 
-    fn create(dir: &Path, key_path: &Path, cert_path: &Path) -> Result<LocalCa, CaError> {
-        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
-            .map_err(|e| CaError::Generation(e.to_string()))?;
-        let params = ca_params(OffsetDateTime::now_utc())?;
-        let cert = params
-            .self_signed(&key)
-            .map_err(|e| CaError::Generation(e.to_string()))?;
-        let key_pem = zeroize::Zeroizing::new(key.serialize_pem());
-
-        // The key goes first and never replaces an existing file: whoever links it first owns
-        // the CA, and a loser sees `AlreadyExists` and loads the winner's CA instead.
-        fsutil::write_atomic(
-            key_path,
-            key_pem.as_bytes(),
-            fsutil::KEY_MODE,
-            Install::NoClobber,
-        )
-        .map_err(|source| io_err(key_path, source))?;
-        fsutil::write_atomic(
-            cert_path,
-            cert.pem().as_bytes(),
-            fsutil::PUBLIC_MODE,
-            Install::NoClobber,
-        )
-        .map_err(|source| match source.kind() {
-            io::ErrorKind::AlreadyExists => CaError::KeyMismatch {
-                key: key_path.to_owned(),
-                cert: cert_path.to_owned(),
-            },
-            _ => io_err(cert_path, source),
-        })?;
-        tracing::info!(dir = %dir.display(), "created local CA");
-        Self::from_parts(dir, cert.pem(), key, key_path, cert_path)
-    }
-
-    fn load(dir: &Path) -> Result<LocalCa, CaError> {
-        let key_path = dir.join(KEY_FILE);
-        let cert_path = dir.join(CERT_FILE);
-        let key_pem = fsutil::read_private(&key_path).map_err(|e| match e {
-            ReadPrivateError::Io(source) => io_err(&key_path, source),
-            ReadPrivateError::NotAFile => CaError::NotAFile {
-                path: key_path.clone(),
-            },
-            ReadPrivateError::TooOpen { mode } => CaError::KeyPermissions {
-                path: key_path.clone(),
-                mode,
-            },
-        })?;
-        let key_der = load_key_pem(&key_pem).map_err(|e| CaError::InvalidKey {
-            path: key_path.clone(),
-            reason: e.to_string(),
-        })?;
-        let key = KeyPair::try_from(&key_der).map_err(|e| CaError::InvalidKey {
-            path: key_path.clone(),
-            reason: e.to_string(),
-        })?;
-        let cert_pem =
-            std::fs::read_to_string(&cert_path).map_err(|source| io_err(&cert_path, source))?;
-        Self::from_parts(dir, cert_pem, key, &key_path, &cert_path)
-    }
-
-    /// Checks a certificate and key pair and builds the issuer from them.
-    fn from_parts(
-        dir: &Path,
-        cert_pem: String,
-        key: KeyPair,
-        key_path: &Path,
-        cert_path: &Path,
-    ) -> Result<LocalCa, CaError> {
-        let invalid = |reason: String| CaError::InvalidCertificate {
-            path: cert_path.to_owned(),
-            reason,
-        };
-        let mut certs = load_certs_pem(&cert_pem).map_err(|e: PemError| invalid(e.to_string()))?;
-        if certs.len() != 1 {
-            return Err(invalid(format!(
-                "holds {} certificates; expected the root alone",
-                certs.len()
-            )));
-        }
-        let cert_der = certs.remove(0);
-        let (_, x509) = X509Certificate::from_der(&cert_der).map_err(|e| invalid(e.to_string()))?;
-
-        let is_ca = x509
-            .basic_constraints()
-            .map_err(|e| invalid(e.to_string()))?
-            .is_some_and(|bc| bc.value.ca);
-        let can_sign = x509
-            .key_usage()
-            .map_err(|e| invalid(e.to_string()))?
-            .is_some_and(|ku| ku.value.key_cert_sign());
-        if !is_ca || !can_sign {
-            return Err(invalid(
-                "not a CA certificate (needs basicConstraints CA:TRUE and keyUsage keyCertSign)"
-                    .to_owned(),
-            ));
-        }
-        if x509.public_key().raw != key.subject_public_key_info().as_slice() {
-            return Err(CaError::KeyMismatch {
-                key: key_path.to_owned(),
-                cert: cert_path.to_owned(),
-            });
-        }
-        let not_after = x509.validity().not_after.to_datetime();
-        if not_after <= OffsetDateTime::now_utc() {
-            return Err(CaError::Expired { not_after });
-        }
-        drop(x509);
-
-        let issuer =
-            Issuer::from_ca_cert_der(&cert_der, key).map_err(|e| invalid(e.to_string()))?;
-        Ok(LocalCa {
-            dir: dir.to_owned(),
-            cert_pem,
-            cert_der,
-            not_after,
-            issuer,
-        })
-    }
-
-    /// The CA certificate, PEM.
+    /// The CA certificate (the root), PEM.
     pub fn cert_pem(&self) -> &str {
-        &self.cert_pem
+        &self.root_pem
     }
 
-    /// The CA certificate, DER: the trust anchor for device certificates.
+    /// The CA certificate (the root), DER: the trust anchor for device certificates.
     pub fn cert_der(&self) -> CertificateDer<'static> {
-        self.cert_der.clone()
+        self.root_der.clone()
     }
 
-    /// The CA chain handed out with an issued certificate, PEM: the issuing CA up to and
-    /// including the root. Today that is the root alone.
+    /// The CA chain, PEM: every live issuing CA, newest first, then the root. This is what
+    /// `ca.crt` holds and what EST `cacerts` should return. (A certificate's own chain, in
+    /// [`IssuedCert::chain_pem`], names only its issuer and the root.)
     pub fn chain_pem(&self) -> &str {
-        &self.cert_pem
+        &self.chain_pem
     }
 
-    /// When the CA certificate expires. Issued certificates never outlive it.
+    /// Every live CA certificate, DER: the root, then the issuing CAs, newest first.
+    ///
+    /// Give these to [`ServerTlsBuilder::client_roots`](crate::ServerTlsBuilder::client_roots)
+    /// for a listener whose clients may send their leaf certificate alone (mosquitto,
+    /// `openssl s_client -cert`): with the issuing CAs as anchors the chain is complete
+    /// without the intermediate. Clients built with [`client_config`](crate::client_config)
+    /// send the intermediate and verify with [`cert_der`](Self::cert_der) alone.
+    pub fn client_trust_anchors(&self) -> Vec<CertificateDer<'static>> {
+        let mut out = vec![self.root_der.clone()];
+        out.extend(
+            self.issuing
+                .iter()
+                .filter(|i| !i.is_root)
+                .map(|i| i.cert_der.clone()),
+        );
+        out
+    }
+
+    /// The active issuing CA's certificate, DER.
+    pub fn issuing_cert_der(&self) -> CertificateDer<'static> {
+        self.active().cert_der.clone()
+    }
+
+    /// Every live issuing CA's certificate, DER, newest (active) first. The root appears here
+    /// when it issues directly.
+    pub fn issuing_certs_der(&self) -> Vec<CertificateDer<'static>> {
+        self.issuing.iter().map(|i| i.cert_der.clone()).collect()
+    }
+
+    /// When the active issuing CA expires. Issued certificates never outlive it.
     pub fn not_after(&self) -> OffsetDateTime {
-        self.not_after
+        self.active().not_after
     }
 
-    /// The directory the CA lives in.
+    /// When the root expires.
+    pub fn root_not_after(&self) -> OffsetDateTime {
+        self.root_not_after
+    }
+
+    /// The directory the CA lives in (empty for an external CA given as PEM).
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Writes `url` into the CRL distribution point extension of the device certificates
+    /// issued from now on (e.g. `https://gatehouse.example:8443/crl/issuing-2.crl`).
+    pub fn with_crl_url(mut self, url: impl Into<String>) -> Self {
+        self.crl_url = Some(url.into());
+        self
+    }
+
+    fn active(&self) -> &IssuingCa {
+        // `issuing` is never empty: every constructor checks it.
+        &self.issuing[0]
     }
 
     /// Issues a device certificate and a new ECDSA P-256 key, valid from five minutes ago
@@ -416,7 +360,7 @@ impl LocalCa {
         Ok(IssuedCert::new(
             cert,
             &key,
-            self.chain_pem().to_owned(),
+            self.issued_chain(),
             &cert_params,
         ))
     }
@@ -443,19 +387,30 @@ impl LocalCa {
         Ok(IssuedCert::new(
             cert,
             &key,
-            self.chain_pem().to_owned(),
+            self.issued_chain(),
             &cert_params,
         ))
     }
 
-    /// Signs `public_key` with the CA key under `params`.
-    fn sign(
+    /// The chain handed out with a certificate the active issuing CA signs: that CA, then
+    /// the root.
+    pub(crate) fn issued_chain(&self) -> String {
+        let active = self.active();
+        if active.is_root {
+            self.root_pem.clone()
+        } else {
+            format!("{}{}", active.cert_pem, self.root_pem)
+        }
+    }
+
+    /// Signs `public_key` with the active issuing CA's key under `params`.
+    pub(crate) fn sign(
         &self,
         params: &CertificateParams,
         public_key: &impl PublicKeyData,
     ) -> Result<Certificate, CaError> {
         params
-            .signed_by(public_key, &self.issuer)
+            .signed_by(public_key, &self.active().issuer)
             .map_err(|e| CaError::Generation(e.to_string()))
     }
 
@@ -467,13 +422,14 @@ impl LocalCa {
     ) -> Result<(OffsetDateTime, OffsetDateTime), CaError> {
         let not_before = whole_seconds(not_before);
         let mut not_after = whole_seconds(not_after);
-        if not_after > self.not_after {
+        let ca_not_after = self.not_after();
+        if not_after > ca_not_after {
             tracing::warn!(
                 requested = %not_after,
-                ca_not_after = %self.not_after,
+                ca_not_after = %ca_not_after,
                 "certificate validity cut to the CA's expiry"
             );
-            not_after = self.not_after;
+            not_after = ca_not_after;
         }
         if not_after <= not_before {
             return Err(CaError::InvalidValidity(
@@ -483,7 +439,7 @@ impl LocalCa {
         Ok((not_before, not_after))
     }
 
-    fn device_params(&self, p: &DeviceCertParams) -> Result<CertificateParams, CaError> {
+    pub(crate) fn device_params(&self, p: &DeviceCertParams) -> Result<CertificateParams, CaError> {
         let uri = device_uri(&p.tenant, &p.device);
         let mut params = leaf_params(self.window(p.not_before, p.not_after)?)?;
         params
@@ -494,6 +450,12 @@ impl LocalCa {
             .push(DnType::CommonName, p.device.as_str());
         params.subject_alt_names = vec![SanType::URI(ia5(&uri)?)];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        if let Some(url) = &self.crl_url {
+            ia5(url)?;
+            params.crl_distribution_points = vec![rcgen::CrlDistributionPoint {
+                uris: vec![url.clone()],
+            }];
+        }
         Ok(params)
     }
 
@@ -539,9 +501,14 @@ impl fmt::Debug for LocalCa {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LocalCa")
             .field("dir", &self.dir)
-            .field("subject", &CA_COMMON_NAME)
-            .field("not_after", &self.not_after)
-            .field("key", &"<redacted>")
+            .field("root_not_after", &self.root_not_after)
+            .field(
+                "issuing",
+                &self.issuing.iter().map(|i| i.role.as_str()).collect::<Vec<_>>(),
+            )
+            .field("not_after", &self.not_after())
+            .field("crl_url", &self.crl_url)
+            .field("keys", &"<redacted>")
             .finish()
     }
 }
@@ -599,16 +566,38 @@ pub(crate) fn device_uri(tenant: &TenantId, device: &DeviceId) -> String {
     format!("{}://{tenant}/device/{device}", crate::DEVICE_URI_SCHEME)
 }
 
-fn ca_params(now: OffsetDateTime) -> Result<CertificateParams, CaError> {
+fn root_params(now: OffsetDateTime) -> Result<CertificateParams, CaError> {
     let mut params = CertificateParams::default();
     params.not_before = whole_seconds(now - CLOCK_SKEW);
     params.not_after = whole_seconds(now + CA_VALIDITY);
     params.serial_number = Some(random_serial()?);
     let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, "Gatehouse");
     dn.push(DnType::CommonName, CA_COMMON_NAME);
+    params.distinguished_name = dn;
+    // One issuing CA below the root, none below that.
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(1));
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    Ok(params)
+}
+
+/// An issuing CA under the root, number `n`, cut to the root's lifetime.
+fn issuing_params(
+    n: u32,
+    now: OffsetDateTime,
+    root_not_after: OffsetDateTime,
+) -> Result<CertificateParams, CaError> {
+    let mut params = CertificateParams::default();
+    params.not_before = whole_seconds(now - CLOCK_SKEW);
+    params.not_after = whole_seconds(now + ISSUING_VALIDITY).min(root_not_after);
+    params.serial_number = Some(random_serial()?);
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, "Gatehouse");
+    dn.push(DnType::CommonName, format!("Gatehouse Issuing CA {n}"));
     params.distinguished_name = dn;
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    params.use_authority_key_identifier_extension = true;
     Ok(params)
 }
 

@@ -36,6 +36,46 @@ pub struct IssuedCert {
     pub not_after: OffsetDateTime,
 }
 
+/// A certificate issued for a public key the CA was given (a CSR): no private key travels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct IssuedCertPublic {
+    /// The certificate, PEM.
+    pub cert_pem: String,
+    /// The certificate, DER.
+    pub cert_der: CertificateDer<'static>,
+    /// The CA certificate(s), PEM: the issuing CA up to and including the root.
+    pub chain_pem: String,
+    /// The serial number, lowercase hex (as in [`IssuedCert::serial_hex`]).
+    pub serial_hex: String,
+    /// Start of validity.
+    pub not_before: OffsetDateTime,
+    /// End of validity.
+    pub not_after: OffsetDateTime,
+}
+
+impl IssuedCertPublic {
+    pub(crate) fn new(
+        cert_pem: String,
+        cert_der: CertificateDer<'static>,
+        chain_pem: String,
+        params: &CertificateParams,
+    ) -> Self {
+        Self {
+            cert_pem,
+            cert_der,
+            chain_pem,
+            serial_hex: params
+                .serial_number
+                .as_ref()
+                .map(|s| serial_to_hex(&s.to_bytes()))
+                .unwrap_or_default(),
+            not_before: params.not_before,
+            not_after: params.not_after,
+        }
+    }
+}
+
 /// The files [`IssuedCert::write_to`] wrote.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]

@@ -25,16 +25,22 @@
 //! ever being generated here.
 
 mod ca;
+mod crl;
+mod csr;
 mod fsutil;
 mod identity;
 mod issued;
+mod kek;
 mod pem;
 mod secret;
 mod tls;
 
 pub use ca::{CaError, DeviceCertParams, LocalCa, ServerCertParams};
+pub use crl::{Crl, RevocationReason, RevokedCert};
+pub use csr::{CsrError, CsrPolicy, DEFAULT_CSR_VALIDITY, KeyKind, VerifiedCsr, verify_csr};
 pub use identity::{IdentityError, identity_from_cert, tls_facts};
-pub use issued::{IssuedCert, WrittenFiles};
+pub use issued::{IssuedCert, IssuedCertPublic, WrittenFiles};
+pub use kek::{KEK_ENV, KekError, KeySource};
 pub use pem::{PemError, load_certs_pem, load_key_pem};
 pub use secret::SecretPem;
 pub use tls::{ClientAuth, ServerTlsBuilder, TlsError, client_config, server_config};
@@ -82,7 +88,7 @@ mod redaction_tests {
             },
             CaError::KeyMismatch {
                 key: path.clone(),
-                cert: path,
+                cert: path.clone(),
             },
             CaError::Expired {
                 not_after: time::OffsetDateTime::UNIX_EPOCH,
@@ -95,6 +101,19 @@ mod redaction_tests {
             CaError::NoServerNames,
             CaError::Random,
             CaError::Generation("x".to_owned()),
+            CaError::Kek(KekError::Weak),
+            CaError::Kek(KekError::EnvMissing("GATEHOUSE_CA_KEK".to_owned())),
+            CaError::Kek(KekError::Permissions {
+                path: path.clone(),
+                mode: 0o644,
+            }),
+            CaError::WrongKek { path: path.clone() },
+            CaError::Unsupported("x"),
+            CaError::Csr(CsrError::BadSignature),
+            CaError::Csr(CsrError::IdentityMismatch {
+                named: "gatehouse://acme/device/other".to_owned(),
+                expected: "acme/d".to_owned(),
+            }),
         ];
         for e in &v {
             match e {
@@ -111,7 +130,11 @@ mod redaction_tests {
                 | CaError::InvalidName { .. }
                 | CaError::NoServerNames
                 | CaError::Random
-                | CaError::Generation(_) => {}
+                | CaError::Generation(_)
+                | CaError::Kek(_)
+                | CaError::WrongKek { .. }
+                | CaError::Unsupported(_)
+                | CaError::Csr(_) => {}
             }
         }
         v
@@ -210,7 +233,13 @@ mod redaction_tests {
     fn no_error_or_debug_output_carries_key_material() -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
         let ca = LocalCa::load_or_create(dir.path())?;
-        let ca_key = std::fs::read_to_string(dir.path().join("ca.key"))?;
+        // The sealed key files and the KEK: none of their text may show.
+        let ca_key = [
+            std::fs::read_to_string(dir.path().join("root.key"))?,
+            std::fs::read_to_string(dir.path().join("issuing-1.key"))?,
+            std::fs::read_to_string(dir.path().join("ca.kek"))?,
+        ]
+        .concat();
         let device = ca.issue_device(
             &gatehouse_types::TenantId::new("acme")?,
             &gatehouse_types::DeviceId::new("d")?,

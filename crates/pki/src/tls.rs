@@ -64,8 +64,12 @@ pub enum TlsError {
 /// Builds the [`ServerConfig`] of a TLS listener.
 ///
 /// Defaults: [`ClientAuth::Required`], no CRLs, no ALPN. Revocation lists given with
-/// [`crls`](Self::crls) are checked for the whole client chain; a certificate whose issuer
-/// has no CRL among them fails.
+/// [`crls`](Self::crls) are checked for the client's *end-entity* certificate: a device
+/// certificate whose issuer has no CRL among them fails (unknown status is not accepted), so
+/// give the CRL of every live issuing CA ([`LocalCa::crls`](crate::LocalCa::crls)).
+/// Intermediates are not checked against CRLs: they are Gatehouse's own issuing CAs, which
+/// leave the trust anchors when they are retired, and the root publishes no CRL; requiring
+/// one would fail every handshake.
 pub struct ServerTlsBuilder {
     cert_chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
@@ -134,7 +138,8 @@ impl ServerTlsBuilder {
                 let roots = root_store(&self.client_roots)?;
                 let mut builder =
                     WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-                        .with_crls(self.crls);
+                        .with_crls(self.crls)
+                        .only_check_end_entity_revocation();
                 if auth == ClientAuth::Optional {
                     builder = builder.allow_unauthenticated();
                 }

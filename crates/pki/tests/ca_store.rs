@@ -21,24 +21,37 @@ fn first_start_creates_private_ca_directory() -> TestResult {
     let ca = LocalCa::load_or_create(&dir)?;
 
     assert_eq!(mode(&dir)?, 0o700);
-    assert_eq!(mode(&dir.join("ca.key"))?, 0o600);
-    let key = fs::read_to_string(dir.join("ca.key"))?;
-    assert!(
-        key.starts_with("-----BEGIN PRIVATE KEY-----"),
-        "not PKCS#8 PEM"
-    );
-    let cert = fs::read_to_string(dir.join("ca.crt"))?;
-    assert_eq!(cert, ca.cert_pem());
-    assert!(cert.starts_with("-----BEGIN CERTIFICATE-----"));
-    // Nothing but the two files: no temporary files left behind.
+    for key in ["root.key", "issuing-1.key", "ca.kek"] {
+        assert_eq!(mode(&dir.join(key))?, 0o600, "{key}");
+    }
+    for key in ["root.key", "issuing-1.key"] {
+        let text = fs::read_to_string(dir.join(key))?;
+        assert!(
+            text.starts_with("-----BEGIN GATEHOUSE ENCRYPTED PRIVATE KEY-----"),
+            "{key} is not sealed"
+        );
+    }
+    let root = fs::read_to_string(dir.join("root.crt"))?;
+    assert_eq!(root, ca.cert_pem());
+    let bundle = fs::read_to_string(dir.join("ca.crt"))?;
+    assert_eq!(bundle, ca.chain_pem());
+    assert_eq!(gatehouse_pki::load_certs_pem(&bundle)?.len(), 2);
+    assert!(bundle.ends_with(&root), "the bundle ends with the root");
+    // No temporary files left behind.
     let mut names: Vec<_> = fs::read_dir(&dir)?
         .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
         .collect::<Result<_, _>>()?;
     names.sort();
-    assert_eq!(names, ["ca.crt", "ca.key"]);
+    assert_eq!(
+        names,
+        [".lock", "ca.crt", "ca.kek", "issuing-1.crt", "issuing-1.key", "root.crt", "root.key"]
+    );
 
-    let years = (ca.not_after() - time::OffsetDateTime::now_utc()).whole_days() / 365;
+    let years = (ca.root_not_after() - time::OffsetDateTime::now_utc()).whole_days() / 365;
     assert_eq!(years, 10);
+    let years = (ca.not_after() - time::OffsetDateTime::now_utc()).whole_days() / 365;
+    assert_eq!(years, 5);
+    assert_eq!(ca.client_trust_anchors().len(), 2);
     Ok(())
 }
 
@@ -54,7 +67,7 @@ fn second_start_loads_the_same_ca() -> TestResult {
     let tenant = TenantId::new("acme")?;
     let device = DeviceId::new("d-1")?;
     let issued = second.issue_device(&tenant, &device, Duration::from_secs(60))?;
-    assert_eq!(issued.chain_pem, first.cert_pem());
+    assert_eq!(issued.chain_pem, first.chain_pem());
     Ok(())
 }
 
@@ -62,7 +75,7 @@ fn second_start_loads_the_same_ca() -> TestResult {
 fn group_readable_ca_key_is_refused() -> TestResult {
     let data = tempfile::tempdir()?;
     LocalCa::load_or_create(data.path())?;
-    let key = data.path().join("ca.key");
+    let key = data.path().join("root.key");
     for open in [0o640, 0o604, 0o660, 0o644] {
         fs::set_permissions(&key, fs::Permissions::from_mode(open))?;
         let err = LocalCa::load_or_create(data.path()).expect_err("open key accepted");
@@ -96,8 +109,14 @@ fn key_of_another_ca_is_refused() -> TestResult {
     let b = tempfile::tempdir()?;
     LocalCa::load_or_create(a.path())?;
     LocalCa::load_or_create(b.path())?;
-    fs::copy(b.path().join("ca.key"), a.path().join("ca.key"))?;
-    fs::set_permissions(a.path().join("ca.key"), fs::Permissions::from_mode(0o600))?;
+    // Sealed under b's KEK: a's KEK does not open it.
+    fs::copy(b.path().join("root.key"), a.path().join("root.key"))?;
+    fs::set_permissions(a.path().join("root.key"), fs::Permissions::from_mode(0o600))?;
+    let err = LocalCa::load_or_create(a.path()).expect_err("foreign sealed key accepted");
+    assert!(matches!(err, CaError::WrongKek { .. }), "{err:?}");
+    // With b's KEK too, the key opens but is not a's certificate's.
+    fs::copy(b.path().join("ca.kek"), a.path().join("ca.kek"))?;
+    fs::copy(a.path().join("issuing-1.key"), a.path().join("keep"))?;
     let err = LocalCa::load_or_create(a.path()).expect_err("mismatched key accepted");
     assert!(matches!(err, CaError::KeyMismatch { .. }), "{err:?}");
     Ok(())
@@ -107,7 +126,7 @@ fn key_of_another_ca_is_refused() -> TestResult {
 fn garbage_files_are_refused_not_replaced() -> TestResult {
     let data = tempfile::tempdir()?;
     LocalCa::load_or_create(data.path())?;
-    let key = data.path().join("ca.key");
+    let key = data.path().join("root.key");
     let original = fs::read(&key)?;
 
     fs::write(&key, "not a key")?;
@@ -120,7 +139,7 @@ fn garbage_files_are_refused_not_replaced() -> TestResult {
     );
 
     fs::write(&key, original)?;
-    fs::write(data.path().join("ca.crt"), "not a certificate")?;
+    fs::write(data.path().join("root.crt"), "not a certificate")?;
     let err = LocalCa::load_or_create(data.path()).expect_err("garbage cert accepted");
     assert!(matches!(err, CaError::InvalidCertificate { .. }), "{err:?}");
     Ok(())
@@ -130,11 +149,11 @@ fn garbage_files_are_refused_not_replaced() -> TestResult {
 fn half_present_ca_is_refused_not_overwritten() -> TestResult {
     let data = tempfile::tempdir()?;
     LocalCa::load_or_create(data.path())?;
-    fs::remove_file(data.path().join("ca.crt"))?;
+    fs::remove_file(data.path().join("root.crt"))?;
     let err = LocalCa::load_or_create(data.path()).expect_err("key without cert accepted");
     assert!(matches!(err, CaError::Incomplete { .. }), "{err:?}");
-    assert!(data.path().join("ca.key").exists());
-    assert!(!data.path().join("ca.crt").exists());
+    assert!(data.path().join("root.key").exists());
+    assert!(!data.path().join("root.crt").exists());
     Ok(())
 }
 
@@ -154,7 +173,7 @@ fn concurrent_first_starts_agree_on_one_ca() -> TestResult {
     for h in handles {
         pems.push(h.join().map_err(|_| "thread panicked")??);
     }
-    let on_disk = fs::read_to_string(dir.join("ca.crt"))?;
+    let on_disk = fs::read_to_string(dir.join("root.crt"))?;
     assert!(
         pems.iter().all(|p| *p == on_disk),
         "racing creators disagree"
@@ -182,7 +201,7 @@ fn issued_files_are_written_with_private_key_mode() -> TestResult {
     assert_eq!(mode(&files.cert)?, 0o644);
     assert_eq!(fs::read_to_string(&files.key)?, issued.key_pem.expose());
     assert_eq!(fs::read_to_string(&files.cert)?, issued.cert_pem);
-    assert_eq!(fs::read_to_string(&files.ca)?, ca.cert_pem());
+    assert_eq!(fs::read_to_string(&files.ca)?, ca.chain_pem());
 
     // Writing again replaces the files and keeps the key private.
     let again = ca.issue_device(

@@ -145,7 +145,7 @@ async fn valid_device_cert_completes_mutual_tls_and_names_the_device() -> TestRe
     assert_eq!(facts.version, "TLSv1_3");
     assert!(facts.cipher.starts_with("TLS13_"), "{}", facts.cipher);
     assert_eq!(facts.cert_serial, dev.serial_hex);
-    assert_eq!(facts.cert_issuer, "CN=Gatehouse Local CA");
+    assert_eq!(facts.cert_issuer, "CN=Gatehouse Issuing CA 1,O=Gatehouse");
     assert_eq!(facts.cert_not_after, dev.not_after.unix_timestamp());
     assert_eq!(facts.cert_key, "ecdsa-p256");
     Ok(())
@@ -165,7 +165,8 @@ async fn tls12_client_with_device_cert_is_accepted() -> TestResult {
             .with_root_certificates(roots)
             .with_client_auth_cert(vec![dev.cert_der()?], dev.key_der()?)?;
 
-    let server = server_config(&f.server, &[f.ca.cert_der()], ClientAuth::Required)?;
+    // The client sends its leaf alone (as mosquitto does): the issuing CA must be an anchor.
+    let server = server_config(&f.server, &f.ca.client_trust_anchors(), ClientAuth::Required)?;
     let out = connect_once(server, Arc::new(client), localhost()).await?;
     let facts = out.server?.facts;
     assert!(out.client_got_greeting);

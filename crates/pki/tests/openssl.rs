@@ -71,27 +71,33 @@ fn ca_certificate_is_a_constrained_root() -> TestResult {
     }
     let dir = tempfile::tempdir()?;
     LocalCa::load_or_create(dir.path())?;
-    let t = x509_text("ca.crt", dir.path())?;
-    assert_has(&t, "Subject: CN=Gatehouse Local CA");
-    assert_has(&t, "Issuer: CN=Gatehouse Local CA");
+    let t = x509_text("root.crt", dir.path())?;
+    assert_has(&t, "Subject: CN=Gatehouse Local CA,O=Gatehouse");
+    assert_has(&t, "Issuer: CN=Gatehouse Local CA,O=Gatehouse");
     assert_has(&t, "ASN1 OID: prime256v1");
     assert_has(&t, "Signature Algorithm: ecdsa-with-SHA256");
-    assert_has(&t, "X509v3 Basic Constraints: critical\nCA:TRUE, pathlen:0");
+    assert_has(&t, "X509v3 Basic Constraints: critical\nCA:TRUE, pathlen:1");
     assert_has(&t, "X509v3 Key Usage: critical\nCertificate Sign, CRL Sign");
     assert_has(&t, "X509v3 Subject Key Identifier:");
 
-    // The key is PKCS#8 and belongs to the certificate.
-    let key = openssl(&["pkey", "-in", "ca.key", "-pubout"], dir.path())?;
-    assert!(key.status.success(), "{}", text(&key));
-    let cert = openssl(&["x509", "-in", "ca.crt", "-noout", "-pubkey"], dir.path())?;
-    assert_eq!(key.stdout, cert.stdout, "ca.key is not the key of ca.crt");
+    let t = x509_text("issuing-1.crt", dir.path())?;
+    assert_has(&t, "Subject: CN=Gatehouse Issuing CA 1,O=Gatehouse");
+    assert_has(&t, "Issuer: CN=Gatehouse Local CA,O=Gatehouse");
+    assert_has(&t, "X509v3 Basic Constraints: critical\nCA:TRUE, pathlen:0");
+    assert_has(&t, "X509v3 Key Usage: critical\nCertificate Sign, CRL Sign");
+    assert_has(&t, "X509v3 Authority Key Identifier:");
 
-    // A self-signed root verifies against itself, strictly.
-    let v = openssl(
-        &["verify", "-x509_strict", "-CAfile", "ca.crt", "ca.crt"],
-        dir.path(),
-    )?;
-    assert!(v.status.success(), "{}", text(&v));
+    // The root verifies against itself and the issuing CA against the root, strictly.
+    for cert in ["root.crt", "issuing-1.crt"] {
+        let v = openssl(
+            &["verify", "-x509_strict", "-CAfile", "root.crt", cert],
+            dir.path(),
+        )?;
+        assert!(v.status.success(), "{cert}: {}", text(&v));
+    }
+    // The private keys are sealed: openssl cannot read them as keys.
+    let key = openssl(&["pkey", "-in", "root.key", "-noout"], dir.path())?;
+    assert!(!key.status.success(), "root.key reads as a plain key");
     Ok(())
 }
 
@@ -141,7 +147,7 @@ fn device_certificate_verifies_and_names_the_device() -> TestResult {
 
     let t = x509_text("device.crt", &out)?;
     assert_has(&t, "Subject: CN=thermo-0001,O=acme");
-    assert_has(&t, "Issuer: CN=Gatehouse Local CA");
+    assert_has(&t, "Issuer: CN=Gatehouse Issuing CA 1,O=Gatehouse");
     assert_has(
         &t,
         "X509v3 Subject Alternative Name:\nURI:gatehouse://acme/device/thermo-0001",

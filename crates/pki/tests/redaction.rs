@@ -83,7 +83,7 @@ fn ca_key_never_appears_in_logs_errors_or_debug() -> TestResult {
         let builder = ServerTlsBuilder::from_issued(&server)?;
         record("ServerTlsBuilder Debug", format!("{builder:?}"));
 
-        let key_path = dir.join("ca.key");
+        let key_path = dir.join("root.key");
         let key_pem = fs::read_to_string(&key_path)?;
 
         // Group-readable key.
@@ -108,12 +108,19 @@ fn ca_key_never_appears_in_logs_errors_or_debug() -> TestResult {
         let err = load_key_pem(&no_end).expect_err("key without END");
         record("PemError (no END)", format!("{err} {err:?}"));
 
-        // Another CA's key.
+        // Another CA's key, sealed under another KEK, then with that KEK.
         let other = tempfile::tempdir()?;
         LocalCa::load_or_create(other.path())?;
-        fs::copy(other.path().join("ca.key"), &key_path)?;
+        fs::copy(other.path().join("root.key"), &key_path)?;
+        let err = LocalCa::load_or_create(&dir).expect_err("foreign key");
+        record("WrongKek", format!("{err} {err:?}"));
+        let kek_path = dir.join("ca.kek");
+        let kek = fs::read(&kek_path)?;
+        fs::copy(other.path().join("ca.kek"), &kek_path)?;
         let err = LocalCa::load_or_create(&dir).expect_err("foreign key");
         record("KeyMismatch", format!("{err} {err:?}"));
+        fs::write(&kek_path, &kek)?;
+        fs::set_permissions(&kek_path, fs::Permissions::from_mode(0o600))?;
 
         // rustls refusing a key that is not the certificate's.
         let err = ServerTlsBuilder::new(vec![server.cert_der()?], issued.key_der()?)
@@ -130,8 +137,15 @@ fn ca_key_never_appears_in_logs_errors_or_debug() -> TestResult {
         Ok(())
     })?;
 
-    let ca_key = fs::read_to_string(dir.join("ca.key"))?;
-    let mut fragments = key_fragments(&ca_key);
+    let mut fragments = Vec::new();
+    for secret in ["root.key", "issuing-1.key", "ca.kek"] {
+        let text = fs::read_to_string(dir.join(secret))?;
+        if secret == "ca.kek" {
+            fragments.push(text.trim().to_owned());
+        } else {
+            fragments.extend(key_fragments(&text));
+        }
+    }
     fragments.extend(key_fragments(&device_key));
     for (what, text) in &outputs {
         assert_no_key(what, text, &fragments);
