@@ -1,1 +1,741 @@
-//! wip
+//! Backend-independent test suites: every [`Registry`] backend runs each of these
+//! (the SQLite backend in `tests/sqlite.rs`). `make` returns a fresh, empty store.
+//! These functions panic on failure, like any test.
+#![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
+
+use gatehouse_types::{DeviceId, DeviceRef, TenantId};
+use time::{Duration, OffsetDateTime};
+
+use crate::*;
+
+fn t0() -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap()
+}
+
+fn entry(action: &str, subject: &str) -> AuditEntry {
+    AuditEntry::new(t0(), "operator:test", action, subject)
+}
+
+fn tenant(s: &str) -> TenantId {
+    TenantId::new(s).unwrap()
+}
+
+fn dref(t: &str, d: &str) -> DeviceRef {
+    DeviceRef::new(tenant(t), DeviceId::new(d).unwrap())
+}
+
+fn mfr(s: &str) -> ManufacturerId {
+    ManufacturerId::new(s).unwrap()
+}
+
+fn model(s: &str) -> ModelId {
+    ModelId::new(s).unwrap()
+}
+
+/// Two tenants (`acme`, `globex`), manufacturer `maker` with model `pump`.
+fn seed<S: Registry>(s: &S) {
+    for t in ["acme", "globex"] {
+        s.create_tenant(&tenant(t), t, &entry("tenant_create", t))
+            .unwrap();
+    }
+    s.add_manufacturer(
+        &NewManufacturer {
+            id: mfr("maker"),
+            display_name: "Maker Inc".into(),
+            idevid_ca_pems: vec!["-----BEGIN CERTIFICATE-----\n...".into()],
+            model_mapping: r#"{"san_oid":"1.2.3"}"#.into(),
+        },
+        &entry("manufacturer_add", "maker"),
+    )
+    .unwrap();
+    s.add_model(
+        &NewModel {
+            id: model("pump"),
+            manufacturer: mfr("maker"),
+            display_name: "Pump".into(),
+        },
+        &entry("model_add", "pump"),
+    )
+    .unwrap();
+}
+
+fn new_device(t: &str, d: &str, serial: Option<&str>) -> NewDevice {
+    NewDevice {
+        device: dref(t, d),
+        model: model("pump"),
+        manufacturer: serial.map(|_| mfr("maker")),
+        serial: serial.map(str::to_owned),
+        assurance: if serial.is_some() {
+            Assurance::Idevid
+        } else {
+            Assurance::Token
+        },
+        tags: vec!["line-1".into()],
+    }
+}
+
+fn new_cert(serial: &str, d: &DeviceRef) -> NewCertificate {
+    NewCertificate {
+        serial: CertSerial::new(serial).unwrap(),
+        device: d.clone(),
+        issuer: "issuing-1".into(),
+        not_before: t0(),
+        not_after: t0() + Duration::days(30),
+        pem: "-----BEGIN CERTIFICATE-----\nMII...".into(),
+    }
+}
+
+fn audit_len<S: AuditLog>(s: &S) -> u64 {
+    s.audit_head().unwrap().map_or(0, |h| h.0)
+}
+
+/// Tenants: create, get, list, duplicate.
+pub fn tenants<S: Registry>(make: impl Fn() -> S) {
+    let s = make();
+    assert!(s.get_tenant(&tenant("acme")).unwrap().is_none());
+    let t = s
+        .create_tenant(&tenant("acme"), "Acme", &entry("tenant_create", "acme"))
+        .unwrap();
+    assert_eq!(t.created_at, t0());
+    assert_eq!(s.get_tenant(&tenant("acme")).unwrap(), Some(t.clone()));
+    assert!(matches!(
+        s.create_tenant(&tenant("acme"), "again", &entry("tenant_create", "acme")),
+        Err(WriteError::AlreadyExists { .. })
+    ));
+    s.create_tenant(&tenant("beta"), "Beta", &entry("tenant_create", "beta"))
+        .unwrap();
+    let ids: Vec<_> = s
+        .list_tenants()
+        .unwrap()
+        .into_iter()
+        .map(|t| t.id)
+        .collect();
+    assert_eq!(ids, vec![tenant("acme"), tenant("beta")]);
+}
+
+/// Manufacturers, models and versioned model profiles.
+pub fn manufacturers_models_profiles<S: Registry>(make: impl Fn() -> S) {
+    let s = make();
+    seed(&s);
+    let m = s.get_manufacturer(&mfr("maker")).unwrap().unwrap();
+    assert_eq!(m.idevid_ca_pems.len(), 1);
+    assert_eq!(m.model_mapping, r#"{"san_oid":"1.2.3"}"#);
+    let m2 = s
+        .set_manufacturer_cas(
+            &mfr("maker"),
+            &["a".into(), "b".into()],
+            &entry("ca", "maker"),
+        )
+        .unwrap();
+    assert_eq!(m2.idevid_ca_pems, vec!["a".to_owned(), "b".to_owned()]);
+    assert!(matches!(
+        s.set_manufacturer_cas(&mfr("nobody"), &[], &entry("ca", "nobody")),
+        Err(WriteError::NotFound { .. })
+    ));
+    assert_eq!(s.list_manufacturers().unwrap().len(), 1);
+    assert!(matches!(
+        s.add_model(
+            &NewModel {
+                id: model("x"),
+                manufacturer: mfr("nobody"),
+                display_name: "X".into()
+            },
+            &entry("model_add", "x")
+        ),
+        Err(WriteError::NotFound { .. })
+    ));
+    assert!(matches!(
+        s.add_model(
+            &NewModel {
+                id: model("pump"),
+                manufacturer: mfr("maker"),
+                display_name: "dup".into()
+            },
+            &entry("model_add", "pump")
+        ),
+        Err(WriteError::AlreadyExists { .. })
+    ));
+    assert_eq!(
+        s.get_model(&model("pump")).unwrap().unwrap().display_name,
+        "Pump"
+    );
+    assert_eq!(s.list_models().unwrap().len(), 1);
+
+    assert!(s.latest_model_profile(&model("pump")).unwrap().is_none());
+    let p1 = s
+        .add_model_profile(&model("pump"), "v = 1", &entry("profile", "pump"))
+        .unwrap();
+    let p2 = s
+        .add_model_profile(&model("pump"), "v = 2", &entry("profile", "pump"))
+        .unwrap();
+    assert_eq!((p1.version, p2.version), (1, 2));
+    assert_eq!(s.latest_model_profile(&model("pump")).unwrap(), Some(p2));
+    assert_eq!(s.get_model_profile(&model("pump"), 1).unwrap(), Some(p1));
+    assert!(s.get_model_profile(&model("pump"), 3).unwrap().is_none());
+    assert!(matches!(
+        s.add_model_profile(&model("nope"), "", &entry("profile", "nope")),
+        Err(WriteError::NotFound { .. })
+    ));
+}
+
+/// Claims: bulk insert, lookup, re-upload, conflicts roll back the whole batch.
+pub fn claims<S: Registry>(make: impl Fn() -> S) {
+    let s = make();
+    seed(&s);
+    let batch: Vec<NewClaim> = (0..500)
+        .map(|i| NewClaim {
+            serial: format!("SN{i:05}"),
+            expected_model: (i % 2 == 0).then(|| model("pump")),
+        })
+        .collect();
+    let n = s
+        .add_claims(
+            &tenant("acme"),
+            &mfr("maker"),
+            &batch,
+            &entry("claim", "acme"),
+        )
+        .unwrap();
+    assert_eq!(n, 500);
+    let c = s.find_claim(&mfr("maker"), "SN00002").unwrap().unwrap();
+    assert_eq!(c.tenant, tenant("acme"));
+    assert_eq!(c.expected_model, Some(model("pump")));
+    assert!(s.find_claim(&mfr("maker"), "SN99999").unwrap().is_none());
+    // Re-uploading overlapping serials adds only the new ones.
+    let again = vec![
+        NewClaim {
+            serial: "SN00001".into(),
+            expected_model: None,
+        },
+        NewClaim {
+            serial: "SN10000".into(),
+            expected_model: None,
+        },
+    ];
+    assert_eq!(
+        s.add_claims(
+            &tenant("acme"),
+            &mfr("maker"),
+            &again,
+            &entry("claim", "acme")
+        )
+        .unwrap(),
+        1
+    );
+    // Another tenant claiming one of them: nothing of its batch is stored.
+    let before = audit_len(&s);
+    let theirs = vec![
+        NewClaim {
+            serial: "OTHER-1".into(),
+            expected_model: None,
+        },
+        NewClaim {
+            serial: "SN00003".into(),
+            expected_model: None,
+        },
+    ];
+    assert!(matches!(
+        s.add_claims(
+            &tenant("globex"),
+            &mfr("maker"),
+            &theirs,
+            &entry("claim", "globex")
+        ),
+        Err(WriteError::AlreadyExists { .. })
+    ));
+    assert!(s.find_claim(&mfr("maker"), "OTHER-1").unwrap().is_none());
+    assert_eq!(audit_len(&s), before);
+    assert!(matches!(
+        s.add_claims(&tenant("nobody"), &mfr("maker"), &[], &entry("claim", "x")),
+        Err(WriteError::NotFound { .. })
+    ));
+}
+
+/// Devices: create, typed errors, get, status, listing with filters and cursors.
+pub fn devices<S: Registry>(make: impl Fn() -> S) {
+    let s = make();
+    seed(&s);
+    let d = s
+        .create_device(
+            &new_device("acme", "pump-1", Some("SN1")),
+            &entry("device_create", "x"),
+        )
+        .unwrap();
+    assert_eq!(d.status, DeviceStatus::Active);
+    assert_eq!(d.assurance, Assurance::Idevid);
+    assert_eq!(d.tags, vec!["line-1".to_owned()]);
+    assert!(d.last_enrolled_at.is_none());
+    assert!(matches!(
+        s.create_device(
+            &new_device("acme", "pump-1", None),
+            &entry("device_create", "x")
+        ),
+        Err(WriteError::AlreadyExists { .. })
+    ));
+    assert!(matches!(
+        s.create_device(&new_device("nobody", "pump-1", None), &entry("device_create", "x")),
+        Err(WriteError::NotFound { what }) if what.contains("tenant")
+    ));
+    let mut bad_model = new_device("acme", "pump-9", None);
+    bad_model.model = model("nope");
+    assert!(matches!(
+        s.create_device(&bad_model, &entry("device_create", "x")),
+        Err(WriteError::NotFound { what }) if what.contains("model")
+    ));
+    // Same device id in another tenant is another device.
+    s.create_device(
+        &new_device("globex", "pump-1", None),
+        &entry("device_create", "x"),
+    )
+    .unwrap();
+    assert_eq!(s.get_device(&dref("acme", "pump-1")).unwrap(), Some(d));
+    assert!(s.get_device(&dref("acme", "pump-404")).unwrap().is_none());
+    let found = s
+        .find_device_by_serial(&tenant("acme"), &mfr("maker"), "SN1")
+        .unwrap()
+        .unwrap();
+    assert_eq!(found.device, dref("acme", "pump-1"));
+    assert!(
+        s.find_device_by_serial(&tenant("globex"), &mfr("maker"), "SN1")
+            .unwrap()
+            .is_none()
+    );
+
+    let b = s
+        .set_device_status(
+            &dref("acme", "pump-1"),
+            DeviceStatus::Blocked,
+            &entry("block", "x"),
+        )
+        .unwrap();
+    assert_eq!(b.status, DeviceStatus::Blocked);
+    assert!(matches!(
+        s.set_device_status(
+            &dref("acme", "ghost"),
+            DeviceStatus::Active,
+            &entry("x", "x")
+        ),
+        Err(WriteError::NotFound { .. })
+    ));
+
+    for i in 0..23 {
+        s.create_device(
+            &new_device("acme", &format!("d-{i:02}"), None),
+            &entry("device_create", "x"),
+        )
+        .unwrap();
+    }
+    let filter = DeviceFilter {
+        tenant: Some(tenant("acme")),
+        status: Some(DeviceStatus::Active),
+        model: Some(model("pump")),
+    };
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = s.list_devices(&filter, 10, cursor.as_ref()).unwrap();
+        assert!(page.items.len() <= 10);
+        seen.extend(page.items.into_iter().map(|d| d.device.device.to_string()));
+        match page.next {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    let want: Vec<String> = (0..23).map(|i| format!("d-{i:02}")).collect();
+    assert_eq!(seen, want, "active acme devices, in order, each once");
+    let all = s
+        .list_devices(&DeviceFilter::default(), 1000, None)
+        .unwrap();
+    assert_eq!(all.items.len(), 25);
+    assert!(all.next.is_none());
+    let blocked = DeviceFilter {
+        status: Some(DeviceStatus::Blocked),
+        ..DeviceFilter::default()
+    };
+    assert_eq!(s.list_devices(&blocked, 10, None).unwrap().items.len(), 1);
+    assert!(matches!(
+        s.list_devices(&filter, 10, Some(&Cursor::from_client("zz-not-a-cursor"))),
+        Err(ReadError::BadCursor)
+    ));
+}
+
+/// Enrollment, renewal, certificate listing, single revocation and CRL listing.
+pub fn certificates<S: Registry>(make: impl Fn() -> S) {
+    let s = make();
+    seed(&s);
+    let d = dref("acme", "pump-1");
+    let (dev, c1) = s
+        .enroll(
+            &new_device("acme", "pump-1", Some("SN1")),
+            &new_cert("0a01", &d),
+            &entry("enroll", "acme/pump-1"),
+        )
+        .unwrap();
+    assert_eq!(dev.last_enrolled_at, Some(t0()));
+    assert_eq!(c1.status, CertStatus::Valid);
+    // A renewal.
+    let mut renew = AuditEntry::new(
+        t0() + Duration::days(20),
+        "device:acme/pump-1",
+        "renew",
+        "x",
+    );
+    renew.reason = "two thirds of the lifetime".into();
+    let mut nc = new_cert("0a02", &d);
+    nc.not_before = t0() + Duration::days(20);
+    nc.not_after = t0() + Duration::days(50);
+    s.record_certificate(&nc, &renew).unwrap();
+    assert_eq!(
+        s.get_device(&d).unwrap().unwrap().last_enrolled_at,
+        Some(t0() + Duration::days(20))
+    );
+    let serials: Vec<_> = s
+        .list_certificates(&d)
+        .unwrap()
+        .into_iter()
+        .map(|c| c.serial.to_string())
+        .collect();
+    assert_eq!(serials, vec!["0a01", "0a02"]);
+    assert!(matches!(
+        s.record_certificate(&new_cert("0a01", &d), &entry("renew", "x")),
+        Err(WriteError::AlreadyExists { .. })
+    ));
+    assert!(matches!(
+        s.record_certificate(
+            &new_cert("0b01", &dref("acme", "ghost")),
+            &entry("renew", "x")
+        ),
+        Err(WriteError::NotFound { .. })
+    ));
+    let mut backwards = new_cert("0c01", &d);
+    backwards.not_after = backwards.not_before;
+    assert!(matches!(
+        s.record_certificate(&backwards, &entry("renew", "x")),
+        Err(WriteError::Invalid { .. })
+    ));
+    // Enroll with a certificate for another device is refused.
+    assert!(matches!(
+        s.enroll(
+            &new_device("acme", "pump-2", None),
+            &new_cert("0d01", &d),
+            &entry("enroll", "x")
+        ),
+        Err(WriteError::Invalid { .. })
+    ));
+
+    let serial = CertSerial::new("0a01").unwrap();
+    let at = t0() + Duration::days(21);
+    let r = s
+        .revoke_certificate(
+            &serial,
+            RevocationReason::Superseded,
+            at,
+            &entry("revoke", "0a01"),
+        )
+        .unwrap();
+    assert_eq!(r.status, CertStatus::Revoked);
+    assert_eq!(r.revoked_at, Some(at));
+    assert_eq!(r.revocation_reason, Some(RevocationReason::Superseded));
+    assert!(matches!(
+        s.revoke_certificate(
+            &serial,
+            RevocationReason::Superseded,
+            at,
+            &entry("revoke", "x")
+        ),
+        Err(WriteError::AlreadyRevoked { .. })
+    ));
+    assert!(matches!(
+        s.revoke_certificate(
+            &CertSerial::new("ffff").unwrap(),
+            RevocationReason::Unspecified,
+            at,
+            &entry("revoke", "x")
+        ),
+        Err(WriteError::NotFound { .. })
+    ));
+    let crl = s.list_revoked(Some("issuing-1")).unwrap();
+    assert_eq!(crl.len(), 1);
+    assert_eq!(crl[0].reason.code(), 4);
+    assert!(s.list_revoked(Some("other-ca")).unwrap().is_empty());
+
+    // Revoking the device revokes what is left and refuses new certificates.
+    let revoked = s
+        .revoke_device(
+            &d,
+            RevocationReason::KeyCompromise,
+            at,
+            &entry("revoke", "acme/pump-1"),
+        )
+        .unwrap();
+    assert_eq!(revoked.len(), 1);
+    assert_eq!(revoked[0].serial.as_str(), "0a02");
+    assert_eq!(
+        s.get_device(&d).unwrap().unwrap().status,
+        DeviceStatus::Revoked
+    );
+    assert!(matches!(
+        s.record_certificate(&new_cert("0e01", &d), &entry("renew", "x")),
+        Err(WriteError::DeviceNotActive { .. })
+    ));
+    assert_eq!(s.list_revoked(None).unwrap().len(), 2);
+}
+
+/// Batch revocation by manufacturer and by serial range, across tenants.
+pub fn batch_revocation<S: Registry>(make: impl Fn() -> S) {
+    let s = make();
+    seed(&s);
+    s.add_manufacturer(
+        &NewManufacturer {
+            id: mfr("other"),
+            display_name: "Other".into(),
+            idevid_ca_pems: vec![],
+            model_mapping: String::new(),
+        },
+        &entry("manufacturer_add", "other"),
+    )
+    .unwrap();
+    for (i, t) in [
+        (1, "acme"),
+        (2, "acme"),
+        (3, "globex"),
+        (4, "globex"),
+        (5, "acme"),
+    ] {
+        let d = dref(t, &format!("dev-{i}"));
+        s.enroll(
+            &new_device(t, &format!("dev-{i}"), Some(&format!("B{i:03}"))),
+            &new_cert(&format!("c{i}"), &d),
+            &entry("enroll", "x"),
+        )
+        .unwrap();
+    }
+    // A token device and another maker's device are never touched.
+    let tok = dref("acme", "tok");
+    s.enroll(
+        &new_device("acme", "tok", None),
+        &new_cert("cc", &tok),
+        &entry("enroll", "x"),
+    )
+    .unwrap();
+    let mut o = new_device("acme", "oth", Some("B002"));
+    o.manufacturer = Some(mfr("other"));
+    s.enroll(
+        &o,
+        &new_cert("dd", &dref("acme", "oth")),
+        &entry("enroll", "x"),
+    )
+    .unwrap();
+
+    let at = t0() + Duration::days(1);
+    let range = BatchScope::SerialRange {
+        manufacturer: mfr("maker"),
+        first: "B002".into(),
+        last: "B003".into(),
+    };
+    let r = s
+        .revoke_batch(
+            &range,
+            RevocationReason::KeyCompromise,
+            at,
+            &entry("revoke_batch", "x"),
+        )
+        .unwrap();
+    assert_eq!(
+        r.devices,
+        vec![dref("acme", "dev-2"), dref("globex", "dev-3")]
+    );
+    assert_eq!(r.certificates.len(), 2);
+    let all = BatchScope::Manufacturer(mfr("maker"));
+    let r2 = s
+        .revoke_batch(
+            &all,
+            RevocationReason::CaCompromise,
+            at,
+            &entry("revoke_batch", "x"),
+        )
+        .unwrap();
+    assert_eq!(r2.devices.len(), 3, "only those not revoked already");
+    assert_eq!(
+        s.get_device(&tok).unwrap().unwrap().status,
+        DeviceStatus::Active
+    );
+    assert_eq!(
+        s.get_device(&dref("acme", "oth")).unwrap().unwrap().status,
+        DeviceStatus::Active
+    );
+    assert_eq!(s.list_revoked(None).unwrap().len(), 5);
+    let backwards = BatchScope::SerialRange {
+        manufacturer: mfr("maker"),
+        first: "B9".into(),
+        last: "B1".into(),
+    };
+    assert!(matches!(
+        s.revoke_batch(
+            &backwards,
+            RevocationReason::Unspecified,
+            at,
+            &entry("x", "x")
+        ),
+        Err(WriteError::Invalid { .. })
+    ));
+    assert!(matches!(
+        s.revoke_batch(
+            &BatchScope::Manufacturer(mfr("ghost")),
+            RevocationReason::Unspecified,
+            at,
+            &entry("x", "x")
+        ),
+        Err(WriteError::NotFound { .. })
+    ));
+}
+
+/// Enrollment tokens: hashed secret shown once, every refusal variant, use counting.
+pub fn tokens<S: Registry>(make: impl Fn() -> S) {
+    let s = make();
+    seed(&s);
+    let nt = |max_uses| NewToken {
+        tenant: tenant("acme"),
+        model: model("pump"),
+        max_uses,
+        expires_at: t0() + Duration::hours(1),
+        created_by: "operator:alice".into(),
+    };
+    let (rec, secret) = s.create_token(&nt(2), &entry("token_create", "x")).unwrap();
+    assert_eq!(format!("{secret:?}"), "<redacted>");
+    assert!(secret.expose().len() >= 43, "256 bits of secret");
+    assert_eq!((rec.uses, rec.max_uses, rec.revoked), (0, 2, false));
+    assert_eq!(s.get_token(&rec.id).unwrap(), Some(rec.clone()));
+    let use_ = entry("token_use", rec.id.as_str());
+    let now = t0() + Duration::minutes(1);
+
+    let unknown = TokenId::new("tk-unknown").unwrap();
+    assert!(matches!(
+        s.consume_token(&unknown, &secret, now, &use_),
+        Err(TokenError::Unknown)
+    ));
+    let wrong = TokenSecret::from_client("not-the-secret");
+    assert!(matches!(
+        s.consume_token(&rec.id, &wrong, now, &use_),
+        Err(TokenError::BadSecret)
+    ));
+    assert!(matches!(
+        s.consume_token(&rec.id, &secret, t0() + Duration::hours(1), &use_),
+        Err(TokenError::Expired)
+    ));
+    assert_eq!(
+        s.consume_token(&rec.id, &secret, now, &use_).unwrap().uses,
+        1
+    );
+    assert_eq!(
+        s.consume_token(&rec.id, &secret, now, &use_).unwrap().uses,
+        2
+    );
+    assert!(matches!(
+        s.consume_token(&rec.id, &secret, now, &use_),
+        Err(TokenError::Exhausted)
+    ));
+    let (r2, s2) = s.create_token(&nt(1), &entry("token_create", "x")).unwrap();
+    assert_ne!(r2.id, rec.id);
+    assert_ne!(s2, secret);
+    assert!(
+        s.revoke_token(&r2.id, &entry("token_revoke", "x"))
+            .unwrap()
+            .revoked
+    );
+    assert!(matches!(
+        s.consume_token(&r2.id, &s2, now, &use_),
+        Err(TokenError::Revoked)
+    ));
+    assert!(matches!(
+        s.revoke_token(&unknown, &entry("token_revoke", "x")),
+        Err(WriteError::NotFound { .. })
+    ));
+    assert!(matches!(
+        s.create_token(&nt(0), &entry("token_create", "x")),
+        Err(WriteError::Invalid { .. })
+    ));
+    let mut other = nt(1);
+    other.model = model("nope");
+    assert!(matches!(
+        s.create_token(&other, &entry("token_create", "x")),
+        Err(WriteError::NotFound { .. })
+    ));
+    assert_eq!(s.list_tokens(&tenant("acme")).unwrap().len(), 2);
+    assert!(s.list_tokens(&tenant("globex")).unwrap().is_empty());
+}
+
+/// A single-use token consumed from many threads at once succeeds exactly once.
+pub fn reused_single_use_token_is_refused<S: Registry>(make: impl Fn() -> S) {
+    let s = make();
+    seed(&s);
+    let (rec, secret) = s
+        .create_token(
+            &NewToken {
+                tenant: tenant("acme"),
+                model: model("pump"),
+                max_uses: 1,
+                expires_at: t0() + Duration::hours(1),
+                created_by: "operator:alice".into(),
+            },
+            &entry("token_create", "x"),
+        )
+        .unwrap();
+    let now = t0() + Duration::minutes(1);
+    let results: Vec<_> = std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..16)
+            .map(|_| sc.spawn(|| s.consume_token(&rec.id, &secret, now, &entry("token_use", "x"))))
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1);
+    assert!(
+        results
+            .iter()
+            .filter_map(|r| r.as_ref().err())
+            .all(|e| matches!(e, TokenError::Exhausted))
+    );
+    assert_eq!(s.get_token(&rec.id).unwrap().unwrap().uses, 1);
+}
+
+/// Every successful change adds exactly one audit record; a refused one adds none; the
+/// chain verifies and exports.
+pub fn changes_are_audited<S: Registry>(make: impl Fn() -> S) {
+    let s = make();
+    assert_eq!(s.verify().unwrap().head_seq, 0);
+    seed(&s);
+    assert_eq!(audit_len(&s), 4);
+    let _ = s.create_tenant(&tenant("acme"), "dup", &entry("tenant_create", "acme"));
+    assert_eq!(audit_len(&s), 4, "a refused change writes no audit record");
+    let refusal = AuditEntry::new(t0(), "device:acme/x", "refuse_enrollment", "maker/SN9")
+        .outcome("refused")
+        .reason("unclaimed serial")
+        .detail(serde_json::json!({"manufacturer": "maker", "serial": "SN9"}));
+    let rec = s.append(&refusal).unwrap();
+    assert_eq!(rec.seq, 5);
+    assert_eq!(rec.outcome, "refused");
+    let recs = s.audit_records(1, 100).unwrap();
+    assert_eq!(recs.len(), 5);
+    assert_eq!(recs[0].action, "tenant_create");
+    assert_eq!(recs[4], rec);
+    assert_eq!(s.audit_records(5, 1).unwrap(), vec![rec.clone()]);
+    let report = s.verify().unwrap();
+    assert_eq!((report.records, report.head_seq), (5, 5));
+    assert_eq!(report.head_hash, rec.hash);
+    let mut out = Vec::new();
+    assert_eq!(s.export_jsonl(&mut out).unwrap(), 5);
+    assert_eq!(audit::verify_jsonl(&out[..]).unwrap(), report);
+}
+
+/// Runs every suite.
+pub fn all<S: Registry>(make: impl Fn() -> S) {
+    tenants(&make);
+    manufacturers_models_profiles(&make);
+    claims(&make);
+    devices(&make);
+    certificates(&make);
+    batch_revocation(&make);
+    tokens(&make);
+    reused_single_use_token_is_refused(&make);
+    changes_are_audited(&make);
+}

@@ -1,0 +1,25 @@
+//! The backend conformance suites, run against the SQLite backend.
+
+use gatehouse_store::{SqliteStore, conformance};
+
+fn make() -> SqliteStore {
+    SqliteStore::open_in_memory().expect("in-memory store")
+}
+
+macro_rules! suites {
+    ($($name:ident),* $(,)?) => {
+        $(#[test] fn $name() { conformance::$name(make) })*
+    };
+}
+
+suites!(
+    tenants,
+    manufacturers_models_profiles,
+    claims,
+    devices,
+    certificates,
+    batch_revocation,
+    tokens,
+    reused_single_use_token_is_refused,
+    changes_are_audited,
+);
