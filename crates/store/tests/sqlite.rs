@@ -1,0 +1,371 @@
+//! SQLite-specific properties: durability across reopen, migrations, several connections
+//! on one file, and tampering with the audit table behind Gatehouse's back.
+
+use gatehouse_store::sqlite::{MIGRATIONS, SCHEMA_VERSION};
+use gatehouse_store::*;
+use gatehouse_types::TenantId;
+use proptest::prelude::*;
+use rusqlite::Connection;
+use time::{Duration, OffsetDateTime};
+
+fn t0() -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp(1_700_000_000).expect("time")
+}
+
+fn entry(action: &str, subject: &str) -> AuditEntry {
+    AuditEntry::new(t0(), "operator:test", action, subject)
+}
+
+fn tenant(s: &str) -> TenantId {
+    TenantId::new(s).expect("tenant")
+}
+
+/// A file store with `n` audit records.
+fn store_with_records(n: usize) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("gatehouse.db");
+    let s = SqliteStore::open(&path).expect("open");
+    for i in 0..n {
+        s.append(&entry("test", &format!("s{i}")).detail(serde_json::json!({"i": i})))
+            .expect("append");
+    }
+    (dir, path)
+}
+
+/// Raw access to the file, as an attacker with the data directory has it.
+fn tamper(path: &std::path::Path, sql: &str) {
+    let c = Connection::open(path).expect("raw open");
+    c.execute_batch("DROP TRIGGER audit_log_no_update; DROP TRIGGER audit_log_no_delete;")
+        .expect("drop triggers");
+    c.execute_batch(sql).expect("tamper");
+}
+
+fn tampered(path: &std::path::Path) -> (u64, Tamper) {
+    let s = SqliteStore::open(path).expect("reopen");
+    match s.verify() {
+        Err(VerifyError::Tampered { seq, kind }) => (seq, kind),
+        other => panic!("expected tamper, got {other:?}"),
+    }
+}
+
+#[test]
+fn acknowledged_writes_survive_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("gatehouse.db");
+    {
+        let s = SqliteStore::open(&path).expect("open");
+        s.create_tenant(&tenant("acme"), "Acme", &entry("tenant_create", "acme"))
+            .expect("tenant");
+    }
+    let s = SqliteStore::open(&path).expect("reopen");
+    assert_eq!(
+        s.get_tenant(&tenant("acme"))
+            .expect("get")
+            .expect("there")
+            .display_name,
+        "Acme"
+    );
+    assert_eq!(s.verify().expect("verify").head_seq, 1);
+    assert_eq!(s.schema_version().expect("version"), SCHEMA_VERSION);
+}
+
+#[test]
+fn store_file_is_in_wal_mode() {
+    let (_dir, path) = store_with_records(0);
+    let c = Connection::open(&path).expect("raw open");
+    let mode: String = c
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .expect("journal_mode");
+    assert_eq!(mode, "wal");
+}
+
+#[test]
+fn older_schema_is_migrated_at_open() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("old.db");
+    {
+        let c = Connection::open(&path).expect("raw open");
+        c.execute_batch(MIGRATIONS[0]).expect("v1 schema");
+        c.pragma_update(None, "user_version", 1).expect("version");
+        c.execute(
+            "INSERT INTO tenants (id, display_name, created_at) VALUES ('acme', 'Acme', 0)",
+            [],
+        )
+        .expect("row");
+    }
+    let s = SqliteStore::open(&path).expect("open migrates");
+    assert_eq!(s.schema_version().expect("version"), SCHEMA_VERSION);
+    assert!(s.get_tenant(&tenant("acme")).expect("get").is_some());
+    // The version-2 tables work.
+    assert!(
+        s.find_claim(&ManufacturerId::new("m").expect("id"), "x")
+            .expect("claims")
+            .is_none()
+    );
+    drop(s);
+    // Opening again is a no-op.
+    let s = SqliteStore::open(&path).expect("open twice");
+    assert_eq!(s.schema_version().expect("version"), SCHEMA_VERSION);
+}
+
+#[test]
+fn newer_schema_is_refused() {
+    let (_dir, path) = store_with_records(0);
+    Connection::open(&path)
+        .expect("raw")
+        .pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+        .expect("bump");
+    assert!(matches!(
+        SqliteStore::open(&path),
+        Err(OpenError::TooNew { .. })
+    ));
+}
+
+#[test]
+fn single_use_token_across_connections_is_used_once() {
+    let (_dir, path) = store_with_records(0);
+    let s = SqliteStore::open(&path).expect("open");
+    s.create_tenant(&tenant("acme"), "Acme", &entry("t", "acme"))
+        .expect("tenant");
+    let maker = ManufacturerId::new("maker").expect("id");
+    s.add_manufacturer(
+        &NewManufacturer {
+            id: maker.clone(),
+            display_name: "M".into(),
+            idevid_ca_pems: vec![],
+            model_mapping: String::new(),
+        },
+        &entry("m", "maker"),
+    )
+    .expect("maker");
+    let pump = ModelId::new("pump").expect("id");
+    s.add_model(
+        &NewModel {
+            id: pump.clone(),
+            manufacturer: maker,
+            display_name: "P".into(),
+        },
+        &entry("model", "pump"),
+    )
+    .expect("model");
+    let (rec, secret) = s
+        .create_token(
+            &NewToken {
+                tenant: tenant("acme"),
+                model: pump,
+                max_uses: 1,
+                expires_at: t0() + Duration::hours(1),
+                created_by: "operator:a".into(),
+            },
+            &entry("token_create", "x"),
+        )
+        .expect("token");
+    let stores: Vec<SqliteStore> = (0..8)
+        .map(|_| SqliteStore::open(&path).expect("open"))
+        .collect();
+    let ok = std::thread::scope(|sc| {
+        let hs: Vec<_> = stores
+            .iter()
+            .map(|st| {
+                let (rec, secret) = (&rec, &secret);
+                sc.spawn(move || {
+                    st.consume_token(&rec.id, secret, t0(), &entry("token_use", "x"))
+                        .is_ok()
+                })
+            })
+            .collect();
+        hs.into_iter()
+            .map(|h| h.join().expect("join"))
+            .filter(|ok| *ok)
+            .count()
+    });
+    assert_eq!(ok, 1);
+    assert!(s.verify().is_ok());
+}
+
+#[test]
+fn audit_table_refuses_update_and_delete() {
+    let (_dir, path) = store_with_records(2);
+    let c = Connection::open(&path).expect("raw");
+    assert!(c.execute("UPDATE audit_log SET reason = 'x'", []).is_err());
+    assert!(c.execute("DELETE FROM audit_log", []).is_err());
+}
+
+#[test]
+fn edited_audit_record_is_detected() {
+    let (_dir, path) = store_with_records(5);
+    tamper(
+        &path,
+        "UPDATE audit_log SET actor = 'operator:mallory' WHERE seq = 3",
+    );
+    assert_eq!(tampered(&path), (3, Tamper::Edited));
+}
+
+#[test]
+fn deleted_audit_record_is_detected() {
+    let (_dir, path) = store_with_records(5);
+    tamper(&path, "DELETE FROM audit_log WHERE seq = 2");
+    assert_eq!(tampered(&path), (3, Tamper::Deleted));
+}
+
+#[test]
+fn inserted_audit_record_is_detected() {
+    let (_dir, path) = store_with_records(5);
+    // A forged record put between 2 and 3, later ones renumbered to make room.
+    let c = Connection::open(&path).expect("raw");
+    let (prev_seq, prev_hash): (i64, String) = c
+        .query_row("SELECT seq, hash FROM audit_log WHERE seq = 2", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .expect("row 2");
+    let mut prev = [0u8; 32];
+    for (i, b) in prev.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&prev_hash[2 * i..2 * i + 2], 16).expect("hex");
+    }
+    let forged = AuditEntry::new(t0(), "operator:mallory", "release", "acme/pump-1")
+        .seal(Some((prev_seq as u64, prev)));
+    tamper(
+        &path,
+        &format!(
+            "UPDATE audit_log SET seq = -seq WHERE seq >= 3; \
+             UPDATE audit_log SET seq = -seq + 1 WHERE seq < 0; \
+             INSERT INTO audit_log VALUES (3, {}, '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}');",
+            forged.at,
+            forged.actor,
+            forged.action,
+            forged.subject,
+            forged.outcome,
+            forged.reason,
+            forged.detail,
+            forged.prev_hash,
+            forged.hash
+        ),
+    );
+    assert_eq!(tampered(&path), (3, Tamper::Inserted));
+}
+
+#[test]
+fn appended_forged_audit_record_is_detected() {
+    let (_dir, path) = store_with_records(3);
+    tamper(
+        &path,
+        "INSERT INTO audit_log SELECT 4, at, actor, action, 'forged', outcome, reason, detail, \
+         prev_hash, hash FROM audit_log WHERE seq = 3",
+    );
+    let (seq, _) = tampered(&path);
+    assert_eq!(seq, 4);
+}
+
+#[test]
+fn reordered_audit_records_are_detected() {
+    let (_dir, path) = store_with_records(5);
+    tamper(
+        &path,
+        "UPDATE audit_log SET seq = -1 WHERE seq = 2; \
+         UPDATE audit_log SET seq = 2 WHERE seq = 3; \
+         UPDATE audit_log SET seq = 3 WHERE seq = -1;",
+    );
+    assert_eq!(tampered(&path), (2, Tamper::Reordered));
+}
+
+#[test]
+fn audit_file_edited_on_disk_is_caught() {
+    let (_dir, path) = store_with_records(4);
+    let s = SqliteStore::open(&path).expect("open");
+    let mut out = Vec::new();
+    s.export_jsonl(&mut out).expect("export");
+    let text = String::from_utf8(out).expect("utf8");
+    assert!(audit::verify_jsonl(text.as_bytes()).is_ok());
+    let edited = text.replacen("\"s2\"", "\"s9\"", 1);
+    assert!(matches!(
+        audit::verify_jsonl(edited.as_bytes()),
+        Err(VerifyError::Tampered {
+            seq: 3,
+            kind: Tamper::Edited
+        })
+    ));
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines.remove(1);
+    assert!(matches!(
+        audit::verify_jsonl(lines.join("\n").as_bytes()),
+        Err(VerifyError::Tampered {
+            seq: 3,
+            kind: Tamper::Deleted
+        })
+    ));
+}
+
+fn arb_entry() -> impl Strategy<Value = AuditEntry> {
+    (
+        0i64..4_000_000_000,
+        "[a-z:/]{0,12}",
+        "[a-z_]{1,10}",
+        "\\PC{0,16}",
+        "ok|refused|failed",
+        "\\PC{0,24}",
+        proptest::option::of(any::<i32>()),
+    )
+        .prop_map(|(at, actor, action, subject, outcome, reason, n)| {
+            AuditEntry::new(
+                OffsetDateTime::from_unix_timestamp(at).expect("in range"),
+                actor,
+                action,
+                subject,
+            )
+            .outcome(outcome)
+            .reason(reason)
+            .detail(n.map_or(serde_json::Value::Null, |n| serde_json::json!({ "n": n })))
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    #[test]
+    fn appended_chains_always_verify(entries in proptest::collection::vec(arb_entry(), 0..20)) {
+        let s = SqliteStore::open_in_memory().expect("store");
+        for e in &entries {
+            s.append(e).expect("append");
+        }
+        let rep = s.verify().expect("verifies");
+        prop_assert_eq!(rep.records, entries.len() as u64);
+    }
+
+    #[test]
+    fn any_single_byte_change_is_detected(
+        entries in proptest::collection::vec(arb_entry(), 1..8),
+        which in any::<prop::sample::Index>(),
+        field in 0usize..10,
+        pos in any::<prop::sample::Index>(),
+        delta in 1u8..=255,
+    ) {
+        let s = SqliteStore::open_in_memory().expect("store");
+        for e in &entries {
+            s.append(e).expect("append");
+        }
+        let mut recs = s.audit_records(1, 100).expect("records");
+        let r = &mut recs[which.index(entries.len())];
+        let changed = match field {
+            0 => { let mut b = r.seq.to_be_bytes(); let i = pos.index(8); b[i] = b[i].wrapping_add(delta); r.seq = u64::from_be_bytes(b); true }
+            1 => { let mut b = r.at.to_be_bytes(); let i = pos.index(8); b[i] = b[i].wrapping_add(delta); r.at = i64::from_be_bytes(b); true }
+            _ => {
+                let f = match field {
+                    2 => &mut r.actor, 3 => &mut r.action, 4 => &mut r.subject,
+                    5 => &mut r.outcome, 6 => &mut r.reason, 7 => &mut r.detail,
+                    8 => &mut r.prev_hash, _ => &mut r.hash,
+                };
+                let mut bytes = f.clone().into_bytes();
+                if bytes.is_empty() {
+                    false
+                } else {
+                    let i = pos.index(bytes.len());
+                    bytes[i] = bytes[i].wrapping_add(delta);
+                    // A stored text field is UTF-8; a change that breaks it cannot be stored.
+                    match String::from_utf8(bytes) { Ok(t) => { *f = t; true } Err(_) => false }
+                }
+            }
+        };
+        prop_assume!(changed);
+        prop_assert!(audit::verify_records(&recs).is_err());
+    }
+}
