@@ -29,9 +29,11 @@ mod crl;
 mod csr;
 mod fsutil;
 mod identity;
+mod idevid;
 mod issued;
 mod kek;
 mod pem;
+mod pkcs7;
 mod secret;
 mod tls;
 
@@ -39,9 +41,13 @@ pub use ca::{CaError, DeviceCertParams, LocalCa, ServerCertParams};
 pub use crl::{Crl, RevocationReason, RevokedCert};
 pub use csr::{CsrError, CsrPolicy, DEFAULT_CSR_VALIDITY, KeyKind, VerifiedCsr, verify_csr};
 pub use identity::{IdentityError, identity_from_cert, tls_facts};
+pub use idevid::{
+    IdevidError, IdevidInfo, IdevidParams, ManufacturerCa, ModelRule, model_from_cert, verify_idevid,
+};
 pub use issued::{IssuedCert, IssuedCertPublic, WrittenFiles};
 pub use kek::{KEK_ENV, KekError, KeySource};
 pub use pem::{PemError, load_certs_pem, load_key_pem};
+pub use pkcs7::pkcs7_certs_only;
 pub use secret::SecretPem;
 pub use tls::{ClientAuth, ServerTlsBuilder, TlsError, client_config, server_config};
 
