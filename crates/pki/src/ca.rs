@@ -349,7 +349,7 @@ impl LocalCa {
 
     /// Issues a device certificate for `params` with a new ECDSA P-256 key: subject
     /// `O=<tenant>, CN=<device>`, SAN URI `gatehouse://<tenant>/device/<device>`, extended key
-    /// usage clientAuth, key usage digitalSignature (critical), basicConstraints CA:FALSE,
+    /// usage clientAuth, key usage digitalSignature (critical), no basicConstraints (an end entity),
     /// a random 16-byte serial, authority and subject key identifiers.
     ///
     /// A `not_after` beyond the CA's own expiry is cut to it (with a warning).
@@ -379,7 +379,7 @@ impl LocalCa {
     /// Issues a server certificate for `params` with a new ECDSA P-256 key: every DNS name
     /// and IP address given becomes a SAN (exact duplicates dropped), subject
     /// `O=Gatehouse, CN=<first name>`, extended key usage serverAuth, key usage
-    /// digitalSignature (critical), basicConstraints CA:FALSE, random serial, key identifiers.
+    /// digitalSignature (critical), no basicConstraints, random serial, authority key identifier.
     pub fn issue_server_with(&self, params: ServerCertParams) -> Result<IssuedCert, CaError> {
         let key = new_key()?;
         let cert_params = self.server_params(&params)?;
@@ -409,6 +409,15 @@ impl LocalCa {
         params: &CertificateParams,
         public_key: &impl PublicKeyData,
     ) -> Result<Certificate, CaError> {
+        // The subject key identifier (RFC 5280 §4.2.1.2), written here because rcgen only
+        // writes it together with basicConstraints.
+        let mut params = params.clone();
+        let id = params.key_identifier(public_key);
+        let mut value = vec![0x04, u8::try_from(id.len()).map_err(|_| CaError::Random)?];
+        value.extend_from_slice(&id);
+        params
+            .custom_extensions
+            .push(rcgen::CustomExtension::from_oid_content(&[2, 5, 29, 14], value));
         params
             .signed_by(public_key, &self.active().issuer)
             .map_err(|e| CaError::Generation(e.to_string()))
@@ -610,8 +619,9 @@ fn leaf_params(
     params.not_after = not_after;
     params.serial_number = Some(random_serial()?);
     params.distinguished_name = DistinguishedName::new();
-    // ExplicitNoCa writes basicConstraints CA:FALSE and the subject key identifier.
-    params.is_ca = IsCa::ExplicitNoCa;
+    // No basicConstraints: an explicit `cA FALSE` encodes a DEFAULT value, which DER forbids
+    // (pkilint reports it as fatal); its absence means an end entity (RFC 5280 §4.2.1.9).
+    params.is_ca = IsCa::NoCa;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.use_authority_key_identifier_extension = true;
     Ok(params)

@@ -321,7 +321,7 @@ impl ManufacturerCa {
         );
         dn.push(DnType::CommonName, p.common_name.as_str());
         params.distinguished_name = dn;
-        params.is_ca = IsCa::ExplicitNoCa;
+        params.is_ca = IsCa::NoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.use_authority_key_identifier_extension = true;
