@@ -284,7 +284,7 @@ impl Kek {
         let mut buf = Zeroizing::new(ct.to_vec());
         let aad = aad(role);
         let plain_len = key
-            .open_in_place(nonce, Aad::from(aad.as_bytes()), &mut *buf)
+            .open_in_place(nonce, Aad::from(aad.as_bytes()), &mut buf)
             .map_err(|_| OpenError::WrongKek)?
             .len();
         buf.truncate(plain_len);

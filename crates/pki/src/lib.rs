@@ -5,10 +5,14 @@
 //! Invariant 1 of the design is *identity is a certificate*: a device is who its client
 //! certificate says it is, and nothing else. This crate is where that holds.
 //!
-//! - [`LocalCa`] keeps a self-signed ECDSA P-256 root in a directory (`ca.key` 0600 and
-//!   `ca.crt`) and issues [`IssuedCert`]s: device certificates naming
-//!   `gatehouse://<tenant>/device/<id>` in a SAN URI, and server certificates for the
-//!   listeners.
+//! - [`LocalCa`] keeps an ECDSA P-256 root and an issuing intermediate in a directory, their
+//!   keys sealed (AES-256-GCM) under a key-encryption key ([`KeySource`]), or works from an
+//!   external issuing CA given as PEM. It issues [`IssuedCert`]s (device certificates naming
+//!   `gatehouse://<tenant>/device/<id>` in a SAN URI, server certificates), certificates
+//!   for a checked CSR ([`verify_csr`], [`LocalCa::issue_from_csr`]), and CRLs; its issuing
+//!   CA can be rolled while the old one's certificates stay valid.
+//! - [`verify_idevid`] checks a manufacturer identity (802.1AR IDevID) and
+//!   [`pkcs7_certs_only`] packs certificates for EST.
 //! - [`identity_from_cert`] turns a verified peer certificate into an
 //!   [`Identity`](gatehouse_types::Identity); [`tls_facts`] describes the TLS session for the
 //!   detection stage.
