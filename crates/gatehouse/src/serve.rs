@@ -51,7 +51,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let server = ca
         .issue_server(&dns, &ips, SERVER_CERT_VALIDITY)
         .context("issuing the server certificate")?;
-    let roots = [ca.cert_der()];
+    let roots = ca.client_trust_anchors();
     let mqtts_tls = ServerTlsBuilder::from_issued(&server)?
         .client_roots(&roots)
         .client_auth(ClientAuth::Required)

@@ -417,7 +417,10 @@ impl LocalCa {
         value.extend_from_slice(&id);
         params
             .custom_extensions
-            .push(rcgen::CustomExtension::from_oid_content(&[2, 5, 29, 14], value));
+            .push(rcgen::CustomExtension::from_oid_content(
+                &[2, 5, 29, 14],
+                value,
+            ));
         params
             .signed_by(public_key, &self.active().issuer)
             .map_err(|e| CaError::Generation(e.to_string()))
@@ -513,7 +516,11 @@ impl fmt::Debug for LocalCa {
             .field("root_not_after", &self.root_not_after)
             .field(
                 "issuing",
-                &self.issuing.iter().map(|i| i.role.as_str()).collect::<Vec<_>>(),
+                &self
+                    .issuing
+                    .iter()
+                    .map(|i| i.role.as_str())
+                    .collect::<Vec<_>>(),
             )
             .field("not_after", &self.not_after())
             .field("crl_url", &self.crl_url)

@@ -119,9 +119,7 @@ fn sign_crl(
     let crl = params
         .signed_by(issuer)
         .map_err(|e| CaError::Generation(e.to_string()))?;
-    let pem = crl
-        .pem()
-        .map_err(|e| CaError::Generation(e.to_string()))?;
+    let pem = crl.pem().map_err(|e| CaError::Generation(e.to_string()))?;
     Ok(Crl {
         der: crl.der().clone(),
         pem,

@@ -139,15 +139,14 @@ pub fn verify_csr(der: &[u8], policy: &CsrPolicy) -> Result<VerifiedCsr, CsrErro
             der.len()
         )));
     }
-    let (rest, csr) = X509CertificationRequest::from_der(der)
-        .map_err(|e| CsrError::Malformed(e.to_string()))?;
+    let (rest, csr) =
+        X509CertificationRequest::from_der(der).map_err(|e| CsrError::Malformed(e.to_string()))?;
     if !rest.is_empty() {
         return Err(CsrError::Malformed(
             "trailing bytes after the request".to_owned(),
         ));
     }
-    csr.verify_signature()
-        .map_err(|_| CsrError::BadSignature)?;
+    csr.verify_signature().map_err(|_| CsrError::BadSignature)?;
     let info = &csr.certification_request_info;
     let spki = &info.subject_pki;
     let alg = &spki.algorithm.algorithm;
@@ -160,7 +159,11 @@ pub fn verify_csr(der: &[u8], policy: &CsrPolicy) -> Result<VerifiedCsr, CsrErro
         match curve {
             Some(c) if c == OID_EC_P256 => KeyKind::EcdsaP256,
             Some(c) if c == OID_NIST_EC_P384 => KeyKind::EcdsaP384,
-            _ => return Err(CsrError::KeyNotAllowed("ECDSA on an unsupported curve".to_owned())),
+            _ => {
+                return Err(CsrError::KeyNotAllowed(
+                    "ECDSA on an unsupported curve".to_owned(),
+                ));
+            }
         }
     } else if *alg == OID_SIG_ED25519 {
         KeyKind::Ed25519

@@ -99,17 +99,20 @@ pub fn verify_idevid(
         u64::try_from(now.unix_timestamp()).unwrap_or(0),
     ));
     let leaf = leaf.clone().into_owned();
-    let intermediates: Vec<CertificateDer<'static>> =
-        intermediates.iter().map(|c| c.clone().into_owned()).collect();
+    let intermediates: Vec<CertificateDer<'static>> = intermediates
+        .iter()
+        .map(|c| c.clone().into_owned())
+        .collect();
     let mut last_error = String::new();
     for (index, root) in manufacturer_roots.iter().enumerate() {
         let mut store = RootCertStore::empty();
         store
             .add(root.clone().into_owned())
             .map_err(|e| IdevidError::BadRoot(e.to_string()))?;
-        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(store), provider.clone())
-            .build()
-            .map_err(|e| IdevidError::BadRoot(e.to_string()))?;
+        let verifier =
+            WebPkiClientVerifier::builder_with_provider(Arc::new(store), provider.clone())
+                .build()
+                .map_err(|e| IdevidError::BadRoot(e.to_string()))?;
         match verifier.verify_client_cert(&leaf, &intermediates, unix) {
             Ok(_) => return read_info(&leaf, index),
             Err(e) => last_error = e.to_string(),
@@ -119,8 +122,10 @@ pub fn verify_idevid(
 }
 
 fn read_info(der: &[u8], index: usize) -> Result<IdevidInfo, IdevidError> {
-    let (_, cert) = X509Certificate::from_der(der).map_err(|e| IdevidError::Malformed(e.to_string()))?;
-    let serial_oid = Oid::from(OID_SERIAL_NUMBER).map_err(|_| IdevidError::Malformed("oid".to_owned()))?;
+    let (_, cert) =
+        X509Certificate::from_der(der).map_err(|e| IdevidError::Malformed(e.to_string()))?;
+    let serial_oid =
+        Oid::from(OID_SERIAL_NUMBER).map_err(|_| IdevidError::Malformed("oid".to_owned()))?;
     let device_serial = cert
         .subject()
         .iter_by_oid(&serial_oid)
@@ -155,7 +160,8 @@ fn read_info(der: &[u8], index: usize) -> Result<IdevidInfo, IdevidError> {
 
 /// The device model an IDevID names under the first rule in `rules` that matches, or `None`.
 pub fn model_from_cert(der: &[u8], rules: &[ModelRule]) -> Result<Option<String>, IdevidError> {
-    let (_, cert) = X509Certificate::from_der(der).map_err(|e| IdevidError::Malformed(e.to_string()))?;
+    let (_, cert) =
+        X509Certificate::from_der(der).map_err(|e| IdevidError::Malformed(e.to_string()))?;
     for rule in rules {
         let found = match rule {
             ModelRule::SanUriPrefix(prefix) => cert
@@ -201,7 +207,9 @@ fn der_string(der: &[u8]) -> Option<String> {
     } else {
         return None;
     };
-    std::str::from_utf8(body.get(..len)?).ok().map(str::to_owned)
+    std::str::from_utf8(body.get(..len)?)
+        .ok()
+        .map(str::to_owned)
 }
 
 /// A manufacturer CA that issues IDevIDs, for tests and the fleet simulator. Kept in memory.
@@ -248,7 +256,11 @@ impl IdevidParams {
     }
 
     /// Adds a model extension (non-critical, UTF8String value).
-    pub fn with_model_extension(mut self, oid: impl Into<String>, model: impl Into<String>) -> Self {
+    pub fn with_model_extension(
+        mut self,
+        oid: impl Into<String>,
+        model: impl Into<String>,
+    ) -> Self {
         self.model_extension = Some((oid.into(), model.into()));
         self
     }

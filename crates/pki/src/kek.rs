@@ -126,9 +126,9 @@ impl KeySource {
     /// Reads (or creates) the KEK. `salt_dir` is where a passphrase KEK keeps its salt.
     pub(crate) fn load(&self, salt_dir: &Path) -> Result<Kek, KekError> {
         let text = match self {
-            KeySource::Env(var) => Zeroizing::new(
-                std::env::var(var).map_err(|_| KekError::EnvMissing(var.clone()))?,
-            ),
+            KeySource::Env(var) => {
+                Zeroizing::new(std::env::var(var).map_err(|_| KekError::EnvMissing(var.clone()))?)
+            }
             KeySource::File(path) => read_kek_file(path)?,
             KeySource::Generated(path) => match read_kek_file(path) {
                 Err(KekError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
@@ -356,7 +356,10 @@ mod tests {
         let sealed = kek.seal("root", b"secret key bytes").expect("seal");
         assert!(is_sealed(&sealed));
         assert!(!sealed.contains("secret"));
-        assert_eq!(&*kek.open("root", &sealed).expect("open"), b"secret key bytes");
+        assert_eq!(
+            &*kek.open("root", &sealed).expect("open"),
+            b"secret key bytes"
+        );
         assert_eq!(kek.open("issuing-1", &sealed), Err(OpenError::WrongKek));
         let other = Kek::from_bytes([8; 32]);
         assert_eq!(other.open("root", &sealed), Err(OpenError::WrongKek));

@@ -46,7 +46,8 @@ pub use crl::{Crl, RevocationReason, RevokedCert};
 pub use csr::{CsrError, CsrPolicy, DEFAULT_CSR_VALIDITY, KeyKind, VerifiedCsr, verify_csr};
 pub use identity::{IdentityError, identity_from_cert, tls_facts};
 pub use idevid::{
-    IdevidError, IdevidInfo, IdevidParams, ManufacturerCa, ModelRule, model_from_cert, verify_idevid,
+    IdevidError, IdevidInfo, IdevidParams, ManufacturerCa, ModelRule, model_from_cert,
+    verify_idevid,
 };
 pub use issued::{IssuedCert, IssuedCertPublic, WrittenFiles};
 pub use kek::{KEK_ENV, KekError, KeySource};

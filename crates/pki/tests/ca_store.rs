@@ -44,7 +44,15 @@ fn first_start_creates_private_ca_directory() -> TestResult {
     names.sort();
     assert_eq!(
         names,
-        [".lock", "ca.crt", "ca.kek", "issuing-1.crt", "issuing-1.key", "root.crt", "root.key"]
+        [
+            ".lock",
+            "ca.crt",
+            "ca.kek",
+            "issuing-1.crt",
+            "issuing-1.key",
+            "root.crt",
+            "root.key"
+        ]
     );
 
     let years = (ca.root_not_after() - time::OffsetDateTime::now_utc()).whole_days() / 365;

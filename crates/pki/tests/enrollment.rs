@@ -30,14 +30,21 @@ fn idevid_of_a_registered_manufacturer_gives_serial_and_model() -> TestResult {
     assert_eq!(info.manufacturer_root, 1);
     assert_eq!(info.device_serial.as_deref(), Some("SN-000123"));
     assert_eq!(info.common_name.as_deref(), Some("thermo"));
-    assert!(info.issuer.contains("Acme Devices IDevID CA"), "{}", info.issuer);
+    assert!(
+        info.issuer.contains("Acme Devices IDevID CA"),
+        "{}",
+        info.issuer
+    );
     assert_eq!(info.cert_serial_hex, idevid.serial_hex);
 
     let der = chain[0].as_ref();
     let by_uri = [ModelRule::SanUriPrefix("urn:acme:model:".to_owned())];
     assert_eq!(model_from_cert(der, &by_uri)?.as_deref(), Some("thermo-x2"));
     let by_oid = [ModelRule::ExtensionOid(MODEL_OID.to_owned())];
-    assert_eq!(model_from_cert(der, &by_oid)?.as_deref(), Some("thermo-x2-ext"));
+    assert_eq!(
+        model_from_cert(der, &by_oid)?.as_deref(),
+        Some("thermo-x2-ext")
+    );
     let by_attr = [ModelRule::SubjectAttributeOid("2.5.4.3".to_owned())];
     assert_eq!(model_from_cert(der, &by_attr)?.as_deref(), Some("thermo"));
     let none = [ModelRule::SanUriPrefix("urn:other:".to_owned())];
@@ -98,7 +105,11 @@ fn pkcs7_certs_only_is_read_by_openssl() -> TestResult {
         .args(["pkcs7", "-inform", "DER", "-in", "p7.der", "-print_certs"])
         .current_dir(data.path())
         .output()?;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let printed = gatehouse_pki::load_certs_pem(&String::from_utf8(out.stdout)?)?;
     assert_eq!(printed, certs);
     Ok(())

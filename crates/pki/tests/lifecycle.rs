@@ -81,7 +81,9 @@ fn openssl_verify(dir: &Path, ca: &str, cert: &str) -> Result<bool, BoxError> {
 fn write_legacy_ca(dir: &Path) -> Result<(), BoxError> {
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::default();
-    params.distinguished_name.push(DnType::CommonName, "Gatehouse Local CA");
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "Gatehouse Local CA");
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     let cert = params.self_signed(&key)?;
@@ -108,7 +110,10 @@ fn earlier_single_root_directory_is_upgraded_in_place() -> TestResult {
     assert!(!dir.join("ca.key").exists(), "the plain key is gone");
     let sealed = fs::read_to_string(dir.join("root.key"))?;
     assert!(sealed.starts_with("-----BEGIN GATEHOUSE ENCRYPTED PRIVATE KEY-----"));
-    assert_eq!(fs::metadata(dir.join("root.key"))?.permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        fs::metadata(dir.join("root.key"))?.permissions().mode() & 0o777,
+        0o600
+    );
 
     // It loads again, issues, and what it issues verifies against the old ca.crt.
     let mut ca = LocalCa::load_or_create(&dir)?;
@@ -119,7 +124,11 @@ fn earlier_single_root_directory_is_upgraded_in_place() -> TestResult {
     handshake(server_cfg, client_config(&[ca.cert_der()], Some(&dev))?)?;
     if openssl_available() {
         dev.write_to(&data.path().join("out"), "device")?;
-        assert!(openssl_verify(&data.path().join("out"), "ca.crt", "device.crt")?);
+        assert!(openssl_verify(
+            &data.path().join("out"),
+            "ca.crt",
+            "device.crt"
+        )?);
     }
     // A pathlen-0 root cannot have an issuing CA below it.
     assert!(matches!(ca.roll_issuing_ca(), Err(CaError::Unsupported(_))));
@@ -133,7 +142,10 @@ fn wrong_key_encryption_key_is_a_clear_error() -> TestResult {
     let kek_a = data.path().join("a.kek");
     let kek_b = data.path().join("b.kek");
     let ca = LocalCa::open(&dir, &KeySource::Generated(kek_a.clone()))?;
-    assert!(!dir.join("ca.kek").exists(), "the KEK lives where it was told");
+    assert!(
+        !dir.join("ca.kek").exists(),
+        "the KEK lives where it was told"
+    );
     assert_eq!(fs::metadata(&kek_a)?.permissions().mode() & 0o777, 0o600);
     let again = LocalCa::open(&dir, &KeySource::File(kek_a.clone()))?;
     assert_eq!(ca.cert_der(), again.cert_der());
@@ -142,7 +154,10 @@ fn wrong_key_encryption_key_is_a_clear_error() -> TestResult {
     fs::set_permissions(&kek_b, fs::Permissions::from_mode(0o600))?;
     let err = LocalCa::open(&dir, &KeySource::File(kek_b.clone())).expect_err("wrong KEK");
     assert!(matches!(err, CaError::WrongKek { .. }), "{err:?}");
-    assert!(err.to_string().contains("wrong key-encryption key"), "{err}");
+    assert!(
+        err.to_string().contains("wrong key-encryption key"),
+        "{err}"
+    );
 
     // A Generated source does not make up a new KEK for an existing CA.
     fs::remove_file(&kek_a)?;
@@ -168,7 +183,10 @@ fn swapped_key_files_do_not_open() -> TestResult {
     let mut ca = LocalCa::load_or_create(data.path())?;
     ca.roll_issuing_ca()?;
     // Same KEK, but issuing-1's envelope under issuing-2's name.
-    fs::copy(data.path().join("issuing-1.key"), data.path().join("issuing-2.key"))?;
+    fs::copy(
+        data.path().join("issuing-1.key"),
+        data.path().join("issuing-2.key"),
+    )?;
     let err = LocalCa::load_or_create(data.path()).expect_err("swapped key");
     assert!(matches!(err, CaError::WrongKek { .. }), "{err:?}");
     Ok(())
@@ -180,14 +198,18 @@ fn swapped_key_files_do_not_open() -> TestResult {
 fn external_issuing_ca_from_pem_issues_verifiable_certificates() -> TestResult {
     let root_key = KeyPair::generate()?;
     let mut root_params = CertificateParams::default();
-    root_params.distinguished_name.push(DnType::CommonName, "Operator Root");
+    root_params
+        .distinguished_name
+        .push(DnType::CommonName, "Operator Root");
     root_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(1));
     root_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     let root = root_params.self_signed(&root_key)?;
     let root_issuer = Issuer::new(root_params, root_key);
     let int_key = KeyPair::generate()?;
     let mut int_params = CertificateParams::default();
-    int_params.distinguished_name.push(DnType::CommonName, "Operator Issuing");
+    int_params
+        .distinguished_name
+        .push(DnType::CommonName, "Operator Issuing");
     int_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     int_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     let int = int_params.signed_by(&int_key, &root_issuer)?;
@@ -207,7 +229,11 @@ fn external_issuing_ca_from_pem_issues_verifiable_certificates() -> TestResult {
         client_config(&[ca.cert_der()], Some(&dev))?,
     )?;
     assert!(matches!(ca.roll_issuing_ca(), Err(CaError::Unsupported(_))));
-    let crl = ca.crl(&[], time::OffsetDateTime::now_utc(), time::OffsetDateTime::now_utc() + time::Duration::hours(1))?;
+    let crl = ca.crl(
+        &[],
+        time::OffsetDateTime::now_utc(),
+        time::OffsetDateTime::now_utc() + time::Duration::hours(1),
+    )?;
     assert_eq!(crl.issuer, *int.der());
 
     // The wrong key for the certificate is refused.
@@ -244,7 +270,10 @@ fn device_of_the_old_issuing_ca_stays_valid_after_a_roll() -> TestResult {
 
     let (_, new_id) = ids("acme", "new")?;
     let new = ca.issue_device(&tenant, &new_id, HOUR)?;
-    assert!(new.chain_pem.starts_with(&gatehouse_pki_pem(&ca.issuing_cert_der())));
+    assert!(
+        new.chain_pem
+            .starts_with(&gatehouse_pki_pem(&ca.issuing_cert_der()))
+    );
     let server = server_of(&ca)?;
     for dev in [&old, &new] {
         // Clients sending their chain, verified against the root alone...
@@ -253,16 +282,15 @@ fn device_of_the_old_issuing_ca_stays_valid_after_a_roll() -> TestResult {
             client_config(&[ca.cert_der()], Some(dev))?,
         )?;
         // ...and clients sending their leaf alone, against the trust anchors.
-        let leaf_only = ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates({
-            let mut r = rustls::RootCertStore::empty();
-            r.add(ca.cert_der())?;
-            r
-        })
-        .with_client_auth_cert(vec![dev.cert_der()?], dev.key_der()?)?;
+        let leaf_only =
+            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()?
+                .with_root_certificates({
+                    let mut r = rustls::RootCertStore::empty();
+                    r.add(ca.cert_der())?;
+                    r
+                })
+                .with_client_auth_cert(vec![dev.cert_der()?], dev.key_der()?)?;
         handshake(
             server_config(&server, &ca.client_trust_anchors(), ClientAuth::Required)?,
             Arc::new(leaf_only),
@@ -318,11 +346,19 @@ fn csr_for_another_device_is_refused() -> TestResult {
         (Some("thermo-2"), vec![]),
         (Some("thermo-1"), vec!["gatehouse://acme/device/thermo-2"]),
         (None, vec!["gatehouse://other/device/thermo-1"]),
-        (Some("thermo-1"), vec!["gatehouse://acme/device/thermo-1", "https://evil"]),
+        (
+            Some("thermo-1"),
+            vec!["gatehouse://acme/device/thermo-1", "https://evil"],
+        ),
     ] {
         let verified = verify_csr(&csr(&key, cn, &uris)?, &policy)?;
         let err = ca
-            .issue_from_csr(&verified, &tenant, &device, gatehouse_pki::DEFAULT_CSR_VALIDITY)
+            .issue_from_csr(
+                &verified,
+                &tenant,
+                &device,
+                gatehouse_pki::DEFAULT_CSR_VALIDITY,
+            )
             .expect_err("CSR for another identity accepted");
         assert!(
             matches!(err, CaError::Csr(CsrError::IdentityMismatch { .. })),
@@ -335,14 +371,24 @@ fn csr_for_another_device_is_refused() -> TestResult {
 #[test]
 fn csr_of_the_enrolling_device_is_issued_with_its_own_key() -> TestResult {
     let data = tempfile::tempdir()?;
-    let ca = LocalCa::load_or_create(data.path())?.with_crl_url("http://localhost:8080/crl/issuing.crl");
+    let ca =
+        LocalCa::load_or_create(data.path())?.with_crl_url("http://localhost:8080/crl/issuing.crl");
     let (tenant, device) = ids("acme", "thermo-1")?;
     let key = KeyPair::generate()?;
-    let der = csr(&key, Some("thermo-1"), &["gatehouse://acme/device/thermo-1"])?;
+    let der = csr(
+        &key,
+        Some("thermo-1"),
+        &["gatehouse://acme/device/thermo-1"],
+    )?;
     let verified = verify_csr(&der, &CsrPolicy::default())?;
     assert_eq!(verified.key_kind(), KeyKind::EcdsaP256);
     assert_eq!(verified.common_names(), ["thermo-1"]);
-    let issued = ca.issue_from_csr(&verified, &tenant, &device, gatehouse_pki::DEFAULT_CSR_VALIDITY)?;
+    let issued = ca.issue_from_csr(
+        &verified,
+        &tenant,
+        &device,
+        gatehouse_pki::DEFAULT_CSR_VALIDITY,
+    )?;
     let days = (issued.not_after - issued.not_before).whole_days();
     assert_eq!(days, 30);
 
@@ -368,7 +414,10 @@ fn csr_of_the_enrolling_device_is_issued_with_its_own_key() -> TestResult {
     // A CSR naming nothing gets the device's name anyway.
     let bare = verify_csr(&csr(&key, None, &[])?, &CsrPolicy::default())?;
     let issued = ca.issue_from_csr(&bare, &tenant, &device, HOUR)?;
-    assert_eq!(gatehouse_pki::identity_from_cert(&issued.cert_der)?.device, device);
+    assert_eq!(
+        gatehouse_pki::identity_from_cert(&issued.cert_der)?.device,
+        device
+    );
     Ok(())
 }
 
@@ -428,7 +477,12 @@ fn revoked_device_is_refused_and_others_pass() -> TestResult {
     assert_eq!(crls.len(), 2, "one per live issuing CA");
     let again = ca.crls(&list, now, now + time::Duration::hours(1))?;
     assert!(again[0].number > crls[0].number, "CRL numbers increase");
-    assert!(LocalCa::load_or_create(&dir)?.crl(&list, now, now + time::Duration::hours(1))?.number > again[0].number);
+    assert!(
+        LocalCa::load_or_create(&dir)?
+            .crl(&list, now, now + time::Duration::hours(1))?
+            .number
+            > again[0].number
+    );
 
     let server = server_of(&ca)?;
     let ders: Vec<_> = crls.iter().map(|c| c.der.clone()).collect();

@@ -166,7 +166,11 @@ async fn tls12_client_with_device_cert_is_accepted() -> TestResult {
             .with_client_auth_cert(vec![dev.cert_der()?], dev.key_der()?)?;
 
     // The client sends its leaf alone (as mosquitto does): the issuing CA must be an anchor.
-    let server = server_config(&f.server, &f.ca.client_trust_anchors(), ClientAuth::Required)?;
+    let server = server_config(
+        &f.server,
+        &f.ca.client_trust_anchors(),
+        ClientAuth::Required,
+    )?;
     let out = connect_once(server, Arc::new(client), localhost()).await?;
     let facts = out.server?.facts;
     assert!(out.client_got_greeting);

@@ -10,7 +10,10 @@ use gatehouse_types::{DeviceId, TenantId};
 
 type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
 
-fn lint(dir: &Path, file: &str) -> Result<Option<String>, Box<dyn std::error::Error + Send + Sync>> {
+fn lint(
+    dir: &Path,
+    file: &str,
+) -> Result<Option<String>, Box<dyn std::error::Error + Send + Sync>> {
     let out = match Command::new("lint_pkix_cert")
         .args(["lint", "-s", "WARNING", file])
         .current_dir(dir)
@@ -30,7 +33,8 @@ fn lint(dir: &Path, file: &str) -> Result<Option<String>, Box<dyn std::error::Er
 fn issued_certificates_pass_pkilint() -> TestResult {
     let data = tempfile::tempdir()?;
     let dir = data.path().join("ca");
-    let ca = LocalCa::load_or_create(&dir)?.with_crl_url("http://gatehouse.example/crl/issuing.crl");
+    let ca =
+        LocalCa::load_or_create(&dir)?.with_crl_url("http://gatehouse.example/crl/issuing.crl");
     let out = data.path().join("out");
     std::fs::create_dir_all(&out)?;
     let tenant = TenantId::new("acme")?;
@@ -46,12 +50,23 @@ fn issued_certificates_pass_pkilint() -> TestResult {
     let mut params = rcgen::CertificateParams::default();
     params.distinguished_name = rcgen::DistinguishedName::new();
     let csr = verify_csr(params.serialize_request(&key)?.der(), &CsrPolicy::default())?;
-    let ldevid = ca.issue_from_csr(&csr, &tenant, &DeviceId::new("d-2")?, Duration::from_secs(86400))?;
+    let ldevid = ca.issue_from_csr(
+        &csr,
+        &tenant,
+        &DeviceId::new("d-2")?,
+        Duration::from_secs(86400),
+    )?;
     std::fs::write(out.join("ldevid.crt"), &ldevid.cert_pem)?;
     std::fs::copy(dir.join("root.crt"), out.join("root.crt"))?;
     std::fs::copy(dir.join("issuing-1.crt"), out.join("issuing.crt"))?;
 
-    for file in ["root.crt", "issuing.crt", "device.crt", "server.crt", "ldevid.crt"] {
+    for file in [
+        "root.crt",
+        "issuing.crt",
+        "device.crt",
+        "server.crt",
+        "ldevid.crt",
+    ] {
         let Some(report) = lint(&out, file)? else {
             eprintln!("lint_pkix_cert not installed; skipping");
             return Ok(());

@@ -379,10 +379,12 @@ fn load(dir: &Path, kek: Kek) -> Result<LocalCa, CaError> {
         });
     }
     let root_path = dir.join(format!("{ROOT_ROLE}.crt"));
-    let root_second_key = KeyPair::try_from(&PrivateKeyDerOwned::from(&root.key_der).0)
-        .map_err(|e| CaError::InvalidKey {
-            path: dir.join(format!("{ROOT_ROLE}.key")),
-            reason: e.to_string(),
+    let root_second_key =
+        KeyPair::try_from(&PrivateKeyDerOwned::from(&root.key_der).0).map_err(|e| {
+            CaError::InvalidKey {
+                path: dir.join(format!("{ROOT_ROLE}.key")),
+                reason: e.to_string(),
+            }
         })?;
     let root_issuer = Issuer::from_ca_cert_der(&root.cert_der, root.key).map_err(|e| {
         CaError::InvalidCertificate {
@@ -421,7 +423,10 @@ fn load(dir: &Path, kek: Kek) -> Result<LocalCa, CaError> {
     if issuing.is_empty() && !indices.is_empty() {
         // Every issuing CA has expired: roll in a new one rather than stop issuing.
         let n = indices.iter().max().copied().unwrap_or(0) + 1;
-        tracing::warn!(issuing = n, "every issuing CA has expired; rolling in a new one");
+        tracing::warn!(
+            issuing = n,
+            "every issuing CA has expired; rolling in a new one"
+        );
         write_issuing(dir, &kek, n, &root_issuer, root.not_after)?;
         return load(dir, kek);
     }

@@ -523,10 +523,10 @@ impl Subscriber {
                     return Ok(());
                 };
                 flow.on_delivery();
-                if let (Some(hist), Some(record)) = (stats.latency.as_mut(), &self.record) {
-                    if record.load(Ordering::Relaxed) {
-                        hist.saturating_record(now_ns().saturating_sub(stamp.sent_ns).max(1));
-                    }
+                if let (Some(hist), Some(record)) = (stats.latency.as_mut(), &self.record)
+                    && record.load(Ordering::Relaxed)
+                {
+                    hist.saturating_record(now_ns().saturating_sub(stamp.sent_ns).max(1));
                 }
                 Ok(())
             }
