@@ -384,6 +384,12 @@ impl Settings {
     pub fn ca_dir(&self) -> PathBuf {
         self.data_dir.join("ca")
     }
+
+    /// The registry database (SQLite): tenants, manufacturers, models, devices,
+    /// certificates, tokens and the audit log.
+    pub fn db_path(&self) -> PathBuf {
+        self.data_dir.join("gatehouse.db")
+    }
 }
 
 #[cfg(test)]

@@ -81,6 +81,74 @@ pub enum ModelRule {
     SubjectAttributeOid(String),
 }
 
+// === impl ModelRule ===
+
+impl ModelRule {
+    /// Reads rules from their text form, one per line (blank lines and `#` comments
+    /// ignored): `san-uri-prefix:<prefix>`, `extension:<dotted oid>` or
+    /// `subject:<dotted oid>`. This is how a manufacturer's model mapping is stored.
+    pub fn parse_list(text: &str) -> Result<Vec<ModelRule>, String> {
+        text.lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(str::parse)
+            .collect()
+    }
+
+    /// The text form of `rules`, one per line; [`parse_list`](Self::parse_list) reads it back.
+    pub fn format_list(rules: &[ModelRule]) -> String {
+        rules
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+impl std::str::FromStr for ModelRule {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (kind, value) = s.split_once(':').ok_or_else(|| {
+            format!(
+                "model rule {s:?}: expected san-uri-prefix:<prefix>, extension:<oid> or subject:<oid>"
+            )
+        })?;
+        let value = value.trim();
+        if value.is_empty() {
+            return Err(format!("model rule {s:?}: nothing after the colon"));
+        }
+        let oid = |v: &str| {
+            let ok = v.split('.').count() >= 2
+                && v.split('.')
+                    .all(|arc| !arc.is_empty() && arc.bytes().all(|b| b.is_ascii_digit()));
+            if ok {
+                Ok(v.to_owned())
+            } else {
+                Err(format!("model rule {s:?}: {v:?} is not a dotted OID"))
+            }
+        };
+        match kind.trim() {
+            "san-uri-prefix" => Ok(ModelRule::SanUriPrefix(value.to_owned())),
+            "extension" => Ok(ModelRule::ExtensionOid(oid(value)?)),
+            "subject" => Ok(ModelRule::SubjectAttributeOid(oid(value)?)),
+            other => Err(format!(
+                "model rule {s:?}: unknown kind {other:?} (san-uri-prefix, extension or subject)"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for ModelRule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ModelRule::SanUriPrefix(p) => write!(f, "san-uri-prefix:{p}"),
+            ModelRule::ExtensionOid(o) => write!(f, "extension:{o}"),
+            ModelRule::SubjectAttributeOid(o) => write!(f, "subject:{o}"),
+        }
+    }
+}
+
 /// Checks an IDevID chain (`chain[0]` the device certificate, then intermediates) against the
 /// manufacturer CAs: signatures, validity at `now`, CA constraints and, if the certificate
 /// has an extended key usage, clientAuth — the checks rustls' webpki verifier makes for a TLS
@@ -374,5 +442,30 @@ impl fmt::Debug for ManufacturerCa {
             .field("cert_der_len", &self.cert_der.len())
             .field("key", &"<redacted>")
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod model_rule_tests {
+    use super::ModelRule;
+
+    #[test]
+    fn model_rules_round_trip_through_text() {
+        let rules = vec![
+            ModelRule::SanUriPrefix("urn:acme:model:".to_owned()),
+            ModelRule::ExtensionOid("1.3.6.1.4.1.55555.1.1".to_owned()),
+            ModelRule::SubjectAttributeOid("2.5.4.46".to_owned()),
+        ];
+        let text = ModelRule::format_list(&rules);
+        assert_eq!(ModelRule::parse_list(&text), Ok(rules));
+        assert_eq!(ModelRule::parse_list("\n# none\n"), Ok(vec![]));
+    }
+
+    #[test]
+    fn bad_model_rules_are_refused_with_the_reason() {
+        for bad in ["extension:1.x", "subject:", "serial:1.2", "san-uri-prefix"] {
+            let err = ModelRule::parse_list(bad).expect_err(bad);
+            assert!(err.contains(bad.split(':').next().unwrap_or(bad)), "{err}");
+        }
     }
 }

@@ -257,6 +257,18 @@ impl LocalCa {
         Ok(next)
     }
 
+    /// The active issuing CA's name (`issuing-3`, or `root` when the root issues directly):
+    /// the stem of its files, and a stable name for its CRL.
+    pub fn active_issuer_name(&self) -> &str {
+        &self.issuing[0].role
+    }
+
+    /// Every live issuing CA's name, newest first (see
+    /// [`active_issuer_name`](Self::active_issuer_name)).
+    pub fn issuer_names(&self) -> Vec<&str> {
+        self.issuing.iter().map(|i| i.role.as_str()).collect()
+    }
+
     /// Every live issuing CA (its certificate and signer), newest first.
     pub(crate) fn issuers(
         &self,
