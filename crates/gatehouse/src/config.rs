@@ -29,6 +29,7 @@ mod raw {
         pub policy: Policy,
         pub legacy: Legacy,
         pub persistence: Persistence,
+        pub enrollment: Enrollment,
         pub log: Log,
     }
 
@@ -42,6 +43,7 @@ mod raw {
                 policy: Policy::default(),
                 legacy: Legacy::default(),
                 persistence: Persistence::default(),
+                enrollment: Enrollment::default(),
                 log: Log::default(),
             }
         }
@@ -191,6 +193,40 @@ mod raw {
 
     #[derive(Debug, Deserialize)]
     #[serde(deny_unknown_fields, default)]
+    pub struct Enrollment {
+        #[serde(with = "humantime_serde")]
+        pub certificate_validity: Duration,
+        pub key_types: Vec<String>,
+        pub min_rsa_bits: usize,
+        #[serde(with = "humantime_serde")]
+        pub crl_validity: Duration,
+        pub public_url: Option<String>,
+        #[serde(with = "humantime_serde")]
+        pub registry_poll: Duration,
+        pub max_request_body: ByteSize,
+    }
+
+    impl Default for Enrollment {
+        fn default() -> Self {
+            Self {
+                certificate_validity: Duration::from_secs(30 * 24 * 3600),
+                key_types: vec![
+                    "ecdsa-p256".into(),
+                    "ecdsa-p384".into(),
+                    "ed25519".into(),
+                    "rsa".into(),
+                ],
+                min_rsa_bits: 2048,
+                crl_validity: Duration::from_secs(7 * 24 * 3600),
+                public_url: None,
+                registry_poll: Duration::from_millis(250),
+                max_request_body: ByteSize::kib(64),
+            }
+        }
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields, default)]
     pub struct Log {
         pub level: String,
         pub format: LogFormat,
@@ -238,6 +274,18 @@ pub struct Settings {
     pub legacy_users: Vec<LegacyUser>,
     pub log_level: String,
     pub log_format: LogFormat,
+    pub enrollment: EnrollmentSettings,
+}
+
+/// Validated `[enrollment]`.
+#[derive(Debug, Clone)]
+pub struct EnrollmentSettings {
+    pub policy: gatehouse_pki::EnrollPolicy,
+    /// Base URL devices and verifiers reach the HTTPS listener at (for CRL URLs); `None`:
+    /// `https://<first server name>:<https port>`.
+    pub public_url: Option<String>,
+    pub registry_poll: Duration,
+    pub max_request_body: usize,
 }
 
 fn patterns(list: &[String], what: &str) -> anyhow::Result<Vec<TopicPattern>> {
@@ -356,6 +404,53 @@ impl Settings {
             );
         }
 
+        let e = raw.enrollment;
+        if e.certificate_validity < Duration::from_secs(60)
+            || e.certificate_validity > Duration::from_secs(825 * 24 * 3600)
+        {
+            bail!("enrollment.certificate_validity must be between 1 minute and 825 days");
+        }
+        if e.crl_validity < Duration::from_secs(60) {
+            bail!("enrollment.crl_validity must be at least 1 minute");
+        }
+        if e.registry_poll < Duration::from_millis(10) || e.registry_poll > Duration::from_secs(60)
+        {
+            bail!("enrollment.registry_poll must be between 10ms and 60s");
+        }
+        let max_request_body = usize::try_from(e.max_request_body.as_u64())
+            .ok()
+            .filter(|b| (1024..=16 * 1024 * 1024).contains(b))
+            .context("enrollment.max_request_body must be between 1 KiB and 16 MiB")?;
+        let mut csr = gatehouse_pki::CsrPolicy::none();
+        for k in &e.key_types {
+            match k.as_str() {
+                "ecdsa-p256" => csr.ecdsa_p256 = true,
+                "ecdsa-p384" => csr.ecdsa_p384 = true,
+                "ed25519" => csr.ed25519 = true,
+                "rsa" => csr.min_rsa_bits = Some(e.min_rsa_bits),
+                other => bail!(
+                    "enrollment.key_types: unknown key type {other:?} (ecdsa-p256, ecdsa-p384, ed25519, rsa)"
+                ),
+            }
+        }
+        if e.key_types.is_empty() {
+            bail!("enrollment.key_types must allow at least one key type");
+        }
+        if e.min_rsa_bits < 2048 {
+            bail!("enrollment.min_rsa_bits must be at least 2048");
+        }
+        if let Some(url) = &e.public_url
+            && !url.starts_with("https://")
+        {
+            bail!("enrollment.public_url must start with https://");
+        }
+        let enrollment = EnrollmentSettings {
+            policy: gatehouse_pki::EnrollPolicy::new(e.certificate_validity, csr, e.crl_validity),
+            public_url: e.public_url.map(|u| u.trim_end_matches('/').to_owned()),
+            registry_poll: e.registry_poll,
+            max_request_body,
+        };
+
         let data_dir = raw.data_dir;
         let save_interval = raw.persistence.save_interval;
         Ok(Self {
@@ -377,6 +472,7 @@ impl Settings {
             legacy_users,
             log_level: raw.log.level,
             log_format: raw.log.format,
+            enrollment,
         })
     }
 

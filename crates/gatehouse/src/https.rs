@@ -1,6 +1,6 @@
-//! The HTTPS listener: `/healthz` and Prometheus `/metrics` for now.
+//! The binary's own HTTPS routes: `/healthz` and Prometheus `/metrics`. The listener and
+//! the rest of the routes are `gatehouse-api`'s.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
@@ -9,12 +9,7 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use gatehouse_broker::Broker;
-use hyper_util::rt::TokioIo;
-use hyper_util::service::TowerToHyperService;
 use prometheus_client::registry::Registry;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
-use tracing::debug;
 
 #[derive(Clone)]
 struct AppState {
@@ -46,46 +41,10 @@ async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
     }
 }
 
-/// Serves the HTTPS API on `listener` until `stop` turns true.
-pub fn serve(
-    listener: TcpListener,
-    tls: Arc<rustls::ServerConfig>,
-    broker: Broker,
-    registry: Arc<Registry>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let app = Router::new()
+/// `/healthz` and `/metrics`, to be merged with the API's router.
+pub fn router(broker: Broker, registry: Arc<Registry>) -> Router {
+    Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
-        .with_state(AppState { broker, registry });
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    tokio::spawn(async move {
-        loop {
-            let (tcp, peer): (_, SocketAddr) = tokio::select! {
-                r = listener.accept() => match r {
-                    Ok(x) => x,
-                    Err(_) => {
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-                _ = stop.changed() => return,
-            };
-            let acceptor = acceptor.clone();
-            let app = app.clone();
-            tokio::spawn(async move {
-                let handshake =
-                    tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp))
-                        .await;
-                let Ok(Ok(tls)) = handshake else {
-                    debug!(%peer, "HTTPS handshake failed");
-                    return;
-                };
-                let service = TowerToHyperService::new(app);
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tls), service)
-                    .await;
-            });
-        }
-    });
+        .with_state(AppState { broker, registry })
 }

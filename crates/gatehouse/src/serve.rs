@@ -6,12 +6,15 @@ use std::time::Duration;
 
 use anyhow::Context;
 use arc_swap::ArcSwap;
+use gatehouse_api::{ApiState, HttpLimits, RevocationSync, SessionControl};
 use gatehouse_broker::Broker;
-use gatehouse_pki::{ClientAuth, LocalCa, ServerTlsBuilder};
-use prometheus_client::registry::Registry;
+use gatehouse_pki::{ClientAuth, Enroller, IssuedCert, LocalCa, PublishedCrl, ServerTlsBuilder};
+use gatehouse_store::{AuditEntry, Registry, SqliteStore};
+use gatehouse_types::{DeviceRef, TenantId};
+use prometheus_client::registry::Registry as MetricsRegistry;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::auth::GatehouseAuth;
 use crate::config::Settings;
@@ -44,21 +47,31 @@ fn server_names(extra: &[String]) -> (Vec<String>, Vec<IpAddr>) {
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
     std::fs::create_dir_all(&settings.data_dir)
         .with_context(|| format!("creating data directory {}", settings.data_dir.display()))?;
+    let registry = open_registry(&settings)?;
+
+    let https = TcpListener::bind(settings.https)
+        .await
+        .with_context(|| format!("binding HTTPS on {}", settings.https))?;
+    let https_addr = https.local_addr()?;
+    let (dns, ips) = server_names(&settings.server_names);
+    let public_url = settings.enrollment.public_url.clone().unwrap_or_else(|| {
+        let host = settings
+            .server_names
+            .first()
+            .cloned()
+            .unwrap_or_else(|| "localhost".into());
+        format!("https://{host}:{}", https_addr.port())
+    });
     let ca = LocalCa::load_or_create(&settings.ca_dir()).context("loading the local CA")?;
+    let crl_url = format!("{public_url}/pki/crl/{}.crl", ca.active_issuer_name());
+    let ca = Arc::new(ca.with_crl_url(crl_url));
     info!(dir = %settings.ca_dir().display(), "local CA ready");
 
-    let (dns, ips) = server_names(&settings.server_names);
     let server = ca
         .issue_server(&dns, &ips, SERVER_CERT_VALIDITY)
         .context("issuing the server certificate")?;
-    let roots = ca.client_trust_anchors();
-    let mqtts_tls = ServerTlsBuilder::from_issued(&server)?
-        .client_roots(&roots)
-        .client_auth(ClientAuth::Required)
-        .build()
-        .context("building the MQTTS TLS configuration")?;
     let https_tls = ServerTlsBuilder::from_issued(&server)?
-        .client_auth(ClientAuth::None)
+        .client_auth(ClientAuth::Deferred)
         .alpn_protocols(vec![b"http/1.1".to_vec()])
         .build()
         .context("building the HTTPS TLS configuration")?;
@@ -70,14 +83,40 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     )
     .context("loading saved broker state")?;
     broker.start();
-    let mut registry = Registry::default();
-    broker.metrics().register(&mut registry, broker.tap());
+    let mut metrics_registry = MetricsRegistry::default();
+    broker
+        .metrics()
+        .register(&mut metrics_registry, broker.tap());
+
+    // The MQTTS verifier is rebuilt with every new CRL: a revoked certificate's reconnect
+    // fails the handshake.
+    let control = Arc::new(MqttsControl {
+        server: server.clone(),
+        roots: ca.client_trust_anchors(),
+        tls: Arc::new(ArcSwap::from(
+            ServerTlsBuilder::from_issued(&server)?
+                .client_roots(&ca.client_trust_anchors())
+                .client_auth(ClientAuth::Required)
+                .build()
+                .context("building the MQTTS TLS configuration")?,
+        )),
+        broker: broker.clone(),
+    });
+    let enroller = Arc::new(Enroller::new(
+        registry.clone(),
+        ca.clone(),
+        settings.enrollment.policy.clone(),
+    ));
+    let revocations = Arc::new(
+        RevocationSync::start(enroller.clone(), control.clone())
+            .context("signing the certificate revocation lists")?,
+    );
 
     let mqtts = TcpListener::bind(settings.mqtts)
         .await
         .with_context(|| format!("binding MQTTS on {}", settings.mqtts))?;
     let mqtts_addr = mqtts.local_addr()?;
-    broker.serve_tls(mqtts, Arc::new(ArcSwap::new(mqtts_tls)));
+    broker.serve_tls(mqtts, control.tls.clone());
 
     let mut plain_addr = None;
     if let Some(addr) = settings.mqtt {
@@ -89,16 +128,35 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         broker.serve_plain(plain);
     }
 
-    let https = TcpListener::bind(settings.https)
-        .await
-        .with_context(|| format!("binding HTTPS on {}", settings.https))?;
-    let https_addr = https.local_addr()?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    crate::https::serve(
-        https,
-        https_tls,
+    let limits = HttpLimits::new(
+        settings.enrollment.max_request_body,
+        settings.broker.limits.tls_handshake_timeout,
+        settings.broker.limits.connect_timeout,
+    );
+    let app = gatehouse_api::router(
+        ApiState {
+            enroller,
+            registry,
+            revocations: revocations.clone(),
+        },
+        limits,
+    )
+    .merge(crate::https::router(
         broker.clone(),
-        Arc::new(registry),
+        Arc::new(metrics_registry),
+    ));
+    gatehouse_api::serve(
+        https,
+        Arc::new(ArcSwap::from(https_tls)),
+        app,
+        limits,
+        stop_rx.clone(),
+    );
+    spawn_registry_poll(
+        revocations,
+        settings.enrollment.registry_poll,
+        settings.enrollment.policy.crl_validity / 2,
         stop_rx,
     );
 
@@ -108,6 +166,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         "https": https_addr.to_string(),
         "mqtt": plain_addr.map(|a| a.to_string()),
         "ca": settings.ca_dir().join("ca.crt"),
+        "crl": public_url,
     });
     let listeners_file = settings.data_dir.join("listeners.json");
     std::fs::write(&listeners_file, serde_json::to_vec_pretty(&listeners)?)
@@ -124,6 +183,82 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&listeners_file);
     info!("stopped");
     Ok(())
+}
+
+/// Opens the registry, creating the `default` tenant on first start.
+fn open_registry(settings: &Settings) -> anyhow::Result<Arc<dyn gatehouse_store::Registry>> {
+    let path = settings.db_path();
+    let store = SqliteStore::open(&path)
+        .with_context(|| format!("opening the registry {}", path.display()))?;
+    let default = TenantId::default();
+    if store.get_tenant(&default)?.is_none() {
+        let audit = AuditEntry::new(
+            time::OffsetDateTime::now_utc(),
+            "system",
+            "create_tenant",
+            default.to_string(),
+        )
+        .reason("first start");
+        store.create_tenant(&default, "Default tenant", &audit)?;
+    }
+    info!(path = %path.display(), "registry ready");
+    Ok(Arc::new(store))
+}
+
+/// Picks up revocations written by other processes (the CLI) and re-signs CRLs before they
+/// go stale.
+fn spawn_registry_poll(
+    revocations: Arc<RevocationSync>,
+    every: Duration,
+    resign_after: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.changed() => return,
+            }
+            let r = revocations.clone();
+            match tokio::task::spawn_blocking(move || r.poll(resign_after)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => warn!(error = %e, "applying registry changes failed"),
+                Err(e) => warn!(error = %e, "registry poll task failed"),
+            }
+        }
+    });
+}
+
+/// The data plane side of revocation: the MQTTS TLS configuration and live sessions.
+struct MqttsControl {
+    server: IssuedCert,
+    roots: Vec<rustls_pki_types::CertificateDer<'static>>,
+    tls: Arc<ArcSwap<rustls::ServerConfig>>,
+    broker: Broker,
+}
+
+impl SessionControl for MqttsControl {
+    fn crls_changed(&self, crls: &[PublishedCrl]) {
+        let ders = crls.iter().map(|c| c.crl.der.clone()).collect();
+        let built = ServerTlsBuilder::from_issued(&self.server).and_then(|b| {
+            b.client_roots(&self.roots)
+                .client_auth(ClientAuth::Required)
+                .crls(ders)
+                .build()
+        });
+        match built {
+            Ok(config) => self.tls.store(config),
+            // Keeping the old verifier would keep accepting revoked certificates: say so
+            // loudly. (Only a CRL our own CA signed can get here, so this is a bug.)
+            Err(e) => error!(error = %e, "the MQTTS verifier could not take the new CRLs"),
+        }
+    }
+
+    fn disconnect(&self, device: &DeviceRef) {
+        self.broker.disconnect_device(device, "certificate revoked");
+    }
 }
 
 async fn wait_for_signal() {

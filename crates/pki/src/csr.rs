@@ -115,6 +115,16 @@ impl Default for CsrPolicy {
 }
 
 impl CsrPolicy {
+    /// A policy allowing no key at all: switch on what you accept.
+    pub fn none() -> Self {
+        Self {
+            ecdsa_p256: false,
+            ecdsa_p384: false,
+            ed25519: false,
+            min_rsa_bits: None,
+        }
+    }
+
     fn allows(&self, kind: KeyKind) -> bool {
         match kind {
             KeyKind::EcdsaP256 => self.ecdsa_p256,

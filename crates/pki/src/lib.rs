@@ -31,6 +31,7 @@
 mod ca;
 mod crl;
 mod csr;
+mod enroll;
 mod fsutil;
 mod identity;
 mod idevid;
@@ -44,6 +45,7 @@ mod tls;
 pub use ca::{CaError, DeviceCertParams, LocalCa, ServerCertParams};
 pub use crl::{Crl, RevocationReason, RevokedCert};
 pub use csr::{CsrError, CsrPolicy, DEFAULT_CSR_VALIDITY, KeyKind, VerifiedCsr, verify_csr};
+pub use enroll::{Credential, EnrollError, EnrollPolicy, Enrolled, Enroller, PublishedCrl};
 pub use identity::{IdentityError, identity_from_cert, tls_facts};
 pub use idevid::{
     IdevidError, IdevidInfo, IdevidParams, ManufacturerCa, ModelRule, model_from_cert,

@@ -34,6 +34,12 @@ pub enum ClientAuth {
     Optional,
     /// No client certificate is asked for: anyone may connect.
     None,
+    /// A client certificate is asked for but not required, and any certificate is accepted
+    /// at the TLS layer: the handshake still proves the client holds the certificate's key,
+    /// but the chain is NOT verified. The application must verify it for every use (EST
+    /// takes manufacturer IDevIDs, whose CAs change at runtime, and device certificates on
+    /// the same listener). Client roots are not needed.
+    Deferred,
 }
 
 /// Why a TLS configuration could not be built.
@@ -131,6 +137,9 @@ impl ServerTlsBuilder {
         let provider = provider();
         let verifier = match self.client_auth {
             ClientAuth::None => WebPkiClientVerifier::no_client_auth(),
+            ClientAuth::Deferred => Arc::new(DeferredClientVerifier {
+                algorithms: provider.signature_verification_algorithms,
+            }),
             auth @ (ClientAuth::Required | ClientAuth::Optional) => {
                 if self.client_roots.is_empty() {
                     return Err(TlsError::NoClientRoots);
@@ -152,6 +161,58 @@ impl ServerTlsBuilder {
             .with_single_cert(self.cert_chain, self.key)?;
         config.alpn_protocols = self.alpn;
         Ok(Arc::new(config))
+    }
+}
+
+/// Accepts any client certificate whose key signed the handshake; see
+/// [`ClientAuth::Deferred`].
+#[derive(Debug)]
+struct DeferredClientVerifier {
+    algorithms: rustls::crypto::WebPkiSupportedAlgorithms,
+}
+
+impl rustls::server::danger::ClientCertVerifier for DeferredClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        Ok(rustls::server::danger::ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.algorithms.supported_schemes()
     }
 }
 

@@ -1,0 +1,161 @@
+//! Gatehouse's HTTPS surface.
+//!
+//! - EST (RFC 7030) under `/.well-known/est/`: `cacerts`, `csrattrs`, `simpleenroll`,
+//!   `simplereenroll` ([`est`]).
+//! - CRLs at `/pki/crl/<issuing CA>.crl`, the URL written into every device certificate.
+//! - The REST API under `/api/v1` and its OpenAPI document at `/api/openapi.json` ([`rest`]).
+//!
+//! The listener asks TLS clients for a certificate without requiring one and accepts any at
+//! the TLS layer ([`gatehouse_pki::ClientAuth::Deferred`]); the chain each connection sent is
+//! handed to the handlers as [`ConnInfo`], and EST verifies it against the manufacturer CAs
+//! (IDevID) or the local CA (renewal) on every request.
+//!
+//! Until operator authentication exists the API has no login: it listens on loopback by
+//! default, and its actions are audited as `api:<peer address>`.
+
+pub mod est;
+mod problem;
+pub mod rest;
+mod revocation;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use gatehouse_pki::Enroller;
+use gatehouse_store::Registry;
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
+use rustls_pki_types::CertificateDer;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::debug;
+
+pub use problem::Problem;
+pub use revocation::{RevocationSync, SessionControl};
+
+/// Limits of the HTTPS listener.
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub struct HttpLimits {
+    /// Largest request body accepted (413 beyond).
+    pub max_body: usize,
+    /// Time allowed for the TLS handshake.
+    pub handshake_timeout: Duration,
+    /// Time allowed for a request's headers (slowloris).
+    pub header_timeout: Duration,
+}
+
+impl Default for HttpLimits {
+    /// 64 KiB bodies, 10 s for the handshake and for headers.
+    fn default() -> Self {
+        Self {
+            max_body: 64 * 1024,
+            handshake_timeout: Duration::from_secs(10),
+            header_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl HttpLimits {
+    /// Limits with these values.
+    pub fn new(max_body: usize, handshake_timeout: Duration, header_timeout: Duration) -> Self {
+        Self {
+            max_body,
+            handshake_timeout,
+            header_timeout,
+        }
+    }
+}
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct ApiState {
+    /// Enrollment, renewal and CRL signing.
+    pub enroller: Arc<Enroller>,
+    /// The registry.
+    pub registry: Arc<dyn Registry>,
+    /// Applies revocations: CRLs, TLS verifiers, live sessions.
+    pub revocations: Arc<RevocationSync>,
+}
+
+impl std::fmt::Debug for ApiState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiState").finish_non_exhaustive()
+    }
+}
+
+/// The TLS facts of one HTTPS connection, given to every request on it.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// The certificate chain the client presented (leaf first), empty if none. Not verified
+    /// by TLS: see the crate docs.
+    pub client_chain: Arc<Vec<CertificateDer<'static>>>,
+}
+
+/// EST, CRLs and the REST API, with the body limit applied.
+pub fn router(state: ApiState, limits: HttpLimits) -> Router {
+    Router::new()
+        .merge(est::routes())
+        .merge(revocation::routes())
+        .merge(rest::routes())
+        .with_state(state)
+        .layer(DefaultBodyLimit::max(limits.max_body))
+}
+
+/// Serves `app` over TLS on `listener` until `stop` turns true. `tls` is read at each
+/// handshake, so a swapped configuration applies to new connections.
+pub fn serve(
+    listener: TcpListener,
+    tls: Arc<ArcSwap<rustls::ServerConfig>>,
+    app: Router,
+    limits: HttpLimits,
+    mut stop: watch::Receiver<bool>,
+) {
+    tokio::spawn(async move {
+        loop {
+            let (tcp, peer): (_, SocketAddr) = tokio::select! {
+                r = listener.accept() => match r {
+                    Ok(x) => x,
+                    Err(_) => {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = stop.changed() => return,
+            };
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls.load_full());
+            let app = app.clone();
+            tokio::spawn(async move {
+                let handshake =
+                    tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await;
+                let Ok(Ok(tls)) = handshake else {
+                    debug!(%peer, "HTTPS handshake failed");
+                    return;
+                };
+                let chain: Vec<CertificateDer<'static>> = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
+                    .unwrap_or_default();
+                let info = ConnInfo {
+                    peer,
+                    client_chain: Arc::new(chain),
+                };
+                let app = app.layer(axum::Extension(info));
+                let service = TowerToHyperService::new(app);
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(limits.header_timeout)
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+}

@@ -1,0 +1,116 @@
+//! The one error body of the REST API: `{"error": {"status", "code", "message"}}`.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+/// An API error: an HTTP status, a stable machine-readable code and a message for people.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct Problem {
+    /// The HTTP status.
+    pub status: u16,
+    /// Stable code, e.g. `not_found`, `invalid`, `conflict`.
+    pub code: &'static str,
+    /// What went wrong, for people.
+    pub message: String,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct ProblemBody {
+    error: ProblemDetail,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct ProblemDetail {
+    /// The HTTP status.
+    status: u16,
+    /// Stable code: `bad_request`, `not_found`, `conflict`, `invalid`, `internal`.
+    code: String,
+    /// What went wrong.
+    message: String,
+}
+
+impl Problem {
+    /// 400.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(400, "bad_request", message)
+    }
+
+    /// 404.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(404, "not_found", message)
+    }
+
+    /// 409.
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(409, "conflict", message)
+    }
+
+    /// 422: well-formed but invalid values.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(422, "invalid", message)
+    }
+
+    /// 500. The message is logged; clients get a generic one.
+    pub fn internal(message: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %message, "API request failed");
+        Self::new(500, "internal", "internal error; see the server log")
+    }
+
+    fn new(status: u16, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = ProblemBody {
+            error: ProblemDetail {
+                status: self.status,
+                code: self.code.to_owned(),
+                message: self.message,
+            },
+        };
+        (status, Json(body)).into_response()
+    }
+}
+
+impl From<gatehouse_store::ReadError> for Problem {
+    fn from(e: gatehouse_store::ReadError) -> Self {
+        match e {
+            gatehouse_store::ReadError::BadCursor => Problem::bad_request("invalid cursor"),
+            other => Problem::internal(other),
+        }
+    }
+}
+
+impl From<gatehouse_store::WriteError> for Problem {
+    fn from(e: gatehouse_store::WriteError) -> Self {
+        use gatehouse_store::WriteError as W;
+        match e {
+            W::NotFound { what } => Problem::not_found(format!("{what} not found")),
+            W::AlreadyExists { what } => Problem::conflict(format!("{what} already exists")),
+            W::Invalid { what } => Problem::invalid(format!("invalid {what}")),
+            W::DeviceNotActive { device } => {
+                Problem::conflict(format!("device {device} is not active"))
+            }
+            W::AlreadyRevoked { serial } => {
+                Problem::conflict(format!("certificate {serial} is already revoked"))
+            }
+            other => Problem::internal(other),
+        }
+    }
+}
+
+impl From<tokio::task::JoinError> for Problem {
+    fn from(e: tokio::task::JoinError) -> Self {
+        Problem::internal(e)
+    }
+}

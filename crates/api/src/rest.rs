@@ -1,0 +1,979 @@
+//! The REST API, `/api/v1`, and its OpenAPI 3.1 document at `/api/openapi.json`, generated
+//! from these handlers and types.
+//!
+//! Every error is a [`Problem`] body. Lists of devices are paged with an opaque `cursor`.
+//! Every change is written with its audit record in one transaction; the actor is
+//! `api:<client address>` until operator authentication exists.
+
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use gatehouse_pki::{ModelRule, load_certs_pem};
+use gatehouse_store::{
+    AuditEntry, BatchScope, Cursor, DeviceFilter, DeviceStatus, ManufacturerId, ModelId, NewClaim,
+    NewManufacturer, NewModel, NewToken, RevocationReason, TokenId,
+};
+use gatehouse_types::{DeviceId, DeviceRef, TenantId};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use time::OffsetDateTime;
+use utoipa::{IntoParams, OpenApi, ToSchema};
+
+use crate::problem::ProblemBody;
+use crate::{ApiState, ConnInfo, Problem};
+
+type ApiResult<T> = Result<T, Problem>;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Gatehouse API",
+        description = "Registry, enrollment tokens, revocation and audit. EST (RFC 7030) is served under /.well-known/est/ and CRLs under /pki/crl/.",
+        version = "1"
+    ),
+    paths(
+        list_tenants,
+        create_tenant,
+        list_manufacturers,
+        create_manufacturer,
+        list_models,
+        create_model,
+        add_profile,
+        add_claims,
+        list_devices,
+        get_device,
+        revoke_device,
+        reinstate_device,
+        revoke_batch,
+        create_token,
+        list_tokens,
+        revoke_token,
+        audit_records,
+        audit_verify
+    ),
+    components(schemas(ProblemBody))
+)]
+struct ApiDoc;
+
+/// The OpenAPI document, JSON.
+pub fn openapi_json() -> String {
+    ApiDoc::openapi()
+        .to_pretty_json()
+        .unwrap_or_else(|_| "{}".to_owned())
+}
+
+pub(crate) fn routes() -> Router<ApiState> {
+    Router::new()
+        .route("/api/openapi.json", get(openapi))
+        .route("/api/v1/tenants", get(list_tenants).post(create_tenant))
+        .route(
+            "/api/v1/manufacturers",
+            get(list_manufacturers).post(create_manufacturer),
+        )
+        .route("/api/v1/models", get(list_models).post(create_model))
+        .route("/api/v1/models/{model}/profiles", post(add_profile))
+        .route("/api/v1/tenants/{tenant}/claims", post(add_claims))
+        .route("/api/v1/devices", get(list_devices))
+        .route("/api/v1/devices/{tenant}/{device}", get(get_device))
+        .route(
+            "/api/v1/devices/{tenant}/{device}/revoke",
+            post(revoke_device),
+        )
+        .route(
+            "/api/v1/devices/{tenant}/{device}/reinstate",
+            post(reinstate_device),
+        )
+        .route("/api/v1/revocations/batch", post(revoke_batch))
+        .route("/api/v1/tokens", get(list_tokens).post(create_token))
+        .route("/api/v1/tokens/{id}/revoke", post(revoke_token))
+        .route("/api/v1/audit", get(audit_records))
+        .route("/api/v1/audit/verify", get(audit_verify))
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], openapi_json()).into_response()
+}
+
+fn actor(conn: &ConnInfo) -> String {
+    format!("api:{}", conn.peer.ip())
+}
+
+fn now() -> OffsetDateTime {
+    OffsetDateTime::now_utc()
+}
+
+/// Runs blocking registry work off the async threads.
+async fn blocking<T, F>(f: F) -> ApiResult<T>
+where
+    F: FnOnce() -> ApiResult<T> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(f).await?
+}
+
+fn parse<T, E: std::fmt::Display>(
+    what: &str,
+    v: &str,
+    f: impl FnOnce(String) -> Result<T, E>,
+) -> ApiResult<T> {
+    f(v.to_owned()).map_err(|e| Problem::invalid(format!("{what} {v:?}: {e}")))
+}
+
+fn ts(t: OffsetDateTime) -> i64 {
+    t.unix_timestamp()
+}
+
+// ---------------------------------------------------------------- tenants
+
+/// A tenant: an organisation owning a fleet, with its own topic space.
+#[derive(Serialize, ToSchema)]
+struct TenantDto {
+    id: String,
+    display_name: String,
+    /// Unix seconds.
+    created_at: i64,
+}
+
+impl From<gatehouse_store::Tenant> for TenantDto {
+    fn from(t: gatehouse_store::Tenant) -> Self {
+        Self {
+            id: t.id.to_string(),
+            display_name: t.display_name,
+            created_at: ts(t.created_at),
+        }
+    }
+}
+
+#[derive(Deserialize, ToSchema)]
+struct NewTenantDto {
+    id: String,
+    #[serde(default)]
+    display_name: String,
+}
+
+/// List tenants.
+#[utoipa::path(get, path = "/api/v1/tenants", tag = "registry",
+    responses((status = 200, body = Vec<TenantDto>)))]
+async fn list_tenants(State(s): State<ApiState>) -> ApiResult<Json<Vec<TenantDto>>> {
+    blocking(move || {
+        Ok(Json(
+            s.registry
+                .list_tenants()?
+                .into_iter()
+                .map(Into::into)
+                .collect(),
+        ))
+    })
+    .await
+}
+
+/// Create a tenant.
+#[utoipa::path(post, path = "/api/v1/tenants", tag = "registry", request_body = NewTenantDto,
+    responses((status = 201, body = TenantDto), (status = 409, body = ProblemBody),
+        (status = 422, body = ProblemBody)))]
+async fn create_tenant(
+    State(s): State<ApiState>,
+    Extension(conn): Extension<ConnInfo>,
+    Json(body): Json<NewTenantDto>,
+) -> ApiResult<(StatusCode, Json<TenantDto>)> {
+    let id = parse("tenant", &body.id, TenantId::new)?;
+    let name = if body.display_name.is_empty() {
+        body.id.clone()
+    } else {
+        body.display_name
+    };
+    let audit = AuditEntry::new(now(), actor(&conn), "create_tenant", id.to_string());
+    blocking(move || {
+        let t = s.registry.create_tenant(&id, &name, &audit)?;
+        Ok((StatusCode::CREATED, Json(t.into())))
+    })
+    .await
+}
+
+// ---------------------------------------------------------------- manufacturers
+
+/// A manufacturer and the CAs of its device certificates (IDevIDs).
+#[derive(Serialize, ToSchema)]
+struct ManufacturerDto {
+    id: String,
+    display_name: String,
+    /// PEM certificates of the IDevID CAs.
+    idevid_ca_pems: Vec<String>,
+    /// Where the model is read in an IDevID: `san-uri-prefix:<prefix>`, `extension:<oid>`,
+    /// `subject:<oid>`, first match wins.
+    model_rules: Vec<String>,
+    created_at: i64,
+}
+
+impl From<gatehouse_store::Manufacturer> for ManufacturerDto {
+    fn from(m: gatehouse_store::Manufacturer) -> Self {
+        Self {
+            id: m.id.to_string(),
+            display_name: m.display_name,
+            idevid_ca_pems: m.idevid_ca_pems,
+            model_rules: m
+                .model_mapping
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(str::to_owned)
+                .collect(),
+            created_at: ts(m.created_at),
+        }
+    }
+}
+
+#[derive(Deserialize, ToSchema)]
+struct NewManufacturerDto {
+    id: String,
+    #[serde(default)]
+    display_name: String,
+    idevid_ca_pems: Vec<String>,
+    #[serde(default)]
+    model_rules: Vec<String>,
+}
+
+/// List manufacturers.
+#[utoipa::path(get, path = "/api/v1/manufacturers", tag = "registry",
+    responses((status = 200, body = Vec<ManufacturerDto>)))]
+async fn list_manufacturers(State(s): State<ApiState>) -> ApiResult<Json<Vec<ManufacturerDto>>> {
+    blocking(move || {
+        Ok(Json(
+            s.registry
+                .list_manufacturers()?
+                .into_iter()
+                .map(Into::into)
+                .collect(),
+        ))
+    })
+    .await
+}
+
+/// Register a manufacturer with its IDevID CA certificates.
+#[utoipa::path(post, path = "/api/v1/manufacturers", tag = "registry",
+    request_body = NewManufacturerDto,
+    responses((status = 201, body = ManufacturerDto), (status = 409, body = ProblemBody),
+        (status = 422, body = ProblemBody)))]
+async fn create_manufacturer(
+    State(s): State<ApiState>,
+    Extension(conn): Extension<ConnInfo>,
+    Json(body): Json<NewManufacturerDto>,
+) -> ApiResult<(StatusCode, Json<ManufacturerDto>)> {
+    let id = parse("manufacturer", &body.id, ManufacturerId::new)?;
+    if body.idevid_ca_pems.is_empty() {
+        return Err(Problem::invalid(
+            "idevid_ca_pems: give at least one CA certificate",
+        ));
+    }
+    for (i, pem) in body.idevid_ca_pems.iter().enumerate() {
+        check_ca_pem(pem).map_err(|e| Problem::invalid(format!("idevid_ca_pems[{i}]: {e}")))?;
+    }
+    let rules = ModelRule::parse_list(&body.model_rules.join("\n")).map_err(Problem::invalid)?;
+    let m = NewManufacturer {
+        id: id.clone(),
+        display_name: if body.display_name.is_empty() {
+            body.id.clone()
+        } else {
+            body.display_name
+        },
+        idevid_ca_pems: body.idevid_ca_pems,
+        model_mapping: ModelRule::format_list(&rules),
+    };
+    let audit = AuditEntry::new(now(), actor(&conn), "add_manufacturer", id.to_string());
+    blocking(move || {
+        let m = s.registry.add_manufacturer(&m, &audit)?;
+        Ok((StatusCode::CREATED, Json(m.into())))
+    })
+    .await
+}
+
+/// Every certificate in `pem` must be a CA certificate.
+fn check_ca_pem(pem: &str) -> Result<(), String> {
+    use x509_parser::prelude::FromDer;
+    let certs = load_certs_pem(pem).map_err(|e| e.to_string())?;
+    for der in &certs {
+        let (_, cert) = x509_parser::certificate::X509Certificate::from_der(der)
+            .map_err(|e| format!("not a certificate: {e}"))?;
+        let is_ca = cert
+            .basic_constraints()
+            .ok()
+            .flatten()
+            .is_some_and(|bc| bc.value.ca);
+        if !is_ca {
+            return Err(format!("{} is not a CA certificate", cert.subject()));
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------- models
+
+/// A device model.
+#[derive(Serialize, ToSchema)]
+struct ModelDto {
+    id: String,
+    manufacturer: String,
+    display_name: String,
+    created_at: i64,
+}
+
+impl From<gatehouse_store::Model> for ModelDto {
+    fn from(m: gatehouse_store::Model) -> Self {
+        Self {
+            id: m.id.to_string(),
+            manufacturer: m.manufacturer.to_string(),
+            display_name: m.display_name,
+            created_at: ts(m.created_at),
+        }
+    }
+}
+
+#[derive(Deserialize, ToSchema)]
+struct NewModelDto {
+    id: String,
+    manufacturer: String,
+    #[serde(default)]
+    display_name: String,
+}
+
+/// List models.
+#[utoipa::path(get, path = "/api/v1/models", tag = "registry",
+    responses((status = 200, body = Vec<ModelDto>)))]
+async fn list_models(State(s): State<ApiState>) -> ApiResult<Json<Vec<ModelDto>>> {
+    blocking(move || {
+        Ok(Json(
+            s.registry
+                .list_models()?
+                .into_iter()
+                .map(Into::into)
+                .collect(),
+        ))
+    })
+    .await
+}
+
+/// Register a device model of a manufacturer.
+#[utoipa::path(post, path = "/api/v1/models", tag = "registry", request_body = NewModelDto,
+    responses((status = 201, body = ModelDto), (status = 404, body = ProblemBody),
+        (status = 409, body = ProblemBody)))]
+async fn create_model(
+    State(s): State<ApiState>,
+    Extension(conn): Extension<ConnInfo>,
+    Json(body): Json<NewModelDto>,
+) -> ApiResult<(StatusCode, Json<ModelDto>)> {
+    let m = NewModel {
+        id: parse("model", &body.id, ModelId::new)?,
+        manufacturer: parse("manufacturer", &body.manufacturer, ManufacturerId::new)?,
+        display_name: if body.display_name.is_empty() {
+            body.id.clone()
+        } else {
+            body.display_name
+        },
+    };
+    let audit = AuditEntry::new(now(), actor(&conn), "add_model", m.id.to_string());
+    blocking(move || {
+        let m = s.registry.add_model(&m, &audit)?;
+        Ok((StatusCode::CREATED, Json(m.into())))
+    })
+    .await
+}
+
+#[derive(Serialize, ToSchema)]
+struct ProfileVersionDto {
+    model: String,
+    version: u32,
+}
+
+/// Upload a new version of a model's profile (TOML body).
+#[utoipa::path(post, path = "/api/v1/models/{model}/profiles", tag = "registry",
+    params(("model" = String, Path)), request_body(content = String, content_type = "application/toml"),
+    responses((status = 201, body = ProfileVersionDto), (status = 404, body = ProblemBody),
+        (status = 422, body = ProblemBody)))]
+async fn add_profile(
+    State(s): State<ApiState>,
+    Extension(conn): Extension<ConnInfo>,
+    Path(model): Path<String>,
+    body: String,
+) -> ApiResult<(StatusCode, Json<ProfileVersionDto>)> {
+    let model = parse("model", &model, ModelId::new)?;
+    body.parse::<toml_check::Table>()
+        .map_err(|e| Problem::invalid(format!("profile is not valid TOML: {e}")))?;
+    let audit = AuditEntry::new(now(), actor(&conn), "add_model_profile", model.to_string());
+    blocking(move || {
+        let p = s.registry.add_model_profile(&model, &body, &audit)?;
+        Ok((
+            StatusCode::CREATED,
+            Json(ProfileVersionDto {
+                model: p.model.to_string(),
+                version: p.version,
+            }),
+        ))
+    })
+    .await
+}
+
+/// TOML syntax check for profiles (their schema comes with the trust engine).
+mod toml_check {
+    pub(super) type Table = toml::Table;
+}
+
+// ---------------------------------------------------------------- claims
+
+#[derive(Deserialize, ToSchema)]
+struct ClaimDto {
+    serial: String,
+    #[serde(default)]
+    expected_model: Option<String>,
+}
+
+#[derive(Deserialize, ToSchema)]
+struct NewClaimsDto {
+    manufacturer: String,
+    serials: Vec<ClaimDto>,
+}
+
+#[derive(Serialize, ToSchema)]
+struct ClaimsAddedDto {
+    /// Serials newly claimed (ones the tenant already had are skipped).
+    added: usize,
+}
+
+/// Claim manufacturer serials for a tenant: only claimed devices enroll with an IDevID.
+#[utoipa::path(post, path = "/api/v1/tenants/{tenant}/claims", tag = "registry",
+    params(("tenant" = String, Path)), request_body = NewClaimsDto,
+    responses((status = 200, body = ClaimsAddedDto), (status = 409, body = ProblemBody)))]
+async fn add_claims(
+    State(s): State<ApiState>,
+    Extension(conn): Extension<ConnInfo>,
+    Path(tenant): Path<String>,
+    Json(body): Json<NewClaimsDto>,
+) -> ApiResult<Json<ClaimsAddedDto>> {
+    let tenant = parse("tenant", &tenant, TenantId::new)?;
+    let manufacturer = parse("manufacturer", &body.manufacturer, ManufacturerId::new)?;
+    let mut claims = Vec::with_capacity(body.serials.len());
+    for c in body.serials {
+        let serial = c.serial.trim().to_owned();
+        if serial.is_empty() {
+            return Err(Problem::invalid("empty serial"));
+        }
+        let expected_model = match c.expected_model {
+            Some(m) => Some(parse("model", &m, ModelId::new)?),
+            None => None,
+        };
+        claims.push(NewClaim {
+            serial,
+            expected_model,
+        });
+    }
+    let audit = AuditEntry::new(now(), actor(&conn), "add_claims", tenant.to_string())
+        .detail(json!({ "manufacturer": manufacturer.as_str(), "count": claims.len() }));
+    blocking(move || {
+        let added = s
+            .registry
+            .add_claims(&tenant, &manufacturer, &claims, &audit)?;
+        Ok(Json(ClaimsAddedDto { added }))
+    })
+    .await
+}
+
+// ---------------------------------------------------------------- devices
+
+/// A device.
+#[derive(Serialize, ToSchema)]
+struct DeviceDto {
+    tenant: String,
+    id: String,
+    model: String,
+    manufacturer: Option<String>,
+    serial: Option<String>,
+    /// `idevid` (manufacturer certificate) or `token` (weaker).
+    assurance: String,
+    /// `active`, `revoked` or `blocked`.
+    status: String,
+    created_at: i64,
+    last_enrolled_at: Option<i64>,
+    tags: Vec<String>,
+}
+
+fn enum_text<T: Serialize>(v: &T) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+impl From<gatehouse_store::Device> for DeviceDto {
+    fn from(d: gatehouse_store::Device) -> Self {
+        Self {
+            tenant: d.device.tenant.to_string(),
+            id: d.device.device.to_string(),
+            model: d.model.to_string(),
+            manufacturer: d.manufacturer.map(|m| m.to_string()),
+            serial: d.serial,
+            assurance: enum_text(&d.assurance),
+            status: enum_text(&d.status),
+            created_at: ts(d.created_at),
+            last_enrolled_at: d.last_enrolled_at.map(ts),
+            tags: d.tags,
+        }
+    }
+}
+
+/// A device certificate.
+#[derive(Serialize, ToSchema)]
+struct CertificateDto {
+    serial: String,
+    issuer: String,
+    not_before: i64,
+    not_after: i64,
+    /// `valid` or `revoked`.
+    status: String,
+    revoked_at: Option<i64>,
+    revocation_reason: Option<String>,
+    pem: String,
+}
+
+impl From<gatehouse_store::Certificate> for CertificateDto {
+    fn from(c: gatehouse_store::Certificate) -> Self {
+        Self {
+            serial: c.serial.to_string(),
+            issuer: c.issuer,
+            not_before: ts(c.not_before),
+            not_after: ts(c.not_after),
+            status: enum_text(&c.status),
+            revoked_at: c.revoked_at.map(ts),
+            revocation_reason: c.revocation_reason.map(|r| enum_text(&r)),
+            pem: c.pem,
+        }
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+struct DevicePageDto {
+    items: Vec<DeviceDto>,
+    /// Pass as `cursor` for the next page; absent on the last.
+    next: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+struct DeviceDetailDto {
+    device: DeviceDto,
+    certificates: Vec<CertificateDto>,
+}
+
+#[derive(Deserialize, IntoParams)]
+struct DeviceQuery {
+    tenant: Option<String>,
+    /// `active`, `revoked` or `blocked`.
+    status: Option<String>,
+    model: Option<String>,
+    /// At most 1000; default 100.
+    limit: Option<usize>,
+    cursor: Option<String>,
+}
+
+/// List devices, filtered and paged.
+#[utoipa::path(get, path = "/api/v1/devices", tag = "devices", params(DeviceQuery),
+    responses((status = 200, body = DevicePageDto), (status = 400, body = ProblemBody)))]
+async fn list_devices(
+    State(s): State<ApiState>,
+    Query(q): Query<DeviceQuery>,
+) -> ApiResult<Json<DevicePageDto>> {
+    let filter =
+        DeviceFilter {
+            tenant: match q.tenant {
+                Some(t) => Some(parse("tenant", &t, TenantId::new)?),
+                None => None,
+            },
+            status: match q.status.as_deref() {
+                None => None,
+                Some(st) => Some(serde_json::from_value::<DeviceStatus>(json!(st)).map_err(
+                    |_| Problem::invalid(format!("status {st:?}: active, revoked or blocked")),
+                )?),
+            },
+            model: match q.model {
+                Some(m) => Some(parse("model", &m, ModelId::new)?),
+                None => None,
+            },
+        };
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let cursor = q.cursor.map(Cursor::from_client);
+    blocking(move || {
+        let page = s.registry.list_devices(&filter, limit, cursor.as_ref())?;
+        Ok(Json(DevicePageDto {
+            items: page.items.into_iter().map(Into::into).collect(),
+            next: page.next.map(|c| c.as_str().to_owned()),
+        }))
+    })
+    .await
+}
+
+fn device_ref(tenant: &str, device: &str) -> ApiResult<DeviceRef> {
+    Ok(DeviceRef::new(
+        parse("tenant", tenant, TenantId::new)?,
+        parse("device", device, DeviceId::new)?,
+    ))
+}
+
+/// A device and its certificates.
+#[utoipa::path(get, path = "/api/v1/devices/{tenant}/{device}", tag = "devices",
+    params(("tenant" = String, Path), ("device" = String, Path)),
+    responses((status = 200, body = DeviceDetailDto), (status = 404, body = ProblemBody)))]
+async fn get_device(
+    State(s): State<ApiState>,
+    Path((tenant, device)): Path<(String, String)>,
+) -> ApiResult<Json<DeviceDetailDto>> {
+    let d = device_ref(&tenant, &device)?;
+    blocking(move || {
+        let device = s
+            .registry
+            .get_device(&d)?
+            .ok_or_else(|| Problem::not_found(format!("device {d} not found")))?;
+        let certificates = s.registry.list_certificates(&d)?;
+        Ok(Json(DeviceDetailDto {
+            device: device.into(),
+            certificates: certificates.into_iter().map(Into::into).collect(),
+        }))
+    })
+    .await
+}
+
+#[derive(Deserialize, ToSchema, Default)]
+struct RevokeDto {
+    /// RFC 5280 reason: `unspecified`, `key_compromise`, `affiliation_changed`,
+    /// `superseded`, `cessation_of_operation`, `privilege_withdrawn`, ... Default
+    /// `unspecified`.
+    #[serde(default)]
+    reason: Option<String>,
+    /// Why, for the audit log.
+    #[serde(default)]
+    comment: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+struct RevokedDto {
+    /// Devices now revoked.
+    devices: Vec<String>,
+    /// Certificates revoked by this call.
+    certificates: Vec<String>,
+    /// Devices whose live sessions were ended.
+    disconnected: Vec<String>,
+}
+
+fn reason(r: Option<&str>) -> ApiResult<RevocationReason> {
+    match r {
+        None => Ok(RevocationReason::Unspecified),
+        Some(r) => serde_json::from_value(json!(r))
+            .map_err(|_| Problem::invalid(format!("unknown revocation reason {r:?}"))),
+    }
+}
+
+/// Revoke a device: durable first, then its CRL entry, then its live sessions end.
+#[utoipa::path(post, path = "/api/v1/devices/{tenant}/{device}/revoke", tag = "devices",
+    params(("tenant" = String, Path), ("device" = String, Path)), request_body = RevokeDto,
+    responses((status = 200, body = RevokedDto), (status = 404, body = ProblemBody)))]
+async fn revoke_device(
+    State(s): State<ApiState>,
+    Extension(conn): Extension<ConnInfo>,
+    Path((tenant, device)): Path<(String, String)>,
+    body: Option<Json<RevokeDto>>,
+) -> ApiResult<Json<RevokedDto>> {
+    let d = device_ref(&tenant, &device)?;
+    let body = body.map(|Json(b)| b).unwrap_or_default();
+    let why = reason(body.reason.as_deref())?;
+    let audit = AuditEntry::new(now(), actor(&conn), "revoke", d.to_string())
+        .reason(
+            body.comment
+                .unwrap_or_else(|| "revoked through the API".to_owned()),
+        )
+        .detail(json!({ "reason": body.reason }));
+    blocking(move || {
+        let certs = s.registry.revoke_device(&d, why, now(), &audit)?;
+        let disconnected = s.revocations.sync().map_err(Problem::internal)?;
+        Ok(Json(RevokedDto {
+            devices: vec![d.to_string()],
+            certificates: certs.into_iter().map(|c| c.serial.to_string()).collect(),
+            disconnected: disconnected.iter().map(ToString::to_string).collect(),
+        }))
+    })
+    .await
+}
+
+/// Reinstate a revoked or blocked device (re-claim): it may enroll again.
+#[utoipa::path(post, path = "/api/v1/devices/{tenant}/{device}/reinstate", tag = "devices",
+    params(("tenant" = String, Path), ("device" = String, Path)),
+    responses((status = 200, body = DeviceDto), (status = 404, body = ProblemBody)))]
+async fn reinstate_device(
+    State(s): State<ApiState>,
+    Extension(conn): Extension<ConnInfo>,
+    Path((tenant, device)): Path<(String, String)>,
+) -> ApiResult<Json<DeviceDto>> {
+    let d = device_ref(&tenant, &device)?;
+    let audit = AuditEntry::new(now(), actor(&conn), "reinstate", d.to_string())
+        .reason("reinstated through the API: may enroll again");
+    blocking(move || {
+        let dev = s
+            .registry
+            .set_device_status(&d, DeviceStatus::Active, &audit)?;
+        Ok(Json(dev.into()))
+    })
+    .await
+}
+
+#[derive(Deserialize, ToSchema)]
+struct BatchDto {
+    manufacturer: String,
+    /// First serial of the range, inclusive (with `serial_to`); none for every device.
+    #[serde(default)]
+    serial_from: Option<String>,
+    #[serde(default)]
+    serial_to: Option<String>,
+    #[serde(default)]
+    reason: Option<String>,
+    #[serde(default)]
+    comment: Option<String>,
+}
+
+/// Revoke a manufacturer's devices, all or a serial range (a compromised batch).
+#[utoipa::path(post, path = "/api/v1/revocations/batch", tag = "devices", request_body = BatchDto,
+    responses((status = 200, body = RevokedDto), (status = 422, body = ProblemBody)))]
+async fn revoke_batch(
+    State(s): State<ApiState>,
+    Extension(conn): Extension<ConnInfo>,
+    Json(body): Json<BatchDto>,
+) -> ApiResult<Json<RevokedDto>> {
+    let manufacturer = parse("manufacturer", &body.manufacturer, ManufacturerId::new)?;
+    let scope = match (body.serial_from, body.serial_to) {
+        (None, None) => BatchScope::Manufacturer(manufacturer.clone()),
+        (Some(first), Some(last)) => BatchScope::SerialRange {
+            manufacturer: manufacturer.clone(),
+            first,
+            last,
+        },
+        _ => {
+            return Err(Problem::invalid(
+                "give both serial_from and serial_to, or neither",
+            ));
+        }
+    };
+    let why = reason(body.reason.as_deref())?;
+    let audit = AuditEntry::new(
+        now(),
+        actor(&conn),
+        "revoke_batch",
+        manufacturer.to_string(),
+    )
+    .reason(
+        body.comment
+            .unwrap_or_else(|| "batch revoked through the API".to_owned()),
+    )
+    .detail(json!({ "scope": format!("{scope:?}"), "reason": body.reason }));
+    blocking(move || {
+        let done = s.registry.revoke_batch(&scope, why, now(), &audit)?;
+        let disconnected = s.revocations.sync().map_err(Problem::internal)?;
+        Ok(Json(RevokedDto {
+            devices: done.devices.iter().map(ToString::to_string).collect(),
+            certificates: done
+                .certificates
+                .into_iter()
+                .map(|c| c.serial.to_string())
+                .collect(),
+            disconnected: disconnected.iter().map(ToString::to_string).collect(),
+        }))
+    })
+    .await
+}
+
+// ---------------------------------------------------------------- tokens
+
+/// An enrollment token, without its secret.
+#[derive(Serialize, ToSchema)]
+struct TokenDto {
+    id: String,
+    tenant: String,
+    model: String,
+    max_uses: u32,
+    uses: u32,
+    expires_at: i64,
+    created_by: String,
+    created_at: i64,
+    revoked: bool,
+}
+
+impl From<gatehouse_store::TokenRecord> for TokenDto {
+    fn from(t: gatehouse_store::TokenRecord) -> Self {
+        Self {
+            id: t.id.to_string(),
+            tenant: t.tenant.to_string(),
+            model: t.model.to_string(),
+            max_uses: t.max_uses,
+            uses: t.uses,
+            expires_at: ts(t.expires_at),
+            created_by: t.created_by,
+            created_at: ts(t.created_at),
+            revoked: t.revoked,
+        }
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+struct NewTokenSecretDto {
+    token: TokenDto,
+    /// The secret: shown here once, never again. EST clients send the token id and this
+    /// secret with HTTP Basic.
+    secret: String,
+}
+
+#[derive(Deserialize, ToSchema)]
+struct NewTokenDto {
+    tenant: String,
+    model: String,
+    /// Enrollments allowed; default 1.
+    #[serde(default)]
+    max_uses: Option<u32>,
+    /// Lifetime in seconds; default 86400.
+    #[serde(default)]
+    expires_in: Option<u64>,
+}
+
+/// Create an enrollment token; its secret is in this response only.
+#[utoipa::path(post, path = "/api/v1/tokens", tag = "tokens", request_body = NewTokenDto,
+    responses((status = 201, body = NewTokenSecretDto), (status = 404, body = ProblemBody),
+        (status = 422, body = ProblemBody)))]
+async fn create_token(
+    State(s): State<ApiState>,
+    Extension(conn): Extension<ConnInfo>,
+    Json(body): Json<NewTokenDto>,
+) -> ApiResult<(StatusCode, Json<NewTokenSecretDto>)> {
+    let lifetime = body.expires_in.unwrap_or(86_400);
+    if lifetime == 0 || lifetime > 366 * 86_400 {
+        return Err(Problem::invalid(
+            "expires_in must be between 1 s and 366 days",
+        ));
+    }
+    let t = NewToken {
+        tenant: parse("tenant", &body.tenant, TenantId::new)?,
+        model: parse("model", &body.model, ModelId::new)?,
+        max_uses: body.max_uses.unwrap_or(1),
+        expires_at: now() + time::Duration::seconds(i64::try_from(lifetime).unwrap_or(86_400)),
+        created_by: actor(&conn),
+    };
+    let audit = AuditEntry::new(now(), actor(&conn), "create_token", t.tenant.to_string())
+        .detail(json!({ "model": t.model.as_str(), "max_uses": t.max_uses }));
+    blocking(move || {
+        let (record, secret) = s.registry.create_token(&t, &audit)?;
+        Ok((
+            StatusCode::CREATED,
+            Json(NewTokenSecretDto {
+                token: record.into(),
+                secret: secret.expose().to_owned(),
+            }),
+        ))
+    })
+    .await
+}
+
+#[derive(Deserialize, IntoParams)]
+struct TokenQuery {
+    tenant: String,
+}
+
+/// A tenant's tokens, newest first (never their secrets).
+#[utoipa::path(get, path = "/api/v1/tokens", tag = "tokens", params(TokenQuery),
+    responses((status = 200, body = Vec<TokenDto>)))]
+async fn list_tokens(
+    State(s): State<ApiState>,
+    Query(q): Query<TokenQuery>,
+) -> ApiResult<Json<Vec<TokenDto>>> {
+    let tenant = parse("tenant", &q.tenant, TenantId::new)?;
+    blocking(move || {
+        Ok(Json(
+            s.registry
+                .list_tokens(&tenant)?
+                .into_iter()
+                .map(Into::into)
+                .collect(),
+        ))
+    })
+    .await
+}
+
+/// Revoke a token.
+#[utoipa::path(post, path = "/api/v1/tokens/{id}/revoke", tag = "tokens",
+    params(("id" = String, Path)),
+    responses((status = 200, body = TokenDto), (status = 404, body = ProblemBody)))]
+async fn revoke_token(
+    State(s): State<ApiState>,
+    Extension(conn): Extension<ConnInfo>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<TokenDto>> {
+    let id = parse("token", &id, TokenId::new)?;
+    let audit = AuditEntry::new(now(), actor(&conn), "revoke_token", id.to_string());
+    blocking(move || Ok(Json(s.registry.revoke_token(&id, &audit)?.into()))).await
+}
+
+// ---------------------------------------------------------------- audit
+
+#[derive(Deserialize, IntoParams)]
+struct AuditQuery {
+    /// First sequence number; default 1.
+    from: Option<u64>,
+    /// At most 1000; default 100.
+    limit: Option<usize>,
+}
+
+/// Audit records in order.
+#[utoipa::path(get, path = "/api/v1/audit", tag = "audit", params(AuditQuery),
+    responses((status = 200, body = Vec<Object>)))]
+async fn audit_records(
+    State(s): State<ApiState>,
+    Query(q): Query<AuditQuery>,
+) -> ApiResult<Json<Vec<serde_json::Value>>> {
+    let from = q.from.unwrap_or(1);
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    blocking(move || {
+        let records = s
+            .registry
+            .audit_records(from, limit)
+            .map_err(Problem::internal)?;
+        Ok(Json(
+            records
+                .iter()
+                .map(|r| serde_json::to_value(r).unwrap_or_default())
+                .collect(),
+        ))
+    })
+    .await
+}
+
+#[derive(Serialize, ToSchema)]
+struct AuditVerifyDto {
+    ok: bool,
+    /// Records checked.
+    records: u64,
+    /// The first bad record and what is wrong with it.
+    problem: Option<String>,
+}
+
+/// Verify the audit log's hash chain.
+#[utoipa::path(get, path = "/api/v1/audit/verify", tag = "audit",
+    responses((status = 200, body = AuditVerifyDto)))]
+async fn audit_verify(State(s): State<ApiState>) -> ApiResult<Json<AuditVerifyDto>> {
+    blocking(move || {
+        Ok(Json(match s.registry.verify() {
+            Ok(report) => AuditVerifyDto {
+                ok: true,
+                records: report.records,
+                problem: None,
+            },
+            Err(e) => AuditVerifyDto {
+                ok: false,
+                records: 0,
+                problem: Some(e.to_string()),
+            },
+        }))
+    })
+    .await
+}

@@ -1,0 +1,180 @@
+//! Making revocations bite: CRLs signed and served, the MQTTS verifier given them, live
+//! sessions of revoked devices ended.
+//!
+//! A revocation is first made durable in the registry (by the API, the CLI or another
+//! process); [`RevocationSync::sync`] then reads every revoked certificate, signs fresh
+//! CRLs, hands them to the [`SessionControl`] (which rebuilds the MQTTS TLS configuration
+//! so a reconnect is refused) and only then disconnects the sessions of newly revoked
+//! devices. The API calls it right after its write; a poller calls it when the registry
+//! changes underneath (the CLI writes the database directly).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use gatehouse_pki::{EnrollError, Enroller, PublishedCrl};
+use gatehouse_store::{CertSerial, Registry};
+use gatehouse_types::DeviceRef;
+use parking_lot::Mutex;
+use tracing::{info, warn};
+
+use crate::ApiState;
+
+/// What a revocation does to the data plane.
+pub trait SessionControl: Send + Sync {
+    /// New CRLs: rebuild whatever verifies client certificates, before returning.
+    fn crls_changed(&self, crls: &[PublishedCrl]);
+    /// End every live session of `device` (certificate revoked).
+    fn disconnect(&self, device: &DeviceRef);
+}
+
+/// Applies the registry's revocations; see the module docs.
+pub struct RevocationSync {
+    enroller: Arc<Enroller>,
+    control: Arc<dyn SessionControl>,
+    crls: ArcSwap<Vec<PublishedCrl>>,
+    state: Mutex<SyncState>,
+}
+
+#[derive(Default)]
+struct SyncState {
+    /// Serials already applied (in the served CRLs, sessions ended).
+    applied: HashSet<CertSerial>,
+    /// The audit head seen at the last sync: the registry has not changed if it is the same.
+    audit_head: Option<u64>,
+    /// When the CRLs were last signed (unix seconds).
+    signed_at: i64,
+}
+
+impl std::fmt::Debug for RevocationSync {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RevocationSync").finish_non_exhaustive()
+    }
+}
+
+impl RevocationSync {
+    /// Signs the first CRLs and hands them to `control`; the devices already revoked are
+    /// taken as applied (they cannot have live sessions: nothing is running yet).
+    pub fn start(
+        enroller: Arc<Enroller>,
+        control: Arc<dyn SessionControl>,
+    ) -> Result<Self, EnrollError> {
+        let this = Self {
+            enroller,
+            control,
+            crls: ArcSwap::from_pointee(Vec::new()),
+            state: Mutex::new(SyncState::default()),
+        };
+        this.sync_inner(true, false)?;
+        Ok(this)
+    }
+
+    /// The CRLs being served, one per live issuing CA.
+    pub fn crls(&self) -> Arc<Vec<PublishedCrl>> {
+        self.crls.load_full()
+    }
+
+    /// Applies revocations recorded since the last call; returns the devices disconnected.
+    /// Blocking (database, signing).
+    pub fn sync(&self) -> Result<Vec<DeviceRef>, EnrollError> {
+        self.sync_inner(false, true)
+    }
+
+    /// Like [`sync`](Self::sync) but only reads the revocations when the registry's audit
+    /// head moved, and re-signs the CRLs when `resign_after` seconds passed since the last
+    /// signature: cheap enough to call every few hundred milliseconds.
+    pub fn poll(&self, resign_after: std::time::Duration) -> Result<Vec<DeviceRef>, EnrollError> {
+        let head = self
+            .enroller
+            .registry()
+            .audit_head()
+            .map_err(|e| EnrollError::Internal(format!("reading the audit head: {e}")))?
+            .map(|(seq, _)| seq);
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let stale = {
+            let s = self.state.lock();
+            let age = u64::try_from(now - s.signed_at).unwrap_or(0);
+            age >= resign_after.as_secs()
+        };
+        if !stale && head == self.state.lock().audit_head {
+            return Ok(Vec::new());
+        }
+        self.sync_inner(stale, true)
+    }
+
+    fn sync_inner(
+        &self,
+        force_sign: bool,
+        disconnect: bool,
+    ) -> Result<Vec<DeviceRef>, EnrollError> {
+        let registry: &Arc<dyn Registry> = self.enroller.registry();
+        // Read the head first: a change racing with this sync moves it again, and the next
+        // poll sees it.
+        let head = registry
+            .audit_head()
+            .map_err(|e| EnrollError::Internal(format!("reading the audit head: {e}")))?
+            .map(|(seq, _)| seq);
+        let revoked = registry
+            .list_revoked(None)
+            .map_err(|e| EnrollError::Internal(format!("reading revocations: {e}")))?;
+        let mut state = self.state.lock();
+        let new: Vec<CertSerial> = revoked
+            .iter()
+            .filter(|r| !state.applied.contains(&r.serial))
+            .map(|r| r.serial.clone())
+            .collect();
+        if !new.is_empty() || force_sign {
+            let crls = self.enroller.crls()?;
+            self.control.crls_changed(&crls);
+            self.crls.store(Arc::new(crls));
+            state.signed_at = time::OffsetDateTime::now_utc().unix_timestamp();
+        }
+        let mut devices = Vec::new();
+        for serial in &new {
+            if disconnect {
+                match registry.get_certificate(serial) {
+                    Ok(Some(cert)) if !devices.contains(&cert.device) => devices.push(cert.device),
+                    Ok(_) => {}
+                    Err(e) => warn!(%serial, error = %e, "revoked certificate unreadable"),
+                }
+            }
+            state.applied.insert(serial.clone());
+        }
+        state.audit_head = head;
+        drop(state);
+        for device in &devices {
+            self.control.disconnect(device);
+            info!(%device, "certificate revoked: live sessions ended");
+        }
+        Ok(devices)
+    }
+}
+
+pub(crate) fn routes() -> Router<ApiState> {
+    Router::new().route("/pki/crl/{name}", get(crl))
+}
+
+/// A CRL, DER (`application/pkix-crl`), by issuing CA name: `/pki/crl/issuing-1.crl`.
+async fn crl(State(s): State<ApiState>, Path(name): Path<String>) -> Response {
+    let Some(stem) = name.strip_suffix(".crl") else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let crls = s.revocations.crls();
+    match crls.iter().find(|c| c.issuer_name == stem) {
+        Some(c) => (
+            StatusCode::OK,
+            [
+                (header::CONTENT_TYPE, "application/pkix-crl"),
+                (header::CACHE_CONTROL, "max-age=60"),
+            ],
+            c.crl.der.to_vec(),
+        )
+            .into_response(),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
+}
