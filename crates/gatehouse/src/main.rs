@@ -3,6 +3,7 @@
 mod auth;
 mod config;
 mod https;
+mod registry_cli;
 mod serve;
 
 use std::io::Read;
@@ -45,6 +46,8 @@ enum Command {
     Passwd,
     /// Benchmark Gatehouse against Mosquitto on this machine.
     Bench(gatehouse_sim::BenchArgs),
+    #[command(flatten)]
+    Registry(registry_cli::RegistryCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -157,6 +160,7 @@ fn main() -> anyhow::Result<()> {
                 .build()?;
             rt.block_on(serve::run(settings))
         }
+        Command::Registry(command) => registry_cli::run(command, cli.config.as_deref()),
         Command::Bench(args) => {
             tracing_subscriber::fmt()
                 .with_env_filter(

@@ -1,0 +1,284 @@
+//! The registry commands: `tenant`, `manufacturer`, `model`, `claim`, `device`, `token` and
+//! `audit`. They open the registry file directly (a running server polls the store and
+//! picks the changes up), and every change goes in with the audit record that names the
+//! operator, in one transaction.
+//!
+//! Each command prints text for people, or JSON with `--json`. A failure is one line on
+//! standard error and exit status 1.
+
+mod audit;
+mod claim;
+mod device;
+mod manufacturer;
+mod model;
+mod tenant;
+mod token;
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+use gatehouse_store::{AuditEntry, Registry, SqliteStore};
+use gatehouse_types::TenantId;
+use serde::Serialize;
+use time::OffsetDateTime;
+
+use crate::config::Settings;
+
+/// The registry's command groups, flattened into the top-level command line.
+#[derive(Debug, Subcommand)]
+pub enum RegistryCommand {
+    /// Tenants: the organisations that own fleets.
+    Tenant(Group<tenant::Command>),
+    /// Manufacturers and the IDevID CAs that vouch for their devices.
+    Manufacturer(Group<manufacturer::Command>),
+    /// Device models.
+    Model(Group<model::Command>),
+    /// Claims: the serial numbers a tenant owns and may enroll.
+    Claim(Group<claim::Command>),
+    /// Registered devices: list, show, revoke.
+    Device(Group<device::Command>),
+    /// Enrollment tokens for devices without a manufacturer identity.
+    Token(Group<token::Command>),
+    /// The hash-chained audit log.
+    Audit(Group<audit::Command>),
+}
+
+/// One command group with the options every registry command takes.
+#[derive(Debug, Args)]
+pub struct Group<C: Subcommand> {
+    #[command(flatten)]
+    common: Common,
+    #[command(subcommand)]
+    command: C,
+}
+
+/// Options shared by every registry command.
+#[derive(Debug, Args)]
+struct Common {
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Who the audit log names for changes (default: operator:$USER).
+    #[arg(long, global = true, value_name = "WHO")]
+    actor: Option<String>,
+}
+
+/// Runs a registry command. Errors are printed as one line and end the process with
+/// status 1.
+pub fn run(command: RegistryCommand, config: Option<&Path>) -> Result<()> {
+    if let Err(e) = dispatch(command, config) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+fn dispatch(command: RegistryCommand, config: Option<&Path>) -> Result<()> {
+    let settings = Settings::load(config)?;
+    macro_rules! go {
+        ($group:expr, $run:path) => {{
+            let ctx = Ctx::open(&settings, $group.common)?;
+            $run(&ctx, $group.command)
+        }};
+    }
+    match command {
+        RegistryCommand::Tenant(g) => go!(g, tenant::run),
+        RegistryCommand::Manufacturer(g) => go!(g, manufacturer::run),
+        RegistryCommand::Model(g) => go!(g, model::run),
+        RegistryCommand::Claim(g) => go!(g, claim::run),
+        RegistryCommand::Device(g) => go!(g, device::run),
+        RegistryCommand::Token(g) => go!(g, token::run),
+        RegistryCommand::Audit(g) => go!(g, audit::run),
+    }
+}
+
+/// What every handler works with: the open registry, the output mode and the actor.
+struct Ctx {
+    store: SqliteStore,
+    json: bool,
+    actor: String,
+}
+
+// === impl Ctx ===
+
+impl Ctx {
+    fn open(settings: &Settings, common: Common) -> Result<Self> {
+        let actor = match common.actor {
+            Some(a) => actor_from_flag(&a)?,
+            None => default_actor(std::env::var("USER").ok().as_deref()),
+        };
+        create_private_dir(&settings.data_dir)
+            .with_context(|| format!("creating {}", settings.data_dir.display()))?;
+        let path = settings.db_path();
+        let store = SqliteStore::open(&path)
+            .with_context(|| format!("opening the registry {}", path.display()))?;
+        Ok(Self {
+            store,
+            json: common.json,
+            actor,
+        })
+    }
+
+    /// An audit entry by this operator, now.
+    fn entry(&self, action: &str, subject: impl Into<String>) -> AuditEntry {
+        AuditEntry::new(OffsetDateTime::now_utc(), &self.actor, action, subject)
+    }
+
+    /// Prints `value` as JSON in JSON mode, `text()` otherwise.
+    fn print<T: Serialize>(&self, value: &T, text: impl FnOnce() -> String) -> Result<()> {
+        if self.json {
+            println!("{}", serde_json::to_string_pretty(value)?);
+        } else {
+            let t = text();
+            if t.ends_with('\n') {
+                print!("{t}");
+            } else {
+                println!("{t}");
+            }
+        }
+        Ok(())
+    }
+
+    /// Fails with a hint when the tenant does not exist.
+    fn require_tenant(&self, tenant: &TenantId) -> Result<()> {
+        if self.store.get_tenant(tenant)?.is_none() {
+            anyhow::bail!(
+                "tenant {tenant} not found (create it with `gatehouse tenant add {tenant}`)"
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The actor for `--actor WHO`: `WHO` as given when it names a kind (`kind:name`),
+/// otherwise `operator:WHO`.
+fn actor_from_flag(who: &str) -> Result<String> {
+    let who = who.trim();
+    anyhow::ensure!(
+        !who.is_empty() && who.len() <= 128 && !who.chars().any(char::is_control),
+        "--actor must be 1 to 128 printable characters"
+    );
+    Ok(if who.contains(':') {
+        who.to_owned()
+    } else {
+        format!("operator:{who}")
+    })
+}
+
+/// `operator:<login>` from `$USER`, or `operator:cli` without one.
+fn default_actor(user: Option<&str>) -> String {
+    match user.map(str::trim) {
+        Some(u) if !u.is_empty() && u.len() <= 64 && !u.chars().any(char::is_control) => {
+            format!("operator:{u}")
+        }
+        _ => "operator:cli".to_owned(),
+    }
+}
+
+/// Creates the data directory (and parents) if missing; new directories are 0700.
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut b = std::fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
+    b.create(dir)
+}
+
+/// A display name: `name` if given (trimmed, printable, at most 200 characters), else `id`.
+fn display_name(name: Option<String>, id: &str) -> Result<String> {
+    let Some(name) = name else {
+        return Ok(id.to_owned());
+    };
+    let name = name.trim();
+    anyhow::ensure!(
+        !name.is_empty() && name.chars().count() <= 200 && !name.chars().any(char::is_control),
+        "--name must be 1 to 200 printable characters"
+    );
+    Ok(name.to_owned())
+}
+
+/// A timestamp for people: RFC 3339 in UTC, whole seconds.
+fn fmt_time(t: OffsetDateTime) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    t.replace_nanosecond(0)
+        .unwrap_or(t)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| t.unix_timestamp().to_string())
+}
+
+/// An optional timestamp for people, `-` when absent.
+fn fmt_opt_time(t: Option<OffsetDateTime>) -> String {
+    t.map_or_else(|| "-".to_owned(), fmt_time)
+}
+
+/// Columns padded to their widest cell, two spaces apart.
+fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: &mut dyn Iterator<Item = &str>| {
+        let mut l = String::new();
+        for (i, cell) in cells.enumerate() {
+            if i > 0 {
+                l.push_str("  ");
+            }
+            let _ = write!(l, "{cell:<w$}", w = widths.get(i).copied().unwrap_or(0));
+        }
+        out.push_str(l.trim_end());
+        out.push('\n');
+    };
+    line(&mut headers.iter().copied());
+    for row in rows {
+        line(&mut row.iter().map(String::as_str));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn actor_defaults_to_the_login_or_cli() {
+        assert_eq!(default_actor(Some("alice")), "operator:alice");
+        assert_eq!(default_actor(Some("")), "operator:cli");
+        assert_eq!(default_actor(Some("a\nb")), "operator:cli");
+        assert_eq!(default_actor(None), "operator:cli");
+    }
+
+    #[test]
+    fn actor_flag_keeps_a_kind_or_adds_operator() {
+        assert_eq!(actor_from_flag("bob").ok().as_deref(), Some("operator:bob"));
+        assert_eq!(
+            actor_from_flag("system:cron").ok().as_deref(),
+            Some("system:cron")
+        );
+        assert!(actor_from_flag(" ").is_err());
+        assert!(actor_from_flag("a\u{7}").is_err());
+    }
+
+    #[test]
+    fn table_pads_columns() {
+        let t = table(
+            &["A", "BB"],
+            &[
+                vec!["xxx".into(), "y".into()],
+                vec!["z".into(), String::new()],
+            ],
+        );
+        assert_eq!(t, "A    BB\nxxx  y\nz\n");
+    }
+
+    #[test]
+    fn times_are_rfc3339_utc() {
+        let t = OffsetDateTime::from_unix_timestamp(1_700_000_000).expect("time");
+        assert_eq!(fmt_time(t), "2023-11-14T22:13:20Z");
+        assert_eq!(fmt_opt_time(None), "-");
+    }
+}

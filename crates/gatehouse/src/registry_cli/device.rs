@@ -1,0 +1,508 @@
+//! `gatehouse device list|show|revoke`: registered devices, their certificates, and
+//! revocation — of one device, or of a manufacturer's batch.
+
+use std::fmt::Write as _;
+
+use anyhow::{Context, Result};
+use clap::{Subcommand, ValueEnum};
+use gatehouse_store::{
+    BatchScope, CertStatus, Certificate, Cursor, Device, DeviceFilter, DeviceStatus,
+    ManufacturerId, ModelId, Registry, RevocationReason,
+};
+use gatehouse_types::{DeviceRef, TenantId};
+use serde_json::json;
+use time::OffsetDateTime;
+
+use super::{Ctx, fmt_opt_time, fmt_time, table};
+
+/// Most devices one `list` page may hold (the store's cap).
+const MAX_PAGE: usize = 1000;
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// List devices, a page at a time.
+    List {
+        /// Only this tenant's devices.
+        #[arg(long)]
+        tenant: Option<TenantId>,
+        /// Only devices in this status.
+        #[arg(long, value_enum)]
+        status: Option<Status>,
+        /// Only devices of this model.
+        #[arg(long)]
+        model: Option<ModelId>,
+        /// Devices per page (at most 1000).
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u16).range(1..=1000))]
+        limit: u16,
+        /// Where to resume: the cursor printed with the previous page.
+        #[arg(long)]
+        cursor: Option<String>,
+    },
+    /// Show a device and its certificates.
+    Show {
+        /// `tenant/device`, or `device` in the default tenant.
+        device: DeviceRef,
+    },
+    /// Revoke a device and its certificates, or a manufacturer's batch of devices.
+    #[command(
+        after_help = "A batch (--manufacturer, optionally with a serial range) revokes the \
+                      manufacturer's devices in every tenant; without --yes it only prints \
+                      how many devices it would revoke."
+    )]
+    Revoke {
+        /// `tenant/device`, or `device` in the default tenant.
+        #[arg(
+            required_unless_present = "manufacturer",
+            conflicts_with = "manufacturer"
+        )]
+        device: Option<DeviceRef>,
+        /// Revoke this manufacturer's devices (a compromised CA or production batch).
+        #[arg(long)]
+        manufacturer: Option<ManufacturerId>,
+        /// First serial number of the batch, inclusive.
+        #[arg(long, requires_all = ["manufacturer", "serial_to"])]
+        serial_from: Option<String>,
+        /// Last serial number of the batch, inclusive.
+        #[arg(long, requires_all = ["manufacturer", "serial_from"])]
+        serial_to: Option<String>,
+        /// The RFC 5280 reason put in the CRL (required for a batch; default unspecified).
+        #[arg(long, value_enum)]
+        reason: Option<Reason>,
+        /// Why, in words, for the audit log.
+        #[arg(long, value_name = "TEXT")]
+        why: Option<String>,
+        /// Carry out a batch revocation.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+/// A device status, as the command line spells it.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Status {
+    Active,
+    Revoked,
+    Blocked,
+}
+
+/// A revocation reason, as the command line spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Reason {
+    Unspecified,
+    KeyCompromise,
+    CaCompromise,
+    AffiliationChanged,
+    Superseded,
+    CessationOfOperation,
+    PrivilegeWithdrawn,
+}
+
+// === impl Reason ===
+
+impl Reason {
+    fn to_store(self) -> RevocationReason {
+        match self {
+            Self::Unspecified => RevocationReason::Unspecified,
+            Self::KeyCompromise => RevocationReason::KeyCompromise,
+            Self::CaCompromise => RevocationReason::CaCompromise,
+            Self::AffiliationChanged => RevocationReason::AffiliationChanged,
+            Self::Superseded => RevocationReason::Superseded,
+            Self::CessationOfOperation => RevocationReason::CessationOfOperation,
+            Self::PrivilegeWithdrawn => RevocationReason::PrivilegeWithdrawn,
+        }
+    }
+
+    fn name(self) -> String {
+        self.to_possible_value()
+            .map_or_else(|| format!("{self:?}"), |v| v.get_name().to_owned())
+    }
+}
+
+pub(super) fn run(ctx: &Ctx, command: Command) -> Result<()> {
+    match command {
+        Command::List {
+            tenant,
+            status,
+            model,
+            limit,
+            cursor,
+        } => list(ctx, tenant, status, model, usize::from(limit), cursor),
+        Command::Show { device } => show(ctx, &device),
+        Command::Revoke {
+            device,
+            manufacturer,
+            serial_from,
+            serial_to,
+            reason,
+            why,
+            yes,
+        } => match (device, manufacturer) {
+            (Some(d), _) => revoke_one(ctx, &d, reason.unwrap_or(Reason::Unspecified), why),
+            (None, Some(m)) => {
+                let reason = reason
+                    .context("a batch revocation needs --reason (e.g. --reason key-compromise)")?;
+                let range = serial_from.zip(serial_to);
+                revoke_batch(ctx, m, range, reason, why, yes)
+            }
+            (None, None) => anyhow::bail!("name a device, or --manufacturer for a batch"),
+        },
+    }
+}
+
+fn list(
+    ctx: &Ctx,
+    tenant: Option<TenantId>,
+    status: Option<Status>,
+    model: Option<ModelId>,
+    limit: usize,
+    cursor: Option<String>,
+) -> Result<()> {
+    if let Some(t) = &tenant {
+        ctx.require_tenant(t)?;
+    }
+    let filter = DeviceFilter {
+        tenant,
+        status: status.map(|s| match s {
+            Status::Active => DeviceStatus::Active,
+            Status::Revoked => DeviceStatus::Revoked,
+            Status::Blocked => DeviceStatus::Blocked,
+        }),
+        model,
+    };
+    let cursor = cursor.map(Cursor::from_client);
+    let page = ctx
+        .store
+        .list_devices(&filter, limit.min(MAX_PAGE), cursor.as_ref())
+        .map_err(|e| match e {
+            gatehouse_store::ReadError::BadCursor => {
+                anyhow::anyhow!("invalid --cursor: pass one printed by a previous page")
+            }
+            other => other.into(),
+        })?;
+    ctx.print(
+        &json!({ "devices": page.items, "next_cursor": page.next }),
+        || {
+            if page.items.is_empty() {
+                return "no devices".to_owned();
+            }
+            let rows: Vec<Vec<String>> = page
+                .items
+                .iter()
+                .map(|d| {
+                    vec![
+                        d.device.to_string(),
+                        d.model.to_string(),
+                        assurance_name(d),
+                        status_name(d.status).to_owned(),
+                        fmt_opt_time(d.last_enrolled_at),
+                    ]
+                })
+                .collect();
+            let mut t = table(
+                &["DEVICE", "MODEL", "ASSURANCE", "STATUS", "LAST ENROLLED"],
+                &rows,
+            );
+            if let Some(next) = &page.next {
+                let _ = writeln!(t, "more: --cursor {}", next.as_str());
+            }
+            t
+        },
+    )
+}
+
+fn show(ctx: &Ctx, d: &DeviceRef) -> Result<()> {
+    let device = get(ctx, d)?;
+    let certs = ctx.store.list_certificates(d)?;
+    let now = OffsetDateTime::now_utc();
+    ctx.print(&json!({ "device": device, "certificates": certs }), || {
+        let mut t = String::new();
+        let _ = writeln!(t, "device         {}", device.device);
+        let _ = writeln!(t, "model          {}", device.model);
+        let _ = writeln!(
+            t,
+            "manufacturer   {}",
+            device
+                .manufacturer
+                .as_ref()
+                .map_or("-", ManufacturerId::as_str)
+        );
+        let _ = writeln!(
+            t,
+            "serial         {}",
+            device.serial.as_deref().unwrap_or("-")
+        );
+        let _ = writeln!(t, "assurance      {}", assurance_name(&device));
+        let _ = writeln!(t, "status         {}", status_name(device.status));
+        let _ = writeln!(t, "registered     {}", fmt_time(device.created_at));
+        let _ = writeln!(
+            t,
+            "last enrolled  {}",
+            fmt_opt_time(device.last_enrolled_at)
+        );
+        let tags = if device.tags.is_empty() {
+            "-".to_owned()
+        } else {
+            device.tags.join(", ")
+        };
+        let _ = writeln!(t, "tags           {tags}");
+        if certs.is_empty() {
+            t.push_str("certificates   none\n");
+        } else {
+            let _ = writeln!(t, "certificates   {}", certs.len());
+            let rows: Vec<Vec<String>> = certs
+                .iter()
+                .map(|c| {
+                    vec![
+                        c.serial.to_string(),
+                        c.issuer.clone(),
+                        fmt_time(c.not_before),
+                        fmt_time(c.not_after),
+                        cert_status(c, now),
+                    ]
+                })
+                .collect();
+            for line in table(
+                &["SERIAL", "ISSUER", "NOT BEFORE", "NOT AFTER", "STATUS"],
+                &rows,
+            )
+            .lines()
+            {
+                let _ = writeln!(t, "  {line}");
+            }
+        }
+        t
+    })
+}
+
+fn revoke_one(ctx: &Ctx, d: &DeviceRef, reason: Reason, why: Option<String>) -> Result<()> {
+    let device = get(ctx, d)?;
+    let valid = ctx
+        .store
+        .list_certificates(d)?
+        .iter()
+        .filter(|c| c.status == CertStatus::Valid)
+        .count();
+    if device.status == DeviceStatus::Revoked && valid == 0 {
+        anyhow::bail!("device {d} is already revoked and has no valid certificate");
+    }
+    let entry = ctx
+        .entry("revoke", d.to_string())
+        .reason(why.unwrap_or_default())
+        .detail(json!({ "reason": reason.name(), "code": reason.to_store().code() }));
+    let at = entry.at;
+    let certs = ctx.store.revoke_device(d, reason.to_store(), at, &entry)?;
+    ctx.print(
+        &json!({
+            "device": d,
+            "reason": reason.name(),
+            "revoked_certificates": serials(&certs),
+        }),
+        || {
+            let mut t = format!(
+                "revoked {d} ({}): {} certificate(s) revoked\n",
+                reason.name(),
+                certs.len()
+            );
+            for c in &certs {
+                let _ = writeln!(t, "  {}", c.serial);
+            }
+            t
+        },
+    )
+}
+
+fn revoke_batch(
+    ctx: &Ctx,
+    manufacturer: ManufacturerId,
+    range: Option<(String, String)>,
+    reason: Reason,
+    why: Option<String>,
+    yes: bool,
+) -> Result<()> {
+    if ctx.store.get_manufacturer(&manufacturer)?.is_none() {
+        anyhow::bail!("manufacturer {manufacturer} not found");
+    }
+    let range = range.map(|(a, b)| (a.trim().to_owned(), b.trim().to_owned()));
+    if let Some((first, last)) = &range {
+        check_range(first, last)?;
+    }
+    let scope_text = match &range {
+        Some((a, b)) => format!("manufacturer {manufacturer}, serials {a} to {b}"),
+        None => format!("manufacturer {manufacturer}, every serial"),
+    };
+    let targets = batch_targets(ctx, &manufacturer, range.as_ref())?;
+    if !yes {
+        let text = format!(
+            "{} device(s) would be revoked ({scope_text}, reason {})",
+            targets.len(),
+            reason.name()
+        );
+        ctx.print(
+            &json!({ "would_revoke": targets.len(), "devices": targets }),
+            || text.clone(),
+        )?;
+        anyhow::bail!("nothing revoked: pass --yes to revoke them");
+    }
+    let scope = match range.clone() {
+        Some((first, last)) => BatchScope::SerialRange {
+            manufacturer: manufacturer.clone(),
+            first,
+            last,
+        },
+        None => BatchScope::Manufacturer(manufacturer.clone()),
+    };
+    let entry = ctx
+        .entry("revoke_batch", format!("manufacturer:{manufacturer}"))
+        .reason(why.unwrap_or_default())
+        .detail(json!({
+            "reason": reason.name(),
+            "code": reason.to_store().code(),
+            "serial_from": range.as_ref().map(|r| &r.0),
+            "serial_to": range.as_ref().map(|r| &r.1),
+        }));
+    let at = entry.at;
+    let done = ctx
+        .store
+        .revoke_batch(&scope, reason.to_store(), at, &entry)?;
+    ctx.print(
+        &json!({
+            "devices": done.devices,
+            "reason": reason.name(),
+            "revoked_certificates": serials(&done.certificates),
+        }),
+        || {
+            let mut t = format!(
+                "revoked {} device(s) ({scope_text}, reason {}): {} certificate(s) revoked\n",
+                done.devices.len(),
+                reason.name(),
+                done.certificates.len()
+            );
+            for c in &done.certificates {
+                let _ = writeln!(t, "  {}  {}", c.serial, c.device);
+            }
+            t
+        },
+    )
+}
+
+/// The devices a batch revocation would revoke: the manufacturer's devices not yet
+/// revoked, in every tenant, with a serial in the range (compared as the store does).
+fn batch_targets(
+    ctx: &Ctx,
+    manufacturer: &ManufacturerId,
+    range: Option<&(String, String)>,
+) -> Result<Vec<DeviceRef>> {
+    let mut out = Vec::new();
+    let mut cursor: Option<Cursor> = None;
+    loop {
+        let page = ctx
+            .store
+            .list_devices(&DeviceFilter::default(), MAX_PAGE, cursor.as_ref())?;
+        for d in &page.items {
+            if in_batch(d, manufacturer, range) {
+                out.push(d.device.clone());
+            }
+        }
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => return Ok(out),
+        }
+    }
+}
+
+fn in_batch(d: &Device, manufacturer: &ManufacturerId, range: Option<&(String, String)>) -> bool {
+    if d.manufacturer.as_ref() != Some(manufacturer) || d.status == DeviceStatus::Revoked {
+        return false;
+    }
+    match (range, d.serial.as_deref()) {
+        (None, _) => true,
+        (Some((a, b)), Some(s)) => a.as_bytes() <= s.as_bytes() && s.as_bytes() <= b.as_bytes(),
+        (Some(_), None) => false,
+    }
+}
+
+/// A serial range must be ordered, and its ends the same length: serials are compared as
+/// text, so `9` would come after `10`.
+fn check_range(first: &str, last: &str) -> Result<()> {
+    anyhow::ensure!(
+        !first.is_empty() && !last.is_empty(),
+        "--serial-from and --serial-to must not be empty"
+    );
+    anyhow::ensure!(
+        first.len() == last.len(),
+        "--serial-from and --serial-to must have the same length: serials are compared as \
+         text (zero-pad them, e.g. SN0009 to SN0120)"
+    );
+    anyhow::ensure!(
+        first <= last,
+        "--serial-from {first} comes after --serial-to {last}"
+    );
+    Ok(())
+}
+
+fn get(ctx: &Ctx, d: &DeviceRef) -> Result<Device> {
+    ctx.store
+        .get_device(d)?
+        .with_context(|| format!("device {d} not found"))
+}
+
+fn serials(certs: &[Certificate]) -> Vec<String> {
+    certs.iter().map(|c| c.serial.to_string()).collect()
+}
+
+/// A device status for people.
+pub(super) fn status_name(s: DeviceStatus) -> &'static str {
+    match s {
+        DeviceStatus::Active => "active",
+        DeviceStatus::Revoked => "revoked",
+        DeviceStatus::Blocked => "blocked",
+        _ => "unknown",
+    }
+}
+
+fn assurance_name(d: &Device) -> String {
+    serde_json::to_value(d.assurance)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_else(|| format!("{:?}", d.assurance))
+}
+
+fn cert_status(c: &Certificate, now: OffsetDateTime) -> String {
+    match c.status {
+        CertStatus::Revoked => {
+            let why = c
+                .revocation_reason
+                .and_then(|r| serde_json::to_value(r).ok())
+                .and_then(|v| v.as_str().map(|s| s.replace('_', "-")))
+                .unwrap_or_else(|| "unspecified".to_owned());
+            format!("revoked {} ({why})", fmt_opt_time(c.revoked_at))
+        }
+        _ if c.not_after < now => "expired".to_owned(),
+        _ => "valid".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reason_maps_to_its_rfc5280_code() {
+        let codes: Vec<(String, u8)> = Reason::value_variants()
+            .iter()
+            .map(|r| (r.name(), r.to_store().code()))
+            .collect();
+        assert!(codes.contains(&("key-compromise".to_owned(), 1)));
+        assert!(codes.contains(&("superseded".to_owned(), 4)));
+        assert!(codes.contains(&("cessation-of-operation".to_owned(), 5)));
+        assert!(codes.contains(&("unspecified".to_owned(), 0)));
+    }
+
+    #[test]
+    fn serial_ranges_must_be_ordered_and_padded() {
+        assert!(check_range("SN0001", "SN0100").is_ok());
+        assert!(check_range("SN0100", "SN0001").is_err());
+        assert!(check_range("9", "10").is_err());
+        assert!(check_range("", "").is_err());
+    }
+}

@@ -1,0 +1,453 @@
+//! `gatehouse manufacturer add|list|show|set-ca`: manufacturers, their IDevID CAs and the
+//! rules that read a device's model from its IDevID.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use base64::Engine as _;
+use clap::Subcommand;
+use gatehouse_pki::{ModelRule, load_certs_pem};
+use gatehouse_store::{Manufacturer, ManufacturerId, NewManufacturer, Registry};
+use serde::Serialize;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use super::{Ctx, display_name, fmt_time, table};
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Register a manufacturer and the CA certificates that issue its devices' IDevIDs.
+    Add {
+        /// Manufacturer slug (lowercase letters, digits, `-`, `_`, `.`).
+        id: ManufacturerId,
+        /// A PEM file of IDevID CA certificates; repeat for several files.
+        #[arg(long = "ca", value_name = "PEM", required = true)]
+        cas: Vec<PathBuf>,
+        /// A name for people (default: the id).
+        #[arg(long)]
+        name: Option<String>,
+        /// Where the device model is read from an IDevID, tried in order:
+        /// `san-uri-prefix:<prefix>`, `extension:<oid>` or `subject:<oid>`.
+        #[arg(long = "model-from", value_name = "RULE")]
+        model_from: Vec<String>,
+    },
+    /// List manufacturers.
+    List,
+    /// Show a manufacturer: its CA certificates and model rules.
+    Show {
+        /// Manufacturer slug.
+        id: ManufacturerId,
+    },
+    /// Replace a manufacturer's IDevID CA certificates (a CA roll-over, or a distrust).
+    SetCa {
+        /// Manufacturer slug.
+        id: ManufacturerId,
+        /// A PEM file of IDevID CA certificates; repeat for several files. The new set
+        /// replaces the old one entirely.
+        #[arg(long = "ca", value_name = "PEM", required = true)]
+        cas: Vec<PathBuf>,
+    },
+}
+
+pub(super) fn run(ctx: &Ctx, command: Command) -> Result<()> {
+    match command {
+        Command::Add {
+            id,
+            cas,
+            name,
+            model_from,
+        } => add(ctx, id, &cas, name, &model_from),
+        Command::List => list(ctx),
+        Command::Show { id } => show(ctx, &id),
+        Command::SetCa { id, cas } => set_ca(ctx, &id, &cas),
+    }
+}
+
+fn add(
+    ctx: &Ctx,
+    id: ManufacturerId,
+    files: &[PathBuf],
+    name: Option<String>,
+    model_from: &[String],
+) -> Result<()> {
+    let rules = parse_rules(model_from)?;
+    let cas = read_ca_files(files)?;
+    let display_name = display_name(name, id.as_str())?;
+    if ctx.store.get_manufacturer(&id)?.is_some() {
+        anyhow::bail!(
+            "manufacturer {id} already exists (use `gatehouse manufacturer set-ca {id}` to replace its CAs)"
+        );
+    }
+    let new = NewManufacturer {
+        id: id.clone(),
+        display_name,
+        idevid_ca_pems: cas.iter().map(|c| c.pem.clone()).collect(),
+        model_mapping: ModelRule::format_list(&rules),
+    };
+    let entry = ctx
+        .entry("manufacturer_add", format!("manufacturer:{id}"))
+        .detail(json!({
+            "ca_sha256": cas.iter().map(|c| &c.sha256).collect::<Vec<_>>(),
+            "model_rules": rules.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        }));
+    let m = ctx.store.add_manufacturer(&new, &entry)?;
+    let view = View::of(&m)?;
+    ctx.print(&view, || {
+        let mut t = format!(
+            "registered manufacturer {} with {} CA certificate(s)\n",
+            m.id,
+            view.cas.len()
+        );
+        t.push_str(&describe(&view));
+        t
+    })
+}
+
+fn list(ctx: &Ctx) -> Result<()> {
+    let all = ctx.store.list_manufacturers()?;
+    let views = all.iter().map(View::of).collect::<Result<Vec<_>>>()?;
+    ctx.print(&json!({ "manufacturers": views }), || {
+        if views.is_empty() {
+            return "no manufacturers (register one with `gatehouse manufacturer add`)".to_owned();
+        }
+        let rows: Vec<Vec<String>> = views
+            .iter()
+            .map(|v| {
+                let next_expiry = v.cas.iter().map(|c| c.not_after).min();
+                vec![
+                    v.id.to_string(),
+                    v.display_name.clone(),
+                    v.cas.len().to_string(),
+                    next_expiry.map_or_else(|| "-".to_owned(), fmt_time),
+                    if v.model_rules.is_empty() {
+                        "-".to_owned()
+                    } else {
+                        v.model_rules.join(", ")
+                    },
+                ]
+            })
+            .collect();
+        table(
+            &[
+                "MANUFACTURER",
+                "NAME",
+                "CAS",
+                "FIRST CA EXPIRY",
+                "MODEL RULES",
+            ],
+            &rows,
+        )
+    })
+}
+
+fn show(ctx: &Ctx, id: &ManufacturerId) -> Result<()> {
+    let m = get(ctx, id)?;
+    let view = View::of(&m)?;
+    ctx.print(&view, || describe(&view))
+}
+
+fn set_ca(ctx: &Ctx, id: &ManufacturerId, files: &[PathBuf]) -> Result<()> {
+    let old = View::of(&get(ctx, id)?)?;
+    let cas = read_ca_files(files)?;
+    let pems: Vec<String> = cas.iter().map(|c| c.pem.clone()).collect();
+    let entry = ctx
+        .entry("manufacturer_set_cas", format!("manufacturer:{id}"))
+        .detail(json!({
+            "old_ca_sha256": old.cas.iter().map(|c| &c.sha256).collect::<Vec<_>>(),
+            "new_ca_sha256": cas.iter().map(|c| &c.sha256).collect::<Vec<_>>(),
+        }));
+    let m = ctx.store.set_manufacturer_cas(id, &pems, &entry)?;
+    let view = View::of(&m)?;
+    ctx.print(&view, || {
+        let mut t = format!(
+            "manufacturer {}: {} CA certificate(s), was {}\n",
+            m.id,
+            view.cas.len(),
+            old.cas.len()
+        );
+        for c in &old.cas {
+            if !view.cas.iter().any(|n| n.sha256 == c.sha256) {
+                let _ = writeln!(t, "  removed  {}  {}", c.sha256, c.subject);
+            }
+        }
+        for c in &view.cas {
+            if !old.cas.iter().any(|o| o.sha256 == c.sha256) {
+                let _ = writeln!(t, "  added    {}  {}", c.sha256, c.subject);
+            }
+        }
+        if t.lines().count() == 1 {
+            t.push_str("  the set is unchanged\n");
+        }
+        t
+    })
+}
+
+fn get(ctx: &Ctx, id: &ManufacturerId) -> Result<Manufacturer> {
+    ctx.store
+        .get_manufacturer(id)?
+        .with_context(|| format!("manufacturer {id} not found"))
+}
+
+/// Parses `--model-from` rules.
+fn parse_rules(rules: &[String]) -> Result<Vec<ModelRule>> {
+    rules
+        .iter()
+        .map(|r| r.trim().parse::<ModelRule>().map_err(anyhow::Error::msg))
+        .collect()
+}
+
+/// A manufacturer as the commands show it.
+#[derive(Debug, Serialize)]
+struct View {
+    id: ManufacturerId,
+    display_name: String,
+    #[serde(with = "time::serde::timestamp")]
+    created_at: OffsetDateTime,
+    model_rules: Vec<String>,
+    cas: Vec<CaInfo>,
+}
+
+// === impl View ===
+
+impl View {
+    fn of(m: &Manufacturer) -> Result<Self> {
+        let model_rules = match ModelRule::parse_list(&m.model_mapping) {
+            Ok(rules) => rules.iter().map(ToString::to_string).collect(),
+            // Stored by something else: show it as it is.
+            Err(_) => m.model_mapping.lines().map(str::to_owned).collect(),
+        };
+        let mut cas = Vec::new();
+        for pem in &m.idevid_ca_pems {
+            let ders = load_certs_pem(pem)
+                .with_context(|| format!("stored CA certificate of manufacturer {}", m.id))?;
+            for der in ders {
+                cas.push(inspect(&der).map_err(|e| {
+                    anyhow::anyhow!("stored CA certificate of manufacturer {}: {e}", m.id)
+                })?);
+            }
+        }
+        Ok(Self {
+            id: m.id.clone(),
+            display_name: m.display_name.clone(),
+            created_at: m.created_at,
+            model_rules,
+            cas,
+        })
+    }
+}
+
+fn describe(v: &View) -> String {
+    let mut t = String::new();
+    let _ = writeln!(t, "manufacturer  {}", v.id);
+    let _ = writeln!(t, "name          {}", v.display_name);
+    let _ = writeln!(t, "registered    {}", fmt_time(v.created_at));
+    if v.model_rules.is_empty() {
+        let _ = writeln!(t, "model rules   none");
+    } else {
+        for (i, r) in v.model_rules.iter().enumerate() {
+            let label = if i == 0 { "model rules" } else { "" };
+            let _ = writeln!(t, "{label:<12}  {}. {r}", i + 1);
+        }
+    }
+    let _ = writeln!(t, "IDevID CAs    {}", v.cas.len());
+    let now = OffsetDateTime::now_utc();
+    for c in &v.cas {
+        let _ = writeln!(t, "  subject     {}", c.subject);
+        let _ = writeln!(t, "  sha256      {}", c.sha256);
+        let expired = if c.not_after < now { "  (expired)" } else { "" };
+        let _ = writeln!(
+            t,
+            "  valid       {} to {}{expired}",
+            fmt_time(c.not_before),
+            fmt_time(c.not_after)
+        );
+    }
+    t
+}
+
+/// What the commands show of a CA certificate.
+#[derive(Debug, Clone, Serialize)]
+pub(super) struct CaInfo {
+    pub subject: String,
+    pub issuer: String,
+    /// SHA-256 of the DER, colon-separated uppercase hex (as `openssl x509 -fingerprint`).
+    pub sha256: String,
+    #[serde(with = "time::serde::timestamp")]
+    pub not_before: OffsetDateTime,
+    #[serde(with = "time::serde::timestamp")]
+    pub not_after: OffsetDateTime,
+    /// The certificate alone, PEM.
+    pub pem: String,
+}
+
+/// Reads every certificate of every file; each must be a CA certificate. Duplicates are
+/// kept once. Expired CAs are accepted with a warning.
+fn read_ca_files(files: &[PathBuf]) -> Result<Vec<CaInfo>> {
+    let mut out: Vec<CaInfo> = Vec::new();
+    let now = OffsetDateTime::now_utc();
+    for path in files {
+        for ca in read_ca_file(path)? {
+            if ca.not_after < now {
+                eprintln!(
+                    "warning: {}: CA {} expired on {}",
+                    path.display(),
+                    ca.subject,
+                    fmt_time(ca.not_after)
+                );
+            }
+            if !out.iter().any(|c| c.sha256 == ca.sha256) {
+                out.push(ca);
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn read_ca_file(path: &Path) -> Result<Vec<CaInfo>> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    parse_ca_pem(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+/// The CA certificates in PEM text, each checked by [`inspect`].
+pub(super) fn parse_ca_pem(bytes: &[u8]) -> Result<Vec<CaInfo>, String> {
+    if bytes.first() == Some(&0x30) {
+        return Err("this looks like DER; give the certificate in PEM \
+                    (`openssl x509 -inform der -in FILE -out FILE.pem`)"
+            .to_owned());
+    }
+    let text = String::from_utf8_lossy(bytes);
+    let ders = load_certs_pem(&text).map_err(|e| e.to_string())?;
+    ders.iter()
+        .enumerate()
+        .map(|(i, der)| {
+            inspect(der).map_err(|e| {
+                if ders.len() > 1 {
+                    format!("certificate {} of {}: {e}", i + 1, ders.len())
+                } else {
+                    e
+                }
+            })
+        })
+        .collect()
+}
+
+/// Checks that `der` is an X.509 CA certificate usable as a trust anchor, and describes it.
+fn inspect(der: &[u8]) -> Result<CaInfo, String> {
+    let (rest, cert) =
+        X509Certificate::from_der(der).map_err(|e| format!("not an X.509 certificate ({e})"))?;
+    if !rest.is_empty() {
+        return Err("not an X.509 certificate (trailing data after it)".to_owned());
+    }
+    let subject = cert.subject().to_string();
+    let bc = cert
+        .basic_constraints()
+        .map_err(|e| format!("{subject}: unreadable basicConstraints ({e})"))?;
+    match bc {
+        None => {
+            return Err(format!(
+                "{subject} is not a CA certificate: it has no basicConstraints extension"
+            ));
+        }
+        Some(bc) if !bc.value.ca => {
+            return Err(format!(
+                "{subject} is not a CA certificate: its basicConstraints say CA:FALSE"
+            ));
+        }
+        Some(_) => {}
+    }
+    if let Some(ku) = cert
+        .key_usage()
+        .map_err(|e| format!("{subject}: unreadable keyUsage ({e})"))?
+        && !ku.value.key_cert_sign()
+    {
+        return Err(format!(
+            "{subject} may not sign certificates: its keyUsage lacks keyCertSign"
+        ));
+    }
+    let anchor = rustls::pki_types::CertificateDer::from(der.to_vec());
+    rustls::RootCertStore::empty()
+        .add(anchor)
+        .map_err(|e| format!("{subject} cannot be used as a trust anchor ({e})"))?;
+    Ok(CaInfo {
+        issuer: cert.issuer().to_string(),
+        sha256: fingerprint(der),
+        not_before: cert.validity().not_before.to_datetime(),
+        not_after: cert.validity().not_after.to_datetime(),
+        pem: to_pem(der),
+        subject,
+    })
+}
+
+/// SHA-256 of `der` as colon-separated uppercase hex.
+fn fingerprint(der: &[u8]) -> String {
+    Sha256::digest(der)
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// One certificate as PEM, 64 base64 characters a line.
+fn to_pem(der: &[u8]) -> String {
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(chunk));
+        out.push('\n');
+    }
+    out.push_str("-----END CERTIFICATE-----\n");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manufacturer_ca_is_accepted_and_round_trips_as_pem() {
+        let ca = gatehouse_pki::ManufacturerCa::new("Acme").expect("ca");
+        let infos = parse_ca_pem(ca.cert_pem().as_bytes()).expect("a CA");
+        assert_eq!(infos.len(), 1);
+        assert!(infos[0].subject.contains("Acme IDevID CA"));
+        assert_eq!(infos[0].sha256.len(), 32 * 3 - 1);
+        let again = load_certs_pem(&infos[0].pem).expect("pem");
+        assert_eq!(again[0].as_ref(), ca.cert_der().as_ref());
+    }
+
+    #[test]
+    fn leaf_certificate_is_not_a_ca() {
+        let ca = gatehouse_pki::ManufacturerCa::new("Acme").expect("ca");
+        let leaf = ca
+            .issue_idevid(&gatehouse_pki::IdevidParams::new("SN1", "dev"))
+            .expect("idevid");
+        let err = parse_ca_pem(leaf.cert_pem.as_bytes()).expect_err("a leaf");
+        assert!(err.contains("is not a CA certificate"), "{err}");
+    }
+
+    #[test]
+    fn garbage_and_der_are_refused_clearly() {
+        let err = parse_ca_pem(b"hello").expect_err("garbage");
+        assert!(err.contains("no certificate"), "{err}");
+        let err = parse_ca_pem(b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+            .expect_err("not x509");
+        assert!(err.contains("not an X.509 certificate"), "{err}");
+        let ca = gatehouse_pki::ManufacturerCa::new("Acme").expect("ca");
+        let err = parse_ca_pem(ca.cert_der().as_ref()).expect_err("der");
+        assert!(err.contains("DER"), "{err}");
+    }
+
+    #[test]
+    fn model_rules_parse_or_name_the_bad_one() {
+        let ok = parse_rules(&[
+            "san-uri-prefix:urn:acme:model:".into(),
+            "subject:2.5.4.46".into(),
+        ])
+        .expect("rules");
+        assert_eq!(ok.len(), 2);
+        let err = parse_rules(&["serial:1.2".into()]).expect_err("unknown kind");
+        assert!(err.to_string().contains("unknown kind"), "{err}");
+    }
+}
