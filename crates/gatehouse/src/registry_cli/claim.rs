@@ -95,15 +95,13 @@ fn add(
             Some(_) => {}
         }
     }
-    let entry = ctx
-        .entry("claim_add", format!("tenant:{tenant}"))
-        .detail(json!({
-            "manufacturer": manufacturer,
-            "serials": claims.iter().map(|c| json!({
-                "serial": c.serial,
-                "expected_model": c.expected_model,
-            })).collect::<Vec<_>>(),
-        }));
+    let entry = ctx.entry("add_claims", tenant.as_str()).detail(json!({
+        "manufacturer": manufacturer,
+        "serials": claims.iter().map(|c| json!({
+            "serial": c.serial,
+            "expected_model": c.expected_model,
+        })).collect::<Vec<_>>(),
+    }));
     let added = ctx
         .store
         .add_claims(tenant, manufacturer, &claims, &entry)?;

@@ -287,8 +287,8 @@ fn revoke_one(ctx: &Ctx, d: &DeviceRef, reason: Reason, why: Option<String>) -> 
     }
     let entry = ctx
         .entry("revoke", d.to_string())
-        .reason(why.unwrap_or_default())
-        .detail(json!({ "reason": reason.name(), "code": reason.to_store().code() }));
+        .reason(why.unwrap_or_else(|| "revoked from the command line".to_owned()))
+        .detail(json!({ "reason": reason.to_store(), "code": reason.to_store().code() }));
     let at = entry.at;
     let certs = ctx.store.revoke_device(d, reason.to_store(), at, &entry)?;
     ctx.print(
@@ -352,10 +352,10 @@ fn revoke_batch(
         None => BatchScope::Manufacturer(manufacturer.clone()),
     };
     let entry = ctx
-        .entry("revoke_batch", format!("manufacturer:{manufacturer}"))
-        .reason(why.unwrap_or_default())
+        .entry("revoke_batch", manufacturer.as_str())
+        .reason(why.unwrap_or_else(|| "batch revoked from the command line".to_owned()))
         .detail(json!({
-            "reason": reason.name(),
+            "reason": reason.to_store(),
             "code": reason.to_store().code(),
             "serial_from": range.as_ref().map(|r| &r.0),
             "serial_to": range.as_ref().map(|r| &r.1),

@@ -87,12 +87,10 @@ fn add(
         idevid_ca_pems: cas.iter().map(|c| c.pem.clone()).collect(),
         model_mapping: ModelRule::format_list(&rules),
     };
-    let entry = ctx
-        .entry("manufacturer_add", format!("manufacturer:{id}"))
-        .detail(json!({
-            "ca_sha256": cas.iter().map(|c| &c.sha256).collect::<Vec<_>>(),
-            "model_rules": rules.iter().map(ToString::to_string).collect::<Vec<_>>(),
-        }));
+    let entry = ctx.entry("add_manufacturer", id.as_str()).detail(json!({
+        "ca_sha256": cas.iter().map(|c| &c.sha256).collect::<Vec<_>>(),
+        "model_rules": rules.iter().map(ToString::to_string).collect::<Vec<_>>(),
+    }));
     let m = ctx.store.add_manufacturer(&new, &entry)?;
     let view = View::of(&m)?;
     ctx.print(&view, || {
@@ -154,7 +152,7 @@ fn set_ca(ctx: &Ctx, id: &ManufacturerId, files: &[PathBuf]) -> Result<()> {
     let cas = read_ca_files(files)?;
     let pems: Vec<String> = cas.iter().map(|c| c.pem.clone()).collect();
     let entry = ctx
-        .entry("manufacturer_set_cas", format!("manufacturer:{id}"))
+        .entry("set_manufacturer_cas", id.as_str())
         .detail(json!({
             "old_ca_sha256": old.cas.iter().map(|c| &c.sha256).collect::<Vec<_>>(),
             "new_ca_sha256": cas.iter().map(|c| &c.sha256).collect::<Vec<_>>(),

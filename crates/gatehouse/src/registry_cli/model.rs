@@ -64,14 +64,14 @@ fn add(
         manufacturer,
         display_name,
     };
-    let entry = ctx.entry("model_add", format!("model:{id}")).detail(json!({
+    let entry = ctx.entry("add_model", id.as_str()).detail(json!({
         "manufacturer": new.manufacturer,
         "display_name": new.display_name,
     }));
     let model = ctx.store.add_model(&new, &entry)?;
     let stored = match profile {
         Some(toml) => {
-            let entry = ctx.entry("model_profile_add", format!("model:{id}"));
+            let entry = ctx.entry("add_model_profile", id.as_str());
             Some(
                 ctx.store
                     .add_model_profile(&id, &toml, &entry)

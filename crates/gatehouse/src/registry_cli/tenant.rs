@@ -39,7 +39,7 @@ pub(super) fn run(ctx: &Ctx, command: Command) -> Result<()> {
 fn add(ctx: &Ctx, id: &TenantId, name: Option<String>, exists_ok: bool) -> Result<()> {
     let name = display_name(name, id.as_str())?;
     let entry = ctx
-        .entry("tenant_create", format!("tenant:{id}"))
+        .entry("create_tenant", id.as_str())
         .detail(json!({ "display_name": name }));
     match ctx.store.create_tenant(id, &name, &entry) {
         Ok(t) => ctx.print(&t, || {

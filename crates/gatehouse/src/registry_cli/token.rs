@@ -76,7 +76,7 @@ fn create(ctx: &Ctx, tenant: TenantId, model: ModelId, uses: u32, expires: Durat
     if ctx.store.get_model(&model)?.is_none() {
         anyhow::bail!("model {model} not found (register it with `gatehouse model add`)");
     }
-    let entry = ctx.entry("token_create", format!("tenant:{tenant}"));
+    let entry = ctx.entry("create_token", tenant.as_str());
     let expires_at =
         entry.at + time::Duration::try_from(expires).context("token lifetime out of range")?;
     let entry = entry.detail(json!({
@@ -169,7 +169,7 @@ fn revoke(ctx: &Ctx, id: &TokenId) -> Result<()> {
         anyhow::bail!("token {id} is already revoked");
     }
     let entry = ctx
-        .entry("token_revoke", format!("token:{id}"))
+        .entry("revoke_token", id.as_str())
         .detail(json!({ "tenant": t.tenant, "model": t.model }));
     let rec = ctx.store.revoke_token(id, &entry)?;
     ctx.print(&rec, || {
