@@ -1,0 +1,462 @@
+//! One MQTT session with one set of credentials, and the EST work scheduled beside it.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use rumqttc::{
+    AsyncClient, ConnectionError, Event, EventLoop, Incoming, MqttOptions, Outgoing,
+    SubscribeReasonCode, TlsConfiguration, Transport,
+};
+use time::OffsetDateTime;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, MissedTickBehavior};
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use super::{Agent, AgentError, Command, Message};
+use crate::enroll::{EnrollError, Enrolled, enroll, reenroll};
+use crate::est::{is_certificate_alert, tls_alert_in};
+use crate::identity::DeviceCredentials;
+use crate::renew::until;
+use crate::tls::mutual_tls_config;
+
+/// Longest single wait for a scheduled EST operation: the deadline is checked again
+/// after this, so a wall clock that jumps (a device setting its time) is followed.
+const MAX_TIMER: Duration = Duration::from_secs(60);
+/// Time allowed for DISCONNECT to go out before a session is dropped.
+const DISCONNECT_GRACE: Duration = Duration::from_secs(2);
+
+/// How a session ended.
+pub(super) enum End {
+    /// The agent was told to stop, or every handle is gone.
+    Shutdown,
+    /// New credentials (renewed or enrolled again): start the next session with them.
+    NewCredentials(DeviceCredentials),
+}
+
+/// The EST operation the session may run beside the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Task {
+    /// `simplereenroll` with the current certificate.
+    Renew,
+    /// `simpleenroll` from scratch with the token or IDevID.
+    Enroll,
+}
+
+type Reply = oneshot::Sender<Result<(), AgentError>>;
+
+/// Aborts a spawned task when dropped.
+struct AbortOnDrop<T>(JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+// === impl Agent (sessions) ===
+
+impl Agent {
+    pub(super) async fn session(&mut self, creds: DeviceCredentials) -> Result<End, AgentError> {
+        let info = creds.info().clone();
+        let span = info_span!("session", tenant = %info.tenant, device = %info.device);
+        self.session_inner(creds).instrument(span).await
+    }
+
+    async fn session_inner(&mut self, creds: DeviceCredentials) -> Result<End, AgentError> {
+        let info = creds.info().clone();
+        let config = self.config.clone();
+        let tls = mutual_tls_config(config.est.trust(), creds.chain(), creds.key())?;
+        let mut options = MqttOptions::new(
+            info.device.as_str(),
+            config.mqtt.host.clone(),
+            config.mqtt.port,
+        );
+        options
+            .set_keep_alive(config.keep_alive)
+            .set_clean_session(true)
+            .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
+        let (client, eventloop) = AsyncClient::new(options, 64);
+        let (event_tx, mut events) = mpsc::channel(64);
+        let _poller = AbortOnDrop(tokio::spawn(
+            poll(eventloop, event_tx, config.retry_min, config.retry_max).in_current_span(),
+        ));
+        self.status.send_modify(|s| {
+            s.identity = Some(info.clone());
+            s.connected = false;
+        });
+        info!(
+            serial = %info.serial_hex,
+            renew_at = %creds.renew_at(),
+            mqtt = %format!("{}:{}", config.mqtt.host, config.mqtt.port),
+            "connecting"
+        );
+
+        let now = OffsetDateTime::now_utc();
+        let mut next: Option<(OffsetDateTime, Task)> =
+            if now >= info.not_after && config.enrollment.is_some() {
+                warn!(not_after = %info.not_after, "certificate expired: enrolling again");
+                Some((now, Task::Enroll))
+            } else {
+                Some((creds.renew_at(), Task::Renew))
+            };
+        let mut running: Option<(Task, JoinHandle<Result<Enrolled, EnrollError>>)> = None;
+        let mut est_delay = config.retry_min;
+        let mut connected = false;
+        // Subscribe requests in the order given to the client, then by packet id once
+        // sent; `None` for re-subscriptions nobody waits for.
+        let mut queued: VecDeque<Option<(String, Reply)>> = VecDeque::new();
+        let mut sent: HashMap<u16, Option<(String, Reply)>> = HashMap::new();
+        let mut heartbeat = config.heartbeat.map(|every| {
+            let mut t = tokio::time::interval_at(Instant::now() + every, every);
+            t.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            t
+        });
+        let started = Instant::now();
+
+        loop {
+            let timer = next
+                .map(|(at, _)| until(at, OffsetDateTime::now_utc()).min(MAX_TIMER))
+                .unwrap_or(MAX_TIMER);
+            tokio::select! {
+                cmd = self.commands.recv() => match cmd {
+                    None | Some(Command::Shutdown) => {
+                        disconnect(&client, &mut events).await;
+                        return Ok(End::Shutdown);
+                    }
+                    Some(Command::Publish { topic, qos, retain, payload, reply }) => {
+                        let result = if connected {
+                            client
+                                .try_publish(topic, qos, retain, payload)
+                                .map_err(|e| AgentError::Request(e.to_string()))
+                        } else {
+                            Err(AgentError::NotConnected)
+                        };
+                        let _ = reply.send(result);
+                    }
+                    Some(Command::Subscribe { filter, qos, reply }) => {
+                        self.subscriptions.insert(filter.clone(), qos);
+                        if connected {
+                            match client.try_subscribe(filter.clone(), qos) {
+                                Ok(()) => queued.push_back(Some((filter, reply))),
+                                Err(e) => {
+                                    let _ = reply.send(Err(AgentError::Request(e.to_string())));
+                                }
+                            }
+                        } else {
+                            let _ = reply.send(Ok(()));
+                        }
+                    }
+                },
+
+                event = events.recv() => match event {
+                    None => {
+                        warn!("MQTT event loop ended; starting a new session");
+                        return Ok(End::NewCredentials(creds));
+                    }
+                    Some(Ok(Event::Incoming(Incoming::ConnAck(_)))) => {
+                        connected = true;
+                        self.refused_enrollments = 0;
+                        info!("connected");
+                        for (filter, qos) in &self.subscriptions {
+                            if client.try_subscribe(filter.clone(), *qos).is_ok() {
+                                queued.push_back(None);
+                            }
+                        }
+                        self.status.send_modify(|s| {
+                            s.connected = true;
+                            s.connections += 1;
+                        });
+                    }
+                    Some(Ok(Event::Outgoing(Outgoing::Subscribe(pkid)))) => {
+                        if let Some(waiter) = queued.pop_front() {
+                            sent.insert(pkid, waiter);
+                        }
+                    }
+                    Some(Ok(Event::Incoming(Incoming::SubAck(ack)))) => {
+                        let refused = ack
+                            .return_codes
+                            .iter()
+                            .any(|c| matches!(c, SubscribeReasonCode::Failure));
+                        match sent.remove(&ack.pkid) {
+                            Some(Some((filter, reply))) => {
+                                let _ = reply.send(if refused {
+                                    Err(AgentError::SubscriptionRefused(filter))
+                                } else {
+                                    Ok(())
+                                });
+                            }
+                            Some(None) if refused => {
+                                warn!(pkid = ack.pkid, "broker refused a re-subscription");
+                            }
+                            _ => {}
+                        }
+                    }
+                    Some(Ok(Event::Incoming(Incoming::Publish(p)))) => {
+                        let _ = self.messages.send(Message {
+                            topic: p.topic,
+                            payload: p.payload,
+                            retain: p.retain,
+                        });
+                    }
+                    Some(Ok(Event::Incoming(Incoming::Disconnect))) => {
+                        connected = false;
+                        self.status.send_modify(|s| s.connected = false);
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => {
+                        // Waiters of this connection will get no answer.
+                        queued.clear();
+                        sent.clear();
+                        if connected {
+                            warn!(error = %e, "connection lost");
+                        }
+                        connected = false;
+                        let message = e.to_string();
+                        self.status.send_modify(|s| {
+                            s.connected = false;
+                            s.last_error = Some(message);
+                        });
+                        if is_identity_refusal(&e) {
+                            if config.enrollment.is_some() {
+                                if running.is_none()
+                                    && !matches!(next, Some((_, Task::Enroll)))
+                                {
+                                    // Enrolling again right away the first time; if the new
+                                    // certificate is refused too, waiting longer each time.
+                                    let wait = self.refusal_backoff();
+                                    warn!(error = %e, in_ = ?wait, "the server refuses this certificate: enrolling again");
+                                    next = Some((OffsetDateTime::now_utc() + wait, Task::Enroll));
+                                }
+                            } else {
+                                warn!(error = %e, "the server refuses this certificate, and no token or IDevID is configured to enroll again");
+                            }
+                        } else {
+                            debug!(error = %e, "connection attempt failed");
+                        }
+                    }
+                },
+
+                () = tokio::time::sleep(timer), if running.is_none() && next.is_some() => {
+                    let now = OffsetDateTime::now_utc();
+                    if let Some((at, task)) = next
+                        && now >= at
+                    {
+                        next = None;
+                        running = Some((task, self.spawn_task(task, &creds)));
+                    }
+                }
+
+                joined = async {
+                    match running.as_mut() {
+                        Some((_, handle)) => handle.await,
+                        None => std::future::pending().await,
+                    }
+                }, if running.is_some() => {
+                    let Some((task, _)) = running.take() else { continue };
+                    let result = joined.unwrap_or_else(|e| {
+                        Err(EnrollError::Est(crate::est::EstError::InvalidRequest(
+                            if e.is_panic() { "the EST task panicked" } else { "the EST task was cancelled" },
+                        )))
+                    });
+                    match result {
+                        Ok(enrolled) => {
+                            let new = self.install(&enrolled)?;
+                            self.status.send_modify(|s| match task {
+                                Task::Renew => s.renewals += 1,
+                                Task::Enroll => s.enrollments += 1,
+                            });
+                            info!(
+                                old_serial = %info.serial_hex,
+                                new_serial = %new.info().serial_hex,
+                                "reconnecting with the new certificate"
+                            );
+                            disconnect(&client, &mut events).await;
+                            return Ok(End::NewCredentials(new));
+                        }
+                        Err(e) => {
+                            self.set_error(e.to_string());
+                            if task == Task::Renew
+                                && e.is_credential_refusal()
+                                && config.enrollment.is_some()
+                            {
+                                warn!(error = %e, "renewal refused: enrolling again");
+                                next = Some((OffsetDateTime::now_utc(), Task::Enroll));
+                            } else {
+                                warn!(error = %e, ?task, retry_in = ?est_delay, "EST request failed");
+                                next = Some((
+                                    OffsetDateTime::now_utc() + est_delay,
+                                    task,
+                                ));
+                                est_delay = (est_delay * 2).min(config.retry_max);
+                            }
+                        }
+                    }
+                }
+
+                _ = async {
+                    match heartbeat.as_mut() {
+                        Some(t) => t.tick().await,
+                        None => std::future::pending().await,
+                    }
+                }, if connected && heartbeat.is_some() => {
+                    let payload = serde_json::json!({
+                        "device": info.device.as_str(),
+                        "serial": info.serial_hex,
+                        "not_after": info.not_after.unix_timestamp(),
+                        "renew_at": creds.renew_at().unix_timestamp(),
+                        "uptime_secs": started.elapsed().as_secs(),
+                    });
+                    let topic = format!("$gatehouse/{}/health", info.device);
+                    if let Err(e) = client.try_publish(
+                        topic,
+                        rumqttc::QoS::AtMostOnce,
+                        false,
+                        payload.to_string(),
+                    ) {
+                        debug!(error = %e, "heartbeat not queued");
+                    }
+                }
+            }
+        }
+    }
+
+    /// How long to wait before enrolling again after the server refused our certificate:
+    /// nothing the first time, then doubling while no connection succeeds in between.
+    fn refusal_backoff(&mut self) -> Duration {
+        let n = self.refused_enrollments;
+        self.refused_enrollments = n.saturating_add(1);
+        if n == 0 {
+            return Duration::ZERO;
+        }
+        self.config
+            .retry_min
+            .saturating_mul(1u32 << n.min(16))
+            .min(self.config.retry_max)
+    }
+
+    fn spawn_task(
+        &self,
+        task: Task,
+        creds: &DeviceCredentials,
+    ) -> JoinHandle<Result<Enrolled, EnrollError>> {
+        let est = self.config.est.clone();
+        match (task, self.config.enrollment.clone()) {
+            (Task::Enroll, Some(how)) => {
+                info!("enrolling from scratch");
+                tokio::spawn(async move { enroll(&est, &how).await }.in_current_span())
+            }
+            _ => {
+                info!("renewing the certificate");
+                let creds = creds.clone();
+                tokio::spawn(async move { reenroll(&est, &creds).await }.in_current_span())
+            }
+        }
+    }
+}
+
+/// Polls the event loop and forwards what it yields. After an error it waits before the
+/// next poll (which reconnects), doubling the wait up to `max`; a CONNACK resets it.
+async fn poll(
+    mut eventloop: EventLoop,
+    events: mpsc::Sender<Result<Event, ConnectionError>>,
+    min: Duration,
+    max: Duration,
+) {
+    let mut delay = min;
+    loop {
+        match eventloop.poll().await {
+            Ok(event) => {
+                if matches!(event, Event::Incoming(Incoming::ConnAck(_))) {
+                    delay = min;
+                }
+                if events.send(Ok(event)).await.is_err() {
+                    return;
+                }
+            }
+            Err(ConnectionError::RequestsDone) => return,
+            Err(e) => {
+                if events.send(Err(e)).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(max);
+            }
+        }
+    }
+}
+
+/// Sends DISCONNECT and waits (briefly) for it to go out.
+async fn disconnect(
+    client: &AsyncClient,
+    events: &mut mpsc::Receiver<Result<Event, ConnectionError>>,
+) {
+    if client.try_disconnect().is_err() {
+        return;
+    }
+    let _ = tokio::time::timeout(DISCONNECT_GRACE, async {
+        while let Some(event) = events.recv().await {
+            match event {
+                Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+}
+
+/// Whether a connection failure means the server does not accept our certificate: a TLS
+/// alert about it (revoked, expired, unknown issuer). A CONNACK refusal is not one: it is
+/// the broker's policy (a blocked device), which a new certificate does not change.
+fn is_identity_refusal(e: &ConnectionError) -> bool {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = current {
+        if let Some(rustls::Error::AlertReceived(alert)) = err.downcast_ref::<rustls::Error>() {
+            return is_certificate_alert(*alert);
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && let Some(alert) = tls_alert_in(io)
+        {
+            return is_certificate_alert(alert);
+        }
+        current = err.source();
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use rumqttc::ConnectReturnCode;
+    use rustls::AlertDescription;
+
+    use super::*;
+
+    #[test]
+    fn certificate_alerts_and_not_authorized_are_identity_refusals() {
+        let alert = |a| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                rustls::Error::AlertReceived(a),
+            )
+        };
+        assert!(is_identity_refusal(&ConnectionError::Io(alert(
+            AlertDescription::CertificateRevoked
+        ))));
+        assert!(is_identity_refusal(&ConnectionError::Tls(
+            rumqttc::TlsError::Io(alert(AlertDescription::BadCertificate))
+        )));
+        assert!(is_identity_refusal(&ConnectionError::MqttState(
+            rumqttc::StateError::Io(alert(AlertDescription::CertificateExpired))
+        )));
+        assert!(!is_identity_refusal(&ConnectionError::ConnectionRefused(
+            ConnectReturnCode::NotAuthorized
+        )));
+        assert!(!is_identity_refusal(&ConnectionError::Io(alert(
+            AlertDescription::HandshakeFailure
+        ))));
+        assert!(!is_identity_refusal(&ConnectionError::Io(
+            std::io::Error::from(std::io::ErrorKind::ConnectionRefused)
+        )));
+        assert!(!is_identity_refusal(&ConnectionError::NetworkTimeout));
+    }
+}
