@@ -106,6 +106,35 @@ pub fn router(state: ApiState, limits: HttpLimits) -> Router {
         .merge(rest::routes())
         .with_state(state)
         .layer(DefaultBodyLimit::max(limits.max_body))
+        .layer(axum::middleware::from_fn(
+            move |req: axum::extract::Request, next: axum::middleware::Next| {
+                reject_declared_oversize(req, next, limits.max_body)
+            },
+        ))
+}
+
+/// Answers 413 before reading a body whose declared length is over the limit, so a client
+/// that sent `Expect: 100-continue` never uploads it. (Bodies without a length are cut off
+/// by [`DefaultBodyLimit`] as they are read.)
+async fn reject_declared_oversize(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+    max: usize,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > max as u64) {
+        return (
+            axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body over the {max}-byte limit\n"),
+        )
+            .into_response();
+    }
+    next.run(req).await
 }
 
 /// Serves `app` over TLS on `listener` until `stop` turns true. `tls` is read at each

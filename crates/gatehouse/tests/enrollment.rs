@@ -1,0 +1,914 @@
+//! Onboarding against the real binary, driven by tools we did not write: curl for HTTP,
+//! openssl for keys, CSRs, PKCS#7, certificate and CRL checks, mosquitto_pub and rumqttc
+//! for MQTT. Each test is skipped with a message when curl or openssl is missing, except in
+//! CI where they are installed.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, ensure};
+use gatehouse_pki::{IdevidParams, IssuedCert, ManufacturerCa, SecretPem};
+use serde_json::{Value, json};
+use support::clients::V5;
+use support::{Gatehouse, have_program};
+
+fn tools() -> bool {
+    have_program("curl", &["--version"]) && have_program("openssl", &["version"])
+}
+
+/// A running server plus a scratch directory for files the tools read and write.
+struct Lab {
+    gh: Gatehouse,
+    dir: PathBuf,
+}
+
+impl Lab {
+    async fn start() -> Result<Self> {
+        Self::start_with("").await
+    }
+
+    async fn start_with(extra: &str) -> Result<Self> {
+        let gh = Gatehouse::start(support::Options::extra(extra)).await?;
+        let dir = gh.data_dir().join("lab");
+        std::fs::create_dir_all(&dir)?;
+        Ok(Self { gh, dir })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("https://{}{path}", self.gh.listeners.https)
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// Runs curl against the server (trusting its CA); returns (status, body).
+    fn curl(&self, args: &[&str]) -> Result<(u16, Vec<u8>)> {
+        let body = self.path(&format!("curl-{}.out", rand_suffix()));
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "15", "--cacert"])
+            .arg(&self.gh.listeners.ca)
+            .arg("-o")
+            .arg(&body)
+            .args(["-w", "%{http_code}"])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .context("running curl")?;
+        let code = String::from_utf8_lossy(&out.stdout);
+        let status: u16 = code.trim().parse().with_context(|| {
+            format!(
+                "curl {args:?} printed {code:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })?;
+        ensure!(
+            status != 0,
+            "curl {args:?} got no HTTP response: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let bytes = std::fs::read(&body).unwrap_or_default();
+        let _ = std::fs::remove_file(&body);
+        Ok((status, bytes))
+    }
+
+    /// A JSON API call.
+    fn api(&self, method: &str, path: &str, body: Option<Value>) -> Result<(u16, Value)> {
+        let url = self.url(path);
+        let data;
+        let mut args = vec!["-X", method, url.as_str()];
+        if let Some(b) = body {
+            data = b.to_string();
+            args.extend([
+                "-H",
+                "content-type: application/json",
+                "--data-binary",
+                &data,
+            ]);
+        }
+        let (status, bytes) = self.curl(&args)?;
+        let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Ok((status, value))
+    }
+
+    /// Registers manufacturer `acme` (with `ca_pem`) and model `thermo`.
+    fn register_acme(&self, ca_pem: &str) -> Result<()> {
+        let (s, v) = self.api(
+            "POST",
+            "/api/v1/manufacturers",
+            Some(json!({
+                "id": "acme",
+                "idevid_ca_pems": [ca_pem],
+                "model_rules": ["san-uri-prefix:urn:acme:model:"],
+            })),
+        )?;
+        ensure!(s == 201, "manufacturer: {s} {v}");
+        let (s, v) = self.api(
+            "POST",
+            "/api/v1/models",
+            Some(json!({ "id": "thermo", "manufacturer": "acme" })),
+        )?;
+        ensure!(s == 201, "model: {s} {v}");
+        Ok(())
+    }
+
+    /// Creates a token; returns (id, secret).
+    fn token(&self, tenant: &str, uses: u32, expires_in: u64) -> Result<(String, String)> {
+        let (s, v) = self.api(
+            "POST",
+            "/api/v1/tokens",
+            Some(json!({
+                "tenant": tenant, "model": "thermo", "max_uses": uses, "expires_in": expires_in,
+            })),
+        )?;
+        ensure!(s == 201, "token: {s} {v}");
+        let id = v["token"]["id"].as_str().context("token id")?.to_owned();
+        let secret = v["secret"].as_str().context("token secret")?.to_owned();
+        Ok((id, secret))
+    }
+
+    /// `openssl req`: a P-256 key and a base64 DER CSR with `subject` (e.g. `/CN=dev-1`,
+    /// or `/` for none) and optional extra `-addext`. Returns (key path, csr.b64 path).
+    fn csr(&self, name: &str, subject: &str, addext: Option<&str>) -> Result<(PathBuf, PathBuf)> {
+        let key = self.path(&format!("{name}.key"));
+        let der = self.path(&format!("{name}.csr.der"));
+        let mut cmd = Command::new("openssl");
+        cmd.args([
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-subj",
+            subject,
+            "-outform",
+            "DER",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&der);
+        if let Some(ext) = addext {
+            cmd.args(["-addext", ext]);
+        }
+        run(&mut cmd)?;
+        let b64 = self.path(&format!("{name}.csr.b64"));
+        std::fs::write(&b64, base64(&std::fs::read(&der)?))?;
+        Ok((key, b64))
+    }
+
+    /// POSTs a CSR to an EST operation with extra curl arguments (credentials).
+    fn est(&self, op: &str, csr_b64: &Path, auth: &[&str]) -> Result<(u16, Vec<u8>)> {
+        let url = self.url(&format!("/.well-known/est/{op}"));
+        let data = format!("@{}", csr_b64.display());
+        let mut args = vec![
+            "-X",
+            "POST",
+            "-H",
+            "content-type: application/pkcs10",
+            "--data-binary",
+            &data,
+        ];
+        args.extend_from_slice(auth);
+        args.push(&url);
+        self.curl(&args)
+    }
+
+    /// Decodes an EST certs-only response with openssl; writes the certificates as PEM.
+    fn certs_from_response(&self, name: &str, body: &[u8]) -> Result<PathBuf> {
+        let b64 = self.path(&format!("{name}.p7.b64"));
+        std::fs::write(&b64, body)?;
+        let der = self.path(&format!("{name}.p7"));
+        run(Command::new("openssl")
+            .args(["base64", "-d", "-in"])
+            .arg(&b64)
+            .arg("-out")
+            .arg(&der))?;
+        let pem = self.path(&format!("{name}.crt"));
+        run(Command::new("openssl")
+            .args(["pkcs7", "-inform", "DER", "-print_certs", "-in"])
+            .arg(&der)
+            .arg("-out")
+            .arg(&pem))?;
+        Ok(pem)
+    }
+
+    /// Token enrollment of `device`; returns (key, cert) paths.
+    fn enroll_with_token(
+        &self,
+        device: &str,
+        token: &(String, String),
+    ) -> Result<(PathBuf, PathBuf)> {
+        let (key, csr) = self.csr(device, &format!("/CN={device}"), None)?;
+        let user = format!("{}:{}", token.0, token.1);
+        let (s, body) = self.est("simpleenroll", &csr, &["-u", &user])?;
+        ensure!(
+            s == 200,
+            "simpleenroll {device}: {s} {}",
+            String::from_utf8_lossy(&body)
+        );
+        Ok((key, self.certs_from_response(device, &body)?))
+    }
+
+    fn audit(&self) -> Result<Vec<Value>> {
+        let (s, v) = self.api("GET", "/api/v1/audit?limit=1000", None)?;
+        ensure!(s == 200, "audit: {s} {v}");
+        Ok(v.as_array().cloned().unwrap_or_default())
+    }
+}
+
+fn rand_suffix() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn base64(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+fn run(cmd: &mut Command) -> Result<String> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .context("running a tool")?;
+    ensure!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn text(body: &[u8]) -> String {
+    String::from_utf8_lossy(body).into_owned()
+}
+
+/// The MQTT client TLS config for files written by openssl and the EST response.
+fn tls_from_files(
+    lab: &Lab,
+    key: &Path,
+    cert: &Path,
+) -> Result<std::sync::Arc<rustls::ClientConfig>> {
+    let issued = IssuedCert::from_pem(
+        std::fs::read_to_string(cert)?,
+        SecretPem::new(std::fs::read_to_string(key)?),
+        std::fs::read_to_string(&lab.gh.listeners.ca)?,
+    )?;
+    Ok(gatehouse_pki::client_config(
+        &[lab.gh.ca_der()?],
+        Some(&issued),
+    )?)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rfc7030_flow_with_curl_and_openssl_then_mosquitto_pub() -> Result<()> {
+    if !tools() || !have_program("mosquitto_pub", &["--help"]) {
+        return Ok(());
+    }
+    let lab = Lab::start().await?;
+    let acme = ManufacturerCa::new("Acme Devices")?;
+    lab.register_acme(acme.cert_pem())?;
+    let token = lab.token("default", 1, 3600)?;
+
+    // cacerts: base64 certs-only PKCS#7 with the issuing CA and the root.
+    let (s, body) = lab.curl(&[&lab.url("/.well-known/est/cacerts")])?;
+    ensure!(s == 200, "cacerts: {s}");
+    let cacerts = lab.certs_from_response("cacerts", &body)?;
+    let subjects = std::fs::read_to_string(&cacerts)?;
+    ensure!(subjects.contains("Gatehouse Issuing CA"), "{subjects}");
+    ensure!(subjects.contains("Gatehouse Local CA"), "{subjects}");
+
+    // csrattrs answers with DER the client may use.
+    let (s, _) = lab.curl(&[&lab.url("/.well-known/est/csrattrs")])?;
+    ensure!(s == 200, "csrattrs: {s}");
+
+    // openssl req → simpleenroll → openssl pkcs7 -print_certs.
+    let (key, cert) = lab.enroll_with_token("thermo-1", &token)?;
+    let verify = run(Command::new("openssl")
+        .arg("verify")
+        .arg("-CAfile")
+        .arg(&cacerts)
+        .arg(&cert))?;
+    ensure!(verify.contains(": OK"), "{verify}");
+    let info = run(Command::new("openssl")
+        .args([
+            "x509",
+            "-noout",
+            "-subject",
+            "-ext",
+            "subjectAltName,crlDistributionPoints,extendedKeyUsage",
+            "-in",
+        ])
+        .arg(&cert))?;
+    ensure!(
+        info.contains("gatehouse://default/device/thermo-1"),
+        "{info}"
+    );
+    ensure!(info.contains("TLS Web Client Authentication"), "{info}");
+    let port = lab.gh.listeners.https.port();
+    ensure!(
+        info.contains(&format!(":{port}/pki/crl/issuing-1.crl")),
+        "CRL distribution point: {info}"
+    );
+
+    // The CRL the certificate points to parses and verifies with openssl.
+    let (s, crl) = lab.curl(&[&lab.url("/pki/crl/issuing-1.crl")])?;
+    ensure!(s == 200, "crl: {s}");
+    let crl_path = lab.path("issuing-1.crl");
+    std::fs::write(&crl_path, crl)?;
+    let crl_text = run(Command::new("openssl")
+        .args(["crl", "-inform", "DER", "-noout", "-text", "-CAfile"])
+        .arg(&cacerts)
+        .arg("-in")
+        .arg(&crl_path))?;
+    ensure!(crl_text.contains("Gatehouse Issuing CA 1"), "{crl_text}");
+
+    // pkilint, when installed (CI installs it).
+    if let Ok(out) = Command::new("lint_pkix_cert")
+        .args(["lint", "-s", "WARNING"])
+        .arg(&cert)
+        .output()
+    {
+        let report = format!("{}{}", text(&out.stdout), text(&out.stderr));
+        let serious: Vec<&str> = report
+            .lines()
+            .filter(|l| l.contains("(ERROR)") || l.contains("(FATAL)"))
+            .filter(|l| !(l.contains("pkix.invalid_uri_syntax") && l.contains("\"gatehouse://")))
+            .collect();
+        ensure!(serious.is_empty(), "pkilint:\n{report}");
+    } else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "pkilint is not installed, and CI must run it"
+        );
+    }
+
+    // mosquitto_pub connects with the issued certificate.
+    let out = Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &lab.gh.listeners.mqtts.port().to_string(),
+        ])
+        .arg("--cafile")
+        .arg(&lab.gh.listeners.ca)
+        .arg("--cert")
+        .arg(&cert)
+        .arg("--key")
+        .arg(&key)
+        .args([
+            "-i",
+            "thermo-1",
+            "-t",
+            "devices/thermo-1/temp",
+            "-m",
+            "21.5",
+            "-q",
+            "1",
+            "-d",
+        ])
+        .output()?;
+    let log = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    ensure!(out.status.success(), "mosquitto_pub: {log}");
+    ensure!(log.contains("received PUBACK"), "{log}");
+
+    // The enrollment is in the audit log, which verifies.
+    let audit = lab.audit()?;
+    ensure!(
+        audit
+            .iter()
+            .any(|r| r["action"] == "enroll" && r["subject"] == "default/thermo-1"),
+        "no enroll record: {audit:?}"
+    );
+    let (s, v) = lab.api("GET", "/api/v1/audit/verify", None)?;
+    ensure!(s == 200 && v["ok"] == true, "audit verify: {v}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn csr_for_another_device_is_refused() -> Result<()> {
+    if !tools() {
+        return Ok(());
+    }
+    let lab = Lab::start().await?;
+    lab.register_acme(ManufacturerCa::new("Acme")?.cert_pem())?;
+    let (key_a, cert_a) = lab.enroll_with_token("dev-a", &lab.token("default", 1, 3600)?)?;
+
+    // A fresh token cannot be used to obtain a certificate for an enrolled device.
+    let t2 = lab.token("default", 5, 3600)?;
+    let user = format!("{}:{}", t2.0, t2.1);
+    let (_, csr) = lab.csr("steal-cn", "/CN=dev-a", None)?;
+    let (s, body) = lab.est("simpleenroll", &csr, &["-u", &user])?;
+    ensure!(s == 403, "CN of an enrolled device: {s} {}", text(&body));
+
+    // A CSR whose CN and SAN URI disagree is refused.
+    let (_, csr) = lab.csr(
+        "steal-san",
+        "/CN=dev-b",
+        Some("subjectAltName=URI:gatehouse://default/device/dev-a"),
+    )?;
+    let (s, body) = lab.est("simpleenroll", &csr, &["-u", &user])?;
+    ensure!(s == 403, "SAN URI of another device: {s} {}", text(&body));
+    ensure!(text(&body).contains("dev-a"), "{}", text(&body));
+
+    // A CSR naming another tenant's device is refused.
+    let (_, csr) = lab.csr(
+        "other-tenant",
+        "/CN=dev-c",
+        Some("subjectAltName=URI:gatehouse://acme/device/dev-c"),
+    )?;
+    let (s, _) = lab.est("simpleenroll", &csr, &["-u", &user])?;
+    ensure!(s == 403, "other tenant: {s}");
+
+    // Renewal with dev-a's certificate cannot ask for dev-b.
+    let (_, csr) = lab.csr("renew-other", "/CN=dev-b", None)?;
+    let cert = cert_a.to_str().context("path")?;
+    let key = key_a.to_str().context("path")?;
+    let (s, body) = lab.est("simplereenroll", &csr, &["--cert", cert, "--key", key])?;
+    ensure!(s == 403, "renewal for another device: {s} {}", text(&body));
+
+    // None of those consumed the token: it still enrolls a new device.
+    lab.enroll_with_token("dev-d", &t2)?;
+    let refusals = lab
+        .audit()?
+        .iter()
+        .filter(|r| r["outcome"] == "refused")
+        .count();
+    ensure!(refusals >= 4, "refusals audited: {refusals}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reused_single_use_token_is_refused() -> Result<()> {
+    if !tools() {
+        return Ok(());
+    }
+    let lab = Lab::start().await?;
+    lab.register_acme(ManufacturerCa::new("Acme")?.cert_pem())?;
+    let token = lab.token("default", 1, 3600)?;
+    lab.enroll_with_token("once-1", &token)?;
+    let (_, csr) = lab.csr("once-2", "/CN=once-2", None)?;
+    let user = format!("{}:{}", token.0, token.1);
+    let (s, body) = lab.est("simpleenroll", &csr, &["-u", &user])?;
+    ensure!(s == 403, "reused token: {s} {}", text(&body));
+    ensure!(text(&body).contains("used up"), "{}", text(&body));
+    let (s, v) = lab.api("GET", "/api/v1/devices/default/once-2", None)?;
+    ensure!(s == 404, "the refused device must not exist: {s} {v}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn expired_token_is_refused() -> Result<()> {
+    if !tools() {
+        return Ok(());
+    }
+    let lab = Lab::start().await?;
+    lab.register_acme(ManufacturerCa::new("Acme")?.cert_pem())?;
+    let token = lab.token("default", 5, 1)?;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let (_, csr) = lab.csr("late", "/CN=late", None)?;
+    let user = format!("{}:{}", token.0, token.1);
+    let (s, body) = lab.est("simpleenroll", &csr, &["-u", &user])?;
+    ensure!(s == 403, "expired token: {s} {}", text(&body));
+    ensure!(text(&body).contains("expired"), "{}", text(&body));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wrong_or_missing_credentials_get_401_with_a_challenge() -> Result<()> {
+    if !tools() {
+        return Ok(());
+    }
+    let lab = Lab::start().await?;
+    lab.register_acme(ManufacturerCa::new("Acme")?.cert_pem())?;
+    let token = lab.token("default", 5, 3600)?;
+    let (_, csr) = lab.csr("nobody", "/CN=nobody", None)?;
+    let bad = format!("{}:not-the-secret", token.0);
+    for auth in [vec!["-u", bad.as_str()], vec!["-u", "tk-unknown:x"], vec![]] {
+        let (s, body) = lab.est("simpleenroll", &csr, &auth)?;
+        ensure!(s == 401, "{auth:?}: {s} {}", text(&body));
+    }
+    // The challenge header.
+    let url = lab.url("/.well-known/est/simpleenroll");
+    let data = format!("@{}", csr.display());
+    let out = Command::new("curl")
+        .args(["-sS", "-D", "-", "-o", "/dev/null", "--cacert"])
+        .arg(&lab.gh.listeners.ca)
+        .args([
+            "-X",
+            "POST",
+            "-H",
+            "content-type: application/pkcs10",
+            "--data-binary",
+            &data,
+            &url,
+        ])
+        .output()?;
+    let head = text(&out.stdout).to_ascii_lowercase();
+    ensure!(
+        head.contains("www-authenticate: basic realm=\"gatehouse-est\""),
+        "{head}"
+    );
+
+    // Wrong content type, garbage, and an oversized body.
+    let user = format!("{}:{}", token.0, token.1);
+    let (s, _) = lab.curl(&[
+        "-u",
+        &user,
+        "-X",
+        "POST",
+        "-H",
+        "content-type: text/plain",
+        "--data-binary",
+        &data,
+        &url,
+    ])?;
+    ensure!(s == 415, "wrong content type: {s}");
+    let garbage = lab.path("garbage.b64");
+    std::fs::write(&garbage, "bm90IGEgY3Ny")?;
+    let (s, body) = lab.est("simpleenroll", &garbage, &["-u", &user])?;
+    ensure!(s == 400, "garbage CSR: {s} {}", text(&body));
+    let huge = lab.path("huge.b64");
+    std::fs::write(&huge, "A".repeat(200 * 1024))?;
+    // (With Expect: 100-continue the server answers before the body is sent, as a client
+    // uploading something large should ask.)
+    let (s, _) = lab.est(
+        "simpleenroll",
+        &huge,
+        &["-u", &user, "-H", "Expect: 100-continue"],
+    )?;
+    ensure!(s == 413, "oversized body: {s}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idevid_of_an_unregistered_manufacturer_or_unclaimed_serial_is_refused() -> Result<()> {
+    if !tools() {
+        return Ok(());
+    }
+    let lab = Lab::start().await?;
+    let acme = ManufacturerCa::new("Acme Devices")?;
+    lab.register_acme(acme.cert_pem())?;
+    let (s, v) = lab.api("POST", "/api/v1/tenants", Some(json!({ "id": "plant-a" })))?;
+    ensure!(s == 201, "tenant: {s} {v}");
+    let (s, v) = lab.api(
+        "POST",
+        "/api/v1/tenants/plant-a/claims",
+        Some(json!({ "manufacturer": "acme", "serials": [{ "serial": "SN-0001" }] })),
+    )?;
+    ensure!(s == 200 && v["added"] == 1, "claims: {s} {v}");
+
+    let write_idevid =
+        |name: &str, ca: &ManufacturerCa, serial: &str| -> Result<(String, String)> {
+            let id = ca.issue_idevid(
+                &IdevidParams::new(serial, "thermostat").with_model_uri("urn:acme:model:thermo"),
+            )?;
+            let cert = lab.path(&format!("{name}.idevid.crt"));
+            let key = lab.path(&format!("{name}.idevid.key"));
+            std::fs::write(&cert, &id.cert_pem)?;
+            std::fs::write(&key, id.key_pem.expose())?;
+            Ok((
+                cert.to_str().context("path")?.to_owned(),
+                key.to_str().context("path")?.to_owned(),
+            ))
+        };
+
+    // Claimed, registered: enrolls into the claiming tenant, named by its serial.
+    let (cert, key) = write_idevid("good", &acme, "SN-0001")?;
+    let (_, csr) = lab.csr("good", "/", None)?;
+    let (s, body) = lab.est("simpleenroll", &csr, &["--cert", &cert, "--key", &key])?;
+    ensure!(s == 200, "claimed IDevID: {s} {}", text(&body));
+    let ldevid = lab.certs_from_response("good", &body)?;
+    let info = run(Command::new("openssl")
+        .args(["x509", "-noout", "-ext", "subjectAltName", "-in"])
+        .arg(&ldevid))?;
+    ensure!(
+        info.contains("gatehouse://plant-a/device/SN-0001"),
+        "{info}"
+    );
+    let (s, v) = lab.api("GET", "/api/v1/devices/plant-a/SN-0001", None)?;
+    ensure!(s == 200, "{v}");
+    ensure!(
+        v["device"]["assurance"] == "idevid" && v["device"]["model"] == "thermo",
+        "{v}"
+    );
+
+    // Not claimed by anyone.
+    let (cert, key) = write_idevid("unclaimed", &acme, "SN-0002")?;
+    let (_, csr) = lab.csr("unclaimed", "/", None)?;
+    let (s, body) = lab.est("simpleenroll", &csr, &["--cert", &cert, "--key", &key])?;
+    ensure!(s == 403, "unclaimed: {s} {}", text(&body));
+    ensure!(text(&body).contains("not claimed"), "{}", text(&body));
+
+    // A look-alike manufacturer CA nobody registered.
+    let rogue = ManufacturerCa::new("Acme Devices")?;
+    let (cert, key) = write_idevid("rogue", &rogue, "SN-0001")?;
+    let (_, csr) = lab.csr("rogue", "/", None)?;
+    let (s, body) = lab.est("simpleenroll", &csr, &["--cert", &cert, "--key", &key])?;
+    ensure!(s == 403, "unregistered manufacturer: {s} {}", text(&body));
+    ensure!(
+        text(&body).contains("registered manufacturer"),
+        "{}",
+        text(&body)
+    );
+
+    // A claimed IDevID asking for another name is refused too.
+    let (cert, key) = write_idevid("greedy", &acme, "SN-0001")?;
+    let (_, csr) = lab.csr("greedy", "/CN=SN-0009", None)?;
+    let (s, _) = lab.est("simpleenroll", &csr, &["--cert", &cert, "--key", &key])?;
+    ensure!(s == 403, "IDevID CSR for another device: {s}");
+
+    // Every refusal is reported in the audit log with its reason.
+    let audit = lab.audit()?;
+    let reasons: Vec<String> = audit
+        .iter()
+        .filter(|r| r["action"] == "refuse_enrollment")
+        .map(|r| r["reason"].as_str().unwrap_or("").to_owned())
+        .collect();
+    ensure!(
+        reasons.iter().any(|r| r.contains("not claimed")),
+        "{reasons:?}"
+    );
+    ensure!(
+        reasons
+            .iter()
+            .any(|r| r.contains("registered manufacturer")),
+        "{reasons:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn renewal_issues_a_new_certificate_and_a_revoked_one_cannot_renew() -> Result<()> {
+    if !tools() {
+        return Ok(());
+    }
+    let lab = Lab::start().await?;
+    lab.register_acme(ManufacturerCa::new("Acme")?.cert_pem())?;
+    let (key, cert) = lab.enroll_with_token("renew-1", &lab.token("default", 1, 3600)?)?;
+    let (key2, csr) = lab.csr("renew-1b", "/CN=renew-1", None)?;
+    let auth = [
+        "--cert",
+        cert.to_str().context("p")?,
+        "--key",
+        key.to_str().context("p")?,
+    ];
+    let (s, body) = lab.est("simplereenroll", &csr, &auth)?;
+    ensure!(s == 200, "renewal: {s} {}", text(&body));
+    let cert2 = lab.certs_from_response("renew-1b", &body)?;
+    let serial = |p: &Path| {
+        run(Command::new("openssl")
+            .args(["x509", "-noout", "-serial", "-in"])
+            .arg(p))
+    };
+    ensure!(
+        serial(&cert)? != serial(&cert2)?,
+        "same serial after renewal"
+    );
+    let _ = key2;
+
+    // Renewal without a client certificate is a 401.
+    let (s, _) = lab.est("simplereenroll", &csr, &[])?;
+    ensure!(s == 401, "renewal without a certificate: {s}");
+
+    let (s, v) = lab.api(
+        "POST",
+        "/api/v1/devices/default/renew-1/revoke",
+        Some(json!({ "reason": "key_compromise" })),
+    )?;
+    ensure!(s == 200, "revoke: {s} {v}");
+    ensure!(v["certificates"].as_array().map(Vec::len) == Some(2), "{v}");
+    let (s, body) = lab.est("simplereenroll", &csr, &auth)?;
+    ensure!(
+        s == 403,
+        "renewal with a revoked certificate: {s} {}",
+        text(&body)
+    );
+
+    let audit = lab.audit()?;
+    ensure!(
+        audit.iter().any(|r| r["action"] == "renew"),
+        "no renew record"
+    );
+    ensure!(
+        audit.iter().any(|r| r["action"] == "refuse_renewal"),
+        "no refuse_renewal record"
+    );
+    ensure!(
+        audit
+            .iter()
+            .any(|r| r["action"] == "revoke" && r["subject"] == "default/renew-1"),
+        "no revoke record"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn revoked_device_session_is_gone_at_once_and_it_cannot_reconnect() -> Result<()> {
+    if !tools() {
+        return Ok(());
+    }
+    let lab = Lab::start().await?;
+    lab.register_acme(ManufacturerCa::new("Acme")?.cert_pem())?;
+    let (key, cert) = lab.enroll_with_token("doomed", &lab.token("default", 1, 3600)?)?;
+    let tls = tls_from_files(&lab, &key, &cert)?;
+    let mut client = V5::connect_as(lab.gh.listeners.mqtts, tls.clone(), "doomed").await?;
+    client
+        .subscribe("devices/doomed/#", rumqttc::v5::mqttbytes::QoS::AtLeastOnce)
+        .await?;
+
+    let started = Instant::now();
+    let (s, v) = lab.api(
+        "POST",
+        "/api/v1/devices/default/doomed/revoke",
+        Some(json!({ "reason": "key_compromise", "comment": "stolen" })),
+    )?;
+    let answered = started.elapsed();
+    ensure!(s == 200, "revoke: {s} {v}");
+    // The session was ended before the revoke call returned.
+    ensure!(v["disconnected"] == json!(["default/doomed"]), "{v}");
+    let reason = client.server_disconnect().await?;
+    let gone = started.elapsed();
+    eprintln!("revoke call answered after {answered:?}; client saw the disconnect after {gone:?}");
+    ensure!(
+        reason == Some(rumqttc::v5::mqttbytes::v5::DisconnectReasonCode::AdministrativeAction),
+        "disconnect reason {reason:?}"
+    );
+
+    // The CRL now lists it, and a reconnect fails the TLS handshake.
+    let mut again = V5::spawn(support::clients::v5_options(
+        lab.gh.listeners.mqtts,
+        tls,
+        "doomed",
+    ));
+    let err = again.refused().await?;
+    let text = format!("{err:?}");
+    ensure!(
+        text.to_lowercase().contains("revoked") || text.contains("Tls") || text.contains("Io"),
+        "{text}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ca_keys_never_appear_in_logs_errors_or_api_output() -> Result<()> {
+    if !tools() {
+        return Ok(());
+    }
+    let lab = Lab::start_with("").await?;
+    let acme = ManufacturerCa::new("Acme")?;
+    lab.register_acme(acme.cert_pem())?;
+    let mut outputs = String::new();
+    // Successes and every kind of failure, with their bodies.
+    let token = lab.token("default", 1, 3600)?;
+    lab.enroll_with_token("k-1", &token)?;
+    let (_, csr) = lab.csr("k-2", "/CN=k-2", None)?;
+    for auth in [format!("{}:{}", token.0, token.1), "x:y".to_owned()] {
+        let (_, body) = lab.est("simpleenroll", &csr, &["-u", &auth])?;
+        outputs.push_str(&text(&body));
+    }
+    for path in [
+        "/api/v1/devices?limit=1000",
+        "/api/v1/devices/default/k-1",
+        "/api/v1/manufacturers",
+        "/api/v1/audit?limit=1000",
+        "/api/openapi.json",
+        "/api/v1/tokens?tenant=default",
+    ] {
+        let (_, v) = lab.api("GET", path, None)?;
+        outputs.push_str(&v.to_string());
+    }
+    let (_, v) = lab.api("POST", "/api/v1/devices/default/k-1/revoke", None)?;
+    outputs.push_str(&v.to_string());
+    outputs.push_str(&lab.gh.log());
+    outputs.push_str(&lab.gh.cli(&["config", "check"]).await.unwrap_or_default());
+
+    ensure!(
+        !outputs.contains("PRIVATE KEY"),
+        "a private key in the output"
+    );
+    let ca_dir = lab.gh.data_dir().join("ca");
+    let mut secrets = Vec::new();
+    for entry in std::fs::read_dir(&ca_dir)? {
+        let path = entry?.path();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("")
+            .to_owned();
+        if name.ends_with(".key") || name == "ca.kek" {
+            secrets.push((name, std::fs::read_to_string(&path)?));
+        }
+    }
+    ensure!(
+        secrets.len() >= 3,
+        "expected sealed keys and the KEK, found {secrets:?}"
+    );
+    for (name, secret) in &secrets {
+        for line in secret
+            .lines()
+            .filter(|l| l.len() >= 16 && !l.starts_with("-----"))
+        {
+            ensure!(
+                !outputs.contains(line),
+                "{name} material appears in the output"
+            );
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn revocation_from_the_command_line_reaches_the_running_server() -> Result<()> {
+    if !tools() {
+        return Ok(());
+    }
+    let lab = Lab::start().await?;
+    lab.register_acme(ManufacturerCa::new("Acme")?.cert_pem())?;
+    let (key, cert) = lab.enroll_with_token("cli-doomed", &lab.token("default", 1, 3600)?)?;
+    let tls = tls_from_files(&lab, &key, &cert)?;
+    let mut client = V5::connect_as(lab.gh.listeners.mqtts, tls.clone(), "cli-doomed").await?;
+
+    // Another process writes the revocation to the registry; the server's poll applies it.
+    let out = lab
+        .gh
+        .cli(&[
+            "device",
+            "revoke",
+            "cli-doomed",
+            "--reason",
+            "key-compromise",
+        ])
+        .await?;
+    ensure!(!out.is_empty(), "revoke printed nothing");
+    let reason = client.server_disconnect().await?;
+    ensure!(
+        reason == Some(rumqttc::v5::mqttbytes::v5::DisconnectReasonCode::AdministrativeAction),
+        "disconnect reason {reason:?}"
+    );
+    let mut again = V5::spawn(support::clients::v5_options(
+        lab.gh.listeners.mqtts,
+        tls,
+        "cli-doomed",
+    ));
+    again.refused().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn revoked_idevid_device_enrolls_again_only_once_reinstated() -> Result<()> {
+    if !tools() {
+        return Ok(());
+    }
+    let lab = Lab::start().await?;
+    let acme = ManufacturerCa::new("Acme Devices")?;
+    lab.register_acme(acme.cert_pem())?;
+    let (s, v) = lab.api(
+        "POST",
+        "/api/v1/tenants/default/claims",
+        Some(json!({ "manufacturer": "acme", "serials": [{ "serial": "SN-7", "expected_model": "thermo" }] })),
+    )?;
+    ensure!(s == 200, "claims: {s} {v}");
+    let id = acme.issue_idevid(&IdevidParams::new("SN-7", "thermostat"))?;
+    let (cert, key) = (lab.path("sn7.idevid.crt"), lab.path("sn7.idevid.key"));
+    std::fs::write(&cert, &id.cert_pem)?;
+    std::fs::write(&key, id.key_pem.expose())?;
+    let auth = [
+        "--cert",
+        cert.to_str().context("p")?,
+        "--key",
+        key.to_str().context("p")?,
+    ];
+    let (_, csr) = lab.csr("sn7", "/CN=SN-7", None)?;
+    let (s, body) = lab.est("simpleenroll", &csr, &auth)?;
+    ensure!(s == 200, "first enrollment: {s} {}", text(&body));
+
+    let (s, v) = lab.api("POST", "/api/v1/devices/default/SN-7/revoke", None)?;
+    ensure!(s == 200, "revoke: {s} {v}");
+    let (s, body) = lab.est("simpleenroll", &csr, &auth)?;
+    ensure!(s == 403, "revoked device enrolling: {s} {}", text(&body));
+    ensure!(text(&body).contains("reinstate"), "{}", text(&body));
+
+    let (s, v) = lab.api("POST", "/api/v1/devices/default/SN-7/reinstate", None)?;
+    ensure!(s == 200 && v["status"] == "active", "reinstate: {s} {v}");
+    let (s, body) = lab.est("simpleenroll", &csr, &auth)?;
+    ensure!(
+        s == 200,
+        "re-enrollment after reinstatement: {s} {}",
+        text(&body)
+    );
+    Ok(())
+}
