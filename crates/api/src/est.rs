@@ -284,4 +284,36 @@ mod tests {
             assert!(r.headers().contains_key(header::WWW_AUTHENTICATE));
         }
     }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_bodies_and_authorization_headers_never_panic(
+            body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512),
+            auth in "\\PC{0,80}",
+        ) {
+            let _ = decode_body(&body);
+            let mut h = HeaderMap::new();
+            if let Ok(v) = HeaderValue::from_str(&auth) {
+                h.insert(header::AUTHORIZATION, v);
+                let _ = basic_credentials(&h);
+            }
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/pkcs10"));
+            let _ = read_csr(&h, &body);
+        }
+
+        #[test]
+        fn base64_bodies_round_trip(der in proptest::collection::vec(proptest::prelude::any::<u8>(), 1..512)) {
+            let r = base64_response("application/pkcs7-mime", &der);
+            proptest::prop_assert_eq!(r.status(), StatusCode::OK);
+            let mut der = der;
+            der[0] = 0x31; // not a DER SEQUENCE, so it must go through base64
+            let b64 = STANDARD.encode(&der);
+            let wrapped: String = b64
+                .as_bytes()
+                .chunks(64)
+                .map(|c| format!("{}\n", String::from_utf8_lossy(c)))
+                .collect();
+            proptest::prop_assert_eq!(decode_body(wrapped.as_bytes()), Some(der));
+        }
+    }
 }
