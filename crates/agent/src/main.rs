@@ -149,6 +149,9 @@ async fn enroll(server: ServerArgs, how: EnrollArgs, force: bool) -> Result<()> 
             state.path().display()
         );
     }
+    if how.token.is_some() && how.device.is_none() {
+        bail!("--device is needed with --token: the certificate request names the device");
+    }
     let Some(how) = how.enrollment()? else {
         bail!("give --token <id>:<secret> (or GATEHOUSE_TOKEN) or --idevid and --idevid-key");
     };
@@ -175,6 +178,12 @@ async fn run_agent(
     retry_max: Duration,
 ) -> Result<()> {
     let state = StateDir::new(&server.dir);
+    if !state.is_enrolled() && how.token.is_some() && how.device.is_none() {
+        bail!(
+            "--device is needed with --token while {} holds no identity",
+            state.path().display()
+        );
+    }
     let est = est_client(&server, &state)?;
     let mqtt = parse_endpoint(&mqtt)?;
     let heartbeat = (!heartbeat.is_zero()).then_some(heartbeat);

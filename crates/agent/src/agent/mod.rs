@@ -128,6 +128,8 @@ pub struct Agent {
     /// Enrollments started because the server refused the certificate, since the last
     /// successful connection.
     refused_enrollments: u32,
+    /// When the last new certificate was installed.
+    last_renewal: Option<time::OffsetDateTime>,
 }
 
 /// Talks to a running [`Agent`]. Cheap to clone; the agent stops when the last one is
@@ -215,6 +217,7 @@ impl Agent {
             messages: msg_tx.clone(),
             subscriptions: BTreeMap::new(),
             refused_enrollments: 0,
+            last_renewal: None,
         };
         let handle = AgentHandle {
             commands: cmd_tx,

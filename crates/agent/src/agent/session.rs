@@ -14,7 +14,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::{Agent, AgentError, Command, Message};
-use crate::enroll::{EnrollError, Enrolled, enroll, reenroll};
+use crate::enroll::{EnrollError, Enrolled, Enrollment, enroll, reenroll};
 use crate::est::{is_certificate_alert, tls_alert_in};
 use crate::identity::DeviceCredentials;
 use crate::renew::until;
@@ -23,6 +23,10 @@ use crate::tls::mutual_tls_config;
 /// Longest single wait for a scheduled EST operation: the deadline is checked again
 /// after this, so a wall clock that jumps (a device setting its time) is followed.
 const MAX_TIMER: Duration = Duration::from_secs(60);
+/// Shortest time between two renewals. The server backdates `not_before` (five minutes,
+/// for clock skew), so a certificate issued for only a few minutes is due for renewal as
+/// soon as it arrives; without this the agent would renew in a loop.
+const MIN_RENEWAL_SPACING: Duration = Duration::from_secs(10);
 /// Time allowed for DISCONNECT to go out before a session is dropped.
 const DISCONNECT_GRACE: Duration = Duration::from_secs(2);
 
@@ -93,13 +97,25 @@ impl Agent {
         );
 
         let now = OffsetDateTime::now_utc();
-        let mut next: Option<(OffsetDateTime, Task)> =
-            if now >= info.not_after && config.enrollment.is_some() {
-                warn!(not_after = %info.not_after, "certificate expired: enrolling again");
-                Some((now, Task::Enroll))
-            } else {
-                Some((creds.renew_at(), Task::Renew))
-            };
+        let mut next: Option<(OffsetDateTime, Task)> = if now >= info.not_after
+            && config.enrollment.is_some()
+        {
+            warn!(not_after = %info.not_after, "certificate expired: enrolling again");
+            Some((now, Task::Enroll))
+        } else {
+            let mut at = creds.renew_at();
+            if let Some(last) = self.last_renewal {
+                let earliest = last + MIN_RENEWAL_SPACING;
+                if at < earliest {
+                    warn!(
+                        renew_at = %at,
+                        "the new certificate is due for renewal already (a validity shorter than the server's backdating?); renewing at most every {MIN_RENEWAL_SPACING:?}"
+                    );
+                    at = earliest;
+                }
+            }
+            Some((at, Task::Renew))
+        };
         let mut running: Option<(Task, JoinHandle<Result<Enrolled, EnrollError>>)> = None;
         let mut est_delay = config.retry_min;
         let mut connected = false;
@@ -262,9 +278,15 @@ impl Agent {
                     match result {
                         Ok(enrolled) => {
                             let new = self.install(&enrolled)?;
-                            self.status.send_modify(|s| match task {
-                                Task::Renew => s.renewals += 1,
-                                Task::Enroll => s.enrollments += 1,
+                            self.last_renewal = Some(OffsetDateTime::now_utc());
+                            // This session ends here: the next one reports its own
+                            // CONNACK.
+                            self.status.send_modify(|s| {
+                                s.connected = false;
+                                match task {
+                                    Task::Renew => s.renewals += 1,
+                                    Task::Enroll => s.enrollments += 1,
+                                }
                             });
                             info!(
                                 old_serial = %info.serial_hex,
@@ -344,6 +366,15 @@ impl Agent {
         match (task, self.config.enrollment.clone()) {
             (Task::Enroll, Some(how)) => {
                 info!("enrolling from scratch");
+                // A token given without a device id enrolls the device we already are.
+                let how = match how {
+                    Enrollment::Token(token) if token.device().is_none() => Enrollment::Token(
+                        token
+                            .for_device(creds.info().device.clone())
+                            .in_tenant(creds.info().tenant.clone()),
+                    ),
+                    other => other,
+                };
                 tokio::spawn(async move { enroll(&est, &how).await }.in_current_span())
             }
             _ => {
