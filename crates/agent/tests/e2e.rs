@@ -297,6 +297,24 @@ async fn next_message(
     .with_context(|| format!("no message on {topic}"))?
 }
 
+/// Whether a program runs; outside CI a missing one skips the part that needs it.
+fn have(program: &str) -> bool {
+    let ok = std::process::Command::new(program)
+        .arg("--help")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
+    if !ok {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{program} is not installed, and CI must run this test"
+        );
+        eprintln!("SKIPPED: {program} is not installed");
+    }
+    ok
+}
+
 fn mode(path: &Path) -> Result<u32> {
     Ok(std::fs::metadata(path)?.permissions().mode() & 0o777)
 }
@@ -305,7 +323,7 @@ fn mode(path: &Path) -> Result<u32> {
 async fn token_enrollment_then_mqtts_publish_subscribe_round_trip() -> Result<()> {
     let server = Server::start(LAB_POLICY).await?;
     server.register_acme(&ManufacturerCa::new("Acme")?).await?;
-    let token = server.token(2).await?;
+    let token = server.token(3).await?;
 
     // Device 1: the real agent binary, as an installer would run it.
     let dir1 = server.path("thermo-1");
@@ -390,6 +408,54 @@ async fn token_enrollment_then_mqtts_publish_subscribe_round_trip() -> Result<()
         .await?;
     let m = next_message(&mut inbox2, "lab/greeting").await?;
     assert_eq!(&m.payload[..], b"hello from thermo-1");
+
+    // The files the agent stored are what a standard client needs: mosquitto_pub with
+    // a third device's state directory reaches the agents.
+    if have("mosquitto_pub") {
+        let dir3 = server.path("thermo-3");
+        let out = Command::new(env!("CARGO_BIN_EXE_gatehouse-agent"))
+            .args(["enroll", "--server", &server.https, "--ca"])
+            .arg(&server.ca)
+            .arg("--dir")
+            .arg(&dir3)
+            .args(["--device", "thermo-3", "--token", &token])
+            .output()
+            .await?;
+        ensure!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let state3 = StateDir::new(&dir3);
+        let out = Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &server.mqtts.port().to_string()])
+            .arg("--cafile")
+            .arg(state3.ca_path())
+            .arg("--cert")
+            .arg(state3.cert_path())
+            .arg("--key")
+            .arg(state3.key_path())
+            .args([
+                "-i",
+                "thermo-3",
+                "-q",
+                "1",
+                "-t",
+                "lab/mosquitto",
+                "-m",
+                "from thermo-3",
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .await?;
+        ensure!(
+            out.status.success(),
+            "mosquitto_pub: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let m = next_message(&mut inbox2, "lab/mosquitto").await?;
+        assert_eq!(&m.payload[..], b"from thermo-3");
+    }
 
     // The heartbeat reaches the device's own health topic.
     let mut inbox1 = agent1.messages();
@@ -534,5 +600,63 @@ async fn revoked_device_enrolls_again_with_its_idevid_once_reinstated() -> Resul
     assert_eq!(now.device.as_str(), "SN-9");
     assert_ne!(now.serial_hex, first.serial_hex);
     handle.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn est_refusals_surface_the_status_and_the_server_reason() -> Result<()> {
+    use gatehouse_agent::{EnrollError, EstError};
+
+    let server = Server::start("").await?;
+    server.register_acme(&ManufacturerCa::new("Acme")?).await?;
+    let est = server.est()?;
+
+    let cas = est.cacerts().await?;
+    assert_eq!(cas.len(), 2, "issuing CA and root");
+    let attrs = est.csrattrs().await?;
+    assert_eq!(attrs.first(), Some(&0x30), "csrattrs is a DER SEQUENCE");
+
+    let token = server.token(1).await?;
+    let (id, _) = token.split_once(':').context("token form")?;
+    let enroll = |t: EnrollmentToken, device: &str| {
+        let est = est.clone();
+        let how = Enrollment::Token(t.for_device(device.parse().expect("device id")));
+        async move { gatehouse_agent::enroll(&est, &how).await }
+    };
+
+    let wrong = EnrollmentToken::new(id, "not-the-secret")?;
+    match enroll(wrong, "dev-a").await {
+        Err(EnrollError::Est(e @ EstError::Refused { status: 401, .. })) => {
+            assert!(e.is_credential_refusal() && !e.is_transient());
+        }
+        other => bail!("wrong secret: {other:?}"),
+    }
+
+    let enrolled = enroll(token.parse()?, "dev-a").await?;
+    assert_eq!(enrolled.credentials.info().device.as_str(), "dev-a");
+    match enroll(token.parse()?, "dev-b").await {
+        Err(EnrollError::Est(EstError::Refused {
+            status: 403,
+            message,
+        })) => assert!(!message.is_empty(), "no reason given"),
+        other => bail!("used-up token: {other:?}"),
+    }
+
+    // Renewal with the certificate just issued works, and names the same device.
+    let renewed = gatehouse_agent::reenroll(&est, &enrolled.credentials).await?;
+    assert_eq!(renewed.credentials.info().device.as_str(), "dev-a");
+    assert_ne!(
+        renewed.credentials.info().serial_hex,
+        enrolled.credentials.info().serial_hex
+    );
+
+    // A server the client does not trust is a TLS error, not a refusal.
+    let stranger = tempfile::tempdir()?;
+    let other_ca = gatehouse_pki::LocalCa::load_or_create(stranger.path())?;
+    let untrusting = EstClient::new(&server.https, vec![other_ca.cert_der()])?;
+    match untrusting.cacerts().await {
+        Err(EstError::Tls { .. }) => {}
+        other => bail!("untrusted server: {other:?}"),
+    }
     Ok(())
 }

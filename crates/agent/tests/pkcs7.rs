@@ -173,3 +173,66 @@ proptest! {
         let _ = decode_base64_body(text.as_bytes());
     }
 }
+
+/// Whether a program runs; outside CI a missing one skips the test that needs it.
+fn have(program: &str) -> bool {
+    let ok = std::process::Command::new(program)
+        .arg("version")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok();
+    if !ok {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{program} is not installed, and CI must run this test"
+        );
+        eprintln!("SKIPPED: {program} is not installed");
+    }
+    ok
+}
+
+#[test]
+fn openssl_certs_only_bundles_parse() -> Result<(), Box<dyn std::error::Error>> {
+    if !have("openssl") {
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let pem: String = certs()[..3]
+        .iter()
+        .map(|c| {
+            let b64 = base64::engine::general_purpose::STANDARD.encode(c);
+            format!(
+                "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+                wrap(&b64, 64, false).trim_end()
+            )
+        })
+        .collect();
+    let input = dir.path().join("certs.pem");
+    std::fs::write(&input, pem)?;
+    for (form, base64_body) in [("DER", false), ("PEM", true)] {
+        let out = std::process::Command::new("openssl")
+            .args(["crl2pkcs7", "-nocrl", "-outform", form, "-certfile"])
+            .arg(&input)
+            .output()?;
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let found = if base64_body {
+            // The PEM body is what an EST server sends: base64 in 64-character lines.
+            let text = String::from_utf8(out.stdout)?;
+            let body: String = text
+                .lines()
+                .filter(|l| !l.starts_with("-----"))
+                .map(|l| format!("{l}\r\n"))
+                .collect();
+            parse_est_certs(body.as_bytes())?
+        } else {
+            parse_certs_only(&out.stdout)?
+        };
+        assert_eq!(found, certs()[..3].to_vec(), "openssl {form}");
+    }
+    Ok(())
+}
