@@ -14,6 +14,8 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
+/// What a bad answer must turn into.
+type Expect = fn(&EstError) -> bool;
 
 /// What the scripted server answers.
 #[derive(Clone)]
@@ -234,7 +236,7 @@ async fn a_silent_server_times_out() -> TestResult {
 
 #[tokio::test]
 async fn bad_answers_are_errors() -> TestResult {
-    let cases: Vec<(Answer, fn(&EstError) -> bool)> = vec![
+    let cases: Vec<(Answer, Expect)> = vec![
         (response("200 OK", "text/html", b"<html>"), |e| {
             matches!(e, EstError::UnexpectedContentType { .. })
         }),
