@@ -228,14 +228,10 @@ impl Broker {
     /// for when the gate's own state changed (a new verdict). Returns the number of
     /// subscriptions removed.
     pub fn reevaluate(&self, device: Option<&DeviceRef>) -> usize {
-        let sessions: Vec<Arc<Session>> = self
-            .inner
-            .sessions
-            .lock()
-            .values()
-            .filter(|s| device.is_none_or(|d| d.is(&s.identity)))
-            .cloned()
-            .collect();
+        let sessions: Vec<Arc<Session>> = match device {
+            Some(d) => self.inner.device_sessions(d),
+            None => self.inner.sessions.lock().values().cloned().collect(),
+        };
         let gate = self.inner.gate.load_full();
         let mut removed = 0;
         for s in sessions {
@@ -261,14 +257,7 @@ impl Broker {
     /// Ends every live session of a device (e.g. its certificate was revoked). Returns the
     /// number of sessions told to disconnect.
     pub fn disconnect_device(&self, device: &DeviceRef, reason: &str) -> usize {
-        let sessions: Vec<Arc<Session>> = self
-            .inner
-            .sessions
-            .lock()
-            .values()
-            .filter(|s| device.is(&s.identity))
-            .cloned()
-            .collect();
+        let sessions = self.inner.device_sessions(device);
         let mut n = 0;
         for s in sessions {
             if self.inner.send_control(
@@ -373,6 +362,19 @@ impl Inner {
         }
         e.1 += 1;
         e.1 <= max
+    }
+
+    /// The session of a device: one at most, because its client id is its device id (both
+    /// client-id policies make it so), so the lookup is one hash probe, not a scan.
+    fn device_sessions(&self, device: &DeviceRef) -> Vec<Arc<Session>> {
+        let k = format!("{}\u{0}{}", device.tenant, device.device);
+        self.sessions
+            .lock()
+            .get(&k)
+            .filter(|s| device.is(&s.identity))
+            .cloned()
+            .into_iter()
+            .collect()
     }
 
     /// Whether the device currently has a live session under this client id.

@@ -865,6 +865,20 @@ async fn revocation_from_the_command_line_reaches_the_running_server() -> Result
         "cli-doomed",
     ));
     again.refused().await?;
+
+    // Re-claimed from the command line: active again, its revoked certificates stay revoked.
+    let out = lab
+        .gh
+        .cli(&["device", "reinstate", "cli-doomed", "--why", "key rotated"])
+        .await?;
+    ensure!(out.contains("reinstated"), "{out}");
+    let (s, v) = lab.api("GET", "/api/v1/devices/default/cli-doomed", None)?;
+    ensure!(s == 200 && v["device"]["status"] == "active", "{s} {v}");
+    ensure!(v["certificates"][0]["status"] == "revoked", "{v}");
+    ensure!(
+        lab.audit()?.iter().any(|r| r["action"] == "reinstate"),
+        "no reinstate record"
+    );
     Ok(())
 }
 

@@ -43,6 +43,15 @@ pub enum Command {
         /// `tenant/device`, or `device` in the default tenant.
         device: DeviceRef,
     },
+    /// Reinstate a revoked or blocked device (re-claim it): it may enroll again; its
+    /// revoked certificates stay revoked.
+    Reinstate {
+        /// `tenant/device`, or `device` in the default tenant.
+        device: DeviceRef,
+        /// Why, in words, for the audit log.
+        #[arg(long, value_name = "TEXT")]
+        why: Option<String>,
+    },
     /// Revoke a device and its certificates, or a manufacturer's batch of devices.
     #[command(
         after_help = "A batch (--manufacturer, optionally with a serial range) revokes the \
@@ -128,6 +137,7 @@ pub(super) fn run(ctx: &Ctx, command: Command) -> Result<()> {
             cursor,
         } => list(ctx, tenant, status, model, usize::from(limit), cursor),
         Command::Show { device } => show(ctx, &device),
+        Command::Reinstate { device, why } => reinstate(ctx, &device, why),
         Command::Revoke {
             device,
             manufacturer,
@@ -308,6 +318,23 @@ fn revoke_one(ctx: &Ctx, d: &DeviceRef, reason: Reason, why: Option<String>) -> 
             }
             t
         },
+    )
+}
+
+fn reinstate(ctx: &Ctx, d: &DeviceRef, why: Option<String>) -> Result<()> {
+    let device = get(ctx, d)?;
+    if device.status == DeviceStatus::Active {
+        anyhow::bail!("device {d} is already active");
+    }
+    let entry = ctx
+        .entry("reinstate", d.to_string())
+        .reason(why.unwrap_or_else(|| "reinstated from the command line".to_owned()));
+    let device = ctx
+        .store
+        .set_device_status(d, DeviceStatus::Active, &entry)?;
+    ctx.print(
+        &json!({ "device": d, "status": status_name(device.status) }),
+        || format!("reinstated {d}: it may enroll again\n"),
     )
 }
 
