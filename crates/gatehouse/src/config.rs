@@ -30,6 +30,7 @@ mod raw {
         pub legacy: Legacy,
         pub persistence: Persistence,
         pub enrollment: Enrollment,
+        pub ca: Ca,
         pub log: Log,
     }
 
@@ -44,6 +45,7 @@ mod raw {
                 legacy: Legacy::default(),
                 persistence: Persistence::default(),
                 enrollment: Enrollment::default(),
+                ca: Ca::default(),
                 log: Log::default(),
             }
         }
@@ -191,6 +193,15 @@ mod raw {
         }
     }
 
+    #[derive(Debug, Deserialize, Default)]
+    #[serde(deny_unknown_fields, default)]
+    pub struct Ca {
+        pub kek_file: Option<PathBuf>,
+        pub external_cert: Option<PathBuf>,
+        pub external_key: Option<PathBuf>,
+        pub external_chain: Option<PathBuf>,
+    }
+
     #[derive(Debug, Deserialize)]
     #[serde(deny_unknown_fields, default)]
     pub struct Enrollment {
@@ -275,6 +286,25 @@ pub struct Settings {
     pub log_level: String,
     pub log_format: LogFormat,
     pub enrollment: EnrollmentSettings,
+    pub ca: CaSettings,
+}
+
+/// Validated `[ca]`: where the CA's keys come from.
+#[derive(Debug, Clone, Default)]
+pub struct CaSettings {
+    /// The key-encryption key's file (mode 0600); `None`: `GATEHOUSE_CA_KEK`, else a
+    /// generated `ca.kek` in the CA directory.
+    pub kek_file: Option<PathBuf>,
+    /// An external issuing CA: certificate, key and the chain above it, PEM files.
+    pub external: Option<ExternalCa>,
+}
+
+/// An external issuing CA given as PEM files.
+#[derive(Debug, Clone)]
+pub struct ExternalCa {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub chain: PathBuf,
 }
 
 /// Validated `[enrollment]`.
@@ -451,6 +481,26 @@ impl Settings {
             max_request_body,
         };
 
+        let c = raw.ca;
+        let external = match (c.external_cert, c.external_key, c.external_chain) {
+            (None, None, None) => None,
+            (Some(cert), Some(key), chain) => Some(ExternalCa {
+                cert,
+                key,
+                chain: chain.unwrap_or_default(),
+            }),
+            _ => bail!("ca.external_cert and ca.external_key must be given together"),
+        };
+        if external.is_some() && c.kek_file.is_some() {
+            bail!(
+                "ca.kek_file seals the embedded CA's keys; an external CA's key is read as given"
+            );
+        }
+        let ca = CaSettings {
+            kek_file: c.kek_file,
+            external,
+        };
+
         let data_dir = raw.data_dir;
         let save_interval = raw.persistence.save_interval;
         Ok(Self {
@@ -473,12 +523,55 @@ impl Settings {
             log_level: raw.log.level,
             log_format: raw.log.format,
             enrollment,
+            ca,
         })
     }
 
     /// The CA directory.
     pub fn ca_dir(&self) -> PathBuf {
         self.data_dir.join("ca")
+    }
+
+    /// Opens the CA: the embedded one in [`ca_dir`](Self::ca_dir) (created on first use,
+    /// keys sealed with the configured key-encryption key), or the external one. For an
+    /// external CA the chain is written to `<ca dir>/ca.crt` for clients to trust.
+    pub fn open_ca(&self) -> anyhow::Result<gatehouse_pki::LocalCa> {
+        use gatehouse_pki::{KeySource, LocalCa, SecretPem};
+        let dir = self.ca_dir();
+        let Some(ext) = &self.ca.external else {
+            let source = match &self.ca.kek_file {
+                Some(f) => KeySource::File(f.clone()),
+                None => KeySource::default_for(&dir),
+            };
+            return LocalCa::open(&dir, &source).context("loading the local CA");
+        };
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let meta = std::fs::metadata(&ext.key)
+                .with_context(|| format!("reading {}", ext.key.display()))?;
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                bail!(
+                    "{}: permissions {mode:04o} are too open for a CA key (chmod 600)",
+                    ext.key.display()
+                );
+            }
+        }
+        let read = |p: &Path| {
+            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
+        };
+        let chain = if ext.chain.as_os_str().is_empty() {
+            String::new()
+        } else {
+            read(&ext.chain)?
+        };
+        let ca = LocalCa::from_pem(&read(&ext.cert)?, &SecretPem::new(read(&ext.key)?), &chain)
+            .context("loading the external CA")?;
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::write(dir.join("ca.crt"), ca.chain_pem())
+            .with_context(|| format!("writing {}", dir.join("ca.crt").display()))?;
+        Ok(ca)
     }
 
     /// The registry database (SQLite): tenants, manufacturers, models, devices,
@@ -537,5 +630,34 @@ mod tests {
         assert_eq!(s.broker.limits.max_packet_size, 65536);
         assert_eq!(s.broker.limits.connect_timeout, Duration::from_secs(2));
         assert_eq!(s.broker.limits.max_keep_alive, 60);
+    }
+
+    #[test]
+    fn ca_and_enrollment_settings_are_validated() {
+        for (text, needle) in [
+            ("[ca]\nexternal_cert = \"a.pem\"\n", "together"),
+            (
+                "[ca]\nexternal_cert = \"a.pem\"\nexternal_key = \"a.key\"\nkek_file = \"k\"\n",
+                "kek_file",
+            ),
+            (
+                "[enrollment]\ncertificate_validity = \"10s\"\n",
+                "certificate_validity",
+            ),
+            ("[enrollment]\nkey_types = [\"dsa\"]\n", "dsa"),
+            ("[enrollment]\nkey_types = []\n", "at least one"),
+            ("[enrollment]\nmin_rsa_bits = 1024\n", "2048"),
+            ("[enrollment]\npublic_url = \"http://x\"\n", "https://"),
+            (
+                "[enrollment]\nmax_request_body = \"1B\"\n",
+                "max_request_body",
+            ),
+        ] {
+            let err = Settings::parse(text).expect_err(text);
+            assert!(format!("{err:#}").contains(needle), "{text}: {err:#}");
+        }
+        let s = Settings::parse("[enrollment]\nkey_types = [\"ecdsa-p256\"]\n").expect("valid");
+        assert!(s.enrollment.policy.csr.ecdsa_p256 && !s.enrollment.policy.csr.ed25519);
+        assert_eq!(s.enrollment.policy.csr.min_rsa_bits, None);
     }
 }

@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use gatehouse_pki::LocalCa;
 use gatehouse_types::{DeviceId, TenantId};
 
 use crate::config::{LogFormat, Settings};
@@ -69,6 +68,9 @@ enum CaCommand {
     },
     /// Print the path of the CA certificate that clients must trust.
     Path,
+    /// Roll in a new issuing CA under the same root; certificates from the old one stay
+    /// valid until they expire.
+    Roll,
 }
 
 #[derive(Debug, Subcommand)]
@@ -124,7 +126,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Ca { command } => {
             let settings = Settings::load(cli.config.as_deref())?;
-            let ca = LocalCa::load_or_create(&settings.ca_dir()).context("loading the local CA")?;
+            let mut ca = settings.open_ca()?;
             match command {
                 CaCommand::Issue {
                     device,
@@ -148,6 +150,14 @@ fn main() -> anyhow::Result<()> {
                     );
                 }
                 CaCommand::Path => println!("{}", settings.ca_dir().join("ca.crt").display()),
+                CaCommand::Roll => {
+                    let before = ca.active_issuer_name().to_owned();
+                    ca.roll_issuing_ca().context("rolling the issuing CA")?;
+                    println!(
+                        "rolled the issuing CA: {} now issues; {before} and its certificates stay trusted until they expire.\nRestart `gatehouse serve` to issue from it.",
+                        ca.active_issuer_name()
+                    );
+                }
             }
             Ok(())
         }

@@ -8,7 +8,7 @@ use anyhow::Context;
 use arc_swap::ArcSwap;
 use gatehouse_api::{ApiState, HttpLimits, RevocationSync, SessionControl};
 use gatehouse_broker::Broker;
-use gatehouse_pki::{ClientAuth, Enroller, IssuedCert, LocalCa, PublishedCrl, ServerTlsBuilder};
+use gatehouse_pki::{ClientAuth, Enroller, IssuedCert, PublishedCrl, ServerTlsBuilder};
 use gatehouse_store::{AuditEntry, Registry, SqliteStore};
 use gatehouse_types::{DeviceRef, TenantId};
 use prometheus_client::registry::Registry as MetricsRegistry;
@@ -62,7 +62,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             .unwrap_or_else(|| "localhost".into());
         format!("https://{host}:{}", https_addr.port())
     });
-    let ca = LocalCa::load_or_create(&settings.ca_dir()).context("loading the local CA")?;
+    let ca = settings.open_ca()?;
     let crl_url = format!("{public_url}/pki/crl/{}.crl", ca.active_issuer_name());
     let ca = Arc::new(ca.with_crl_url(crl_url));
     info!(dir = %settings.ca_dir().display(), "local CA ready");

@@ -926,3 +926,186 @@ async fn revoked_idevid_device_enrolls_again_only_once_reinstated() -> Result<()
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rolled_issuing_ca_issues_new_certificates_while_old_ones_keep_working() -> Result<()> {
+    if !tools() {
+        return Ok(());
+    }
+    let lab = Lab::start().await?;
+    lab.register_acme(ManufacturerCa::new("Acme")?.cert_pem())?;
+    let token = lab.token("default", 5, 3600)?;
+    let (old_key, old_cert) = lab.enroll_with_token("before-roll", &token)?;
+
+    let out = lab.gh.cli(&["ca", "roll"]).await?;
+    ensure!(out.contains("issuing-2"), "{out}");
+    let Lab { gh, dir } = lab;
+    let lab = Lab {
+        gh: gh.restart().await?,
+        dir,
+    };
+
+    let (_, new_cert) = lab.enroll_with_token("after-roll", &token)?;
+    let issuer = |p: &Path| {
+        run(Command::new("openssl")
+            .args([
+                "x509",
+                "-noout",
+                "-issuer",
+                "-ext",
+                "crlDistributionPoints",
+                "-in",
+            ])
+            .arg(p))
+    };
+    let new_info = issuer(&new_cert)?;
+    ensure!(new_info.contains("Gatehouse Issuing CA 2"), "{new_info}");
+    ensure!(new_info.contains("/pki/crl/issuing-2.crl"), "{new_info}");
+    ensure!(issuer(&old_cert)?.contains("Gatehouse Issuing CA 1"));
+    for crl in ["issuing-1", "issuing-2"] {
+        let (s, _) = lab.curl(&[&lab.url(&format!("/pki/crl/{crl}.crl"))])?;
+        ensure!(s == 200, "{crl}.crl: {s}");
+    }
+
+    // The certificate from the retired issuer still connects, and can still be revoked.
+    let tls = tls_from_files(&lab, &old_key, &old_cert)?;
+    let mut client = V5::connect_as(lab.gh.listeners.mqtts, tls.clone(), "before-roll").await?;
+    let (s, v) = lab.api("POST", "/api/v1/devices/default/before-roll/revoke", None)?;
+    ensure!(s == 200, "revoke: {s} {v}");
+    client.server_disconnect().await?;
+    let mut again = V5::spawn(support::clients::v5_options(
+        lab.gh.listeners.mqtts,
+        tls,
+        "before-roll",
+    ));
+    again.refused().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn external_ca_issues_the_device_certificates() -> Result<()> {
+    if !tools() || !have_program("mosquitto_pub", &["--help"]) {
+        return Ok(());
+    }
+    // An operator's own root and issuing CA, made with openssl.
+    let pki = tempfile::tempdir()?;
+    let p = |n: &str| pki.path().join(n);
+    let ext = p("ext.cnf");
+    std::fs::write(
+        &ext,
+        "[ca]\nbasicConstraints = critical, CA:TRUE, pathlen:0\nkeyUsage = critical, keyCertSign, cRLSign\nsubjectKeyIdentifier = hash\nauthorityKeyIdentifier = keyid\n",
+    )?;
+    run(Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ])
+        .args(["-subj", "/O=Operator/CN=Operator Root", "-days", "30"])
+        .args([
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ])
+        .arg("-keyout")
+        .arg(p("root.key"))
+        .arg("-out")
+        .arg(p("root.pem")))?;
+    run(Command::new("openssl")
+        .args([
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ])
+        .args(["-subj", "/O=Operator/CN=Operator Devices CA"])
+        .arg("-keyout")
+        .arg(p("int.key"))
+        .arg("-out")
+        .arg(p("int.csr")))?;
+    run(Command::new("openssl")
+        .args([
+            "x509",
+            "-req",
+            "-days",
+            "20",
+            "-set_serial",
+            "7",
+            "-extensions",
+            "ca",
+        ])
+        .arg("-extfile")
+        .arg(&ext)
+        .arg("-in")
+        .arg(p("int.csr"))
+        .arg("-CA")
+        .arg(p("root.pem"))
+        .arg("-CAkey")
+        .arg(p("root.key"))
+        .arg("-out")
+        .arg(p("int.pem")))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(p("int.key"), std::fs::Permissions::from_mode(0o600))?;
+    }
+    let extra = format!(
+        "[ca]\nexternal_cert = {:?}\nexternal_key = {:?}\nexternal_chain = {:?}\n",
+        p("int.pem"),
+        p("int.key"),
+        p("root.pem")
+    );
+    let lab = Lab::start_with(&extra).await?;
+    lab.register_acme(ManufacturerCa::new("Acme")?.cert_pem())?;
+    let (key, cert) = lab.enroll_with_token("ext-1", &lab.token("default", 1, 3600)?)?;
+    let verify = run(Command::new("openssl")
+        .arg("verify")
+        .arg("-CAfile")
+        .arg(p("root.pem"))
+        .arg("-untrusted")
+        .arg(p("int.pem"))
+        .arg(&cert))?;
+    ensure!(verify.contains(": OK"), "{verify}");
+    // No embedded CA was created beside it.
+    ensure!(!lab.gh.data_dir().join("ca").join("root.key").exists());
+
+    let out = Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &lab.gh.listeners.mqtts.port().to_string(),
+        ])
+        .arg("--cafile")
+        .arg(&lab.gh.listeners.ca)
+        .arg("--cert")
+        .arg(&cert)
+        .arg("--key")
+        .arg(&key)
+        .args([
+            "-i",
+            "ext-1",
+            "-t",
+            "devices/ext-1/t",
+            "-m",
+            "1",
+            "-q",
+            "1",
+            "-d",
+        ])
+        .output()?;
+    let log = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    ensure!(
+        out.status.success() && log.contains("received PUBACK"),
+        "{log}"
+    );
+    Ok(())
+}
