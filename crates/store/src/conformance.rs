@@ -606,6 +606,14 @@ pub fn tokens<S: Registry>(make: impl Fn() -> S) {
     assert!(secret.expose().len() >= 43, "256 bits of secret");
     assert_eq!((rec.uses, rec.max_uses, rec.revoked), (0, 2, false));
     assert_eq!(s.get_token(&rec.id).unwrap(), Some(rec.clone()));
+    let (head, _) = s.audit_head().unwrap().unwrap();
+    let created = s.audit_records(head, 1).unwrap();
+    let detail: serde_json::Value = serde_json::from_str(&created[0].detail).unwrap();
+    assert_eq!(
+        detail["token"],
+        serde_json::json!(rec.id.as_str()),
+        "the creation record names the new token"
+    );
     let use_ = entry("token_use", rec.id.as_str());
     let now = t0() + Duration::minutes(1);
 

@@ -179,7 +179,8 @@ pub trait Registry: AuditLog {
     ) -> Result<BatchRevocation, WriteError>;
 
     // --- enrollment tokens
-    /// Creates a token; the secret is returned here and never again.
+    /// Creates a token; the secret is returned here and never again. The new token's id is
+    /// added to the audit record's detail as `"token"`.
     fn create_token(
         &self,
         t: &NewToken,

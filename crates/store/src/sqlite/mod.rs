@@ -1361,7 +1361,7 @@ impl Registry for SqliteStore {
                 ],
             )
             .map_err(write_err("token"))?;
-            append_tx(tx, audit)?;
+            append_tx(tx, &with_token_id(audit, &id))?;
             tx.query_row(
                 &format!("SELECT {TOKEN_COLS} FROM enrollment_tokens WHERE id = ?1"),
                 [id.as_str()],
@@ -1473,4 +1473,19 @@ fn trunc(t: OffsetDateTime) -> Result<OffsetDateTime, WriteError> {
     OffsetDateTime::from_unix_timestamp(t.unix_timestamp()).map_err(|_| WriteError::Invalid {
         what: "timestamp".to_owned(),
     })
+}
+
+/// The caller cannot know a new token's id, so the store adds it to the audit record's
+/// detail (`"token": "<id>"`).
+fn with_token_id(audit: &AuditEntry, id: &TokenId) -> AuditEntry {
+    let mut entry = audit.clone();
+    entry.detail = match entry.detail {
+        serde_json::Value::Object(mut map) => {
+            map.insert("token".to_owned(), serde_json::Value::from(id.as_str()));
+            serde_json::Value::Object(map)
+        }
+        serde_json::Value::Null => serde_json::json!({ "token": id.as_str() }),
+        other => serde_json::json!({ "token": id.as_str(), "detail": other }),
+    };
+    entry
 }
