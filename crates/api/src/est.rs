@@ -78,6 +78,12 @@ async fn simpleenroll(
     }
     let peer = conn.peer.to_string();
     let enroller = s.enroller.clone();
+    let operation = if basic.is_some() {
+        "enroll_token"
+    } else {
+        "enroll_idevid"
+    };
+    let started = std::time::Instant::now();
     let result = tokio::task::spawn_blocking(move || match &basic {
         Some((id, secret)) => enroller.enroll(
             Credential::Token {
@@ -96,6 +102,7 @@ async fn simpleenroll(
         ),
     })
     .await;
+    observe(&s, operation, started, &result);
     enrolled_response(result)
 }
 
@@ -117,10 +124,32 @@ async fn simplereenroll(
     }
     let peer = conn.peer.to_string();
     let enroller = s.enroller.clone();
+    let started = std::time::Instant::now();
     let result =
         tokio::task::spawn_blocking(move || enroller.reenroll(&conn.client_chain, &csr, &peer))
             .await;
+    observe(&s, "renew", started, &result);
     enrolled_response(result)
+}
+
+fn observe(
+    s: &ApiState,
+    operation: &'static str,
+    started: std::time::Instant,
+    result: &Result<Result<Enrolled, EnrollError>, tokio::task::JoinError>,
+) {
+    let status = match result {
+        Ok(Ok(_)) => 200,
+        Ok(Err(e)) => e.status(),
+        Err(_) => 500,
+    };
+    s.metrics
+        .est_requests
+        .get_or_create(&crate::EstLabels { operation, status })
+        .inc();
+    s.metrics
+        .est_seconds
+        .observe(started.elapsed().as_secs_f64());
 }
 
 fn enrolled_response(

@@ -14,6 +14,7 @@
 //! default, and its actions are audited as `api:<peer address>`.
 
 pub mod est;
+mod metrics;
 mod problem;
 pub mod rest;
 mod revocation;
@@ -34,6 +35,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::debug;
 
+pub use metrics::{ApiMetrics, EstLabels};
 pub use problem::Problem;
 pub use revocation::{RevocationSync, SessionControl};
 
@@ -80,6 +82,8 @@ pub struct ApiState {
     pub registry: Arc<dyn Registry>,
     /// Applies revocations: CRLs, TLS verifiers, live sessions.
     pub revocations: Arc<RevocationSync>,
+    /// Enrollment metrics.
+    pub metrics: ApiMetrics,
 }
 
 impl std::fmt::Debug for ApiState {

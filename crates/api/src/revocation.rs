@@ -39,6 +39,7 @@ pub struct RevocationSync {
     control: Arc<dyn SessionControl>,
     crls: ArcSwap<Vec<PublishedCrl>>,
     state: Mutex<SyncState>,
+    metrics: crate::ApiMetrics,
 }
 
 #[derive(Default)]
@@ -63,10 +64,12 @@ impl RevocationSync {
     pub fn start(
         enroller: Arc<Enroller>,
         control: Arc<dyn SessionControl>,
+        metrics: crate::ApiMetrics,
     ) -> Result<Self, EnrollError> {
         let this = Self {
             enroller,
             control,
+            metrics,
             crls: ArcSwap::from_pointee(Vec::new()),
             state: Mutex::new(SyncState::default()),
         };
@@ -132,6 +135,7 @@ impl RevocationSync {
             let crls = self.enroller.crls()?;
             self.control.crls_changed(&crls);
             self.crls.store(Arc::new(crls));
+            self.metrics.crls_signed.inc();
             state.signed_at = time::OffsetDateTime::now_utc().unix_timestamp();
         }
         let mut devices = Vec::new();
@@ -149,6 +153,7 @@ impl RevocationSync {
         drop(state);
         for device in &devices {
             self.control.disconnect(device);
+            self.metrics.revoked_sessions_ended.inc();
             info!(%device, "certificate revoked: live sessions ended");
         }
         Ok(devices)

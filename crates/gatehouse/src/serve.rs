@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use arc_swap::ArcSwap;
-use gatehouse_api::{ApiState, HttpLimits, RevocationSync, SessionControl};
+use gatehouse_api::{ApiMetrics, ApiState, HttpLimits, RevocationSync, SessionControl};
 use gatehouse_broker::Broker;
 use gatehouse_pki::{ClientAuth, Enroller, IssuedCert, PublishedCrl, ServerTlsBuilder};
 use gatehouse_store::{AuditEntry, Registry, SqliteStore};
@@ -107,8 +107,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         ca.clone(),
         settings.enrollment.policy.clone(),
     ));
+    let api_metrics = ApiMetrics::default();
+    api_metrics.register(&mut metrics_registry);
     let revocations = Arc::new(
-        RevocationSync::start(enroller.clone(), control.clone())
+        RevocationSync::start(enroller.clone(), control.clone(), api_metrics.clone())
             .context("signing the certificate revocation lists")?,
     );
 
@@ -139,6 +141,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             enroller,
             registry,
             revocations: revocations.clone(),
+            metrics: api_metrics,
         },
         limits,
     )

@@ -648,6 +648,15 @@ async fn idevid_of_an_unregistered_manufacturer_or_unclaimed_serial_is_refused()
             .any(|r| r.contains("registered manufacturer")),
         "{reasons:?}"
     );
+    // ... and counted for monitoring.
+    let refused = lab
+        .gh
+        .metric(r#"gatehouse_est_requests_total{operation="enroll_idevid",status="403"}"#)
+        .await?;
+    ensure!(
+        refused >= 3.0,
+        "refused IDevID enrollments counted: {refused}"
+    );
     Ok(())
 }
 
