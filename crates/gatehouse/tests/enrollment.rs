@@ -1118,3 +1118,73 @@ async fn external_ca_issues_the_device_certificates() -> Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn openapi_document_is_valid_and_errors_share_one_shape() -> Result<()> {
+    if !tools() {
+        return Ok(());
+    }
+    let lab = Lab::start().await?;
+    let (s, doc) = lab.api("GET", "/api/openapi.json", None)?;
+    ensure!(s == 200, "openapi: {s}");
+    ensure!(
+        doc["openapi"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("3.1")),
+        "{}",
+        doc["openapi"]
+    );
+    for path in [
+        "/api/v1/devices",
+        "/api/v1/devices/{tenant}/{device}/revoke",
+        "/api/v1/tokens",
+        "/api/v1/revocations/batch",
+        "/api/v1/audit/verify",
+    ] {
+        ensure!(doc["paths"].get(path).is_some(), "{path} missing");
+    }
+    // Checked by a validator we did not write, when it is installed (CI installs it).
+    let file = lab.path("openapi.json");
+    std::fs::write(&file, doc.to_string())?;
+    let check = Command::new("python3")
+        .args([
+            "-c",
+            "import sys, json; from openapi_spec_validator import validate; \
+             validate(json.load(open(sys.argv[1]))); print('valid')",
+        ])
+        .arg(&file)
+        .output()?;
+    let out = format!("{}{}", text(&check.stdout), text(&check.stderr));
+    if out.contains("No module named") {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "openapi-spec-validator is not installed, and CI must run it"
+        );
+        eprintln!("SKIPPED: openapi-spec-validator is not installed");
+    } else {
+        ensure!(check.status.success() && out.contains("valid"), "{out}");
+    }
+
+    // Every error has the same body.
+    for (method, path, body) in [
+        ("GET", "/api/v1/devices/default/nobody", None),
+        ("GET", "/api/v1/devices?status=lost", None),
+        ("POST", "/api/v1/tenants", Some(json!({ "id": "default" }))),
+        (
+            "POST",
+            "/api/v1/tokens",
+            Some(json!({ "tenant": "default", "model": "none" })),
+        ),
+        ("POST", "/api/v1/devices/default/nobody/revoke", None),
+    ] {
+        let (s, v) = lab.api(method, path, body)?;
+        ensure!((400..500).contains(&s), "{method} {path}: {s} {v}");
+        ensure!(
+            v["error"]["status"] == s
+                && v["error"]["code"].is_string()
+                && v["error"]["message"].is_string(),
+            "{method} {path}: {v}"
+        );
+    }
+    Ok(())
+}
