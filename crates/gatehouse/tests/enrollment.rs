@@ -215,6 +215,32 @@ impl Lab {
         Ok((key, self.certs_from_response(device, &body)?))
     }
 
+    /// Enrolls `device` with a fresh single-use token and connects it over MQTT 5 with the
+    /// issued certificate; returns its TLS configuration (for reconnects) and the client.
+    async fn connected_device(
+        &self,
+        device: &str,
+    ) -> Result<(std::sync::Arc<rustls::ClientConfig>, V5)> {
+        let (key, cert) = self.enroll_with_token(device, &self.token("default", 1, 3600)?)?;
+        let tls = tls_from_files(self, &key, &cert)?;
+        let client = V5::connect_as(self.gh.listeners.mqtts, tls.clone(), device).await?;
+        Ok((tls, client))
+    }
+
+    /// Whether a reconnect as `device` with `tls` is refused.
+    async fn reconnect_refused(
+        &self,
+        tls: std::sync::Arc<rustls::ClientConfig>,
+        device: &str,
+    ) -> Result<String> {
+        let mut again = V5::spawn(support::clients::v5_options(
+            self.gh.listeners.mqtts,
+            tls,
+            device,
+        ));
+        Ok(format!("{:?}", again.refused().await?))
+    }
+
     fn audit(&self) -> Result<Vec<Value>> {
         let (s, v) = self.api("GET", "/api/v1/audit?limit=1000", None)?;
         ensure!(s == 200, "audit: {s} {v}");
@@ -253,6 +279,30 @@ fn run(cmd: &mut Command) -> Result<String> {
 
 fn text(body: &[u8]) -> String {
     String::from_utf8_lossy(body).into_owned()
+}
+
+/// Publishes one QoS 1 message as `device` with mosquitto_pub and the given files, and
+/// checks the broker acknowledged it.
+fn mosquitto_pub_qos1(lab: &Lab, key: &Path, cert: &Path, device: &str) -> Result<()> {
+    let topic = format!("devices/{device}/temp");
+    let out = Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p"])
+        .arg(lab.gh.listeners.mqtts.port().to_string())
+        .arg("--cafile")
+        .arg(&lab.gh.listeners.ca)
+        .arg("--cert")
+        .arg(cert)
+        .arg("--key")
+        .arg(key)
+        .args(["-i", device, "-t", &topic, "-m", "21.5", "-q", "1", "-d"])
+        .output()
+        .context("running mosquitto_pub")?;
+    let log = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    ensure!(
+        out.status.success() && log.contains("received PUBACK"),
+        "mosquitto_pub: {log}"
+    );
+    Ok(())
 }
 
 /// The MQTT client TLS config for files written by openssl and the EST response.
@@ -356,34 +406,7 @@ async fn rfc7030_flow_with_curl_and_openssl_then_mosquitto_pub() -> Result<()> {
     }
 
     // mosquitto_pub connects with the issued certificate.
-    let out = Command::new("mosquitto_pub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &lab.gh.listeners.mqtts.port().to_string(),
-        ])
-        .arg("--cafile")
-        .arg(&lab.gh.listeners.ca)
-        .arg("--cert")
-        .arg(&cert)
-        .arg("--key")
-        .arg(&key)
-        .args([
-            "-i",
-            "thermo-1",
-            "-t",
-            "devices/thermo-1/temp",
-            "-m",
-            "21.5",
-            "-q",
-            "1",
-            "-d",
-        ])
-        .output()?;
-    let log = format!("{}{}", text(&out.stdout), text(&out.stderr));
-    ensure!(out.status.success(), "mosquitto_pub: {log}");
-    ensure!(log.contains("received PUBACK"), "{log}");
+    mosquitto_pub_qos1(&lab, &key, &cert, "thermo-1")?;
 
     // The enrollment is in the audit log, which verifies.
     let audit = lab.audit()?;
@@ -732,9 +755,7 @@ async fn revoked_device_session_is_gone_at_once_and_it_cannot_reconnect() -> Res
     }
     let lab = Lab::start().await?;
     lab.register_acme(ManufacturerCa::new("Acme")?.cert_pem())?;
-    let (key, cert) = lab.enroll_with_token("doomed", &lab.token("default", 1, 3600)?)?;
-    let tls = tls_from_files(&lab, &key, &cert)?;
-    let mut client = V5::connect_as(lab.gh.listeners.mqtts, tls.clone(), "doomed").await?;
+    let (tls, mut client) = lab.connected_device("doomed").await?;
     client
         .subscribe("devices/doomed/#", rumqttc::v5::mqttbytes::QoS::AtLeastOnce)
         .await?;
@@ -758,13 +779,7 @@ async fn revoked_device_session_is_gone_at_once_and_it_cannot_reconnect() -> Res
     );
 
     // The CRL now lists it, and a reconnect fails the TLS handshake.
-    let mut again = V5::spawn(support::clients::v5_options(
-        lab.gh.listeners.mqtts,
-        tls,
-        "doomed",
-    ));
-    let err = again.refused().await?;
-    let text = format!("{err:?}");
+    let text = lab.reconnect_refused(tls, "doomed").await?;
     ensure!(
         text.to_lowercase().contains("revoked") || text.contains("Tls") || text.contains("Io"),
         "{text}"
@@ -847,9 +862,7 @@ async fn revocation_from_the_command_line_reaches_the_running_server() -> Result
     }
     let lab = Lab::start().await?;
     lab.register_acme(ManufacturerCa::new("Acme")?.cert_pem())?;
-    let (key, cert) = lab.enroll_with_token("cli-doomed", &lab.token("default", 1, 3600)?)?;
-    let tls = tls_from_files(&lab, &key, &cert)?;
-    let mut client = V5::connect_as(lab.gh.listeners.mqtts, tls.clone(), "cli-doomed").await?;
+    let (tls, mut client) = lab.connected_device("cli-doomed").await?;
 
     // Another process writes the revocation to the registry; the server's poll applies it.
     let out = lab
@@ -868,12 +881,7 @@ async fn revocation_from_the_command_line_reaches_the_running_server() -> Result
         reason == Some(rumqttc::v5::mqttbytes::v5::DisconnectReasonCode::AdministrativeAction),
         "disconnect reason {reason:?}"
     );
-    let mut again = V5::spawn(support::clients::v5_options(
-        lab.gh.listeners.mqtts,
-        tls,
-        "cli-doomed",
-    ));
-    again.refused().await?;
+    lab.reconnect_refused(tls, "cli-doomed").await?;
 
     // Re-claimed from the command line: active again, its revoked certificates stay revoked.
     let out = lab
@@ -982,12 +990,7 @@ async fn rolled_issuing_ca_issues_new_certificates_while_old_ones_keep_working()
     let (s, v) = lab.api("POST", "/api/v1/devices/default/before-roll/revoke", None)?;
     ensure!(s == 200, "revoke: {s} {v}");
     client.server_disconnect().await?;
-    let mut again = V5::spawn(support::clients::v5_options(
-        lab.gh.listeners.mqtts,
-        tls,
-        "before-roll",
-    ));
-    again.refused().await?;
+    lab.reconnect_refused(tls, "before-roll").await?;
     Ok(())
 }
 
@@ -1086,36 +1089,7 @@ async fn external_ca_issues_the_device_certificates() -> Result<()> {
     // No embedded CA was created beside it.
     ensure!(!lab.gh.data_dir().join("ca").join("root.key").exists());
 
-    let out = Command::new("mosquitto_pub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &lab.gh.listeners.mqtts.port().to_string(),
-        ])
-        .arg("--cafile")
-        .arg(&lab.gh.listeners.ca)
-        .arg("--cert")
-        .arg(&cert)
-        .arg("--key")
-        .arg(&key)
-        .args([
-            "-i",
-            "ext-1",
-            "-t",
-            "devices/ext-1/t",
-            "-m",
-            "1",
-            "-q",
-            "1",
-            "-d",
-        ])
-        .output()?;
-    let log = format!("{}{}", text(&out.stdout), text(&out.stderr));
-    ensure!(
-        out.status.success() && log.contains("received PUBACK"),
-        "{log}"
-    );
+    mosquitto_pub_qos1(&lab, &key, &cert, "ext-1")?;
     Ok(())
 }
 
