@@ -1,5 +1,5 @@
-//! Gatehouse's simulators: today the MQTT load generator behind `gatehouse bench`; the fleet
-//! simulator (normal and attacking devices) joins it here.
+//! Gatehouse's simulators: today the load generator behind `gatehouse bench` (MQTT, and EST
+//! enrollment); the fleet simulator (normal and attacking devices) joins it here.
 //!
 //! The design decision that shapes it: the load generator is measured as much as the
 //! broker is, so its client ([`client`]) is a lean, task-per-connection MQTT client over
@@ -9,5 +9,6 @@
 
 pub mod bench;
 pub mod client;
+pub mod est;
 
 pub use bench::{BenchArgs, run};

@@ -1,6 +1,7 @@
 //! Smoke runs of every bench scenario with tiny parameters, against Debian's Mosquitto
 //! and, once it is built, the `gatehouse` binary. No timing is asserted: only that each
-//! scenario ran, delivered its messages or held its connections, and produced numbers.
+//! scenario ran, delivered its messages, held its connections or enrolled its devices, and
+//! produced numbers.
 
 use std::path::PathBuf;
 
@@ -84,6 +85,12 @@ fn tiny_args(target: &str, scenario: &str, extra: &[&str]) -> BenchArgs {
         "100ms",
         "--source-addrs",
         "4",
+        "--devices",
+        "12",
+        "--renewals",
+        "4",
+        "--revocations",
+        "2",
     ];
     argv.extend_from_slice(extra);
     Cli::try_parse_from(argv).expect("arguments parse").bench
@@ -218,4 +225,43 @@ async fn every_scenario_runs_on_both_brokers_when_gatehouse_is_built() {
     assert!(!s.ratios.is_empty());
     let s = scenario(&report, "idle");
     assert_eq!(figure(s, BrokerKind::Gatehouse, "-", "held"), 40.0);
+    let s = scenario(&report, "enroll");
+    assert_eq!(figure(s, BrokerKind::Gatehouse, "enroll", "done"), 12.0);
+    assert!(
+        s.rows.iter().all(|r| r.broker == BrokerKind::Gatehouse),
+        "enrollment runs on Gatehouse only"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_enroll_renew_and_are_disconnected_when_revoked_on_gatehouse() {
+    let Some(gatehouse) = gatehouse() else {
+        return;
+    };
+    let args = tiny_args(
+        "gatehouse",
+        "enroll",
+        &["--gatehouse-bin", gatehouse.to_str().expect("utf-8 path")],
+    );
+    let report = execute(args).await.expect("enrollment bench runs");
+    let s = scenario(&report, "enroll");
+    let g = BrokerKind::Gatehouse;
+    assert_eq!(figure(s, g, "enroll", "done"), 12.0);
+    assert_eq!(figure(s, g, "enroll", "failed"), 0.0);
+    assert!(figure(s, g, "enroll", "ops/s") > 0.0);
+    assert!(figure(s, g, "enroll", "p99 ms") >= figure(s, g, "enroll", "p50 ms"));
+    assert!(figure(s, g, "enroll", "broker RSS MiB") > 0.0);
+    assert_eq!(figure(s, g, "renew", "done"), 4.0);
+    assert_eq!(figure(s, g, "renew", "failed"), 0.0);
+    // Both revoked sessions were seen to end, and the revoked certificate could not
+    // reconnect.
+    assert_eq!(figure(s, g, "revoke", "done"), 2.0);
+    assert_eq!(figure(s, g, "revoke", "failed"), 0.0);
+    assert!(figure(s, g, "revoke", "max ms") >= figure(s, g, "revoke", "p50 ms"));
+    let target = report
+        .targets
+        .iter()
+        .find(|t| t.target.starts_with("EST enrollments/s"))
+        .expect("enrollment target");
+    assert!(target.met.is_some(), "the enrollment goal is judged");
 }

@@ -8,7 +8,10 @@ use gatehouse_mqtt::{ProtocolVersion, QoS};
 
 /// Arguments of `gatehouse bench`: which brokers, which scenarios, and their sizes.
 #[derive(Debug, Clone, Args)]
-#[command(about = "Measure Gatehouse's MQTT broker against Mosquitto on this machine")]
+#[command(
+    about = "Measure Gatehouse's MQTT broker against Mosquitto on this machine, and its EST \
+             enrollment"
+)]
 pub struct BenchArgs {
     /// Brokers to measure; both run one after the other, never at the same time.
     #[arg(long, value_enum, default_value_t = TargetArg::Both)]
@@ -75,7 +78,23 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 2_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub storm_connections: u32,
 
-    /// Connections set up at the same time (storm, and opening the idle connections).
+    /// Devices enrolled over EST in the enroll scenario, each with its own key, CSR and
+    /// TLS connection.
+    #[arg(long, default_value_t = 5_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub devices: u32,
+
+    /// Enrolled devices that renew (EST simplereenroll with their new certificate) in the
+    /// enroll scenario.
+    #[arg(long, default_value_t = 500)]
+    pub renewals: u32,
+
+    /// Enrolled devices connected over MQTTS and then revoked, one at a time, in the enroll
+    /// scenario: the time from the revoke request to the device's disconnection.
+    #[arg(long, default_value_t = 20)]
+    pub revocations: u32,
+
+    /// Connections set up at the same time (storm, opening the idle connections), and
+    /// enrollments and renewals in flight at once (enroll).
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub concurrency: u32,
 
@@ -133,6 +152,9 @@ pub enum ScenarioArg {
     Storm,
     /// Many idle mutual-TLS connections: broker memory per connection.
     Idle,
+    /// EST enrollments over new TLS connections, renewals, and revocation to disconnect
+    /// (Gatehouse only: Mosquitto has no EST server).
+    Enroll,
 }
 
 /// MQTT protocol version.
@@ -166,6 +188,7 @@ impl BenchArgs {
                 ScenarioArg::Fanout,
                 ScenarioArg::Storm,
                 ScenarioArg::Idle,
+                ScenarioArg::Enroll,
             ]
         } else {
             self.scenario.clone()
@@ -241,12 +264,34 @@ mod tests {
     fn defaults_run_everything_against_both() {
         let cli = Cli::try_parse_from(["bench"]).expect("defaults parse");
         assert_eq!(cli.bench.target, TargetArg::Both);
-        assert_eq!(cli.bench.scenarios().len(), 6);
+        assert_eq!(cli.bench.scenarios().len(), 7);
         assert_eq!(
             cli.bench.qos_levels(),
             vec![QoS::AtMostOnce, QoS::AtLeastOnce]
         );
         assert_eq!(cli.bench.duration, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn enroll_sizes_parse() {
+        let cli = Cli::try_parse_from([
+            "bench",
+            "--scenario",
+            "enroll",
+            "--devices",
+            "20000",
+            "--concurrency",
+            "128",
+            "--renewals",
+            "0",
+        ])
+        .expect("parses");
+        assert_eq!(cli.bench.scenarios(), vec![ScenarioArg::Enroll]);
+        assert_eq!(cli.bench.devices, 20_000);
+        assert_eq!(cli.bench.concurrency, 128);
+        assert_eq!(cli.bench.renewals, 0);
+        assert_eq!(cli.bench.revocations, 20);
+        assert!(Cli::try_parse_from(["bench", "--devices", "0"]).is_err());
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Brokers under test: started by the bench as child processes on free loopback ports,
 //! each with a fresh temporary directory, and killed when dropped (also on error and
-//! Ctrl-C, through `kill_on_drop`).
+//! Ctrl-C, through `kill_on_drop`). Gatehouse binds port 0 and reports where it listens in
+//! `<data_dir>/listeners.json`; Mosquitto is given a port the kernel just handed out.
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -49,6 +50,10 @@ pub struct Broker {
     child: Child,
     pid: u32,
     addr: SocketAddr,
+    /// Gatehouse's HTTPS listener (EST, REST API), once read from `listeners.json`.
+    https: Option<SocketAddr>,
+    /// Gatehouse's data directory.
+    data_dir: Option<PathBuf>,
     log: PathBuf,
     // Removed when the broker is dropped (after the child, declared above it).
     _dir: TempDir,
@@ -63,12 +68,20 @@ impl Broker {
             .prefix(&format!("gatehouse-bench-{}-", kind.name()))
             .tempdir()
             .context("creating the broker's temporary directory")?;
-        let port = free_port()?;
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
         let log = dir.path().join("broker.log");
-        let mut command = match kind {
-            BrokerKind::Mosquitto => mosquitto_command(&bins.mosquitto, dir.path(), addr, pki)?,
-            BrokerKind::Gatehouse => gatehouse_command(&bins.gatehouse, dir.path(), addr, pki)?,
+        let (mut command, addr, data_dir) = match kind {
+            BrokerKind::Mosquitto => {
+                let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
+                let command = mosquitto_command(&bins.mosquitto, dir.path(), addr, pki)?;
+                (command, addr, None)
+            }
+            BrokerKind::Gatehouse => {
+                let data_dir = dir.path().join("data");
+                let command = gatehouse_command(&bins.gatehouse, dir.path(), &data_dir, pki)?;
+                // Known once the broker has written listeners.json.
+                let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+                (command, addr, Some(data_dir))
+            }
         };
         let log_file = std::fs::File::create(&log)?;
         command
@@ -91,6 +104,8 @@ impl Broker {
             child,
             pid,
             addr,
+            https: None,
+            data_dir,
             log,
             _dir: dir,
         };
@@ -106,6 +121,17 @@ impl Broker {
     /// Its MQTTS address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Gatehouse's HTTPS address (EST and the REST API); `None` for Mosquitto.
+    pub fn https(&self) -> Option<SocketAddr> {
+        self.https
+    }
+
+    /// Gatehouse's data directory (its CA bundle is `ca/ca.crt` there); `None` for
+    /// Mosquitto.
+    pub fn data_dir(&self) -> Option<&Path> {
+        self.data_dir.as_deref()
     }
 
     /// Its process id.
@@ -142,14 +168,24 @@ impl Broker {
         let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
         loop {
             self.check_alive()?;
-            if tokio::net::TcpStream::connect(self.addr).await.is_ok() {
+            if let Some(data_dir) = &self.data_dir
+                && let Some((mqtts, https)) = read_listeners(&data_dir.join("listeners.json"))
+            {
+                self.addr = mqtts;
+                self.https = Some(https);
+            }
+            if self.addr.port() != 0 && tokio::net::TcpStream::connect(self.addr).await.is_ok() {
                 return Ok(());
             }
             if tokio::time::Instant::now() >= deadline {
+                let place = if self.addr.port() == 0 {
+                    "wrote no listeners.json".to_owned()
+                } else {
+                    format!("did not accept connections on {}", self.addr)
+                };
                 bail!(
-                    "{} did not accept connections on {} within {:?}; its log ends with:\n{}",
+                    "{} {place} within {:?}; its log ends with:\n{}",
                     self.kind.name(),
-                    self.addr,
                     READY_TIMEOUT,
                     self.log_tail()
                 );
@@ -163,6 +199,15 @@ impl Broker {
         let _ = self.child.start_kill();
         let _ = tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await;
     }
+}
+
+/// The MQTTS and HTTPS addresses in Gatehouse's `listeners.json`, once it is written
+/// whole.
+fn read_listeners(path: &Path) -> Option<(SocketAddr, SocketAddr)> {
+    let text = std::fs::read(path).ok()?;
+    let json: serde_json::Value = serde_json::from_slice(&text).ok()?;
+    let addr = |key: &str| json.get(key)?.as_str()?.parse::<SocketAddr>().ok();
+    Some((addr("mqtts")?, addr("https")?))
 }
 
 /// Asks the kernel for a free loopback port.
@@ -250,14 +295,13 @@ pub fn gatehouse_toml(data_dir: &Path, mqtts: SocketAddr, https: SocketAddr) -> 
 fn gatehouse_command(
     bin: &Path,
     dir: &Path,
-    addr: SocketAddr,
+    data_dir: &Path,
     pki: &BenchPki,
 ) -> anyhow::Result<Command> {
-    let data_dir = dir.join("data");
     pki.copy_ca_to(&data_dir.join("ca"))?;
-    let https = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
+    let any_port = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
     let conf_path = dir.join("gatehouse.toml");
-    std::fs::write(&conf_path, gatehouse_toml(&data_dir, addr, https))?;
+    std::fs::write(&conf_path, gatehouse_toml(data_dir, any_port, any_port))?;
     let mut command = Command::new(bin);
     command.arg("serve").arg("--config").arg(conf_path);
     Ok(command)
@@ -324,6 +368,27 @@ mod tests {
         assert!(text.contains("mqtts = \"127.0.0.1:1\""));
         assert!(text.contains("connect_rate_per_source = 0"));
         assert!(text.contains("subscribe = [\"bench/#\"]"));
+    }
+
+    #[test]
+    fn listeners_are_read_once_written_whole() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("listeners.json");
+        assert_eq!(read_listeners(&path), None);
+        std::fs::write(&path, r#"{"mqtts": "127.0.0.1:40001", "ht"#).expect("write");
+        assert_eq!(read_listeners(&path), None);
+        std::fs::write(
+            &path,
+            r#"{"mqtts": "127.0.0.1:40001", "https": "127.0.0.1:40002", "mqtt": null}"#,
+        )
+        .expect("write");
+        assert_eq!(
+            read_listeners(&path),
+            Some((
+                "127.0.0.1:40001".parse().expect("addr"),
+                "127.0.0.1:40002".parse().expect("addr")
+            ))
+        );
     }
 
     #[test]

@@ -1,10 +1,12 @@
 //! `gatehouse bench`: the MQTT load generator that measures Gatehouse against Mosquitto on
-//! the same machine, in the same run.
+//! the same machine, in the same run, and Gatehouse's EST enrollment.
 //!
 //! Each scenario starts a fresh broker per target (never two at once, so they do not share
 //! the two cores), runs against it with the same load generator, stops it, and prints one
 //! table with a row per broker and the Gatehouse/Mosquitto ratio. Both brokers trust one CA
-//! created for the run, so every client certificate works against both.
+//! created for the run, so every client certificate works against both. The enrollment
+//! scenario runs on Gatehouse alone (Mosquitto has no EST server) and is judged against an
+//! absolute goal instead.
 
 mod args;
 mod broker;
@@ -12,6 +14,7 @@ mod flow;
 mod machine;
 mod pki;
 mod report;
+mod samples;
 mod scenario;
 
 use std::sync::Arc;
@@ -28,7 +31,7 @@ pub use report::{Better, BrokerKind, Figure, Report, Row, ScenarioReport, Target
 use broker::{Binaries, Broker};
 use flow::Pace;
 use pki::BenchPki;
-use scenario::{Ctx, idle, messages, storm};
+use scenario::{Ctx, enroll, idle, messages, storm};
 
 /// Runs the benchmark, prints its tables, and writes the JSON report if asked. Ctrl-C
 /// stops it; the brokers it started are killed either way.
@@ -58,7 +61,14 @@ pub async fn execute(args: BenchArgs) -> anyhow::Result<Report> {
     }
     println!("command: {command}");
 
-    let targets = targets(args.target);
+    let scenarios = args.scenarios();
+    let targets: Vec<BrokerKind> = targets(args.target)
+        .into_iter()
+        .filter(|kind| scenarios.iter().any(|s| runs_on(*s, *kind)))
+        .collect();
+    if targets.is_empty() {
+        bail!("nothing to run: enrollment is measured on Gatehouse only (--target gatehouse)");
+    }
     let bins = Binaries {
         gatehouse: match &args.gatehouse_bin {
             Some(path) => path.clone(),
@@ -85,22 +95,31 @@ pub async fn execute(args: BenchArgs) -> anyhow::Result<Report> {
         println!("{}: {} ({version})", kind.name(), bin.display());
         versions.push((*kind, version));
     }
-    println!(
-        "client: MQTT {}, mutual TLS without session resumption, {} loopback source addresses",
-        match args.mqtt_version {
-            MqttVersion::V5 => "5.0",
-            MqttVersion::V311 => "3.1.1",
-        },
-        args.source_addrs
-    );
-    println!(
-        "brokers: max queued {MAX_QUEUED} per session; max inflight {MAX_INFLIGHT} (gatehouse), \
-         {MOSQUITTO_MAX_INFLIGHT} = unlimited (mosquitto 2.0.11 strands queued QoS 1 messages \
-         with a finite quota); generator window {}",
-        args.window
-    );
+    let mqtt = scenarios.iter().any(|s| *s != ScenarioArg::Enroll);
+    if mqtt {
+        println!(
+            "client: MQTT {}, mutual TLS without session resumption, {} loopback source \
+             addresses",
+            match args.mqtt_version {
+                MqttVersion::V5 => "5.0",
+                MqttVersion::V311 => "3.1.1",
+            },
+            args.source_addrs
+        );
+        println!(
+            "brokers: max queued {MAX_QUEUED} per session; max inflight {MAX_INFLIGHT} \
+             (gatehouse), {MOSQUITTO_MAX_INFLIGHT} = unlimited (mosquitto 2.0.11 strands queued \
+             QoS 1 messages with a finite quota); generator window {}",
+            args.window
+        );
+    }
+    if scenarios.contains(&ScenarioArg::Enroll) {
+        println!(
+            "enrollment client: EST over HTTP/1.1, a new TCP connection and full TLS handshake \
+             per request (no session resumption); device keys made before timing"
+        );
+    }
 
-    let scenarios = args.scenarios();
     let run_dir = tempfile::Builder::new()
         .prefix("gatehouse-bench-")
         .tempdir()
@@ -113,10 +132,12 @@ pub async fn execute(args: BenchArgs) -> anyhow::Result<Report> {
         .unwrap_or(0);
     let issuing = Instant::now();
     pki.ensure_identities(needed).await?;
-    println!(
-        "issued {needed} client certificates in {:.1} s",
-        issuing.elapsed().as_secs_f64()
-    );
+    if needed > 0 {
+        println!(
+            "issued {needed} client certificates in {:.1} s",
+            issuing.elapsed().as_secs_f64()
+        );
+    }
 
     let ctx = Ctx {
         version: args.mqtt_version.into(),
@@ -164,9 +185,15 @@ fn targets(target: TargetArg) -> Vec<BrokerKind> {
     }
 }
 
+/// Whether `scenario` runs on `kind`: every scenario does, but enrollment is Gatehouse's
+/// alone (Mosquitto has no EST server).
+fn runs_on(scenario: ScenarioArg, kind: BrokerKind) -> bool {
+    !(scenario == ScenarioArg::Enroll && kind == BrokerKind::Mosquitto)
+}
+
 fn identities_needed(scenario: ScenarioArg, args: &BenchArgs) -> usize {
     match scenario {
-        ScenarioArg::All => 0,
+        ScenarioArg::All | ScenarioArg::Enroll => 0,
         ScenarioArg::Throughput | ScenarioArg::Latency => 2 * args.pairs as usize,
         ScenarioArg::Fanin => args.fanin_publishers as usize + 1,
         ScenarioArg::Fanout => args.fanout_subscribers as usize + 1,
@@ -246,6 +273,21 @@ fn describe(scenario: ScenarioArg, args: &BenchArgs) -> (&'static str, String) {
                 args.idle_connections, args.keep_alive, args.concurrency, args.idle_hold
             ),
         ),
+        ScenarioArg::Enroll => (
+            "enroll",
+            format!(
+                "{} devices enroll over EST (simpleenroll, one token in HTTP Basic), {} at a \
+                 time, each over a new TCP connection and full TLS handshake (no resumption); \
+                 {} renew with their new certificate (simplereenroll, mutual TLS); {} MQTTS \
+                 sessions are revoked one at a time over the REST API, timed to their \
+                 disconnection. Gatehouse only: Mosquitto has no EST server, so the goal is \
+                 absolute (1,000 enrollments/s)",
+                args.devices,
+                args.concurrency,
+                args.renewals.min(args.devices),
+                args.revocations.min(args.devices)
+            ),
+        ),
     }
 }
 
@@ -260,7 +302,7 @@ async fn run_scenario(
     println!("\nrunning {name} ...");
     let mut rows = Vec::new();
     let mut notes = Vec::new();
-    for kind in targets {
+    for kind in targets.iter().filter(|k| runs_on(scenario, **k)) {
         if let Err(e) = run_on(ctx, scenario, *kind, bins, &mut rows).await {
             eprintln!("{name} on {}: {e:#}", kind.name());
             notes.push(format!("{}: {e:#}", kind.name()));
@@ -338,6 +380,7 @@ async fn run_on(
             }
             ScenarioArg::Storm => rows.push(storm::run(ctx, &mut broker).await?),
             ScenarioArg::Idle => rows.push(idle::run(ctx, &mut broker).await?),
+            ScenarioArg::Enroll => rows.extend(enroll::run(ctx, &mut broker).await?),
         }
         anyhow::Ok(())
     }

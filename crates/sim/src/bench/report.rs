@@ -330,6 +330,10 @@ pub struct Target {
     pub met: Option<bool>,
 }
 
+/// EST enrollments per second (TLS included) the enrollment scenario should reach on the
+/// bench machine.
+pub const ENROLL_GOAL: f64 = 1_000.0;
+
 /// The targets, judged from the scenario reports that were run.
 pub fn targets(reports: &[ScenarioReport], idle_goal: u32) -> Vec<Target> {
     use BrokerKind::{Gatehouse, Mosquitto};
@@ -350,6 +354,7 @@ pub fn targets(reports: &[ScenarioReport], idle_goal: u32) -> Vec<Target> {
             met: gh.zip(mq).map(|(g, m)| ok(g, m)),
         };
     let idle_held = find("idle").and_then(|r| r.figure(Gatehouse, "-", "held"));
+    let enrollments = find("enroll").and_then(|r| r.figure(Gatehouse, "enroll", "ops/s"));
     vec![
         judge(
             "QoS 1 throughput >= Mosquitto's",
@@ -380,6 +385,12 @@ pub fn targets(reports: &[ScenarioReport], idle_goal: u32) -> Vec<Target> {
             } else {
                 None
             },
+        },
+        Target {
+            target: "EST enrollments/s, TLS included, >= 1,000",
+            gatehouse: enrollments,
+            mosquitto: Some(ENROLL_GOAL),
+            met: enrollments.map(|e| e >= ENROLL_GOAL),
         },
     ]
 }
@@ -457,6 +468,7 @@ mod tests {
         assert_eq!(targets[0].met, Some(true));
         assert_eq!(targets[1].met, None);
         assert_eq!(targets[4].met, None);
+        assert_eq!(targets[5].met, None);
     }
 
     #[test]
