@@ -58,6 +58,7 @@ mod raw {
         pub https: SocketAddr,
         pub mqtt: Option<SocketAddr>,
         pub server_names: Vec<String>,
+        pub backlog: u32,
     }
 
     impl Default for Listeners {
@@ -67,6 +68,7 @@ mod raw {
                 https: SocketAddr::from(([127, 0, 0, 1], 8443)),
                 mqtt: None,
                 server_names: Vec::new(),
+                backlog: 1024,
             }
         }
     }
@@ -280,6 +282,8 @@ pub struct Settings {
     pub https: SocketAddr,
     pub mqtt: Option<SocketAddr>,
     pub server_names: Vec<String>,
+    /// Pending-connection queue of each listening socket.
+    pub backlog: u32,
     pub broker: BrokerConfig,
     pub policy: StaticPolicy,
     pub legacy_users: Vec<LegacyUser>,
@@ -434,6 +438,9 @@ impl Settings {
             );
         }
 
+        if !(16..=65_535).contains(&raw.listeners.backlog) {
+            bail!("listeners.backlog must be between 16 and 65535");
+        }
         let e = raw.enrollment;
         if e.certificate_validity < Duration::from_secs(60)
             || e.certificate_validity > Duration::from_secs(825 * 24 * 3600)
@@ -518,6 +525,7 @@ impl Settings {
             https: raw.listeners.https,
             mqtt: raw.listeners.mqtt,
             server_names: raw.listeners.server_names,
+            backlog: raw.listeners.backlog,
             policy,
             legacy_users,
             log_level: raw.log.level,

@@ -49,8 +49,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         .with_context(|| format!("creating data directory {}", settings.data_dir.display()))?;
     let registry = open_registry(&settings)?;
 
-    let https = TcpListener::bind(settings.https)
-        .await
+    let https = bind(settings.https, settings.backlog)
         .with_context(|| format!("binding HTTPS on {}", settings.https))?;
     let https_addr = https.local_addr()?;
     let (dns, ips) = server_names(&settings.server_names);
@@ -114,16 +113,14 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             .context("signing the certificate revocation lists")?,
     );
 
-    let mqtts = TcpListener::bind(settings.mqtts)
-        .await
+    let mqtts = bind(settings.mqtts, settings.backlog)
         .with_context(|| format!("binding MQTTS on {}", settings.mqtts))?;
     let mqtts_addr = mqtts.local_addr()?;
     broker.serve_tls(mqtts, control.tls.clone());
 
     let mut plain_addr = None;
     if let Some(addr) = settings.mqtt {
-        let plain = TcpListener::bind(addr)
-            .await
+        let plain = bind(addr, settings.backlog)
             .with_context(|| format!("binding plain MQTT on {addr}"))?;
         plain_addr = Some(plain.local_addr()?);
         warn!(addr = %addr, "plain MQTT listener enabled: its devices have a weaker, password identity");
@@ -186,6 +183,19 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&listeners_file);
     info!("stopped");
     Ok(())
+}
+
+/// A listening socket with `backlog` pending connections (the standard library's 128 drops
+/// connections in an enrollment or reconnection storm).
+fn bind(addr: std::net::SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
 }
 
 /// Opens the registry, creating the `default` tenant on first start.

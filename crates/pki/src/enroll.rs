@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use gatehouse_store::{
     Assurance, AuditEntry, CertSerial, Device, DeviceStatus, ManufacturerId, ModelId,
-    NewCertificate, NewDevice, Registry, RevokedCertificate, TokenError, TokenId, TokenSecret,
-    WriteError,
+    NewCertificate, NewDevice, Registry, RevokedCertificate, TokenEnrollError, TokenError, TokenId,
+    TokenSecret, WriteError,
 };
 use gatehouse_types::{DeviceId, DeviceRef, TenantId};
 use rustls_pki_types::CertificateDer;
@@ -320,17 +320,9 @@ impl Enroller {
                 status_text(existing.status)
             )));
         }
-        let use_entry = AuditEntry::new(now, format!("token:{id}"), "use_token", id)
-            .detail(json!({ "device": device_ref.to_string(), "peer": peer }));
-        let token = self
-            .registry
-            .consume_token(
-                &token_id,
-                &TokenSecret::from_client(secret),
-                now,
-                &use_entry,
-            )
-            .map_err(token_error)?;
+        // Sign first, then use the token and record the device and its certificate in one
+        // transaction: a refusal there leaves the token unused and the certificate unknown
+        // (it is never returned).
         let cert = self.sign(&csr, &token.tenant, &device)?;
         let new_device = NewDevice {
             device: device_ref.clone(),
@@ -340,6 +332,8 @@ impl Enroller {
             assurance: Assurance::Token,
             tags: Vec::new(),
         };
+        let use_entry = AuditEntry::new(now, format!("token:{id}"), "use_token", id)
+            .detail(json!({ "device": device_ref.to_string(), "peer": peer }));
         let audit = AuditEntry::new(now, format!("token:{id}"), "enroll", device_ref.to_string())
             .reason("enrolled with a token")
             .detail(json!({
@@ -349,14 +343,22 @@ impl Enroller {
                 "model": token.model.as_str(),
                 "peer": peer,
             }));
-        let (device, _) = self
+        let (device, _, _) = self
             .registry
-            .enroll(
+            .enroll_with_token(
+                &token_id,
+                &TokenSecret::from_client(secret),
+                now,
                 &new_device,
                 &self.new_certificate(&cert, &device_ref)?,
+                &use_entry,
                 &audit,
             )
-            .map_err(write_error)?;
+            .map_err(|e| match e {
+                TokenEnrollError::Token(t) => token_error(t),
+                TokenEnrollError::Write(w) => write_error(w),
+                other => EnrollError::Internal(format!("recording the enrollment: {other}")),
+            })?;
         info!(device = %device_ref, serial = %cert.serial_hex, "enrolled with a token");
         Ok(Enrolled {
             device,

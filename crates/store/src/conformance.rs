@@ -735,6 +735,80 @@ pub fn changes_are_audited<S: Registry>(make: impl Fn() -> S) {
     assert_eq!(audit::verify_jsonl(&out[..]).unwrap(), report);
 }
 
+/// Token enrollment in one transaction: the use, the device and its certificate together,
+/// or nothing.
+pub fn token_enrollment_is_one_transaction<S: Registry>(make: impl Fn() -> S) {
+    let s = make();
+    seed(&s);
+    let (rec, secret) = s
+        .create_token(
+            &NewToken {
+                tenant: tenant("acme"),
+                model: model("pump"),
+                max_uses: 2,
+                expires_at: t0() + Duration::hours(1),
+                created_by: "operator:alice".into(),
+            },
+            &entry("create_token", "acme"),
+        )
+        .unwrap();
+    let now = t0() + Duration::minutes(1);
+    let d1 = dref("acme", "t-1");
+    let ok = s
+        .enroll_with_token(
+            &rec.id,
+            &secret,
+            now,
+            &new_device("acme", "t-1", None),
+            &new_cert("a1", &d1),
+            &entry("use_token", rec.id.as_str()),
+            &entry("enroll", "acme/t-1"),
+        )
+        .unwrap();
+    assert_eq!((ok.0.device.clone(), ok.2.uses), (d1.clone(), 1));
+    assert_eq!(s.list_certificates(&d1).unwrap().len(), 1);
+    let before = audit_len(&s);
+
+    // Refusals leave everything as it was: a wrong secret, an existing device, another
+    // tenant's device, another model.
+    let wrong = TokenSecret::from_client("not-the-secret");
+    let attempts: Vec<(&TokenSecret, NewDevice, &str)> = vec![
+        (&wrong, new_device("acme", "t-2", None), "a2"),
+        (&secret, new_device("acme", "t-1", None), "a3"),
+        (&secret, new_device("globex", "t-4", None), "a4"),
+        (
+            &secret,
+            NewDevice {
+                model: model("other"),
+                ..new_device("acme", "t-5", None)
+            },
+            "a5",
+        ),
+    ];
+    for (secret, device, serial) in attempts {
+        let cert = new_cert(serial, &device.device);
+        let r = s.enroll_with_token(
+            &rec.id,
+            secret,
+            now,
+            &device,
+            &cert,
+            &entry("use_token", rec.id.as_str()),
+            &entry("enroll", "x"),
+        );
+        assert!(r.is_err(), "{device:?} must be refused");
+        assert!(s.get_certificate(&cert.serial).unwrap().is_none());
+    }
+    assert!(s.get_device(&dref("acme", "t-2")).unwrap().is_none());
+    assert!(s.get_device(&dref("globex", "t-4")).unwrap().is_none());
+    assert_eq!(s.get_token(&rec.id).unwrap().unwrap().uses, 1);
+    assert_eq!(
+        audit_len(&s),
+        before,
+        "a refusal writes no audit record here"
+    );
+}
+
 /// Runs every suite.
 pub fn all<S: Registry>(make: impl Fn() -> S) {
     tenants(&make);
@@ -745,5 +819,6 @@ pub fn all<S: Registry>(make: impl Fn() -> S) {
     batch_revocation(&make);
     tokens(&make);
     reused_single_use_token_is_refused(&make);
+    token_enrollment_is_one_transaction(&make);
     changes_are_audited(&make);
 }

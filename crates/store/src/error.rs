@@ -217,3 +217,23 @@ impl From<ReadError> for AuditError {
         }
     }
 }
+
+/// Why an enrollment with a token was not recorded: the token refused it, or the
+/// enrollment could not be written. Either way nothing was written.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TokenEnrollError {
+    /// The token did not admit it (unknown, wrong secret, revoked, expired, used up).
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    /// The enrollment could not be written (the device exists, the token is for another
+    /// tenant or model, ...).
+    #[error(transparent)]
+    Write(#[from] WriteError),
+}
+
+impl From<BackendError> for TokenEnrollError {
+    fn from(e: BackendError) -> Self {
+        Self::Write(WriteError::Backend(e))
+    }
+}

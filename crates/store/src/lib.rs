@@ -24,7 +24,9 @@ pub mod sqlite;
 mod traits;
 
 pub use audit::{AuditEntry, AuditRecord, Tamper, VerifyError, VerifyReport};
-pub use error::{AuditError, BackendError, OpenError, ReadError, TokenError, WriteError};
+pub use error::{
+    AuditError, BackendError, OpenError, ReadError, TokenEnrollError, TokenError, WriteError,
+};
 pub use model::*;
 pub use sqlite::SqliteStore;
 pub use traits::{AuditLog, Registry};

@@ -5,7 +5,7 @@ use gatehouse_types::{DeviceRef, TenantId};
 use time::OffsetDateTime;
 
 use crate::audit::{AuditEntry, AuditRecord, VerifyError, VerifyReport};
-use crate::error::{AuditError, ReadError, TokenError, WriteError};
+use crate::error::{AuditError, ReadError, TokenEnrollError, TokenError, WriteError};
 use crate::model::*;
 
 /// The append-only, hash-chained audit log.
@@ -195,6 +195,21 @@ pub trait Registry: AuditLog {
         now: OffsetDateTime,
         audit: &AuditEntry,
     ) -> Result<TokenRecord, TokenError>;
+    /// Uses a token and enrolls a new device with it, in one transaction: the token use
+    /// (audited with `token_audit`), the device (which must not exist, and must be of the
+    /// token's tenant and model), its certificate and `audit`. On any refusal nothing is
+    /// written and the token keeps its uses.
+    #[allow(clippy::too_many_arguments)]
+    fn enroll_with_token(
+        &self,
+        token: &TokenId,
+        secret: &TokenSecret,
+        now: OffsetDateTime,
+        device: &NewDevice,
+        cert: &NewCertificate,
+        token_audit: &AuditEntry,
+        audit: &AuditEntry,
+    ) -> Result<(Device, Certificate, TokenRecord), TokenEnrollError>;
     /// Revokes a token.
     fn revoke_token(&self, id: &TokenId, audit: &AuditEntry) -> Result<TokenRecord, WriteError>;
     /// A token (without its secret).

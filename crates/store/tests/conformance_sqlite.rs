@@ -21,5 +21,6 @@ suites!(
     batch_revocation,
     tokens,
     reused_single_use_token_is_refused,
+    token_enrollment_is_one_transaction,
     changes_are_audited,
 );

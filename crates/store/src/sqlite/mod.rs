@@ -1133,23 +1133,7 @@ impl Registry for SqliteStore {
                 what: "enrollment (the certificate names another device)".to_owned(),
             });
         }
-        self.write(|tx| {
-            let at = secs(audit.at);
-            if get_device_tx(tx, &device.device)
-                .map_err(write_err("device"))?
-                .is_none()
-            {
-                insert_device_tx(tx, device, at)?;
-            }
-            let c = insert_cert_tx(tx, cert, at)?;
-            append_tx(tx, audit)?;
-            let d = get_device_tx(tx, &device.device)
-                .map_err(write_err("device"))?
-                .ok_or_else(|| WriteError::NotFound {
-                    what: format!("device {}", device.device),
-                })?;
-            Ok((d, c))
-        })
+        self.write(|tx| enroll_tx(tx, device, cert, audit))
     }
 
     fn record_certificate(
@@ -1380,45 +1364,48 @@ impl Registry for SqliteStore {
         audit: &AuditEntry,
     ) -> Result<TokenRecord, TokenError> {
         let presented = hash_secret(secret.expose());
+        self.write(|tx| consume_token_tx(tx, id, &presented, now, audit))
+    }
+
+    fn enroll_with_token(
+        &self,
+        token: &TokenId,
+        secret: &TokenSecret,
+        now: OffsetDateTime,
+        device: &NewDevice,
+        cert: &NewCertificate,
+        token_audit: &AuditEntry,
+        audit: &AuditEntry,
+    ) -> Result<(Device, Certificate, TokenRecord), TokenEnrollError> {
+        if device.device != cert.device {
+            return Err(WriteError::Invalid {
+                what: "enrollment (the certificate names another device)".to_owned(),
+            }
+            .into());
+        }
+        let presented = hash_secret(secret.expose());
         self.write(|tx| {
-            let found = tx
-                .query_row(
-                    &format!(
-                        "SELECT {TOKEN_COLS}, secret_hash FROM enrollment_tokens WHERE id = ?1"
+            let rec = consume_token_tx(tx, token, &presented, now, token_audit)?;
+            if rec.tenant != device.device.tenant || rec.model != device.model {
+                return Err(WriteError::Invalid {
+                    what: format!(
+                        "enrollment (token {token} is for tenant {} and model {})",
+                        rec.tenant, rec.model
                     ),
-                    [id.as_str()],
-                    |r| Ok((token_row(r)?, r.get::<_, Vec<u8>>(9)?)),
-                )
-                .optional()
-                .map_err(read_err)?;
-            let Some((mut rec, stored)) = found else {
-                return Err(TokenError::Unknown);
-            };
-            // The secret first: the token's state is told only to whoever holds it.
-            if !bool::from(stored.as_slice().ct_eq(&presented[..])) {
-                return Err(TokenError::BadSecret);
+                }
+                .into());
             }
-            if rec.revoked {
-                return Err(TokenError::Revoked);
+            if get_device_tx(tx, &device.device)
+                .map_err(write_err("device"))?
+                .is_some()
+            {
+                return Err(WriteError::AlreadyExists {
+                    what: format!("device {}", device.device),
+                }
+                .into());
             }
-            if now >= rec.expires_at {
-                return Err(TokenError::Expired);
-            }
-            if rec.uses >= rec.max_uses {
-                return Err(TokenError::Exhausted);
-            }
-            let n = tx
-                .execute(
-                    "UPDATE enrollment_tokens SET uses = uses + 1 WHERE id = ?1 AND uses < max_uses",
-                    [id.as_str()],
-                )
-                .map_err(read_err)?;
-            if n != 1 {
-                return Err(TokenError::Exhausted);
-            }
-            append_tx(tx, audit)?;
-            rec.uses += 1;
-            Ok(rec)
+            let (d, c) = enroll_tx(tx, device, cert, audit)?;
+            Ok((d, c, rec))
         })
     }
 
@@ -1488,4 +1475,74 @@ fn with_token_id(audit: &AuditEntry, id: &TokenId) -> AuditEntry {
         other => serde_json::json!({ "token": id.as_str(), "detail": other }),
     };
     entry
+}
+
+/// Checks a token's secret and state and counts one use, inside `tx`.
+fn consume_token_tx(
+    tx: &Transaction<'_>,
+    id: &TokenId,
+    presented: &[u8],
+    now: OffsetDateTime,
+    audit: &AuditEntry,
+) -> Result<TokenRecord, TokenError> {
+    let found = tx
+        .query_row(
+            &format!("SELECT {TOKEN_COLS}, secret_hash FROM enrollment_tokens WHERE id = ?1"),
+            [id.as_str()],
+            |r| Ok((token_row(r)?, r.get::<_, Vec<u8>>(9)?)),
+        )
+        .optional()
+        .map_err(read_err)?;
+    let Some((mut rec, stored)) = found else {
+        return Err(TokenError::Unknown);
+    };
+    // The secret first: the token's state is told only to whoever holds it.
+    if !bool::from(stored.as_slice().ct_eq(presented)) {
+        return Err(TokenError::BadSecret);
+    }
+    if rec.revoked {
+        return Err(TokenError::Revoked);
+    }
+    if now >= rec.expires_at {
+        return Err(TokenError::Expired);
+    }
+    if rec.uses >= rec.max_uses {
+        return Err(TokenError::Exhausted);
+    }
+    let n = tx
+        .execute(
+            "UPDATE enrollment_tokens SET uses = uses + 1 WHERE id = ?1 AND uses < max_uses",
+            [id.as_str()],
+        )
+        .map_err(read_err)?;
+    if n != 1 {
+        return Err(TokenError::Exhausted);
+    }
+    append_tx(tx, audit)?;
+    rec.uses += 1;
+    Ok(rec)
+}
+
+/// Registers the device if it is new, records its certificate and the audit record.
+fn enroll_tx(
+    tx: &Transaction<'_>,
+    device: &NewDevice,
+    cert: &NewCertificate,
+    audit: &AuditEntry,
+) -> Result<(Device, Certificate), WriteError> {
+    let at = secs(audit.at);
+    if get_device_tx(tx, &device.device)
+        .map_err(write_err("device"))?
+        .is_none()
+    {
+        insert_device_tx(tx, device, at)?;
+    }
+    let c = insert_cert_tx(tx, cert, at)?;
+    append_tx(tx, audit)?;
+    let d = get_device_tx(tx, &device.device)
+        .map_err(write_err("device"))?
+        .ok_or_else(|| WriteError::NotFound {
+            what: format!("device {}", device.device),
+        })?;
+    Ok((d, c))
 }
