@@ -1,5 +1,6 @@
-//! Shared vocabulary of Gatehouse: identifiers, validated MQTT topic newtypes and the
-//! observation events that the broker emits for the detection stage.
+//! Shared vocabulary of Gatehouse: identifiers, validated MQTT topic newtypes, the
+//! observation events that the broker emits for the detection stage, and the trust
+//! [`Tier`] and [`Score`] that the trust stage hands to the rest of the loop.
 //!
 //! The one design decision that shapes this crate: anything that must be validated
 //! (a device id, a topic, a topic filter) is a newtype that can only be built through
@@ -8,6 +9,7 @@
 mod id;
 mod observation;
 mod topic;
+mod trust;
 
 pub use id::{DeviceId, DeviceRef, IdError, Identity, IdentitySource, TenantId};
 pub use observation::{
@@ -15,3 +17,4 @@ pub use observation::{
     SubscribeObservation, TlsFacts,
 };
 pub use topic::{Topic, TopicError, TopicFilter, matches};
+pub use trust::{Score, ScoreError, Tier, TierError};
