@@ -10,7 +10,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
-use gatehouse_pki::{ModelRule, load_certs_pem};
+use gatehouse_pki::ModelRule;
 use gatehouse_store::{
     AuditEntry, BatchScope, Cursor, DeviceFilter, DeviceStatus, ManufacturerId, ModelId, NewClaim,
     NewManufacturer, NewModel, NewToken, RevocationReason, TokenId,
@@ -289,23 +289,9 @@ async fn create_manufacturer(
     .await
 }
 
-/// Every certificate in `pem` must be a CA certificate.
+/// Every certificate in `pem` must be a CA certificate usable as a trust anchor.
 fn check_ca_pem(pem: &str) -> Result<(), String> {
-    use x509_parser::prelude::FromDer;
-    let certs = load_certs_pem(pem).map_err(|e| e.to_string())?;
-    for der in &certs {
-        let (_, cert) = x509_parser::certificate::X509Certificate::from_der(der)
-            .map_err(|e| format!("not a certificate: {e}"))?;
-        let is_ca = cert
-            .basic_constraints()
-            .ok()
-            .flatten()
-            .is_some_and(|bc| bc.value.ca);
-        if !is_ca {
-            return Err(format!("{} is not a CA certificate", cert.subject()));
-        }
-    }
-    Ok(())
+    gatehouse_pki::inspect_ca_pem(pem.as_bytes()).map(|_| ())
 }
 
 // ---------------------------------------------------------------- models

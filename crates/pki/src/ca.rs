@@ -29,6 +29,7 @@ use crate::kek::{KekError, KeySource};
 use crate::pem::{PemError, load_certs_pem, load_key_pem};
 
 mod store;
+pub(crate) use store::der_to_pem;
 
 /// Common name of the local root.
 pub(crate) const CA_COMMON_NAME: &str = "Gatehouse Local CA";

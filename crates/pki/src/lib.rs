@@ -29,6 +29,7 @@
 //! ever being generated here.
 
 mod ca;
+mod ca_info;
 mod crl;
 mod csr;
 mod enroll;
@@ -43,6 +44,7 @@ mod secret;
 mod tls;
 
 pub use ca::{CaError, DeviceCertParams, LocalCa, ServerCertParams};
+pub use ca_info::{CaCertInfo, inspect_ca_pem};
 pub use crl::{Crl, RevocationReason, RevokedCert};
 pub use csr::{CsrError, CsrPolicy, DEFAULT_CSR_VALIDITY, KeyKind, VerifiedCsr, verify_csr};
 pub use enroll::{Credential, EnrollError, EnrollPolicy, Enrolled, Enroller, PublishedCrl};

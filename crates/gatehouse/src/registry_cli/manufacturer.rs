@@ -5,15 +5,12 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use base64::Engine as _;
 use clap::Subcommand;
-use gatehouse_pki::{ModelRule, load_certs_pem};
+use gatehouse_pki::{CaCertInfo as CaInfo, ModelRule, inspect_ca_pem};
 use gatehouse_store::{Manufacturer, ManufacturerId, NewManufacturer, Registry};
 use serde::Serialize;
 use serde_json::json;
-use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
-use x509_parser::prelude::{FromDer, X509Certificate};
 
 use super::{Ctx, display_name, fmt_time, table};
 
@@ -219,13 +216,9 @@ impl View {
         };
         let mut cas = Vec::new();
         for pem in &m.idevid_ca_pems {
-            let ders = load_certs_pem(pem)
-                .with_context(|| format!("stored CA certificate of manufacturer {}", m.id))?;
-            for der in ders {
-                cas.push(inspect(&der).map_err(|e| {
-                    anyhow::anyhow!("stored CA certificate of manufacturer {}: {e}", m.id)
-                })?);
-            }
+            cas.extend(inspect_ca_pem(pem.as_bytes()).map_err(|e| {
+                anyhow::anyhow!("stored CA certificate of manufacturer {}: {e}", m.id)
+            })?);
         }
         Ok(Self {
             id: m.id.clone(),
@@ -266,21 +259,6 @@ fn describe(v: &View) -> String {
     t
 }
 
-/// What the commands show of a CA certificate.
-#[derive(Debug, Clone, Serialize)]
-pub(super) struct CaInfo {
-    pub subject: String,
-    pub issuer: String,
-    /// SHA-256 of the DER, colon-separated uppercase hex (as `openssl x509 -fingerprint`).
-    pub sha256: String,
-    #[serde(with = "time::serde::timestamp")]
-    pub not_before: OffsetDateTime,
-    #[serde(with = "time::serde::timestamp")]
-    pub not_after: OffsetDateTime,
-    /// The certificate alone, PEM.
-    pub pem: String,
-}
-
 /// Reads every certificate of every file; each must be a CA certificate. Duplicates are
 /// kept once. Expired CAs are accepted with a warning.
 fn read_ca_files(files: &[PathBuf]) -> Result<Vec<CaInfo>> {
@@ -306,103 +284,13 @@ fn read_ca_files(files: &[PathBuf]) -> Result<Vec<CaInfo>> {
 
 fn read_ca_file(path: &Path) -> Result<Vec<CaInfo>> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    parse_ca_pem(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
-}
-
-/// The CA certificates in PEM text, each checked by [`inspect`].
-pub(super) fn parse_ca_pem(bytes: &[u8]) -> Result<Vec<CaInfo>, String> {
-    if bytes.first() == Some(&0x30) {
-        return Err("this looks like DER; give the certificate in PEM \
-                    (`openssl x509 -inform der -in FILE -out FILE.pem`)"
-            .to_owned());
-    }
-    let text = String::from_utf8_lossy(bytes);
-    let ders = load_certs_pem(&text).map_err(|e| e.to_string())?;
-    ders.iter()
-        .enumerate()
-        .map(|(i, der)| {
-            inspect(der).map_err(|e| {
-                if ders.len() > 1 {
-                    format!("certificate {} of {}: {e}", i + 1, ders.len())
-                } else {
-                    e
-                }
-            })
-        })
-        .collect()
-}
-
-/// Checks that `der` is an X.509 CA certificate usable as a trust anchor, and describes it.
-fn inspect(der: &[u8]) -> Result<CaInfo, String> {
-    let (rest, cert) =
-        X509Certificate::from_der(der).map_err(|e| format!("not an X.509 certificate ({e})"))?;
-    if !rest.is_empty() {
-        return Err("not an X.509 certificate (trailing data after it)".to_owned());
-    }
-    let subject = cert.subject().to_string();
-    let bc = cert
-        .basic_constraints()
-        .map_err(|e| format!("{subject}: unreadable basicConstraints ({e})"))?;
-    match bc {
-        None => {
-            return Err(format!(
-                "{subject} is not a CA certificate: it has no basicConstraints extension"
-            ));
-        }
-        Some(bc) if !bc.value.ca => {
-            return Err(format!(
-                "{subject} is not a CA certificate: its basicConstraints say CA:FALSE"
-            ));
-        }
-        Some(_) => {}
-    }
-    if let Some(ku) = cert
-        .key_usage()
-        .map_err(|e| format!("{subject}: unreadable keyUsage ({e})"))?
-        && !ku.value.key_cert_sign()
-    {
-        return Err(format!(
-            "{subject} may not sign certificates: its keyUsage lacks keyCertSign"
-        ));
-    }
-    let anchor = rustls::pki_types::CertificateDer::from(der.to_vec());
-    rustls::RootCertStore::empty()
-        .add(anchor)
-        .map_err(|e| format!("{subject} cannot be used as a trust anchor ({e})"))?;
-    Ok(CaInfo {
-        issuer: cert.issuer().to_string(),
-        sha256: fingerprint(der),
-        not_before: cert.validity().not_before.to_datetime(),
-        not_after: cert.validity().not_after.to_datetime(),
-        pem: to_pem(der),
-        subject,
-    })
-}
-
-/// SHA-256 of `der` as colon-separated uppercase hex.
-fn fingerprint(der: &[u8]) -> String {
-    Sha256::digest(der)
-        .iter()
-        .map(|b| format!("{b:02X}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
-/// One certificate as PEM, 64 base64 characters a line.
-fn to_pem(der: &[u8]) -> String {
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
-    for chunk in b64.as_bytes().chunks(64) {
-        out.push_str(&String::from_utf8_lossy(chunk));
-        out.push('\n');
-    }
-    out.push_str("-----END CERTIFICATE-----\n");
-    out
+    inspect_ca_pem(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use gatehouse_pki::{inspect_ca_pem as parse_ca_pem, load_certs_pem};
 
     #[test]
     fn manufacturer_ca_is_accepted_and_round_trips_as_pem() {
