@@ -498,3 +498,18 @@ proptest! {
         prop_assert_eq!(tier(0), if t.quarantined == 0 { Tier::Quarantined } else { Tier::Blocked });
     }
 }
+
+#[test]
+fn documented_config_example_is_valid() {
+    let doc = include_str!("../../../docs/trust.md");
+    let start = doc
+        .find("```toml\nhalf_life")
+        .expect("the score configuration example")
+        + "```toml\n".len();
+    let len = doc[start..].find("```").expect("a closed block");
+    let raw: RawScoreConfig = toml::from_str(&doc[start..start + len]).expect("valid TOML");
+    let c = ScoreConfig::new(raw).expect("a valid configuration");
+    assert_eq!(c.half_life(), 12 * HOUR);
+    assert_eq!(c.thresholds().trusted, 85);
+    assert_eq!(c.weights().services.len(), 3);
+}
