@@ -1,0 +1,195 @@
+//! The policy set: parsed, named by `@id`, validated against the schema, swapped whole.
+
+use std::str::FromStr;
+
+use cedar_policy::{Authorizer, PolicyId, PolicySet, Schema, ValidationMode, Validator};
+
+/// Why a schema or a policy set was refused. The problems are listed one per entry, each
+/// naming the policy it is about where there is one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PolicyError {
+    /// The schema text is not a valid Cedar schema.
+    #[error("invalid policy schema: {}", .0.join("; "))]
+    Schema(Vec<String>),
+    /// The policy text does not parse.
+    #[error("policy set refused, it does not parse:\n{}", list(.0))]
+    Parse(Vec<String>),
+    /// The policies parse but do not validate against the schema (an unknown attribute,
+    /// a type error, an action applied to the wrong resource...).
+    #[error("policy set refused, it does not match the schema:\n{}", list(.0))]
+    Invalid(Vec<String>),
+    /// Two policies carry the same `@id`, or an `@id` is not usable as a policy id.
+    #[error("policy set refused, policy ids clash:\n{}", list(.0))]
+    Ids(Vec<String>),
+    /// The text holds templates: verdicts evaluate static policies only, and a template
+    /// that is never linked would silently do nothing.
+    #[error("policy set refused, templates are not supported: {}", .0.join(", "))]
+    Templates(Vec<String>),
+}
+
+fn list(problems: &[String]) -> String {
+    problems
+        .iter()
+        .map(|p| format!("  - {p}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The Cedar schema of Gatehouse's requests (principal `Device`, resources `Topic` and
+/// `Broker`, actions `connect`, `publish`, `subscribe`), in Cedar's schema syntax.
+pub const SCHEMA: &str = include_str!("gatehouse.cedarschema");
+
+/// Gatehouse's default policy set: trusted devices get their profile; restricted devices
+/// its telemetry topics only; quarantined devices only the update and health topics;
+/// blocked devices nothing.
+pub const DEFAULT_POLICIES: &str = include_str!("default.cedar");
+
+// === impl PolicySchema ===
+
+/// A parsed Cedar schema that policy sets are validated against.
+#[derive(Debug, Clone)]
+pub struct PolicySchema(pub(crate) Schema);
+
+impl PolicySchema {
+    /// Parses a schema in Cedar's schema syntax. It must declare what [`SCHEMA`] declares:
+    /// verdict compilation builds entities of those types.
+    pub fn from_cedarschema(text: &str) -> Result<Self, PolicyError> {
+        Schema::from_cedarschema_str(text)
+            .map(|(schema, _warnings)| Self(schema))
+            .map_err(|e| PolicyError::Schema(vec![e.to_string()]))
+    }
+
+    /// Gatehouse's schema, [`SCHEMA`].
+    pub fn gatehouse() -> Self {
+        // The embedded schema is checked by the tests; it always parses.
+        #[allow(clippy::expect_used)]
+        Self::from_cedarschema(SCHEMA).expect("the embedded schema parses")
+    }
+}
+
+impl Default for PolicySchema {
+    fn default() -> Self {
+        Self::gatehouse()
+    }
+}
+
+// === impl PolicyEngine ===
+
+/// The policy set in force and the schema it was validated against. A new set replaces the
+/// old one only once it has parsed and validated; a refused set leaves the old one in force.
+#[derive(Debug, Clone)]
+pub struct PolicyEngine {
+    pub(crate) schema: Schema,
+    pub(crate) policies: PolicySet,
+    pub(crate) authorizer: Authorizer,
+    source: String,
+    generation: u64,
+}
+
+impl PolicyEngine {
+    /// An engine with no policies: it denies everything until a set is loaded.
+    pub fn new(schema: PolicySchema) -> Self {
+        Self {
+            schema: schema.0,
+            policies: PolicySet::new(),
+            authorizer: Authorizer::new(),
+            source: String::new(),
+            generation: 0,
+        }
+    }
+
+    /// Gatehouse's schema with the default policy set loaded.
+    pub fn with_defaults() -> Self {
+        let mut engine = Self::new(PolicySchema::gatehouse());
+        // The default set is validated by the tests; loading it cannot fail.
+        #[allow(clippy::expect_used)]
+        engine
+            .load(DEFAULT_POLICIES)
+            .expect("the default policy set validates");
+        engine
+    }
+
+    /// Replaces the policy set with `text`, once it parses and validates against the
+    /// schema. On error the set in force stays.
+    pub fn load(&mut self, text: &str) -> Result<(), PolicyError> {
+        let policies = self.check(text)?;
+        self.policies = policies;
+        self.source = text.to_owned();
+        self.generation += 1;
+        Ok(())
+    }
+
+    /// Adds the policies in `text` to the set in force (the defaults, say), once the
+    /// combined set parses and validates. On error the set in force stays.
+    pub fn add(&mut self, text: &str) -> Result<(), PolicyError> {
+        let combined = format!("{}\n{text}", self.source);
+        self.load(&combined)
+    }
+
+    /// The text of the set in force.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// How many sets have been loaded: bumps on every change, so verdicts can say which
+    /// policy set they were compiled under.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The ids of the policies in force, in no particular order.
+    pub fn policy_ids(&self) -> Vec<String> {
+        self.policies
+            .policies()
+            .map(|p| p.id().to_string())
+            .collect()
+    }
+
+    /// Parses `text`, names each policy by its `@id` (or `policyN` by position when it has
+    /// none) and validates the set in strict mode.
+    fn check(&self, text: &str) -> Result<PolicySet, PolicyError> {
+        let parsed = PolicySet::from_str(text)
+            .map_err(|errs| PolicyError::Parse(errs.iter().map(|e| e.to_string()).collect()))?;
+        let templates: Vec<String> = parsed.templates().map(|t| t.id().to_string()).collect();
+        if !templates.is_empty() {
+            return Err(PolicyError::Templates(templates));
+        }
+        // `from_str` numbers policies in text order as `policy0`, `policy1`...; keep that
+        // order so that unnamed policies keep their position as their name.
+        let mut policies: Vec<_> = parsed.policies().cloned().collect();
+        policies.sort_by_key(|p| {
+            p.id()
+                .to_string()
+                .strip_prefix("policy")
+                .and_then(|n| n.parse::<usize>().ok())
+                .unwrap_or(usize::MAX)
+        });
+        let mut named = PolicySet::new();
+        let mut clashes = Vec::new();
+        for policy in policies {
+            let policy = match policy.annotation("id") {
+                Some(id) => policy.new_id(PolicyId::new(id)),
+                None => policy,
+            };
+            let id = policy.id().to_string();
+            if let Err(e) = named.add(policy) {
+                clashes.push(format!("policy `{id}`: {e}"));
+            }
+        }
+        if !clashes.is_empty() {
+            return Err(PolicyError::Ids(clashes));
+        }
+        let validation =
+            Validator::new(self.schema.clone()).validate(&named, ValidationMode::Strict);
+        if !validation.validation_passed() {
+            return Err(PolicyError::Invalid(
+                validation
+                    .validation_errors()
+                    .map(|e| e.to_string())
+                    .collect(),
+            ));
+        }
+        Ok(named)
+    }
+}
