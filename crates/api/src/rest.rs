@@ -372,7 +372,8 @@ struct ProfileVersionDto {
     version: u32,
 }
 
-/// Upload a new version of a model's profile (TOML body).
+/// Upload a new version of a model's profile (TOML body), validated first: it must parse,
+/// be consistent and name this model and its manufacturer.
 #[utoipa::path(post, path = "/api/v1/models/{model}/profiles", tag = "registry",
     params(("model" = String, Path)), request_body(content = String, content_type = "application/toml"),
     responses((status = 201, body = ProfileVersionDto), (status = 404, body = ProblemBody),
@@ -384,10 +385,27 @@ async fn add_profile(
     body: String,
 ) -> ApiResult<(StatusCode, Json<ProfileVersionDto>)> {
     let model = parse("model", &model, ModelId::new)?;
-    body.parse::<toml_check::Table>()
-        .map_err(|e| Problem::invalid(format!("profile is not valid TOML: {e}")))?;
+    let profile = gatehouse_trust::profile::ModelProfile::parse(&body)
+        .map_err(|e| Problem::invalid(format!("invalid profile: {e}")))?;
+    if profile.model() != model.as_str() {
+        return Err(Problem::invalid(format!(
+            "the profile describes model {:?}, not {model}",
+            profile.model()
+        )));
+    }
     let audit = AuditEntry::new(now(), actor(&conn), "add_model_profile", model.to_string());
     blocking(move || {
+        let registered = s
+            .registry
+            .get_model(&model)?
+            .ok_or_else(|| Problem::not_found(format!("model {model} not found")))?;
+        if profile.manufacturer() != registered.manufacturer.as_str() {
+            return Err(Problem::invalid(format!(
+                "the profile names manufacturer {:?}, but model {model} is made by {}",
+                profile.manufacturer(),
+                registered.manufacturer
+            )));
+        }
         let p = s.registry.add_model_profile(&model, &body, &audit)?;
         Ok((
             StatusCode::CREATED,
@@ -398,11 +416,6 @@ async fn add_profile(
         ))
     })
     .await
-}
-
-/// TOML syntax check for profiles (their schema comes with the trust engine).
-mod toml_check {
-    pub(super) type Table = toml::Table;
 }
 
 // ---------------------------------------------------------------- claims

@@ -1162,3 +1162,55 @@ async fn openapi_document_is_valid_and_errors_share_one_shape() -> Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn model_profiles_are_validated_before_they_are_stored() -> Result<()> {
+    if !tools() {
+        return Ok(());
+    }
+    let lab = Lab::start().await?;
+    lab.register_acme(ManufacturerCa::new("Acme")?.cert_pem())?;
+    let upload = |body: &str| -> Result<(u16, Value)> {
+        let file = lab.path(&format!("profile-{}.toml", rand_suffix()));
+        std::fs::write(&file, body)?;
+        let data = format!("@{}", file.display());
+        let url = lab.url("/api/v1/models/thermo/profiles");
+        let (s, bytes) = lab.curl(&[
+            "-X",
+            "POST",
+            "-H",
+            "content-type: application/toml",
+            "--data-binary",
+            &data,
+            &url,
+        ])?;
+        Ok((s, serde_json::from_slice(&bytes).unwrap_or(Value::Null)))
+    };
+    let good = "manufacturer = \"acme\"\nmodel = \"thermo\"\n[firmware]\ncurrent = \"2.0.0\"\n\
+                supported = [\"1.0.0\", \"2.0.0\"]\n";
+    let (s, v) = upload(good)?;
+    ensure!(s == 201 && v["version"] == 1, "{s} {v}");
+    let (s, v) = upload(good)?;
+    ensure!(s == 201 && v["version"] == 2, "versions increase: {s} {v}");
+    for (bad, needle) in [
+        (
+            "manufacturer = \"acme\"\nmodel = \"thermo\"\n[firmware]\ncurrent = \"3.0.0\"\nsupported = [\"1.0.0\"]\n",
+            "firmware",
+        ),
+        (
+            "manufacturer = \"acme\"\nmodel = \"other\"\n[firmware]\ncurrent = \"1.0.0\"\nsupported = [\"1.0.0\"]\n",
+            "other",
+        ),
+        (
+            "manufacturer = \"globex\"\nmodel = \"thermo\"\n[firmware]\ncurrent = \"1.0.0\"\nsupported = [\"1.0.0\"]\n",
+            "globex",
+        ),
+        ("[topics\n", "line 1"),
+    ] {
+        let (s, v) = upload(bad)?;
+        ensure!(s == 422, "{bad:?}: {s} {v}");
+        let msg = v["error"]["message"].as_str().unwrap_or("");
+        ensure!(msg.contains(needle), "{bad:?}: {msg}");
+    }
+    Ok(())
+}

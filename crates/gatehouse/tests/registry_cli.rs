@@ -163,7 +163,10 @@ fn set_up_acme(env: &Env) -> Result<ManufacturerCa> {
     ])?;
     let profile = env.write(
         "pump.toml",
-        "[topics]\npublish = [\"devices/{device}/telemetry/#\"]\n",
+        "manufacturer = \"acme\"\nmodel = \"pump-2\"\n\n[firmware]\ncurrent = \"1.2.0\"\n\
+         supported = [\"1.1.0\", \"1.2.0\"]\n\n[[topics]]\n\
+         pattern = \"devices/{device}/telemetry/#\"\ndirection = \"publish\"\n\
+         kind = \"telemetry\"\n",
     )?;
     env.ok(&[
         "model",
@@ -590,7 +593,23 @@ fn bad_inputs_get_one_line_errors_and_change_nothing() -> Result<()> {
         "--profile",
         path(&bad_toml),
     ])?;
-    assert!(err.contains("not valid TOML (line 1)"), "{err}");
+    assert!(err.contains("line 1"), "{err}");
+    // A profile that parses but says something impossible is refused too, naming the field.
+    let bad_profile = env.write(
+        "bad-profile.toml",
+        "manufacturer = \"acme\"\nmodel = \"m1\"\n[firmware]\ncurrent = \"2.0.0\"\n\
+         supported = [\"1.0.0\"]\n",
+    )?;
+    let err = env.fails(&[
+        "model",
+        "add",
+        "m1",
+        "--manufacturer",
+        "acme",
+        "--profile",
+        path(&bad_profile),
+    ])?;
+    assert!(err.contains("firmware"), "{err}");
     let err = env.fails(&["model", "add", "m1", "--manufacturer", "nope"])?;
     assert!(err.contains("manufacturer nope not found"), "{err}");
     assert!(env.ok(&["model", "list"])?.contains("no models"));

@@ -25,6 +25,14 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         profile: Option<PathBuf>,
     },
+    /// Upload a new version of a model's profile (TOML); it is validated first.
+    Profile {
+        /// The model.
+        id: ModelId,
+        /// The profile file.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
     /// List models.
     List,
 }
@@ -37,6 +45,7 @@ pub(super) fn run(ctx: &Ctx, command: Command) -> Result<()> {
             name,
             profile,
         } => add(ctx, id, manufacturer, name, profile.as_deref()),
+        Command::Profile { id, file } => upload_profile(ctx, id, &file),
         Command::List => list(ctx),
     }
 }
@@ -50,7 +59,9 @@ fn add(
 ) -> Result<()> {
     let display_name = display_name(name, id.as_str())?;
     // Everything is checked before the first write.
-    let profile = profile.map(read_profile).transpose()?;
+    let profile = profile
+        .map(|p| read_profile(p, &id, &manufacturer))
+        .transpose()?;
     if ctx.store.get_manufacturer(&manufacturer)?.is_none() {
         anyhow::bail!(
             "manufacturer {manufacturer} not found (register it with `gatehouse manufacturer add`)"
@@ -124,30 +135,52 @@ fn list(ctx: &Ctx) -> Result<()> {
     })
 }
 
-/// Reads a profile and checks that it is a TOML document. What it says is checked when
-/// profiles are put to use.
-fn read_profile(path: &Path) -> Result<String> {
+/// Uploads a new profile version of an existing model.
+fn upload_profile(ctx: &Ctx, id: ModelId, file: &Path) -> Result<()> {
+    let model = ctx.store.get_model(&id)?.with_context(|| {
+        format!("model {id} not found (register it with `gatehouse model add`)")
+    })?;
+    let toml = read_profile(file, &id, &model.manufacturer)?;
+    let entry = ctx.entry("add_model_profile", id.as_str());
+    let stored = ctx.store.add_model_profile(&id, &toml, &entry)?;
+    ctx.print(
+        &json!({ "model": id, "profile_version": stored.version }),
+        || format!("model {id}: profile version {} stored", stored.version),
+    )
+}
+
+/// Reads a profile and validates it (`gatehouse_trust::profile`): it must parse, be
+/// consistent, and name this model and manufacturer.
+fn read_profile(path: &Path, id: &ModelId, manufacturer: &ManufacturerId) -> Result<String> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    check_toml(&text).map_err(|e| anyhow::anyhow!("profile {}: {e}", path.display()))?;
+    check_profile(&text, id, manufacturer)
+        .map_err(|e| anyhow::anyhow!("profile {}: {e}", path.display()))?;
     Ok(text)
 }
 
-/// `Ok` if `text` is a TOML document; otherwise the first error, on one line.
-fn check_toml(text: &str) -> Result<(), String> {
-    match toml::from_str::<toml::Table>(text) {
-        Ok(_) => Ok(()),
-        Err(e) => {
-            let line = e
-                .span()
-                .map(|s| text.get(..s.start).unwrap_or(text).matches('\n').count() + 1);
-            let msg = e.message().trim().replace('\n', " ");
-            Err(match line {
-                Some(l) => format!("not valid TOML (line {l}): {msg}"),
-                None => format!("not valid TOML: {msg}"),
-            })
-        }
+/// `Ok` if `text` is a valid profile of `id` by `manufacturer`; otherwise why not, on one
+/// line.
+pub(crate) fn check_profile(
+    text: &str,
+    id: &ModelId,
+    manufacturer: &ManufacturerId,
+) -> Result<(), String> {
+    let profile = gatehouse_trust::profile::ModelProfile::parse(text)
+        .map_err(|e| e.to_string().replace('\n', " "))?;
+    if profile.model() != id.as_str() {
+        return Err(format!(
+            "it describes model {:?}, not {id}",
+            profile.model()
+        ));
     }
+    if profile.manufacturer() != manufacturer.as_str() {
+        return Err(format!(
+            "it names manufacturer {:?}, but model {id} is made by {manufacturer}",
+            profile.manufacturer()
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -155,10 +188,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn profile_must_be_toml_and_errors_name_the_line() {
-        assert!(check_toml("[topics]\npublish = [\"devices/{device}/t\"]\n").is_ok());
-        let err = check_toml("a = 1\nb = = 2\n").expect_err("bad toml");
-        assert!(err.starts_with("not valid TOML (line 2)"), "{err}");
+    fn profiles_are_validated_and_must_name_their_model() {
+        let id = ModelId::new("thermo-2").expect("id");
+        let acme = ManufacturerId::new("acme").expect("id");
+        let good = "manufacturer = \"acme\"\nmodel = \"thermo-2\"\n[firmware]\ncurrent = \"1.0.0\"\nsupported = [\"1.0.0\"]\n";
+        check_profile(good, &id, &acme).expect("valid");
+        let other = ModelId::new("other").expect("id");
+        assert!(
+            check_profile(good, &other, &acme)
+                .expect_err("model")
+                .contains("thermo-2")
+        );
+        let err = check_profile("a = 1\nb = = 2\n", &id, &acme).expect_err("bad toml");
+        assert!(err.contains("line 2"), "{err}");
         assert!(!err.contains('\n'));
     }
 }
