@@ -126,3 +126,29 @@ impl Action {
         }
     }
 }
+
+impl From<&crate::profile::ModelProfile> for ProfileTopics {
+    /// The topics of a validated model profile, as verdict compilation takes them: each
+    /// rule under its direction, its kind, and its rate as messages per second with its
+    /// burst.
+    fn from(profile: &crate::profile::ModelProfile) -> Self {
+        use crate::profile::{Direction, TopicKind as ProfileKind};
+        let mut out = ProfileTopics::default();
+        for rule in profile.topics() {
+            let converted = TopicRule {
+                pattern: rule.pattern.as_str().to_owned(),
+                kind: match rule.kind {
+                    ProfileKind::Telemetry => TopicKind::Telemetry,
+                    ProfileKind::Command => TopicKind::Command,
+                },
+                rate_per_sec: rule.rate.as_ref().map(crate::profile::Rate::per_second),
+                burst: rule.rate.as_ref().map(|r| r.burst),
+            };
+            match rule.direction {
+                Direction::Publish => out.publish.push(converted),
+                Direction::Subscribe => out.subscribe.push(converted),
+            }
+        }
+        out
+    }
+}
