@@ -9,6 +9,7 @@ use std::borrow::Cow;
 
 use gatehouse_mqtt::QoS;
 use gatehouse_types::{DeviceRef, Identity, TopicFilter};
+pub use gatehouse_types::{PatternError, TopicPattern};
 
 /// What the gate decided.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,100 +71,6 @@ impl Gate for AllowAll {
 
 // === impl StaticPolicy ===
 
-/// Topic patterns with `{device}` and `{tenant}` placeholders, each standing for a whole
-/// topic level (`devices/{device}/telemetry/#`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TopicPattern(String);
-
-/// Why a topic pattern was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid topic pattern {pattern:?}: {why}")]
-pub struct PatternError {
-    /// The pattern.
-    pub pattern: String,
-    /// What is wrong with it.
-    pub why: &'static str,
-}
-
-impl TopicPattern {
-    /// Validates a pattern: a valid topic filter once placeholders are replaced, with each
-    /// placeholder a whole level.
-    pub fn new(pattern: impl Into<String>) -> Result<Self, PatternError> {
-        let pattern = pattern.into();
-        let err = |why| PatternError {
-            pattern: pattern.clone(),
-            why,
-        };
-        if pattern.starts_with("$share/") {
-            return Err(err("a pattern cannot be a shared subscription"));
-        }
-        for level in pattern.split('/') {
-            if level.contains(['{', '}']) && level != "{device}" && level != "{tenant}" {
-                return Err(err(
-                    "placeholders are {device} and {tenant}, each a whole level",
-                ));
-            }
-        }
-        let probe = pattern.replace("{device}", "d").replace("{tenant}", "t");
-        TopicFilter::new(probe).map_err(|_| err("not a valid topic filter"))?;
-        Ok(Self(pattern))
-    }
-
-    /// The pattern as written.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    fn level_matches(level: &str, value: &str, id: &Identity) -> bool {
-        match level {
-            "{device}" => value == id.device.as_str(),
-            "{tenant}" => value == id.tenant.as_str(),
-            _ => level == value,
-        }
-    }
-
-    /// Whether the pattern, for this identity, matches a topic name.
-    pub fn matches_topic(&self, topic: &str, id: &Identity) -> bool {
-        if topic.starts_with('$') && (self.0.starts_with('+') || self.0.starts_with('#')) {
-            return false;
-        }
-        let mut p = self.0.split('/');
-        let mut t = topic.split('/');
-        loop {
-            match (p.next(), t.next()) {
-                (Some("#"), _) => return true,
-                (Some("+"), Some(_)) => {}
-                (Some(pl), Some(tl)) if Self::level_matches(pl, tl, id) => {}
-                (None, None) => return true,
-                _ => return false,
-            }
-        }
-    }
-
-    /// Whether every topic the filter can match is matched by the pattern, for this
-    /// identity: the test for whether a subscription stays within what is allowed.
-    pub fn covers_filter(&self, filter: &str, id: &Identity) -> bool {
-        if self.0.starts_with('+') || self.0.starts_with('#') {
-            // The pattern does not match `$` topics, so the filter must not reach them.
-            if filter.starts_with('$') {
-                return false;
-            }
-        }
-        let mut p = self.0.split('/');
-        let mut f = filter.split('/');
-        loop {
-            match (p.next(), f.next()) {
-                (Some("#"), _) => return true,
-                (Some("+"), Some(fl)) if fl != "#" => {}
-                (Some(pl), Some(fl))
-                    if fl != "+" && fl != "#" && Self::level_matches(pl, fl, id) => {}
-                (None, None) => return true,
-                _ => return false,
-            }
-        }
-    }
-}
-
 /// Per-device topic permissions from the configuration: the data plane's gate until the
 /// trust-driven gate takes over.
 #[derive(Debug, Clone, Default)]
@@ -193,10 +100,15 @@ impl StaticPolicy {
     /// The policy used when the configuration gives none: a device may publish and
     /// subscribe only below `devices/{device}/` and its own reserved `$gatehouse/{device}/`.
     pub fn default_policy() -> Self {
-        let own = |s: &str| TopicPattern(s.to_owned());
+        // Both patterns are valid: `TopicPattern::new` cannot refuse them.
+        let own = |list: &[&str]| {
+            list.iter()
+                .filter_map(|s| TopicPattern::new(*s).ok())
+                .collect::<Vec<_>>()
+        };
         Self {
-            publish: vec![own("devices/{device}/#"), own("$gatehouse/{device}/#")],
-            subscribe: vec![own("devices/{device}/#"), own("$gatehouse/{device}/#")],
+            publish: own(&["devices/{device}/#", "$gatehouse/{device}/#"]),
+            subscribe: own(&["devices/{device}/#", "$gatehouse/{device}/#"]),
             devices: Vec::new(),
             blocked: Vec::new(),
         }

@@ -324,7 +324,7 @@ pub struct EnrollmentSettings {
 
 fn patterns(list: &[String], what: &str) -> anyhow::Result<Vec<TopicPattern>> {
     list.iter()
-        .map(|p| TopicPattern::new(p.clone()).with_context(|| format!("in {what}")))
+        .map(|p| TopicPattern::new(p.clone()).with_context(|| format!("{what}: pattern {p:?}")))
         .collect()
 }
 

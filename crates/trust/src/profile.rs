@@ -6,7 +6,6 @@
 //! unknown fields, then validated into a [`ModelProfile`], the only form other code sees.
 //! Every error names the field, and the line when the TOML gives one.
 
-mod pattern;
 mod version;
 
 use std::collections::BTreeSet;
@@ -19,7 +18,7 @@ use gatehouse_types::{DeviceRef, Topic};
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
-pub use pattern::{PatternError, TopicPattern};
+pub use gatehouse_types::{PatternError, TopicPattern};
 pub use version::{FirmwareVersion, VersionError};
 
 /// Why a profile was refused.

@@ -8,6 +8,7 @@
 
 mod id;
 mod observation;
+mod pattern;
 mod topic;
 mod trust;
 
@@ -16,5 +17,6 @@ pub use observation::{
     AuthFailure, ConnectObservation, DisconnectCause, Observation, PublishObservation,
     SubscribeObservation, TlsFacts,
 };
+pub use pattern::{PatternBinding, PatternError, TopicPattern};
 pub use topic::{Topic, TopicError, TopicFilter, matches};
 pub use trust::{Score, ScoreError, Tier, TierError};

@@ -1,14 +1,41 @@
-//! Topic patterns with `{device}` and `{tenant}` placeholders.
+//! Topic patterns with `{device}` and `{tenant}` placeholders, shared by the broker's
+//! static gate and the trust engine's model profiles.
 //!
-//! Same syntax and semantics as the broker's gate patterns: a placeholder is a whole topic
-//! level, bound to the device's id or tenant when matched; the pattern with placeholders
-//! replaced is a valid MQTT topic filter; a pattern starting with a wildcard matches no
-//! topic starting with `$`.
+//! A placeholder is a whole topic level, bound to the device's id or tenant when matched;
+//! the pattern with placeholders replaced is a valid MQTT topic filter; a pattern starting
+//! with a wildcard matches no topic starting with `$`.
 
 use std::fmt;
 
-use gatehouse_types::{DeviceRef, TopicFilter};
 use serde::Serialize;
+
+use crate::{DeviceRef, Identity, TopicFilter};
+
+/// What a pattern's placeholders are bound to: a device's tenant and id.
+pub trait PatternBinding {
+    /// The value of `{tenant}`.
+    fn tenant_name(&self) -> &str;
+    /// The value of `{device}`.
+    fn device_name(&self) -> &str;
+}
+
+impl PatternBinding for DeviceRef {
+    fn tenant_name(&self) -> &str {
+        self.tenant.as_str()
+    }
+    fn device_name(&self) -> &str {
+        self.device.as_str()
+    }
+}
+
+impl PatternBinding for Identity {
+    fn tenant_name(&self) -> &str {
+        self.tenant.as_str()
+    }
+    fn device_name(&self) -> &str {
+        self.device.as_str()
+    }
+}
 
 /// A validated topic pattern (`devices/{device}/telemetry/#`).
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -58,28 +85,28 @@ impl TopicPattern {
     }
 
     /// The pattern with its placeholders bound to `device`: a topic filter.
-    pub fn bind(&self, device: &DeviceRef) -> String {
+    pub fn bind(&self, device: &impl PatternBinding) -> String {
         self.0
             .split('/')
             .map(|l| match l {
-                "{device}" => device.device.as_str(),
-                "{tenant}" => device.tenant.as_str(),
+                "{device}" => device.device_name(),
+                "{tenant}" => device.tenant_name(),
                 other => other,
             })
             .collect::<Vec<_>>()
             .join("/")
     }
 
-    fn level_matches(level: &str, value: &str, device: &DeviceRef) -> bool {
+    fn level_matches(level: &str, value: &str, device: &impl PatternBinding) -> bool {
         match level {
-            "{device}" => value == device.device.as_str(),
-            "{tenant}" => value == device.tenant.as_str(),
+            "{device}" => value == device.device_name(),
+            "{tenant}" => value == device.tenant_name(),
             _ => level == value,
         }
     }
 
-    /// Whether the pattern, bound to `device`, matches the topic name `topic`.
-    pub fn matches_topic(&self, topic: &str, device: &DeviceRef) -> bool {
+    /// Whether the pattern, bound to `device` (a [`DeviceRef`] or an [`Identity`]), matches the topic name `topic`.
+    pub fn matches_topic(&self, topic: &str, device: &impl PatternBinding) -> bool {
         if topic.starts_with('$') && (self.0.starts_with('+') || self.0.starts_with('#')) {
             return false;
         }
@@ -98,7 +125,7 @@ impl TopicPattern {
 
     /// Whether every topic the (unshared) filter can match is matched by the pattern bound
     /// to `device`: whether a subscription stays within what the pattern allows.
-    pub fn covers_filter(&self, filter: &str, device: &DeviceRef) -> bool {
+    pub fn covers_filter(&self, filter: &str, device: &impl PatternBinding) -> bool {
         if (self.0.starts_with('+') || self.0.starts_with('#')) && filter.starts_with('$') {
             return false;
         }
