@@ -32,6 +32,7 @@ mod ca;
 mod ca_info;
 mod crl;
 mod csr;
+mod device_key;
 mod enroll;
 mod fsutil;
 mod identity;
@@ -47,6 +48,7 @@ pub use ca::{CaError, DeviceCertParams, LocalCa, ServerCertParams};
 pub use ca_info::{CaCertInfo, inspect_ca_pem};
 pub use crl::{Crl, RevocationReason, RevokedCert};
 pub use csr::{CsrError, CsrPolicy, DEFAULT_CSR_VALIDITY, KeyKind, VerifiedCsr, verify_csr};
+pub use device_key::{DeviceKeyError, certificate_key_kind, verify_with_certificate};
 pub use enroll::{Credential, EnrollError, EnrollPolicy, Enrolled, Enroller, PublishedCrl};
 pub use identity::{IdentityError, identity_from_cert, tls_facts};
 pub use idevid::{

@@ -14,6 +14,7 @@
 
 mod bucket;
 mod engine;
+mod table;
 mod topic;
 mod verdict;
 
@@ -24,8 +25,12 @@ use serde::{Deserialize, Serialize};
 
 pub use bucket::TokenBucket;
 pub use engine::{DEFAULT_POLICIES, PolicyEngine, PolicyError, PolicySchema, SCHEMA};
+pub use table::{DeviceVerdict, PublishCheck, VerdictTable};
 pub use topic::{PatternError, bind, covers, intersects};
-pub use verdict::{AllowedTopic, RESERVED, ReservedTopic, Verdict, compile};
+pub use verdict::{
+    AllowedTopic, CLASS_CACHE_ENTRIES, CompileCache, RESERVED, ReservedTopic, Verdict, compile,
+    compile_shared,
+};
 
 /// How much of a profile rate a tier keeps: all of it when trusted, half otherwise (and
 /// nothing when blocked, which may not connect anyway).

@@ -142,3 +142,49 @@ fn degenerate_buckets_are_safe() {
     assert!(negative.try_take(t0) && negative.try_take(t0));
     assert!(!negative.try_take(t0 + Duration::from_secs(10)));
 }
+
+mod posture {
+    use gatehouse_trust::posture::{CredentialState, PostureReport, SignedPosture};
+    use proptest::prelude::*;
+
+    fn report() -> impl Strategy<Value = PostureReport> {
+        (
+            proptest::option::of("[0-9]{1,2}\\.[0-9]{1,2}(\\.[0-9]{1,2})?"),
+            proptest::collection::btree_set("[a-z]{1,8}", 0..5),
+            proptest::option::of(prop_oneof![
+                Just(CredentialState::Changed),
+                Just(CredentialState::Unchanged),
+                Just(CredentialState::NotApplicable)
+            ]),
+            proptest::option::of(any::<i64>()),
+        )
+            .prop_map(
+                |(firmware, services, default_credentials, time)| PostureReport {
+                    firmware,
+                    services,
+                    default_credentials,
+                    time,
+                },
+            )
+    }
+
+    proptest! {
+        /// Any report survives the envelope: what a device signs is what the server reads.
+        #[test]
+        fn reports_round_trip_through_the_envelope(r in report(), sig in proptest::collection::vec(any::<u8>(), 1..80)) {
+            let bytes = r.to_bytes();
+            let env = SignedPosture::encode(&bytes, &sig);
+            let parsed = SignedPosture::parse(&env).expect("own envelope parses");
+            prop_assert_eq!(&parsed.report, &bytes);
+            prop_assert_eq!(&parsed.signature, &sig);
+            prop_assert_eq!(PostureReport::parse(&parsed.report).expect("own report parses"), r);
+        }
+
+        /// Arbitrary bytes are refused or parsed, never a panic.
+        #[test]
+        fn arbitrary_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = SignedPosture::parse(&data);
+            let _ = PostureReport::parse(&data);
+        }
+    }
+}

@@ -85,6 +85,7 @@ pub struct PolicyEngine {
     pub(crate) authorizer: Authorizer,
     source: String,
     generation: u64,
+    device_independent: bool,
 }
 
 impl PolicyEngine {
@@ -96,6 +97,7 @@ impl PolicyEngine {
             authorizer: Authorizer::new(),
             source: String::new(),
             generation: 0,
+            device_independent: true,
         }
     }
 
@@ -114,6 +116,7 @@ impl PolicyEngine {
     /// schema. On error the set in force stays.
     pub fn load(&mut self, text: &str) -> Result<(), PolicyError> {
         let policies = self.check(text)?;
+        self.device_independent = policies.policies().all(is_device_independent);
         self.policies = policies;
         self.source = text.to_owned();
         self.generation += 1;
@@ -136,6 +139,15 @@ impl PolicyEngine {
     /// policy set they were compiled under.
     pub fn generation(&self) -> u64 {
         self.generation
+    }
+
+    /// Whether no policy in force can tell two devices of the same class apart: none names
+    /// a device or topic entity, nor reads `principal.device` or `resource.name`. Then the
+    /// decisions taken for one device hold for every device with the same attributes
+    /// (tenant, model, tier, score, tags, firmware, assurance) and profile, and verdict
+    /// compilation shares them (see [`super::CompileCache`]).
+    pub fn is_device_independent(&self) -> bool {
+        self.device_independent
     }
 
     /// The ids of the policies in force, in no particular order.
@@ -192,4 +204,21 @@ impl PolicyEngine {
         }
         Ok(named)
     }
+}
+
+/// Whether a policy's decisions can only depend on a device's class, not on which device
+/// it is. Conservative: any mention of a `Device` or `Topic` entity id, or of the
+/// per-device attributes `device` and `name`, counts as device-specific.
+fn is_device_independent(policy: &cedar_policy::Policy) -> bool {
+    let text = policy.to_string();
+    ![
+        "Device::",
+        "Topic::",
+        ".device",
+        ".name",
+        "\"device\"",
+        "\"name\"",
+    ]
+    .iter()
+    .any(|needle| text.contains(needle))
 }

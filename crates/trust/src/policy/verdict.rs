@@ -3,6 +3,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use cedar_policy::{
@@ -278,6 +279,31 @@ pub fn compile(
     engine: &PolicyEngine,
     epoch: u64,
 ) -> Verdict {
+    compile_inner(device, topics, engine, epoch, None)
+}
+
+/// [`compile`], sharing Cedar's decisions between devices of one class through `cache`
+/// (see [`CompileCache`]). `profile_key` names the profile `topics` came from (say, the
+/// model and profile version); it must differ between profiles whose topics differ. The
+/// verdict is the one [`compile`] gives.
+pub fn compile_shared(
+    device: &DeviceAttrs,
+    topics: &ProfileTopics,
+    profile_key: &str,
+    engine: &PolicyEngine,
+    epoch: u64,
+    cache: &CompileCache,
+) -> Verdict {
+    compile_inner(device, topics, engine, epoch, Some((cache, profile_key)))
+}
+
+fn compile_inner(
+    device: &DeviceAttrs,
+    topics: &ProfileTopics,
+    engine: &PolicyEngine,
+    epoch: u64,
+    share: Option<(&CompileCache, &str)>,
+) -> Verdict {
     let mut verdict = Verdict {
         device: device.device.clone(),
         epoch,
@@ -297,7 +323,7 @@ pub fn compile(
         )],
         cache: DecisionCache::default(),
     };
-    if let Err(e) = evaluate(device, topics, engine, &mut verdict) {
+    if let Err(e) = evaluate(device, topics, engine, share, &mut verdict) {
         verdict.connect = false;
         verdict.publish.clear();
         verdict.subscribe.clear();
@@ -381,8 +407,51 @@ fn evaluate(
     device: &DeviceAttrs,
     topics: &ProfileTopics,
     engine: &PolicyEngine,
+    share: Option<(&CompileCache, &str)>,
     verdict: &mut Verdict,
 ) -> Result<(), String> {
+    let before = verdict.explanation.len();
+    let resources = resources(device, topics, &mut verdict.explanation);
+    // One Topic entity per bound pattern; a pattern listed again with other attributes is
+    // ambiguous, and refused.
+    let mut seen: HashMap<&str, (TopicKind, bool)> = HashMap::new();
+    let mut evaluable: Vec<&Resource<'_>> = Vec::with_capacity(resources.len());
+    let mut entity_of: Vec<bool> = Vec::with_capacity(resources.len());
+    for r in &resources {
+        match seen.get(r.bound.as_str()) {
+            Some(&(kind, in_profile)) if kind != r.kind || in_profile != r.in_profile => {
+                verdict.explanation.push(format!(
+                    "{} {} ({}): refused, the same pattern is listed as {}",
+                    r.action.as_str(),
+                    r.bound,
+                    r.kind.as_str(),
+                    kind.as_str()
+                ));
+                continue;
+            }
+            Some(_) => entity_of.push(false),
+            None => {
+                seen.insert(&r.bound, (r.kind, r.in_profile));
+                entity_of.push(true);
+            }
+        }
+        evaluable.push(r);
+    }
+
+    // Decisions already taken for this device's class, when the policies allow sharing
+    // them and binding refused nothing (a refusal can depend on the device id).
+    let clean = verdict.explanation.len() == before;
+    let share = share
+        .filter(|_| clean && engine.is_device_independent())
+        .map(|(cache, profile_key)| (cache, CompileCache::key(device, profile_key, engine)));
+    if let Some((cache, key)) = &share
+        && let Some(decisions) = cache.get(key)
+        && (!decisions.connect.allow || decisions.topics.len() == evaluable.len())
+    {
+        assemble(&decisions, &evaluable, verdict);
+        return Ok(());
+    }
+
     let schema = Some(&engine.schema);
     let tenant = uid("Tenant", device.device.tenant.as_str())?;
     let principal = uid("Device", &device.device.to_string())?;
@@ -410,47 +479,24 @@ fn evaluate(
             .map_err(|e| e.to_string())?,
         Entity::new_no_attrs(broker.clone(), HashSet::new()),
     ];
-
-    let resources = resources(device, topics, &mut verdict.explanation);
-    // One Topic entity per bound pattern; a pattern listed again with other attributes is
-    // ambiguous, and refused.
-    let mut seen: HashMap<&str, (TopicKind, bool)> = HashMap::new();
-    let mut evaluable = Vec::with_capacity(resources.len());
-    for r in &resources {
-        match seen.get(r.bound.as_str()) {
-            Some(&(kind, in_profile)) if kind != r.kind || in_profile != r.in_profile => {
-                verdict.explanation.push(format!(
-                    "{} {} ({}): refused, the same pattern is listed as {}",
-                    r.action.as_str(),
-                    r.bound,
-                    r.kind.as_str(),
-                    kind.as_str()
-                ));
-                continue;
-            }
-            Some(_) => {}
-            None => {
-                seen.insert(&r.bound, (r.kind, r.in_profile));
-                let topic_attrs = HashMap::from([
-                    ("name".to_owned(), s(&r.bound)),
-                    ("pattern".to_owned(), s(r.template)),
-                    ("kind".to_owned(), s(r.kind.as_str())),
-                    (
-                        "in_profile".to_owned(),
-                        RestrictedExpression::new_bool(r.in_profile),
-                    ),
-                ]);
-                entities.push(
-                    Entity::new(uid("Topic", &r.bound)?, topic_attrs, HashSet::new())
-                        .map_err(|e| e.to_string())?,
-                );
-            }
-        }
-        evaluable.push(r);
+    for (r, _) in evaluable.iter().zip(&entity_of).filter(|(_, new)| **new) {
+        let topic_attrs = HashMap::from([
+            ("name".to_owned(), s(&r.bound)),
+            ("pattern".to_owned(), s(r.template)),
+            ("kind".to_owned(), s(r.kind.as_str())),
+            (
+                "in_profile".to_owned(),
+                RestrictedExpression::new_bool(r.in_profile),
+            ),
+        ]);
+        entities.push(
+            Entity::new(uid("Topic", &r.bound)?, topic_attrs, HashSet::new())
+                .map_err(|e| e.to_string())?,
+        );
     }
     let entities = Entities::from_entities(entities, schema).map_err(|e| e.to_string())?;
 
-    let decide = |action: Action, resource: &EntityUid| -> Result<Response, String> {
+    let decide = |action: Action, resource: &EntityUid| -> Result<Decided, String> {
         let request = Request::new(
             principal.clone(),
             uid("Action", action.as_str())?,
@@ -459,33 +505,50 @@ fn evaluate(
             schema,
         )
         .map_err(|e| e.to_string())?;
-        Ok(engine
-            .authorizer
-            .is_authorized(&request, &engine.policies, &entities))
+        Ok(Decided::from(&engine.authorizer.is_authorized(
+            &request,
+            &engine.policies,
+            &entities,
+        )))
     };
 
-    let response = decide(Action::Connect, &broker)?;
-    verdict.connect = response.decision() == Decision::Allow;
+    let connect = decide(Action::Connect, &broker)?;
+    let mut topics = Vec::with_capacity(evaluable.len());
+    if connect.allow {
+        for r in &evaluable {
+            topics.push(decide(r.action, &uid("Topic", &r.bound)?)?);
+        }
+    }
+    let decisions = ClassDecisions { connect, topics };
+    assemble(&decisions, &evaluable, verdict);
+    if let Some((cache, key)) = share {
+        cache.insert(key, decisions);
+    }
+    Ok(())
+}
+
+/// Turns the decisions taken for `resources` (in order) into the verdict's lists and
+/// explanation.
+fn assemble(decisions: &ClassDecisions, resources: &[&Resource<'_>], verdict: &mut Verdict) {
+    verdict.connect = decisions.connect.allow;
     verdict
         .explanation
-        .push(describe("connect", None, &response));
+        .push(describe("connect", None, &decisions.connect));
     if !verdict.connect {
-        return Ok(());
+        return;
     }
-
-    for r in evaluable {
-        let response = decide(r.action, &uid("Topic", &r.bound)?)?;
+    for (r, decided) in resources.iter().zip(&decisions.topics) {
         let mut line = describe(
             &format!("{} {}", r.action.as_str(), r.bound),
             Some(r.kind),
-            &response,
+            decided,
         );
         let (allowed, denied) = match r.action {
             Action::Publish => (&mut verdict.publish, &mut verdict.denied_publish),
             Action::Subscribe => (&mut verdict.subscribe, &mut verdict.denied_subscribe),
             Action::Connect => continue,
         };
-        if response.decision() == Decision::Allow {
+        if decided.allow {
             if let Some(rate) = r.rate_per_sec {
                 let _ = write!(line, "; rate {rate}/s, burst {}", r.burst.unwrap_or(1));
             }
@@ -502,37 +565,132 @@ fn evaluate(
         }
         verdict.explanation.push(line);
     }
-    Ok(())
+}
+
+// === impl CompileCache ===
+
+/// One Cedar decision, as much of it as a verdict keeps.
+#[derive(Debug, Clone)]
+struct Decided {
+    allow: bool,
+    /// The ids of the policies that decided, sorted.
+    reasons: Vec<String>,
+    errors: Vec<String>,
+}
+
+impl From<&Response> for Decided {
+    fn from(response: &Response) -> Self {
+        let mut reasons: Vec<String> = response
+            .diagnostics()
+            .reason()
+            .map(ToString::to_string)
+            .collect();
+        reasons.sort();
+        Self {
+            allow: response.decision() == Decision::Allow,
+            reasons,
+            errors: response
+                .diagnostics()
+                .errors()
+                .map(ToString::to_string)
+                .collect(),
+        }
+    }
+}
+
+/// The decisions for one class of devices: `connect`, then one per resource in order.
+#[derive(Debug)]
+struct ClassDecisions {
+    connect: Decided,
+    topics: Vec<Decided>,
+}
+
+/// Most device classes a [`CompileCache`] keeps; when full, it starts again.
+pub const CLASS_CACHE_ENTRIES: usize = 4096;
+
+/// Cedar decisions shared between devices of one class, so that compiling the verdicts of
+/// a fleet evaluates the policies once per class instead of once per device.
+///
+/// A class is everything the policies can see of a device but its id: tenant, model,
+/// tier, score, tags, firmware and assurance, the profile (named by the caller's
+/// `profile_key`, which must change whenever the profile's topics do) and the policy
+/// generation. It is used only when the policies in force cannot tell two devices of one
+/// class apart ([`PolicyEngine::is_device_independent`]); otherwise every device is
+/// evaluated on its own. The verdicts are the same either way.
+#[derive(Debug, Default)]
+pub struct CompileCache {
+    classes: RwLock<HashMap<String, Arc<ClassDecisions>>>,
+}
+
+impl CompileCache {
+    /// An empty cache.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// How many classes it holds.
+    pub fn len(&self) -> usize {
+        self.classes.read().len()
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.classes.read().is_empty()
+    }
+
+    fn get(&self, key: &str) -> Option<Arc<ClassDecisions>> {
+        self.classes.read().get(key).cloned()
+    }
+
+    fn insert(&self, key: String, decisions: ClassDecisions) {
+        let mut classes = self.classes.write();
+        if classes.len() >= CLASS_CACHE_ENTRIES {
+            classes.clear();
+        }
+        classes.insert(key, Arc::new(decisions));
+    }
+
+    fn key(device: &DeviceAttrs, profile_key: &str, engine: &PolicyEngine) -> String {
+        // Fields are separated by a byte no id, tag or version can hold.
+        let mut key = String::with_capacity(128);
+        let _ = write!(
+            key,
+            "{}\u{1f}{}\u{1f}{}\u{1f}{}\u{1f}{}\u{1f}{}\u{1f}{}\u{1f}{}",
+            engine.generation(),
+            device.device.tenant,
+            device.model,
+            device.tier.as_str(),
+            device.score.get(),
+            device.firmware,
+            device.assurance,
+            profile_key,
+        );
+        for tag in &device.tags {
+            key.push('\u{1e}');
+            key.push_str(tag);
+        }
+        key
+    }
 }
 
 /// One explanation line: what was asked, the decision and the policies that made it.
-fn describe(what: &str, kind: Option<TopicKind>, response: &Response) -> String {
+fn describe(what: &str, kind: Option<TopicKind>, decided: &Decided) -> String {
     let mut line = what.to_owned();
     if let Some(kind) = kind {
         let _ = write!(line, " ({})", kind.as_str());
     }
-    let mut ids: Vec<String> = response
-        .diagnostics()
-        .reason()
-        .map(|id| format!("`{id}`"))
-        .collect();
-    ids.sort();
-    match (response.decision(), ids.is_empty()) {
-        (Decision::Allow, _) => {
+    let ids: Vec<String> = decided.reasons.iter().map(|id| format!("`{id}`")).collect();
+    match (decided.allow, ids.is_empty()) {
+        (true, _) => {
             let _ = write!(line, ": allowed by {}", ids.join(", "));
         }
-        (Decision::Deny, false) => {
+        (false, false) => {
             let _ = write!(line, ": refused by {}", ids.join(", "));
         }
-        (Decision::Deny, true) => line.push_str(": refused, no policy allows it"),
+        (false, true) => line.push_str(": refused, no policy allows it"),
     }
-    let errors: Vec<String> = response
-        .diagnostics()
-        .errors()
-        .map(|e| e.to_string())
-        .collect();
-    if !errors.is_empty() {
-        let _ = write!(line, " (policy errors: {})", errors.join("; "));
+    if !decided.errors.is_empty() {
+        let _ = write!(line, " (policy errors: {})", decided.errors.join("; "));
     }
     line
 }
