@@ -809,6 +809,362 @@ pub fn token_enrollment_is_one_transaction<S: Registry>(make: impl Fn() -> S) {
     );
 }
 
+/// The last audit record, which must exist.
+fn last_record<S: AuditLog>(s: &S) -> AuditRecord {
+    let (head, _) = s.audit_head().unwrap().unwrap();
+    s.audit_records(head, 1).unwrap().pop().unwrap()
+}
+
+/// Devices' trust state: facts, pins and assessments round-trip, upserts keep the other
+/// documents, audit records are written exactly when asked for, unknown devices and
+/// oversize documents are refused with nothing written, listing filters by tenant.
+pub fn device_trust<S: Registry>(make: impl Fn() -> S) {
+    let s = make();
+    seed(&s);
+    let d1 = dref("acme", "pump-1");
+    let d2 = dref("acme", "pump-2");
+    let g1 = dref("globex", "pump-1");
+    for d in [&d1, &d2, &g1] {
+        s.create_device(
+            &new_device(d.tenant.as_str(), d.device.as_str(), None),
+            &entry("device_create", "x"),
+        )
+        .unwrap();
+    }
+    assert!(s.get_device_trust(&d1).unwrap().is_none());
+    assert!(s.list_device_trust(None).unwrap().is_empty());
+
+    // Facts round-trip; the time is stored as whole seconds.
+    let facts = serde_json::json!({
+        "firmware": {"version": "1.2.3", "signed": true},
+        "services": ["mqtt", "ssh"],
+        "key_bits": 2048,
+        "posture": null,
+    });
+    let before = audit_len(&s);
+    let at = t0() + Duration::milliseconds(1500);
+    let t = s
+        .put_device_facts(
+            &d1,
+            &facts,
+            at,
+            Some(&entry("facts", "acme/pump-1").detail(serde_json::json!({"source": "scan"}))),
+        )
+        .unwrap();
+    assert_eq!(t.device, d1);
+    assert_eq!(t.facts, facts);
+    assert_eq!(t.facts_updated_at, t0() + Duration::seconds(1));
+    assert_eq!(
+        (t.pin.clone(), t.assessment.clone(), t.assessed_at),
+        (None, None, None)
+    );
+    assert_eq!(s.get_device_trust(&d1).unwrap(), Some(t.clone()));
+    assert_eq!(
+        audit_len(&s),
+        before + 1,
+        "facts with an audit entry are audited"
+    );
+    let rec = last_record(&s);
+    assert_eq!(
+        (rec.action.as_str(), rec.subject.as_str()),
+        ("facts", "acme/pump-1")
+    );
+
+    // Facts without an audit entry write no audit record.
+    let quiet = serde_json::json!({"key_bits": 4096});
+    let t = s
+        .put_device_facts(&d1, &quiet, t0() + Duration::seconds(5), None)
+        .unwrap();
+    assert_eq!(t.facts, quiet, "an upsert replaces the facts");
+    assert_eq!(t.facts_updated_at, t0() + Duration::seconds(5));
+    assert_eq!(audit_len(&s), before + 1);
+
+    // A pin is set (audited), kept by a facts upsert, and cleared (audited).
+    let pin = serde_json::json!({
+        "tier": "quarantine",
+        "expires_at": 1_700_086_400,
+        "reason": "suspicious traffic",
+        "by": "operator:alice",
+    });
+    let before = audit_len(&s);
+    let t = s
+        .set_device_pin(&d1, Some(&pin), &entry("pin", "acme/pump-1"))
+        .unwrap();
+    assert_eq!(t.pin.as_ref(), Some(&pin));
+    assert_eq!(t.facts, quiet, "a pin keeps the facts");
+    assert_eq!(audit_len(&s), before + 1, "setting a pin is audited");
+    assert_eq!(last_record(&s).action, "pin");
+    let newer = serde_json::json!({"key_bits": 3072, "services": []});
+    let t = s
+        .put_device_facts(&d1, &newer, t0() + Duration::seconds(9), None)
+        .unwrap();
+    assert_eq!(t.facts, newer);
+    assert_eq!(t.pin.as_ref(), Some(&pin), "a facts upsert keeps the pin");
+    assert_eq!(
+        s.get_device_trust(&d1).unwrap().unwrap().pin,
+        Some(pin.clone())
+    );
+    let t = s
+        .set_device_pin(&d1, None, &entry("unpin", "acme/pump-1"))
+        .unwrap();
+    assert!(t.pin.is_none());
+    assert_eq!(t.facts, newer, "clearing a pin keeps the facts");
+    assert_eq!(audit_len(&s), before + 2, "clearing a pin is audited");
+    assert_eq!(last_record(&s).action, "unpin");
+    assert!(s.get_device_trust(&d1).unwrap().unwrap().pin.is_none());
+
+    // A pin on a device with no trust state yet starts it with facts `{}`.
+    let pin_at = t0() + Duration::minutes(3);
+    let t = s
+        .set_device_pin(
+            &d2,
+            Some(&pin),
+            &AuditEntry::new(pin_at, "operator:bob", "pin", "acme/pump-2"),
+        )
+        .unwrap();
+    assert_eq!(t.facts, serde_json::json!({}));
+    assert_eq!(t.facts_updated_at, pin_at);
+    assert_eq!(t.pin, Some(pin.clone()));
+
+    // Assessments: recorded with or without an audit record; only the latest is kept; the
+    // facts and the pin stay.
+    let a1 = serde_json::json!({"score": 72, "tier": "standard", "factors": [{"name": "key", "weight": -8}]});
+    let before = audit_len(&s);
+    s.record_assessment(&d2, &a1, t0() + Duration::minutes(4), None)
+        .unwrap();
+    assert_eq!(
+        audit_len(&s),
+        before,
+        "an assessment without an entry is not audited"
+    );
+    let t = s.get_device_trust(&d2).unwrap().unwrap();
+    assert_eq!(t.assessment, Some(a1.clone()));
+    assert_eq!(t.assessed_at, Some(t0() + Duration::minutes(4)));
+    assert_eq!(t.pin, Some(pin.clone()), "an assessment keeps the pin");
+    assert_eq!(t.facts, serde_json::json!({}));
+    let a2 = serde_json::json!({"score": 31, "tier": "restricted", "factors": []});
+    s.record_assessment(
+        &d2,
+        &a2,
+        t0() + Duration::minutes(5),
+        Some(&entry("tier_change", "acme/pump-2")),
+    )
+    .unwrap();
+    assert_eq!(
+        audit_len(&s),
+        before + 1,
+        "an assessment with an entry is audited"
+    );
+    assert_eq!(last_record(&s).action, "tier_change");
+    let t = s.get_device_trust(&d2).unwrap().unwrap();
+    assert_eq!(
+        t.assessment,
+        Some(a2.clone()),
+        "the latest assessment replaces the last"
+    );
+    assert_eq!(t.assessed_at, Some(t0() + Duration::minutes(5)));
+    let t = s
+        .put_device_facts(&d2, &facts, t0() + Duration::minutes(6), None)
+        .unwrap();
+    assert_eq!(
+        t.assessment,
+        Some(a2.clone()),
+        "a facts upsert keeps the assessment"
+    );
+    assert_eq!(t.pin, Some(pin.clone()));
+    // An assessment on a device with no trust state yet starts it with facts `{}`.
+    s.record_assessment(&g1, &a1, t0() + Duration::minutes(7), None)
+        .unwrap();
+    let t = s.get_device_trust(&g1).unwrap().unwrap();
+    assert_eq!(t.facts, serde_json::json!({}));
+    assert_eq!(t.facts_updated_at, t0() + Duration::minutes(7));
+    assert_eq!(t.assessment, Some(a1.clone()));
+    assert!(t.pin.is_none());
+
+    // Listing: ordered by (tenant, device), filtered by tenant.
+    let all: Vec<DeviceRef> = s
+        .list_device_trust(None)
+        .unwrap()
+        .into_iter()
+        .map(|t| t.device)
+        .collect();
+    assert_eq!(all, vec![d1.clone(), d2.clone(), g1.clone()]);
+    let acme = s.list_device_trust(Some(&tenant("acme"))).unwrap();
+    assert_eq!(
+        acme.iter().map(|t| t.device.clone()).collect::<Vec<_>>(),
+        vec![d1.clone(), d2.clone()]
+    );
+    assert_eq!(acme[1], s.get_device_trust(&d2).unwrap().unwrap());
+    let globex = s.list_device_trust(Some(&tenant("globex"))).unwrap();
+    assert_eq!(globex.len(), 1);
+    assert_eq!(globex[0].device, g1);
+    assert!(
+        s.list_device_trust(Some(&tenant("nobody")))
+            .unwrap()
+            .is_empty()
+    );
+
+    // Writes for a device that does not exist (here or only in another tenant) are
+    // refused and write nothing, not even their audit record.
+    let before = audit_len(&s);
+    for ghost in [dref("acme", "ghost"), dref("globex", "pump-2")] {
+        assert!(matches!(
+            s.put_device_facts(&ghost, &facts, t0(), Some(&entry("facts", "x"))),
+            Err(WriteError::NotFound { .. })
+        ));
+        assert!(matches!(
+            s.put_device_facts(&ghost, &facts, t0(), None),
+            Err(WriteError::NotFound { .. })
+        ));
+        assert!(matches!(
+            s.set_device_pin(&ghost, Some(&pin), &entry("pin", "x")),
+            Err(WriteError::NotFound { .. })
+        ));
+        assert!(matches!(
+            s.set_device_pin(&ghost, None, &entry("unpin", "x")),
+            Err(WriteError::NotFound { .. })
+        ));
+        assert!(matches!(
+            s.record_assessment(&ghost, &a1, t0(), Some(&entry("tier_change", "x"))),
+            Err(WriteError::NotFound { .. })
+        ));
+        assert!(s.get_device_trust(&ghost).unwrap().is_none());
+    }
+    assert_eq!(
+        audit_len(&s),
+        before,
+        "a refused trust write writes no audit record"
+    );
+    assert_eq!(s.list_device_trust(None).unwrap().len(), 3);
+}
+
+/// Oversize trust documents and policy texts are refused with `Invalid`, and nothing of
+/// them is written; documents at the limit are accepted.
+pub fn oversize_trust_documents_are_refused<S: Registry>(make: impl Fn() -> S) {
+    let s = make();
+    seed(&s);
+    let d = dref("acme", "pump-1");
+    s.create_device(
+        &new_device("acme", "pump-1", None),
+        &entry("device_create", "x"),
+    )
+    .unwrap();
+    let max = DeviceTrust::MAX_DOCUMENT_BYTES;
+    // A JSON string of n characters is n + 2 bytes of JSON.
+    let at_limit = serde_json::Value::from("x".repeat(max - 2));
+    let over = serde_json::Value::from("x".repeat(max - 1));
+    let big_object = serde_json::json!({"services": vec!["telnet"; max / 8]});
+    let before = audit_len(&s);
+    for doc in [&over, &big_object] {
+        assert!(matches!(
+            s.put_device_facts(&d, doc, t0(), Some(&entry("facts", "x"))),
+            Err(WriteError::Invalid { what }) if what.contains("facts")
+        ));
+        assert!(matches!(
+            s.set_device_pin(&d, Some(doc), &entry("pin", "x")),
+            Err(WriteError::Invalid { what }) if what.contains("pin")
+        ));
+        assert!(matches!(
+            s.record_assessment(&d, doc, t0(), Some(&entry("tier_change", "x"))),
+            Err(WriteError::Invalid { what }) if what.contains("assessment")
+        ));
+    }
+    assert!(s.get_device_trust(&d).unwrap().is_none());
+    assert_eq!(
+        audit_len(&s),
+        before,
+        "a refused document writes no audit record"
+    );
+    let t = s.put_device_facts(&d, &at_limit, t0(), None).unwrap();
+    assert_eq!(t.facts, at_limit);
+    let t = s
+        .set_device_pin(&d, Some(&at_limit), &entry("pin", "x"))
+        .unwrap();
+    assert_eq!(t.pin.as_ref(), Some(&at_limit));
+    s.record_assessment(&d, &at_limit, t0(), None).unwrap();
+    assert_eq!(
+        s.get_device_trust(&d).unwrap().unwrap().assessment,
+        Some(at_limit.clone())
+    );
+    // A refused document leaves the stored one as it was.
+    assert!(s.put_device_facts(&d, &over, t0(), None).is_err());
+    assert_eq!(s.get_device_trust(&d).unwrap().unwrap().facts, at_limit);
+
+    let max = PolicySetRecord::MAX_TEXT_BYTES;
+    let before = audit_len(&s);
+    assert!(matches!(
+        s.put_policy_set(&"p".repeat(max + 1), "operator:alice", &entry("policy_set", "x")),
+        Err(WriteError::Invalid { what }) if what.contains("policy")
+    ));
+    assert!(s.current_policy_set().unwrap().is_none());
+    assert_eq!(audit_len(&s), before);
+    let p = s
+        .put_policy_set(
+            &"p".repeat(max),
+            "operator:alice",
+            &entry("policy_set", "x"),
+        )
+        .unwrap();
+    assert_eq!((p.version, p.text.len()), (1, max));
+}
+
+/// Policy sets: versions 1, 2, 3, ...; the newest is current; listed newest first; each is
+/// audited with its version in the record's detail.
+pub fn policy_sets<S: Registry>(make: impl Fn() -> S) {
+    let s = make();
+    assert!(s.current_policy_set().unwrap().is_none());
+    assert!(s.list_policy_sets().unwrap().is_empty());
+    let texts = [
+        "permit (principal, action, resource);",
+        "forbid (principal, action, resource) when { principal.tier == \"quarantine\" };",
+        "",
+    ];
+    let mut made = Vec::new();
+    for (i, text) in texts.iter().enumerate() {
+        let at = t0() + Duration::minutes(i as i64);
+        let detail = match i {
+            0 => serde_json::Value::Null,
+            1 => serde_json::json!({"diff_lines": 3}),
+            _ => serde_json::json!("a note"),
+        };
+        let by = if i == 1 { "system" } else { "operator:alice" };
+        let before = audit_len(&s);
+        let p = s
+            .put_policy_set(
+                text,
+                by,
+                &AuditEntry::new(at, by, "policy_set", "policies").detail(detail),
+            )
+            .unwrap();
+        assert_eq!(p.version, i as u32 + 1, "versions count up from 1");
+        assert_eq!((p.text.as_str(), p.created_by.as_str()), (*text, by));
+        assert_eq!(p.created_at, at);
+        assert_eq!(
+            s.current_policy_set().unwrap(),
+            Some(p.clone()),
+            "the newest is current"
+        );
+        assert_eq!(audit_len(&s), before + 1);
+        let rec = last_record(&s);
+        assert_eq!(rec.action, "policy_set");
+        let detail: serde_json::Value = serde_json::from_str(&rec.detail).unwrap();
+        assert_eq!(detail["version"], serde_json::json!(p.version), "{detail}");
+        match i {
+            1 => assert_eq!(
+                detail["diff_lines"],
+                serde_json::json!(3),
+                "the caller's detail is kept"
+            ),
+            2 => assert_eq!(detail["detail"], serde_json::json!("a note")),
+            _ => {}
+        }
+        made.push(p);
+    }
+    made.reverse();
+    assert_eq!(s.list_policy_sets().unwrap(), made, "newest first");
+    assert!(s.verify().is_ok());
+}
+
 /// Runs every suite.
 pub fn all<S: Registry>(make: impl Fn() -> S) {
     tenants(&make);
@@ -821,4 +1177,7 @@ pub fn all<S: Registry>(make: impl Fn() -> S) {
     reused_single_use_token_is_refused(&make);
     token_enrollment_is_one_transaction(&make);
     changes_are_audited(&make);
+    device_trust(&make);
+    oversize_trust_documents_are_refused(&make);
+    policy_sets(&make);
 }

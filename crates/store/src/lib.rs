@@ -1,5 +1,10 @@
 //! Storage for Gatehouse: the registry (tenants, manufacturers, models, claims, devices,
-//! certificates, enrollment tokens) and the append-only, hash-chained audit log.
+//! certificates, enrollment tokens, devices' trust state, policy sets) and the
+//! append-only, hash-chained audit log.
+//!
+//! The trust engine's documents (a device's facts, pin and assessment) are stored as
+//! JSON values whose shape the store does not know, so this crate does not depend on the
+//! trust crate.
 //!
 //! The one design decision that shapes this crate: **a change and its audit record are
 //! one commit.** Every mutating [`Registry`] method takes the [`AuditEntry`] that

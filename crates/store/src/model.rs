@@ -1,5 +1,5 @@
 //! The registry's records: what is stored about tenants, manufacturers, models, claims,
-//! devices, certificates and enrollment tokens.
+//! devices, certificates, enrollment tokens, devices' trust state and policy sets.
 
 use std::fmt;
 
@@ -223,6 +223,51 @@ pub struct ModelProfile {
     /// When it was uploaded.
     #[serde(with = "time::serde::timestamp")]
     pub created_at: OffsetDateTime,
+}
+
+/// What the trust engine keeps about one device. The store does not read the documents:
+/// their shape belongs to the trust engine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceTrust {
+    /// The tenant and device id.
+    pub device: DeviceRef,
+    /// The scan's facts (posture, firmware, services, key strength, ...), as the trust
+    /// engine wrote them; `{}` until facts are first written.
+    pub facts: serde_json::Value,
+    /// When the facts were last written (when the row was created, for `{}`).
+    #[serde(with = "time::serde::timestamp")]
+    pub facts_updated_at: OffsetDateTime,
+    /// An operator's pin of the tier (tier, expiry, reason, who), if one is set.
+    pub pin: Option<serde_json::Value>,
+    /// The latest assessment (score, tier, factors), if one was recorded.
+    pub assessment: Option<serde_json::Value>,
+    /// When the latest assessment was recorded.
+    #[serde(with = "time::serde::timestamp::option")]
+    pub assessed_at: Option<OffsetDateTime>,
+}
+
+impl DeviceTrust {
+    /// Largest facts, pin or assessment document stored, in bytes of compact JSON.
+    pub const MAX_DOCUMENT_BYTES: usize = 64 * 1024;
+}
+
+/// A Cedar policy set as it was put in force.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicySetRecord {
+    /// 1, 2, 3, ...: the newest is the one in force.
+    pub version: u32,
+    /// The policy text (the whole set in force, not a diff).
+    pub text: String,
+    /// When it was put in force.
+    #[serde(with = "time::serde::timestamp")]
+    pub created_at: OffsetDateTime,
+    /// Who put it in force: `operator:alice`, `system`.
+    pub created_by: String,
+}
+
+impl PolicySetRecord {
+    /// Longest policy text stored, in bytes.
+    pub const MAX_TEXT_BYTES: usize = 1024 * 1024;
 }
 
 /// One serial number of a bulk claim.

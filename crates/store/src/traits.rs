@@ -216,4 +216,55 @@ pub trait Registry: AuditLog {
     fn get_token(&self, id: &TokenId) -> Result<Option<TokenRecord>, ReadError>;
     /// A tenant's tokens, newest first.
     fn list_tokens(&self, tenant: &TenantId) -> Result<Vec<TokenRecord>, ReadError>;
+
+    // --- trust state and policy sets
+    /// A device's trust state; `None` if nothing was written for it yet. A stored
+    /// document that does not parse is [`ReadError::Corrupt`].
+    fn get_device_trust(&self, d: &DeviceRef) -> Result<Option<DeviceTrust>, ReadError>;
+    /// Every device's trust state (of one tenant, or all), ordered by (tenant, device):
+    /// what the trust engine loads at start-up.
+    fn list_device_trust(&self, tenant: Option<&TenantId>) -> Result<Vec<DeviceTrust>, ReadError>;
+    /// Writes a device's facts (the pin and the assessment are kept), and `audit` with
+    /// them when given. The device must exist (`NotFound`); a document larger than
+    /// [`DeviceTrust::MAX_DOCUMENT_BYTES`] is refused (`Invalid`).
+    fn put_device_facts(
+        &self,
+        d: &DeviceRef,
+        facts: &serde_json::Value,
+        at: OffsetDateTime,
+        audit: Option<&AuditEntry>,
+    ) -> Result<DeviceTrust, WriteError>;
+    /// Sets (`Some`) or clears (`None`) an operator's pin of a device's tier. A device
+    /// with no trust state yet gets facts `{}`. The device must exist (`NotFound`); a pin
+    /// larger than [`DeviceTrust::MAX_DOCUMENT_BYTES`] is refused (`Invalid`).
+    fn set_device_pin(
+        &self,
+        d: &DeviceRef,
+        pin: Option<&serde_json::Value>,
+        audit: &AuditEntry,
+    ) -> Result<DeviceTrust, WriteError>;
+    /// Records a device's latest assessment (replacing the previous one), and `audit` with
+    /// it when given: callers pass one only when the tier or the verdict changed. A device
+    /// with no trust state yet gets facts `{}`. The device must exist (`NotFound`); a
+    /// document larger than [`DeviceTrust::MAX_DOCUMENT_BYTES`] is refused (`Invalid`).
+    fn record_assessment(
+        &self,
+        d: &DeviceRef,
+        assessment: &serde_json::Value,
+        at: OffsetDateTime,
+        audit: Option<&AuditEntry>,
+    ) -> Result<(), WriteError>;
+    /// Puts a policy set in force as the next version (1 for the first), created at
+    /// `audit.at`. The new version is added to the audit record's detail as `"version"`.
+    /// Text longer than [`PolicySetRecord::MAX_TEXT_BYTES`] is refused (`Invalid`).
+    fn put_policy_set(
+        &self,
+        text: &str,
+        created_by: &str,
+        audit: &AuditEntry,
+    ) -> Result<PolicySetRecord, WriteError>;
+    /// The policy set in force (the highest version); `None` if none was ever put.
+    fn current_policy_set(&self) -> Result<Option<PolicySetRecord>, ReadError>;
+    /// Every policy set version, newest first.
+    fn list_policy_sets(&self) -> Result<Vec<PolicySetRecord>, ReadError>;
 }

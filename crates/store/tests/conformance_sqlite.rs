@@ -23,4 +23,7 @@ suites!(
     reused_single_use_token_is_refused,
     token_enrollment_is_one_transaction,
     changes_are_audited,
+    device_trust,
+    oversize_trust_documents_are_refused,
+    policy_sets,
 );

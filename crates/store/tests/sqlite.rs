@@ -3,7 +3,7 @@
 
 use gatehouse_store::sqlite::{MIGRATIONS, SCHEMA_VERSION};
 use gatehouse_store::*;
-use gatehouse_types::TenantId;
+use gatehouse_types::{DeviceId, DeviceRef, TenantId};
 use proptest::prelude::*;
 use rusqlite::Connection;
 use time::{Duration, OffsetDateTime};
@@ -293,6 +293,206 @@ fn audit_file_edited_on_disk_is_caught() {
             kind: Tamper::Deleted
         })
     ));
+}
+
+/// A file store with device `acme/pump-1` (model `pump` of `maker`) and its trust state
+/// (facts, a pin and an assessment), and a policy set.
+fn store_with_trust() -> (tempfile::TempDir, std::path::PathBuf, DeviceRef) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("gatehouse.db");
+    let s = SqliteStore::open(&path).expect("open");
+    s.create_tenant(&tenant("acme"), "Acme", &entry("t", "acme"))
+        .expect("tenant");
+    let maker = ManufacturerId::new("maker").expect("id");
+    s.add_manufacturer(
+        &NewManufacturer {
+            id: maker.clone(),
+            display_name: "M".into(),
+            idevid_ca_pems: vec![],
+            model_mapping: String::new(),
+        },
+        &entry("m", "maker"),
+    )
+    .expect("maker");
+    let pump = ModelId::new("pump").expect("id");
+    s.add_model(
+        &NewModel {
+            id: pump.clone(),
+            manufacturer: maker,
+            display_name: "P".into(),
+        },
+        &entry("model", "pump"),
+    )
+    .expect("model");
+    let d = DeviceRef::new(tenant("acme"), DeviceId::new("pump-1").expect("id"));
+    s.create_device(
+        &NewDevice {
+            device: d.clone(),
+            model: pump,
+            manufacturer: None,
+            serial: None,
+            assurance: Assurance::Token,
+            tags: vec![],
+        },
+        &entry("device_create", "acme/pump-1"),
+    )
+    .expect("device");
+    s.put_device_facts(&d, &serde_json::json!({"key_bits": 2048}), t0(), None)
+        .expect("facts");
+    s.set_device_pin(
+        &d,
+        Some(&serde_json::json!({"tier": "trusted"})),
+        &entry("pin", "x"),
+    )
+    .expect("pin");
+    s.record_assessment(&d, &serde_json::json!({"score": 90}), t0(), None)
+        .expect("assessment");
+    s.put_policy_set(
+        "permit (principal, action, resource);",
+        "system",
+        &entry("p", "x"),
+    )
+    .expect("policy");
+    (dir, path, d)
+}
+
+#[test]
+fn trust_state_survives_reopen() {
+    let (_dir, path, d) = store_with_trust();
+    let s = SqliteStore::open(&path).expect("reopen");
+    let t = s.get_device_trust(&d).expect("read").expect("there");
+    assert_eq!(t.facts, serde_json::json!({"key_bits": 2048}));
+    assert_eq!(t.pin, Some(serde_json::json!({"tier": "trusted"})));
+    assert_eq!(t.assessment, Some(serde_json::json!({"score": 90})));
+    assert_eq!(t.assessed_at, Some(t0()));
+    assert_eq!(
+        s.current_policy_set()
+            .expect("read")
+            .expect("there")
+            .version,
+        1
+    );
+}
+
+#[test]
+fn corrupt_trust_documents_are_read_errors() {
+    for (column, value) in [
+        ("facts", "'{\"key_bits\": '"),
+        ("pin", "'not json'"),
+        ("assessment", "'[1, 2'"),
+        ("assessed_at", "NULL"),
+        ("facts_updated_at", "9223372036854775807"),
+    ] {
+        let (_dir, path, d) = store_with_trust();
+        Connection::open(&path)
+            .expect("raw")
+            .execute_batch(&format!(
+                "PRAGMA ignore_check_constraints = ON; UPDATE device_trust SET {column} = {value};"
+            ))
+            .expect("corrupt");
+        let s = SqliteStore::open(&path).expect("reopen");
+        assert!(
+            matches!(
+                s.get_device_trust(&d),
+                Err(ReadError::Corrupt { what }) if what.contains("acme/pump-1")
+            ),
+            "{column}"
+        );
+        assert!(
+            matches!(s.list_device_trust(None), Err(ReadError::Corrupt { .. })),
+            "{column}"
+        );
+        // A write that reads the corrupt row back fails and leaves everything as it was.
+        if column != "facts" && column != "facts_updated_at" {
+            let head = s.audit_head().expect("head");
+            assert!(
+                matches!(
+                    s.put_device_facts(&d, &serde_json::json!({}), t0(), Some(&entry("f", "x"))),
+                    Err(WriteError::Corrupt { .. })
+                ),
+                "{column}"
+            );
+            assert_eq!(s.audit_head().expect("head"), head, "{column}");
+        }
+    }
+}
+
+#[test]
+fn corrupt_policy_set_is_a_read_error() {
+    let (_dir, path, _) = store_with_trust();
+    Connection::open(&path)
+        .expect("raw")
+        .execute(
+            "UPDATE policy_sets SET created_at = 9223372036854775807",
+            [],
+        )
+        .expect("corrupt");
+    let s = SqliteStore::open(&path).expect("reopen");
+    assert!(matches!(
+        s.current_policy_set(),
+        Err(ReadError::Corrupt { .. })
+    ));
+    assert!(matches!(
+        s.list_policy_sets(),
+        Err(ReadError::Corrupt { .. })
+    ));
+}
+
+#[test]
+fn trust_rows_must_name_a_device() {
+    let (_dir, path, _) = store_with_trust();
+    let c = Connection::open(&path).expect("raw");
+    c.pragma_update(None, "foreign_keys", "ON").expect("fk");
+    assert!(
+        c.execute(
+            "INSERT INTO device_trust (tenant, device, facts, facts_updated_at) \
+             VALUES ('acme', 'ghost', '{}', 0)",
+            [],
+        )
+        .is_err()
+    );
+    assert!(
+        c.execute(
+            "UPDATE device_trust SET assessment = NULL WHERE device = 'pump-1'",
+            [],
+        )
+        .is_err(),
+        "an assessment time without an assessment is refused"
+    );
+}
+
+#[test]
+fn version_2_store_gains_trust_tables() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("v2.db");
+    {
+        let c = Connection::open(&path).expect("raw open");
+        c.execute_batch(MIGRATIONS[0]).expect("v1 schema");
+        c.execute_batch(MIGRATIONS[1]).expect("v2 schema");
+        c.pragma_update(None, "user_version", 2).expect("version");
+        c.execute_batch(
+            "INSERT INTO tenants VALUES ('acme', 'Acme', 0); \
+             INSERT INTO manufacturers VALUES ('maker', 'M', '[]', '', 0); \
+             INSERT INTO models VALUES ('pump', 'maker', 'P', 0); \
+             INSERT INTO devices (tenant, id, model, assurance, status, created_at) \
+                 VALUES ('acme', 'pump-1', 'pump', 'token', 'active', 0);",
+        )
+        .expect("rows");
+    }
+    let s = SqliteStore::open(&path).expect("open migrates");
+    assert_eq!(s.schema_version().expect("version"), SCHEMA_VERSION);
+    let d = DeviceRef::new(tenant("acme"), DeviceId::new("pump-1").expect("id"));
+    assert!(s.get_device_trust(&d).expect("read").is_none());
+    let t = s
+        .put_device_facts(&d, &serde_json::json!({"a": 1}), t0(), None)
+        .expect("facts");
+    assert_eq!(s.list_device_trust(None).expect("list"), vec![t]);
+    assert_eq!(
+        s.put_policy_set("", "system", &entry("p", "x"))
+            .expect("policy")
+            .version,
+        1
+    );
 }
 
 fn arb_entry() -> impl Strategy<Value = AuditEntry> {

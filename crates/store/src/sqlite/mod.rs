@@ -131,6 +131,15 @@ fn json<T: serde::de::DeserializeOwned>(row: &Row<'_>, idx: usize) -> rusqlite::
     serde_json::from_str(&s).map_err(|e| conv(idx, e))
 }
 
+fn json_opt<T: serde::de::DeserializeOwned>(
+    row: &Row<'_>,
+    idx: usize,
+) -> rusqlite::Result<Option<T>> {
+    let s: Option<String> = row.get(idx)?;
+    s.map(|s| serde_json::from_str(&s).map_err(|e| conv(idx, e)))
+        .transpose()
+}
+
 fn secs(t: OffsetDateTime) -> i64 {
     t.unix_timestamp()
 }
@@ -293,6 +302,36 @@ fn token_row(r: &Row<'_>) -> rusqlite::Result<TokenRecord> {
     })
 }
 
+const TRUST_COLS: &str = "tenant, device, facts, facts_updated_at, pin, assessment, assessed_at";
+fn trust_row(r: &Row<'_>) -> rusqlite::Result<DeviceTrust> {
+    let assessment: Option<serde_json::Value> = json_opt(r, 5)?;
+    let assessed_at = ts_opt(r, 6)?;
+    if assessment.is_some() != assessed_at.is_some() {
+        return Err(conv(
+            6,
+            BadValue("an assessment without its time, or a time without one".to_owned()),
+        ));
+    }
+    Ok(DeviceTrust {
+        device: DeviceRef::new(parse::<TenantId>(r, 0)?, parse::<DeviceId>(r, 1)?),
+        facts: json(r, 2)?,
+        facts_updated_at: ts(r, 3)?,
+        pin: json_opt(r, 4)?,
+        assessment,
+        assessed_at,
+    })
+}
+
+const POLICY_COLS: &str = "version, text, created_at, created_by";
+fn policy_row(r: &Row<'_>) -> rusqlite::Result<PolicySetRecord> {
+    Ok(PolicySetRecord {
+        version: u32_col(r, 0)?,
+        text: r.get(1)?,
+        created_at: ts(r, 2)?,
+        created_by: r.get(3)?,
+    })
+}
+
 const AUDIT_COLS: &str =
     "seq, at, actor, action, subject, outcome, reason, detail, prev_hash, hash";
 fn audit_row(r: &Row<'_>) -> rusqlite::Result<AuditRecord> {
@@ -390,6 +429,60 @@ fn get_cert_tx(c: &Connection, serial: &str) -> rusqlite::Result<Option<Certific
         cert_row,
     )
     .optional()
+}
+
+fn get_trust_tx(c: &Connection, d: &DeviceRef) -> rusqlite::Result<Option<DeviceTrust>> {
+    c.query_row(
+        &format!("SELECT {TRUST_COLS} FROM device_trust WHERE tenant = ?1 AND device = ?2"),
+        params![d.tenant.as_str(), d.device.as_str()],
+        trust_row,
+    )
+    .optional()
+}
+
+fn require_device(tx: &Connection, d: &DeviceRef) -> Result<(), WriteError> {
+    require(
+        tx,
+        "SELECT 1 FROM devices WHERE tenant = ?1 AND id = ?2",
+        params![d.tenant.as_str(), d.device.as_str()],
+        || format!("device {d}"),
+    )
+}
+
+/// A device's trust state read back inside a write; a corrupt document names the device.
+fn trust_after_write(tx: &Connection, d: &DeviceRef) -> Result<DeviceTrust, WriteError> {
+    get_trust_tx(tx, d)
+        .map_err(|e| WriteError::from(trust_read_err(d)(e)))?
+        .ok_or_else(|| WriteError::NotFound {
+            what: format!("trust state of device {d}"),
+        })
+}
+
+/// Maps a failed read of `device_trust`: a corrupt row names the device.
+fn trust_read_err(d: &DeviceRef) -> impl Fn(rusqlite::Error) -> ReadError + '_ {
+    move |e| match read_err(e) {
+        ReadError::Corrupt { .. } => ReadError::Corrupt {
+            what: format!("trust state of device {d}"),
+        },
+        other => other,
+    }
+}
+
+/// A trust document as stored: compact JSON of at most [`DeviceTrust::MAX_DOCUMENT_BYTES`].
+fn trust_doc(what: &str, v: &serde_json::Value) -> Result<String, WriteError> {
+    let text = serde_json::to_string(v).map_err(|_| WriteError::Invalid {
+        what: format!("{what} document (not serializable as JSON)"),
+    })?;
+    if text.len() > DeviceTrust::MAX_DOCUMENT_BYTES {
+        return Err(WriteError::Invalid {
+            what: format!(
+                "{what} document ({} bytes of JSON; at most {} are allowed)",
+                text.len(),
+                DeviceTrust::MAX_DOCUMENT_BYTES
+            ),
+        });
+    }
+    Ok(text)
 }
 
 fn insert_device_tx(tx: &Transaction<'_>, d: &NewDevice, at: i64) -> Result<(), WriteError> {
@@ -1345,7 +1438,10 @@ impl Registry for SqliteStore {
                 ],
             )
             .map_err(write_err("token"))?;
-            append_tx(tx, &with_token_id(audit, &id))?;
+            append_tx(
+                tx,
+                &with_detail(audit, "token", serde_json::Value::from(id.as_str())),
+            )?;
             tx.query_row(
                 &format!("SELECT {TOKEN_COLS} FROM enrollment_tokens WHERE id = ?1"),
                 [id.as_str()],
@@ -1453,6 +1549,163 @@ impl Registry for SqliteStore {
             token_row,
         )
     }
+
+    fn get_device_trust(&self, d: &DeviceRef) -> Result<Option<DeviceTrust>, ReadError> {
+        let c = self.conn.lock();
+        get_trust_tx(&c, d).map_err(trust_read_err(d))
+    }
+
+    fn list_device_trust(&self, tenant: Option<&TenantId>) -> Result<Vec<DeviceTrust>, ReadError> {
+        self.list(
+            &format!(
+                "SELECT {TRUST_COLS} FROM device_trust WHERE (?1 IS NULL OR tenant = ?1) \
+                 ORDER BY tenant, device"
+            ),
+            [tenant.map(|t| t.as_str())],
+            trust_row,
+        )
+        .map_err(|e| match e {
+            ReadError::Corrupt { .. } => ReadError::Corrupt {
+                what: "device trust state".to_owned(),
+            },
+            other => other,
+        })
+    }
+
+    fn put_device_facts(
+        &self,
+        d: &DeviceRef,
+        facts: &serde_json::Value,
+        at: OffsetDateTime,
+        audit: Option<&AuditEntry>,
+    ) -> Result<DeviceTrust, WriteError> {
+        let facts = trust_doc("facts", facts)?;
+        self.write(|tx| {
+            require_device(tx, d)?;
+            tx.execute(
+                "INSERT INTO device_trust (tenant, device, facts, facts_updated_at) \
+                 VALUES (?1, ?2, ?3, ?4) ON CONFLICT (tenant, device) DO UPDATE SET \
+                 facts = excluded.facts, facts_updated_at = excluded.facts_updated_at",
+                params![d.tenant.as_str(), d.device.as_str(), facts, secs(at)],
+            )
+            .map_err(write_err(&format!("trust state of device {d}")))?;
+            if let Some(audit) = audit {
+                append_tx(tx, audit)?;
+            }
+            trust_after_write(tx, d)
+        })
+    }
+
+    fn set_device_pin(
+        &self,
+        d: &DeviceRef,
+        pin: Option<&serde_json::Value>,
+        audit: &AuditEntry,
+    ) -> Result<DeviceTrust, WriteError> {
+        let pin = pin.map(|p| trust_doc("pin", p)).transpose()?;
+        self.write(|tx| {
+            require_device(tx, d)?;
+            tx.execute(
+                "INSERT INTO device_trust (tenant, device, facts, facts_updated_at, pin) \
+                 VALUES (?1, ?2, '{}', ?3, ?4) ON CONFLICT (tenant, device) DO UPDATE SET \
+                 pin = excluded.pin",
+                params![d.tenant.as_str(), d.device.as_str(), secs(audit.at), pin],
+            )
+            .map_err(write_err(&format!("trust state of device {d}")))?;
+            append_tx(tx, audit)?;
+            trust_after_write(tx, d)
+        })
+    }
+
+    fn record_assessment(
+        &self,
+        d: &DeviceRef,
+        assessment: &serde_json::Value,
+        at: OffsetDateTime,
+        audit: Option<&AuditEntry>,
+    ) -> Result<(), WriteError> {
+        let assessment = trust_doc("assessment", assessment)?;
+        self.write(|tx| {
+            require_device(tx, d)?;
+            tx.execute(
+                "INSERT INTO device_trust (tenant, device, facts, facts_updated_at, assessment, \
+                 assessed_at) VALUES (?1, ?2, '{}', ?3, ?4, ?3) \
+                 ON CONFLICT (tenant, device) DO UPDATE SET \
+                 assessment = excluded.assessment, assessed_at = excluded.assessed_at",
+                params![d.tenant.as_str(), d.device.as_str(), secs(at), assessment],
+            )
+            .map_err(write_err(&format!("trust state of device {d}")))?;
+            if let Some(audit) = audit {
+                append_tx(tx, audit)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn put_policy_set(
+        &self,
+        text: &str,
+        created_by: &str,
+        audit: &AuditEntry,
+    ) -> Result<PolicySetRecord, WriteError> {
+        if text.len() > PolicySetRecord::MAX_TEXT_BYTES {
+            return Err(WriteError::Invalid {
+                what: format!(
+                    "policy text ({} bytes; at most {} are allowed)",
+                    text.len(),
+                    PolicySetRecord::MAX_TEXT_BYTES
+                ),
+            });
+        }
+        let created_at = trunc(audit.at)?;
+        self.write(|tx| {
+            let last: i64 = tx
+                .query_row(
+                    "SELECT COALESCE(MAX(version), 0) FROM policy_sets",
+                    [],
+                    |r| r.get(0),
+                )
+                .map_err(write_err("policy set"))?;
+            let version = u32::try_from(last + 1).map_err(|_| WriteError::Corrupt {
+                what: "policy set version".to_owned(),
+            })?;
+            tx.execute(
+                "INSERT INTO policy_sets (version, text, created_at, created_by) \
+                 VALUES (?1, ?2, ?3, ?4)",
+                params![i64::from(version), text, secs(audit.at), created_by],
+            )
+            .map_err(write_err(&format!("policy set version {version}")))?;
+            append_tx(
+                tx,
+                &with_detail(audit, "version", serde_json::Value::from(version)),
+            )?;
+            Ok(PolicySetRecord {
+                version,
+                text: text.to_owned(),
+                created_at,
+                created_by: created_by.to_owned(),
+            })
+        })
+    }
+
+    fn current_policy_set(&self) -> Result<Option<PolicySetRecord>, ReadError> {
+        self.read(|c| {
+            c.query_row(
+                &format!("SELECT {POLICY_COLS} FROM policy_sets ORDER BY version DESC LIMIT 1"),
+                [],
+                policy_row,
+            )
+            .optional()
+        })
+    }
+
+    fn list_policy_sets(&self) -> Result<Vec<PolicySetRecord>, ReadError> {
+        self.list(
+            &format!("SELECT {POLICY_COLS} FROM policy_sets ORDER BY version DESC"),
+            [],
+            policy_row,
+        )
+    }
 }
 
 /// A timestamp as stored (whole seconds).
@@ -1462,17 +1715,18 @@ fn trunc(t: OffsetDateTime) -> Result<OffsetDateTime, WriteError> {
     })
 }
 
-/// The caller cannot know a new token's id, so the store adds it to the audit record's
-/// detail (`"token": "<id>"`).
-fn with_token_id(audit: &AuditEntry, id: &TokenId) -> AuditEntry {
+/// The caller cannot know what the store assigns (a new token's id, a policy set's
+/// version), so the store adds it to the audit record's detail as `key`. A detail that is
+/// not an object (nor `null`) is kept under `"detail"`.
+fn with_detail(audit: &AuditEntry, key: &str, value: serde_json::Value) -> AuditEntry {
     let mut entry = audit.clone();
     entry.detail = match entry.detail {
         serde_json::Value::Object(mut map) => {
-            map.insert("token".to_owned(), serde_json::Value::from(id.as_str()));
+            map.insert(key.to_owned(), value);
             serde_json::Value::Object(map)
         }
-        serde_json::Value::Null => serde_json::json!({ "token": id.as_str() }),
-        other => serde_json::json!({ "token": id.as_str(), "detail": other }),
+        serde_json::Value::Null => serde_json::json!({ key: value }),
+        other => serde_json::json!({ key: value, "detail": other }),
     };
     entry
 }

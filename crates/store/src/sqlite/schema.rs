@@ -106,6 +106,29 @@ CREATE TABLE model_profiles (
     PRIMARY KEY (model, version)
 ) STRICT;
 "#,
+    // 3: per-device trust state (JSON documents owned by the trust engine) and the
+    // versioned Cedar policy sets.
+    r#"
+CREATE TABLE device_trust (
+    tenant           TEXT NOT NULL,
+    device           TEXT NOT NULL,
+    facts            TEXT NOT NULL,                -- JSON
+    facts_updated_at INTEGER NOT NULL,
+    pin              TEXT,                         -- JSON
+    assessment       TEXT,                         -- JSON
+    assessed_at      INTEGER,
+    CHECK ((assessment IS NULL) = (assessed_at IS NULL)),
+    PRIMARY KEY (tenant, device),
+    FOREIGN KEY (tenant, device) REFERENCES devices (tenant, id)
+) STRICT;
+
+CREATE TABLE policy_sets (
+    version    INTEGER PRIMARY KEY CHECK (version >= 1),
+    text       TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    created_by TEXT NOT NULL
+) STRICT;
+"#,
 ];
 
 /// The schema version this build writes.
