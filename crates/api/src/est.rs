@@ -84,22 +84,27 @@ async fn simpleenroll(
         "enroll_idevid"
     };
     let started = std::time::Instant::now();
-    let result = tokio::task::spawn_blocking(move || match &basic {
-        Some((id, secret)) => enroller.enroll(
-            Credential::Token {
-                id,
-                secret: secret.as_str(),
-            },
-            &csr,
-            &peer,
-        ),
-        None => enroller.enroll(
-            Credential::Idevid {
-                chain: &conn.client_chain,
-            },
-            &csr,
-            &peer,
-        ),
+    let trust = s.trust.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        let result = match &basic {
+            Some((id, secret)) => enroller.enroll(
+                Credential::Token {
+                    id,
+                    secret: secret.as_str(),
+                },
+                &csr,
+                &peer,
+            ),
+            None => enroller.enroll(
+                Credential::Idevid {
+                    chain: &conn.client_chain,
+                },
+                &csr,
+                &peer,
+            ),
+        };
+        scan(trust.as_deref(), &result);
+        result
     })
     .await;
     observe(&s, operation, started, &result);
@@ -125,11 +130,27 @@ async fn simplereenroll(
     let peer = conn.peer.to_string();
     let enroller = s.enroller.clone();
     let started = std::time::Instant::now();
-    let result =
-        tokio::task::spawn_blocking(move || enroller.reenroll(&conn.client_chain, &csr, &peer))
-            .await;
+    let trust = s.trust.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        let result = enroller.reenroll(&conn.client_chain, &csr, &peer);
+        scan(trust.as_deref(), &result);
+        result
+    })
+    .await;
     observe(&s, "renew", started, &result);
     enrolled_response(result)
+}
+
+/// The scan at join: the new device's (or renewed certificate's) facts recorded and its
+/// verdict compiled before the certificate is returned, so that its first connection finds
+/// its verdict in force. A failure is logged; the certificate stands (the device is scored
+/// on what is known at its first connection).
+fn scan(trust: Option<&crate::TrustService>, result: &Result<Enrolled, EnrollError>) {
+    if let (Some(trust), Ok(enrolled)) = (trust, result)
+        && let Err(e) = trust.scan_at_join(&enrolled.device.device, "system")
+    {
+        tracing::warn!(device = %enrolled.device.device, error = %e, "scan at enrollment failed");
+    }
 }
 
 fn observe(

@@ -18,6 +18,7 @@ mod metrics;
 mod problem;
 pub mod rest;
 mod revocation;
+pub mod trust;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -38,6 +39,9 @@ use tracing::debug;
 pub use metrics::{ApiMetrics, EstLabels};
 pub use problem::Problem;
 pub use revocation::{RevocationSync, SessionControl};
+pub use trust::{
+    TrustError, TrustGate, TrustMetrics, TrustService, TrustSettings, TrustView, view_offline,
+};
 
 /// Limits of the HTTPS listener.
 #[derive(Debug, Clone, Copy)]
@@ -84,6 +88,9 @@ pub struct ApiState {
     pub revocations: Arc<RevocationSync>,
     /// Enrollment metrics.
     pub metrics: ApiMetrics,
+    /// Scores, verdicts and their enforcement; `None` where the data plane is not gated
+    /// by trust.
+    pub trust: Option<Arc<TrustService>>,
 }
 
 impl std::fmt::Debug for ApiState {
@@ -108,6 +115,7 @@ pub fn router(state: ApiState, limits: HttpLimits) -> Router {
         .merge(est::routes())
         .merge(revocation::routes())
         .merge(rest::routes())
+        .merge(trust::routes::routes())
         .with_state(state)
         .layer(DefaultBodyLimit::max(limits.max_body))
         .layer(axum::middleware::from_fn(

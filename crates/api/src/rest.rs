@@ -59,9 +59,9 @@ struct ApiDoc;
 
 /// The OpenAPI document, JSON.
 pub fn openapi_json() -> String {
-    ApiDoc::openapi()
-        .to_pretty_json()
-        .unwrap_or_else(|_| "{}".to_owned())
+    let mut doc = ApiDoc::openapi();
+    doc.merge(<crate::trust::routes::TrustDoc as OpenApi>::openapi());
+    doc.to_pretty_json().unwrap_or_else(|_| "{}".to_owned())
 }
 
 pub(crate) fn routes() -> Router<ApiState> {
@@ -96,7 +96,7 @@ async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], openapi_json()).into_response()
 }
 
-fn actor(conn: &ConnInfo) -> String {
+pub(crate) fn actor(conn: &ConnInfo) -> String {
     format!("api:{}", conn.peer.ip())
 }
 
@@ -105,7 +105,7 @@ fn now() -> OffsetDateTime {
 }
 
 /// Runs blocking registry work off the async threads.
-async fn blocking<T, F>(f: F) -> ApiResult<T>
+pub(crate) async fn blocking<T, F>(f: F) -> ApiResult<T>
 where
     F: FnOnce() -> ApiResult<T> + Send + 'static,
     T: Send + 'static,
@@ -609,7 +609,7 @@ async fn list_devices(
     .await
 }
 
-fn device_ref(tenant: &str, device: &str) -> ApiResult<DeviceRef> {
+pub(crate) fn device_ref(tenant: &str, device: &str) -> ApiResult<DeviceRef> {
     Ok(DeviceRef::new(
         parse("tenant", tenant, TenantId::new)?,
         parse("device", device, DeviceId::new)?,

@@ -10,9 +10,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
-use gatehouse_mqtt::{Properties, QoS, ReasonCode};
+use gatehouse_mqtt::{Properties, ProtocolVersion, QoS, ReasonCode};
 use gatehouse_types::{
-    DeviceRef, DisconnectCause, Identity, Observation, SubscribeObservation, TlsFacts,
+    DeviceRef, DisconnectCause, Identity, Observation, SubscribeObservation, TlsFacts, TopicFilter,
 };
 use parking_lot::Mutex;
 use tokio::net::TcpListener;
@@ -105,6 +105,46 @@ pub struct Broker {
 pub(crate) struct Attached {
     pub session: Arc<Session>,
     pub present: bool,
+}
+
+/// The reserved topic on which a 5.0 session is told that the gate removed subscriptions:
+/// `$gatehouse/{device}/notice`, delivered whether or not the client subscribed to it.
+pub const NOTICE_TOPIC_SUFFIX: &str = "/notice";
+
+fn removal_notice(s: &Session, removed: &[TopicFilter]) -> Delivery {
+    let body = serde_json::json!({
+        "event": "subscriptions_removed",
+        "filters": removed.iter().map(TopicFilter::as_str).collect::<Vec<_>>(),
+        "reason": "no longer allowed by the device's verdict",
+    });
+    let properties = gatehouse_mqtt::Properties {
+        content_type: Some("application/json".to_owned()),
+        payload_format_indicator: Some(1),
+        user_properties: vec![(
+            "gatehouse-notice".to_owned(),
+            "subscriptions-removed".to_owned(),
+        )],
+        ..Default::default()
+    };
+    let msg = Message {
+        tenant: Arc::from(s.identity.tenant.as_str()),
+        topic: Arc::from(format!(
+            "$gatehouse/{}{NOTICE_TOPIC_SUFFIX}",
+            s.identity.device
+        )),
+        payload: bytes::Bytes::from(body.to_string()),
+        qos: QoS::AtMostOnce,
+        retain: false,
+        properties,
+        expires_at: None,
+        origin: 0,
+    };
+    Delivery {
+        msg: Arc::new(msg),
+        qos: QoS::AtMostOnce,
+        retain: false,
+        sub_ids: Vec::new(),
+    }
 }
 
 fn key(identity: &Identity, client_id: &str) -> String {
@@ -667,6 +707,16 @@ impl Inner {
                 .iter()
                 .any(|f| gatehouse_mqtt::topic_matches(f, &d.msg.topic))
         });
+        let tell = st.protocol == ProtocolVersion::V5 && st.conn.is_some();
+        drop(st);
+        if tell {
+            // MQTT 5 has no server-initiated UNSUBACK: a 5.0 client is told on its reserved
+            // notice topic, which it receives without subscribing.
+            let _ = s.enqueue(
+                removal_notice(s, &denied),
+                self.config.limits.max_queued_messages,
+            );
+        }
         info!(device = %s.identity.device, removed = denied.len(), "gate removed subscriptions");
         denied.len()
     }

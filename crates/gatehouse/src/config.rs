@@ -16,7 +16,7 @@ use serde::Deserialize;
 /// The documented example, with every option at its default.
 pub const EXAMPLE: &str = include_str!("../gatehouse.example.toml");
 
-mod raw {
+pub mod raw {
     use super::*;
 
     #[derive(Debug, Deserialize)]
@@ -31,6 +31,7 @@ mod raw {
         pub persistence: Persistence,
         pub enrollment: Enrollment,
         pub ca: Ca,
+        pub trust: Trust,
         pub log: Log,
     }
 
@@ -46,6 +47,7 @@ mod raw {
                 persistence: Persistence::default(),
                 enrollment: Enrollment::default(),
                 ca: Ca::default(),
+                trust: Trust::default(),
                 log: Log::default(),
             }
         }
@@ -204,6 +206,34 @@ mod raw {
         pub external_chain: Option<PathBuf>,
     }
 
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+    #[serde(rename_all = "kebab-case")]
+    pub enum GateMode {
+        Trust,
+        StaticPolicyOnly,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields, default)]
+    pub struct Trust {
+        pub gate: GateMode,
+        #[serde(with = "humantime_serde")]
+        pub posture_interval: Duration,
+        pub posture_queue: usize,
+        pub score: gatehouse_trust::score::RawScoreConfig,
+    }
+
+    impl Default for Trust {
+        fn default() -> Self {
+            Self {
+                gate: GateMode::Trust,
+                posture_interval: Duration::from_secs(1),
+                posture_queue: 1024,
+                score: gatehouse_trust::score::RawScoreConfig::default(),
+            }
+        }
+    }
+
     #[derive(Debug, Deserialize)]
     #[serde(deny_unknown_fields, default)]
     pub struct Enrollment {
@@ -232,7 +262,7 @@ mod raw {
                 min_rsa_bits: 2048,
                 crl_validity: Duration::from_secs(7 * 24 * 3600),
                 public_url: None,
-                registry_poll: Duration::from_millis(250),
+                registry_poll: Duration::from_millis(50),
                 max_request_body: ByteSize::kib(64),
             }
         }
@@ -291,6 +321,45 @@ pub struct Settings {
     pub log_format: LogFormat,
     pub enrollment: EnrollmentSettings,
     pub ca: CaSettings,
+    pub trust: TrustSettings,
+}
+
+/// The topics of a device whose model has no profile: the static `[policy]` patterns, as
+/// telemetry (nothing is known to be a command). `$` patterns are left out: the platform's
+/// reserved topics are granted by the policies, not by a profile.
+fn fallback_topics(
+    publish: &[gatehouse_broker::TopicPattern],
+    subscribe: &[gatehouse_broker::TopicPattern],
+) -> gatehouse_trust::policy::ProfileTopics {
+    use gatehouse_trust::policy::{ProfileTopics, TopicKind, TopicRule};
+    let rules = |patterns: &[gatehouse_broker::TopicPattern]| {
+        patterns
+            .iter()
+            .map(ToString::to_string)
+            .filter(|p| !p.starts_with('$'))
+            .map(|pattern| TopicRule {
+                pattern,
+                kind: TopicKind::Telemetry,
+                rate_per_sec: None,
+                burst: None,
+            })
+            .collect()
+    };
+    ProfileTopics {
+        publish: rules(publish),
+        subscribe: rules(subscribe),
+    }
+}
+
+/// Validated `[trust]`.
+#[derive(Debug, Clone)]
+pub struct TrustSettings {
+    /// Whether the data plane is gated by trust verdicts (the default) or by the static
+    /// `[policy]` alone (weaker: scores and pins change nothing on the wire).
+    pub gate: raw::GateMode,
+    pub posture_interval: Duration,
+    pub posture_queue: usize,
+    pub score: gatehouse_trust::score::ScoreConfig,
 }
 
 /// Validated `[ca]`: where the CA's keys come from.
@@ -508,6 +577,17 @@ impl Settings {
             external,
         };
 
+        let t = raw.trust;
+        if t.posture_queue == 0 {
+            anyhow::bail!("trust.posture_queue must be at least 1");
+        }
+        let trust = TrustSettings {
+            gate: t.gate,
+            posture_interval: t.posture_interval,
+            posture_queue: t.posture_queue,
+            score: gatehouse_trust::score::ScoreConfig::new(t.score).context("trust.score")?,
+        };
+
         let data_dir = raw.data_dir;
         let save_interval = raw.persistence.save_interval;
         Ok(Self {
@@ -532,7 +612,26 @@ impl Settings {
             log_format: raw.log.format,
             enrollment,
             ca,
+            trust,
         })
+    }
+
+    /// The trust service's settings: `[trust]`, with the static `[policy]` patterns as the
+    /// topics of devices whose model has no profile.
+    pub fn trust_service_settings(&self) -> gatehouse_api::TrustSettings {
+        gatehouse_api::TrustSettings {
+            score: self.trust.score.clone(),
+            fallback_topics: fallback_topics(&self.policy.publish, &self.policy.subscribe),
+            device_topics: self
+                .policy
+                .devices
+                .iter()
+                .map(|d| (d.device.clone(), fallback_topics(&d.publish, &d.subscribe)))
+                .collect(),
+            blocked: self.policy.blocked.iter().cloned().collect(),
+            posture_interval: self.trust.posture_interval,
+            posture_queue: self.trust.posture_queue,
+        }
     }
 
     /// The CA directory.

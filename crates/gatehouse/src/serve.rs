@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use arc_swap::ArcSwap;
-use gatehouse_api::{ApiMetrics, ApiState, HttpLimits, RevocationSync, SessionControl};
+use gatehouse_api::{
+    ApiMetrics, ApiState, HttpLimits, RevocationSync, SessionControl, TrustMetrics, TrustService,
+};
 use gatehouse_broker::Broker;
 use gatehouse_pki::{ClientAuth, Enroller, IssuedCert, PublishedCrl, ServerTlsBuilder};
 use gatehouse_store::{AuditEntry, Registry, SqliteStore};
@@ -18,6 +20,7 @@ use tracing::{error, info, warn};
 
 use crate::auth::GatehouseAuth;
 use crate::config::Settings;
+use crate::config::raw::GateMode;
 
 /// Validity of the server certificate issued at each start.
 const SERVER_CERT_VALIDITY: Duration = Duration::from_secs(90 * 24 * 3600);
@@ -87,6 +90,30 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         .metrics()
         .register(&mut metrics_registry, broker.tap());
 
+    // Every registered device's verdict is compiled before the listeners open, so no
+    // device is ever seen without one.
+    let trust = match settings.trust.gate {
+        GateMode::Trust => {
+            let metrics = TrustMetrics::default();
+            metrics.register(&mut metrics_registry);
+            let service = TrustService::start(
+                registry.clone(),
+                broker.clone(),
+                settings.trust_service_settings(),
+                metrics,
+            )
+            .context("compiling the trust verdicts")?;
+            broker.set_gate(Arc::new(service.gate().with_posture_worker()));
+            Some(service)
+        }
+        GateMode::StaticPolicyOnly => {
+            warn!(
+                "trust.gate = \"static-policy-only\": scores, pins and policies do not reach the data plane"
+            );
+            None
+        }
+    };
+
     // The MQTTS verifier is rebuilt with every new CRL: a revoked certificate's reconnect
     // fails the handshake.
     let control = Arc::new(MqttsControl {
@@ -139,6 +166,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             registry,
             revocations: revocations.clone(),
             metrics: api_metrics,
+            trust: trust.clone(),
         },
         limits,
     )
@@ -155,6 +183,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     );
     spawn_registry_poll(
         revocations,
+        trust,
         settings.enrollment.registry_poll,
         settings.enrollment.policy.crl_validity / 2,
         stop_rx,
@@ -222,6 +251,7 @@ fn open_registry(settings: &Settings) -> anyhow::Result<Arc<dyn gatehouse_store:
 /// go stale.
 fn spawn_registry_poll(
     revocations: Arc<RevocationSync>,
+    trust: Option<Arc<TrustService>>,
     every: Duration,
     resign_after: Duration,
     mut stop: watch::Receiver<bool>,
@@ -239,6 +269,13 @@ fn spawn_registry_poll(
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => warn!(error = %e, "applying registry changes failed"),
                 Err(e) => warn!(error = %e, "registry poll task failed"),
+            }
+            if let Some(t) = trust.clone() {
+                match tokio::task::spawn_blocking(move || t.poll()).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => warn!(error = %e, "applying trust changes failed"),
+                    Err(e) => warn!(error = %e, "trust poll task failed"),
+                }
             }
         }
     });

@@ -11,6 +11,7 @@
 #![allow(dead_code)]
 
 pub mod clients;
+pub mod lab;
 pub mod raw;
 
 use std::net::SocketAddr;

@@ -160,6 +160,23 @@ impl VerdictTable {
         Some(removed)
     }
 
+    /// Removes every verdict `drop` selects (say, the provisional verdicts of unregistered
+    /// devices after a policy change, which the gate then compiles again on their next
+    /// packet); returns how many.
+    pub fn remove_where(&self, mut drop: impl FnMut(&Verdict) -> bool) -> usize {
+        let mut removed = 0;
+        for shard in self.shards.iter() {
+            let mut shard = shard.write();
+            shard.retain(|_, tenants| {
+                let before = tenants.len();
+                tenants.retain(|(_, v)| !drop(v.verdict()));
+                removed += before - tenants.len();
+                !tenants.is_empty()
+            });
+        }
+        removed
+    }
+
     /// How many devices have a verdict.
     pub fn len(&self) -> usize {
         self.shards
