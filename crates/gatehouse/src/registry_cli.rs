@@ -1,7 +1,7 @@
-//! The registry commands: `tenant`, `manufacturer`, `model`, `claim`, `device`, `token` and
-//! `audit`. They open the registry file directly (a running server polls the store and
-//! picks the changes up), and every change goes in with the audit record that names the
-//! operator, in one transaction.
+//! The registry commands: `tenant`, `manufacturer`, `model`, `claim`, `device`, `token`,
+//! `policy` and `audit`. They open the registry file directly (a running server polls the
+//! store and picks the changes up), and every change goes in with the audit record that
+//! names the operator, in one transaction.
 //!
 //! Each command prints text for people, or JSON with `--json`. A failure is one line on
 //! standard error and exit status 1.
@@ -11,6 +11,7 @@ mod claim;
 mod device;
 mod manufacturer;
 mod model;
+mod policy;
 mod tenant;
 mod token;
 
@@ -37,10 +38,12 @@ pub enum RegistryCommand {
     Model(Group<model::Command>),
     /// Claims: the serial numbers a tenant owns and may enroll.
     Claim(Group<claim::Command>),
-    /// Registered devices: list, show, revoke.
+    /// Registered devices: list, show (with their trust), revoke, pin.
     Device(Group<device::Command>),
     /// Enrollment tokens for devices without a manufacturer identity.
     Token(Group<token::Command>),
+    /// The trust policy set (Cedar): show, validate, set, reset, history.
+    Policy(Group<policy::Command>),
     /// The hash-chained audit log.
     Audit(Group<audit::Command>),
 }
@@ -90,15 +93,18 @@ fn dispatch(command: RegistryCommand, config: Option<&Path>) -> Result<()> {
         RegistryCommand::Claim(g) => go!(g, claim::run),
         RegistryCommand::Device(g) => go!(g, device::run),
         RegistryCommand::Token(g) => go!(g, token::run),
+        RegistryCommand::Policy(g) => go!(g, policy::run),
         RegistryCommand::Audit(g) => go!(g, audit::run),
     }
 }
 
-/// What every handler works with: the open registry, the output mode and the actor.
+/// What every handler works with: the open registry, the output mode, the actor and the
+/// trust settings devices are scored with.
 struct Ctx {
     store: SqliteStore,
     json: bool,
     actor: String,
+    trust: gatehouse_api::TrustSettings,
 }
 
 // === impl Ctx ===
@@ -118,6 +124,7 @@ impl Ctx {
             store,
             json: common.json,
             actor,
+            trust: settings.trust_service_settings(),
         })
     }
 

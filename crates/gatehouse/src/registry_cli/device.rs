@@ -1,7 +1,9 @@
-//! `gatehouse device list|show|revoke`: registered devices, their certificates, and
-//! revocation — of one device, or of a manufacturer's batch.
+//! `gatehouse device list|show|revoke|reinstate|pin|unpin`: registered devices, their
+//! certificates and trust, revocation — of one device, or of a manufacturer's batch — and
+//! operators' pins of a device's trust tier.
 
 use std::fmt::Write as _;
+use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result};
 use clap::{Subcommand, ValueEnum};
@@ -9,7 +11,9 @@ use gatehouse_store::{
     BatchScope, CertStatus, Certificate, Cursor, Device, DeviceFilter, DeviceStatus,
     ManufacturerId, ModelId, Registry, RevocationReason,
 };
-use gatehouse_types::{DeviceRef, TenantId};
+use gatehouse_trust::policy::{AllowedTopic, Verdict};
+use gatehouse_trust::score::Pin;
+use gatehouse_types::{DeviceRef, TenantId, Tier};
 use serde_json::json;
 use time::OffsetDateTime;
 
@@ -17,6 +21,15 @@ use super::{Ctx, fmt_opt_time, fmt_time, table};
 
 /// Most devices one `list` page may hold (the store's cap).
 const MAX_PAGE: usize = 1000;
+
+/// Shortest pin.
+const MIN_PIN: Duration = Duration::from_secs(60);
+
+/// Longest pin: a year, as `1year` means (365.25 days).
+const MAX_PIN: Duration = Duration::from_secs(31_557_600);
+
+/// Longest pin reason, in characters.
+const MAX_REASON_CHARS: usize = 500;
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -38,7 +51,8 @@ pub enum Command {
         #[arg(long)]
         cursor: Option<String>,
     },
-    /// Show a device and its certificates.
+    /// Show a device, its certificates and its trust: score, tier, pin, the factors with
+    /// their evidence, and what the policies in force allow it and why.
     Show {
         /// `tenant/device`, or `device` in the default tenant.
         device: DeviceRef,
@@ -46,6 +60,33 @@ pub enum Command {
     /// Reinstate a revoked or blocked device (re-claim it): it may enroll again; its
     /// revoked certificates stay revoked.
     Reinstate {
+        /// `tenant/device`, or `device` in the default tenant.
+        device: DeviceRef,
+        /// Why, in words, for the audit log.
+        #[arg(long, value_name = "TEXT")]
+        why: Option<String>,
+    },
+    /// Pin a device's trust tier for a while, whatever its score says.
+    #[command(
+        after_help = "The score is still computed and shown; the pin only sets the tier, \
+                      until it expires or `device unpin` removes it. A running server \
+                      applies the change within its registry poll interval."
+    )]
+    Pin {
+        /// `tenant/device`, or `device` in the default tenant.
+        device: DeviceRef,
+        /// The tier to hold it at: trusted, restricted, quarantined or blocked.
+        #[arg(long, value_name = "TIER")]
+        tier: String,
+        /// How long, e.g. 30m, 2h, 7days (at least 1 minute, at most 1 year).
+        #[arg(long = "for", value_name = "DURATION")]
+        duration: String,
+        /// Why, in words (required): kept with the pin and in the audit log.
+        #[arg(long, value_name = "TEXT")]
+        reason: String,
+    },
+    /// Remove a device's pin: its score sets its tier again.
+    Unpin {
         /// `tenant/device`, or `device` in the default tenant.
         device: DeviceRef,
         /// Why, in words, for the audit log.
@@ -138,6 +179,13 @@ pub(super) fn run(ctx: &Ctx, command: Command) -> Result<()> {
         } => list(ctx, tenant, status, model, usize::from(limit), cursor),
         Command::Show { device } => show(ctx, &device),
         Command::Reinstate { device, why } => reinstate(ctx, &device, why),
+        Command::Pin {
+            device,
+            tier,
+            duration,
+            reason,
+        } => pin(ctx, &device, &tier, &duration, &reason),
+        Command::Unpin { device, why } => unpin(ctx, &device, why),
         Command::Revoke {
             device,
             manufacturer,
@@ -224,7 +272,19 @@ fn show(ctx: &Ctx, d: &DeviceRef) -> Result<()> {
     let device = get(ctx, d)?;
     let certs = ctx.store.list_certificates(d)?;
     let now = OffsetDateTime::now_utc();
-    ctx.print(&json!({ "device": device, "certificates": certs }), || {
+    // The device is shown even when its trust cannot be computed (a stored policy set
+    // this build no longer validates, say): the reason takes the trust's place.
+    let (trust, trust_error) = match gatehouse_api::view_offline(&ctx.store, &ctx.trust, d) {
+        Ok(view) => (Some(view), None),
+        Err(e) => (None, Some(one_line(&e.to_string()))),
+    };
+    let value = json!({
+        "device": device,
+        "certificates": certs,
+        "trust": trust,
+        "trust_error": trust_error,
+    });
+    ctx.print(&value, || {
         let mut t = String::new();
         let _ = writeln!(t, "device         {}", device.device);
         let _ = writeln!(t, "model          {}", device.model);
@@ -279,6 +339,195 @@ fn show(ctx: &Ctx, d: &DeviceRef) -> Result<()> {
             {
                 let _ = writeln!(t, "  {line}");
             }
+        }
+        match (&trust, &trust_error) {
+            (Some(view), _) => {
+                t.push_str("trust\n");
+                for line in view.assessment.to_string().lines() {
+                    let _ = writeln!(t, "  {line}");
+                }
+                if let Some(v) = &view.verdict {
+                    write_verdict(&mut t, v);
+                }
+            }
+            (None, Some(e)) => {
+                let _ = writeln!(t, "trust          unavailable: {e}");
+            }
+            (None, None) => {}
+        }
+        t
+    })
+}
+
+/// The verdict for people: whether the device may connect, the topics it may use with
+/// their rates, and the explanation, one decision a line.
+fn write_verdict(t: &mut String, v: &Verdict) {
+    let _ = writeln!(
+        t,
+        "verdict        {}; publish {}, subscribe {} topic(s)",
+        if v.may_connect() {
+            "may connect"
+        } else {
+            "may not connect"
+        },
+        v.publish().len(),
+        v.subscribe().len()
+    );
+    let rows: Vec<Vec<String>> = v
+        .publish()
+        .iter()
+        .map(|a| topic_row("publish", a))
+        .chain(v.subscribe().iter().map(|a| topic_row("subscribe", a)))
+        .collect();
+    if !rows.is_empty() {
+        for line in table(&["ACTION", "TOPIC", "KIND", "RATE"], &rows).lines() {
+            let _ = writeln!(t, "  {line}");
+        }
+    }
+    t.push_str("  why\n");
+    for line in v.explanation() {
+        let _ = writeln!(t, "    {line}");
+    }
+}
+
+fn topic_row(action: &str, a: &AllowedTopic) -> Vec<String> {
+    let rate = match (a.rate_per_sec, a.burst) {
+        (Some(r), Some(b)) => format!("{}, burst {b}", fmt_rate(r)),
+        (Some(r), None) => fmt_rate(r),
+        (None, _) => "-".to_owned(),
+    };
+    vec![
+        action.to_owned(),
+        a.pattern.clone(),
+        a.kind.as_str().to_owned(),
+        rate,
+    ]
+}
+
+/// A rate for people, in the largest unit that keeps it at least 1: `10/s`, `0.5/min`.
+fn fmt_rate(per_sec: f64) -> String {
+    let (v, unit) = if per_sec >= 1.0 {
+        (per_sec, "s")
+    } else if per_sec * 60.0 >= 1.0 {
+        (per_sec * 60.0, "min")
+    } else {
+        (per_sec * 3600.0, "h")
+    };
+    let n = format!("{v:.2}");
+    let n = n.trim_end_matches('0').trim_end_matches('.');
+    format!("{n}/{unit}")
+}
+
+/// An error's text on one line.
+fn one_line(text: &str) -> String {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The tier `--tier` names.
+fn parse_tier(s: &str) -> Result<Tier> {
+    s.trim()
+        .to_ascii_lowercase()
+        .parse::<Tier>()
+        .map_err(|e| anyhow::anyhow!("--tier: {e}"))
+}
+
+/// How long `--for` says, 1 minute to 1 year.
+fn parse_pin_duration(s: &str) -> Result<Duration> {
+    let d = humantime_serde::re::humantime::parse_duration(s.trim()).map_err(|e| {
+        anyhow::anyhow!("--for {s:?}: {e} (write a duration such as 30m, 2h, 7days)")
+    })?;
+    anyhow::ensure!(d >= MIN_PIN, "--for {s:?}: a pin lasts at least 1 minute");
+    anyhow::ensure!(d <= MAX_PIN, "--for {s:?}: a pin lasts at most 1 year");
+    Ok(d)
+}
+
+/// The pin's reason: trimmed, non-empty, printable, at most 500 characters.
+fn pin_reason(s: &str) -> Result<String> {
+    let r = s.trim();
+    anyhow::ensure!(
+        !r.is_empty(),
+        "--reason must say why the device is pinned; it may not be empty"
+    );
+    anyhow::ensure!(
+        r.chars().count() <= MAX_REASON_CHARS && !r.chars().any(char::is_control),
+        "--reason must be at most {MAX_REASON_CHARS} printable characters"
+    );
+    Ok(r.to_owned())
+}
+
+fn pin(ctx: &Ctx, d: &DeviceRef, tier: &str, duration: &str, reason: &str) -> Result<()> {
+    // Everything is checked before the write.
+    let tier = parse_tier(tier)?;
+    let duration = parse_pin_duration(duration)?;
+    let reason = pin_reason(reason)?;
+    let device = get(ctx, d)?;
+    let entry = ctx.entry("pin", d.to_string()).reason(reason.clone());
+    let pin = Pin {
+        tier,
+        expires_at: SystemTime::from(entry.at) + duration,
+        reason,
+        by: ctx.actor.clone(),
+    };
+    let value = serde_json::to_value(&pin)?;
+    let entry = entry.detail(json!({ "pin": value }));
+    ctx.store.set_device_pin(d, Some(&value), &entry)?;
+    let scored = gatehouse_api::view_offline(&ctx.store, &ctx.trust, d)
+        .ok()
+        .map(|v| v.assessment.scored_tier);
+    let until = fmt_time(OffsetDateTime::from(pin.expires_at));
+    ctx.print(
+        &json!({ "device": d, "pin": pin, "scored_tier": scored }),
+        || {
+            let mut t = format!(
+                "pinned {d} to {tier} until {until}: {}
+",
+                pin.reason
+            );
+            if let Some(s) = scored {
+                let _ = writeln!(t, "the score alone gives {s}");
+            }
+            if device.status != DeviceStatus::Active {
+                let _ = writeln!(
+                    t,
+                    "note: the device is {}, so it stays blocked whatever its pin",
+                    status_name(device.status)
+                );
+            }
+            t
+        },
+    )
+}
+
+fn unpin(ctx: &Ctx, d: &DeviceRef, why: Option<String>) -> Result<()> {
+    get(ctx, d)?;
+    let stored = ctx
+        .store
+        .get_device_trust(d)?
+        .and_then(|t| t.pin)
+        .with_context(|| format!("device {d} is not pinned"))?;
+    let expired =
+        serde_json::from_value::<Pin>(stored).is_ok_and(|p| !p.is_active(SystemTime::now()));
+    let entry = ctx
+        .entry("unpin", d.to_string())
+        .reason(why.unwrap_or_else(|| "unpinned from the command line".to_owned()));
+    ctx.store.set_device_pin(d, None, &entry)?;
+    let view = gatehouse_api::view_offline(&ctx.store, &ctx.trust, d).ok();
+    let tier = view.as_ref().map(|v| v.assessment.tier);
+    ctx.print(&json!({ "device": d, "pin": null, "tier": tier }), || {
+        let mut t = format!("unpinned {d}");
+        if expired {
+            t.push_str(" (its pin had already expired)");
+        }
+        if let Some(v) = &view {
+            let _ = write!(
+                t,
+                ": tier {} from its score {}",
+                v.assessment.tier, v.assessment.score
+            );
         }
         t
     })
@@ -523,6 +772,48 @@ mod tests {
         assert!(codes.contains(&("superseded".to_owned(), 4)));
         assert!(codes.contains(&("cessation-of-operation".to_owned(), 5)));
         assert!(codes.contains(&("unspecified".to_owned(), 0)));
+    }
+
+    #[test]
+    fn pin_inputs_are_checked() {
+        assert_eq!(parse_tier(" Quarantined ").ok(), Some(Tier::Quarantined));
+        let err = parse_tier("superb").expect_err("not a tier").to_string();
+        assert!(
+            err.contains("unknown tier") && err.contains("quarantined"),
+            "{err}"
+        );
+        assert_eq!(
+            parse_pin_duration("2h").ok(),
+            Some(Duration::from_secs(7200))
+        );
+        assert_eq!(parse_pin_duration("1year").ok(), Some(MAX_PIN));
+        assert!(parse_pin_duration("1year 1s").is_err());
+        assert!(parse_pin_duration("59s").is_err());
+        assert!(parse_pin_duration("forever").is_err());
+        assert_eq!(
+            pin_reason("  probing ports ").ok().as_deref(),
+            Some("probing ports")
+        );
+        assert!(pin_reason(" ").is_err());
+        assert!(pin_reason("a\nb").is_err());
+        assert!(pin_reason(&"x".repeat(501)).is_err());
+    }
+
+    #[test]
+    fn rates_read_in_the_largest_whole_unit() {
+        assert_eq!(fmt_rate(10.0), "10/s");
+        assert_eq!(fmt_rate(2.5), "2.5/s");
+        assert_eq!(fmt_rate(0.5), "30/min");
+        assert_eq!(fmt_rate(1.0 / 120.0), "30/h");
+        assert_eq!(fmt_rate(1.0 / 60.0), "1/min");
+    }
+
+    #[test]
+    fn errors_are_put_on_one_line() {
+        assert_eq!(
+            one_line("policy set refused:\n  - a\n\n  - b\n"),
+            "policy set refused: - a - b"
+        );
     }
 
     #[test]
