@@ -13,8 +13,8 @@ use anyhow::{Context, Result, ensure};
 use gatehouse_pki::{IdevidParams, ManufacturerCa};
 use serde_json::{Value, json};
 use support::clients::V5;
-use support::lab::*;
 use support::have_program;
+use support::lab::*;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn rfc7030_flow_with_curl_and_openssl_then_mosquitto_pub() -> Result<()> {
