@@ -26,7 +26,8 @@ use arc_swap::ArcSwap;
 use gatehouse_broker::Broker;
 use gatehouse_pki::KeyKind;
 use gatehouse_store::{
-    Assurance, AuditEntry, Device, DeviceFilter, DeviceStatus, ModelId, Registry,
+    AssessmentRecord, Assurance, AuditEntry, Device, DeviceFilter, DeviceStatus, DeviceTrust,
+    ModelId, Registry,
 };
 use gatehouse_trust::policy::{
     CompileCache, DeviceAttrs, PolicyEngine, PolicyError, ProfileTopics, Verdict, VerdictTable,
@@ -283,7 +284,17 @@ fn join_facts(registry: &dyn Registry, device: &Device) -> Result<Facts, TrustEr
 
 /// The device's facts, pin and last recorded (tier, score).
 fn load_facts(registry: &dyn Registry, device: &Device) -> Result<Loaded, TrustError> {
-    match registry.get_device_trust(&device.device).map_err(store)? {
+    let stored = registry.get_device_trust(&device.device).map_err(store)?;
+    loaded_from(registry, device, stored)
+}
+
+/// [`load_facts`] from a trust row already read (`None`: the device has none yet).
+fn loaded_from(
+    registry: &dyn Registry,
+    device: &Device,
+    stored: Option<DeviceTrust>,
+) -> Result<Loaded, TrustError> {
+    match stored {
         Some(t) => {
             let facts = if t.facts.as_object().is_some_and(|o| o.is_empty()) {
                 join_facts(registry, device)?
@@ -498,10 +509,36 @@ impl TrustService {
         cause: &str,
         apply: bool,
     ) -> Result<Arc<Verdict>, TrustError> {
+        let loaded = load_facts(&*self.registry, device)?;
+        let outcome = self.evaluate(device, loaded)?;
+        if let Some(record) = outcome.record(cause) {
+            self.registry
+                .record_assessment(
+                    &record.device,
+                    &record.assessment,
+                    now_utc(),
+                    record.audit.as_ref(),
+                )
+                .map_err(store)?;
+            self.count_change(&outcome);
+        }
+        if apply && outcome.changed && outcome.previous.is_some() {
+            self.broker.reevaluate(Some(&device.device));
+        }
+        Ok(outcome.verdict)
+    }
+
+    /// Scores a device from its loaded facts, compiles its verdict and puts it in force;
+    /// says what changed. Writes nothing.
+    fn evaluate(&self, device: &Device, loaded: Loaded) -> Result<Outcome, TrustError> {
         let d = &device.device;
-        let now = SystemTime::now();
-        let (facts, pin, recorded) = load_facts(&*self.registry, device)?;
-        let mut assessment = assess(&facts, &self.settings.score, pin.as_ref(), now);
+        let (facts, pin, recorded) = loaded;
+        let mut assessment = assess(
+            &facts,
+            &self.settings.score,
+            pin.as_ref(),
+            SystemTime::now(),
+        );
         if device.status != DeviceStatus::Active || self.settings.blocked.contains(d) {
             assessment.tier = Tier::Blocked;
         }
@@ -531,80 +568,48 @@ impl TrustService {
         ));
         self.metrics.verdicts_compiled.inc();
         let previous = match self.table.install(Arc::clone(&verdict)) {
-            Ok(previous) => previous,
+            Ok(previous) => previous.map(|p| Arc::clone(p.verdict())),
             // A newer verdict is already in force.
-            Err(newer) => return Ok(Arc::clone(newer.verdict())),
+            Err(newer) => {
+                return Ok(Outcome {
+                    device: d.clone(),
+                    verdict: Arc::clone(newer.verdict()),
+                    assessment,
+                    previous: None,
+                    changed: false,
+                    record: false,
+                });
+            }
         };
-        let changed = previous
-            .as_ref()
-            .is_none_or(|p| !same_grants(p.verdict(), &verdict));
+        let changed = previous.as_ref().is_none_or(|p| !same_grants(p, &verdict));
         // A device seen for the first time since start is recorded only if its tier or
         // score moved since the last record (a restart alone changes nothing).
         let record = match &previous {
             Some(_) => changed,
             None => recorded != Some((assessment.tier, assessment.score)),
         };
-        if record {
-            self.record(
-                device,
-                &assessment,
-                &verdict,
-                previous.as_ref().map(|p| &**p.verdict()),
-                cause,
-            )?;
-        }
-        if apply && changed && previous.is_some() {
-            self.broker.reevaluate(Some(d));
-        }
-        Ok(verdict)
+        Ok(Outcome {
+            device: d.clone(),
+            verdict,
+            assessment,
+            previous,
+            changed,
+            record,
+        })
     }
 
-    fn record(
-        &self,
-        device: &Device,
-        assessment: &Assessment,
-        verdict: &Verdict,
-        previous: Option<&Verdict>,
-        cause: &str,
-    ) -> Result<(), TrustError> {
-        let d = &device.device;
-        let value = serde_json::to_value(assessment).map_err(store)?;
-        let audit = Some(
-            AuditEntry::new(now_utc(), "system", "verdict", d.to_string())
-                .reason(format!(
-                    "{cause}: tier {} (score {})",
-                    assessment.tier, assessment.score
-                ))
-                .detail(serde_json::json!({
-                    "epoch": verdict.epoch(),
-                    "tier": assessment.tier,
-                    "score": assessment.score,
-                    "previous": previous.map(|p| serde_json::json!({
-                        "tier": p.tier(), "score": p.score(), "epoch": p.epoch()
-                    })),
-                    "pin": assessment.pin,
-                    "factors": assessment.factors,
-                    "explanation": verdict.explanation(),
-                    "cause": cause,
-                })),
-        );
+    fn count_change(&self, outcome: &Outcome) {
         self.metrics
             .verdict_changes
             .get_or_create(&TierLabels {
-                tier: assessment.tier.as_str().to_owned(),
+                tier: outcome.assessment.tier.as_str().to_owned(),
             })
             .inc();
-        match self
-            .registry
-            .record_assessment(d, &value, now_utc(), audit.as_ref())
-        {
-            Ok(()) => Ok(()),
-            Err(e) => Err(store(e)),
-        }
     }
 
     /// Compiles the verdict of every registered device (at start, after a policy change),
-    /// on every core, then applies the changes to open sessions. Returns how many devices.
+    /// on every core, puts them in force, applies them to every open session, and only
+    /// then records the changed ones, in one transaction. Returns how many devices.
     pub fn assess_all(&self, cause: &str) -> Result<usize, TrustError> {
         let mut devices = Vec::new();
         let mut cursor = None;
@@ -619,17 +624,33 @@ impl TrustService {
                 None => break,
             }
         }
+        let mut rows: HashMap<DeviceRef, DeviceTrust> = self
+            .registry
+            .list_device_trust(None)
+            .map_err(store)?
+            .into_iter()
+            .map(|t| (t.device.clone(), t))
+            .collect();
+        let work: Vec<(Device, Option<DeviceTrust>)> = devices
+            .into_iter()
+            .map(|d| {
+                let row = rows.remove(&d.device);
+                (d, row)
+            })
+            .collect();
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let chunk = devices.len().div_ceil(threads).max(1);
-        let results: Vec<Result<(), TrustError>> = std::thread::scope(|s| {
-            let handles: Vec<_> = devices
+        let chunk = work.len().div_ceil(threads).max(1);
+        let results: Vec<Result<Vec<Outcome>, TrustError>> = std::thread::scope(|s| {
+            let handles: Vec<_> = work
                 .chunks(chunk)
                 .map(|part| {
                     s.spawn(move || {
-                        for device in part {
-                            self.assess_device(device, cause, false)?;
+                        let mut out = Vec::with_capacity(part.len());
+                        for (device, row) in part {
+                            let loaded = loaded_from(&*self.registry, device, row.clone())?;
+                            out.push(self.evaluate(device, loaded)?);
                         }
-                        Ok(())
+                        Ok(out)
                     })
                 })
                 .collect();
@@ -642,14 +663,25 @@ impl TrustService {
                 })
                 .collect()
         });
+        let mut outcomes = Vec::with_capacity(work.len());
         for r in results {
-            r?;
+            outcomes.extend(r?);
         }
         // Unregistered devices hold provisional verdicts (epoch 0) compiled under the old
         // policies: drop them, and re-applying the gate compiles them again.
         self.table.remove_where(|v| v.epoch() == 0);
         self.broker.reevaluate(None);
-        Ok(devices.len())
+        let batch: Vec<AssessmentRecord> =
+            outcomes.iter().filter_map(|o| o.record(cause)).collect();
+        if !batch.is_empty() {
+            self.registry
+                .record_assessments(&batch, now_utc())
+                .map_err(store)?;
+            for o in outcomes.iter().filter(|o| o.record) {
+                self.count_change(o);
+            }
+        }
+        Ok(work.len())
     }
 
     /// Validates `text` as the whole policy set and, if it validates, stores it and puts it
@@ -916,6 +948,49 @@ impl TrustService {
             }
         }
         Ok(())
+    }
+}
+
+/// What compiling one device's verdict changed.
+struct Outcome {
+    device: DeviceRef,
+    verdict: Arc<Verdict>,
+    assessment: Assessment,
+    previous: Option<Arc<Verdict>>,
+    /// The verdict grants something else than the one it replaced (or replaced none).
+    changed: bool,
+    /// It should be recorded (and audited).
+    record: bool,
+}
+
+impl Outcome {
+    /// The registry record of this outcome, audited, if it is to be recorded.
+    fn record(&self, cause: &str) -> Option<AssessmentRecord> {
+        if !self.record {
+            return None;
+        }
+        let a = &self.assessment;
+        let assessment = serde_json::to_value(a).ok()?;
+        let previous = self.previous.as_deref();
+        let audit = AuditEntry::new(now_utc(), "system", "verdict", self.device.to_string())
+            .reason(format!("{cause}: tier {} (score {})", a.tier, a.score))
+            .detail(serde_json::json!({
+                "epoch": self.verdict.epoch(),
+                "tier": a.tier,
+                "score": a.score,
+                "previous": previous.map(|p| serde_json::json!({
+                    "tier": p.tier(), "score": p.score(), "epoch": p.epoch()
+                })),
+                "pin": a.pin,
+                "factors": a.factors,
+                "explanation": self.verdict.explanation(),
+                "cause": cause,
+            }));
+        Some(AssessmentRecord {
+            device: self.device.clone(),
+            assessment,
+            audit: Some(audit),
+        })
     }
 }
 

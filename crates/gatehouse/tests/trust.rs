@@ -38,6 +38,13 @@ rate = "50/s"
 burst = 50
 
 [[topics]]
+pattern = "devices/{device}/status"
+direction = "publish"
+kind = "telemetry"
+rate = "2/min"
+burst = 2
+
+[[topics]]
 pattern = "devices/{device}/commands/+"
 direction = "subscribe"
 kind = "command"
@@ -510,5 +517,54 @@ async fn invalid_policy_set_is_refused_and_a_valid_one_reaches_open_sessions() -
     let v = trust(&lab, "thermo-1")?;
     let explanation = v["verdict"]["explanation"].to_string();
     ensure!(explanation.contains("no-thermostats"), "{explanation}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn publishes_over_the_topic_rate_or_outside_the_verdict_are_dropped_with_0x87() -> Result<()>
+{
+    if skip() {
+        return Ok(());
+    }
+    let lab = fleet_lab().await?;
+    let (_key, mut thermo) = device(&lab, "thermo-1", "thermo").await?;
+    wait_for_tier(&lab, "thermo-1", "trusted").await?;
+    // `status` allows 2 a minute, in a burst of 2: the third and later are dropped.
+    let mut reasons = Vec::new();
+    for i in 0..6 {
+        thermo
+            .client
+            .publish(
+                "devices/thermo-1/status",
+                QoS::AtLeastOnce,
+                false,
+                format!("s{i}"),
+            )
+            .await?;
+        reasons.push(thermo.puback().await?.reason);
+    }
+    use rumqttc::v5::mqttbytes::v5::PubAckReason;
+    ensure!(
+        reasons[..2].iter().all(|r| *r == PubAckReason::Success)
+            && reasons[2..]
+                .iter()
+                .all(|r| *r == PubAckReason::NotAuthorized),
+        "{reasons:?}"
+    );
+    // Another device's topic, and a topic the profile does not list.
+    for topic in [
+        "devices/thermo-2/telemetry/temp",
+        "devices/thermo-1/secrets",
+    ] {
+        thermo
+            .client
+            .publish(topic, QoS::AtLeastOnce, false, "x")
+            .await?;
+        let ack = thermo.puback().await?;
+        ensure!(
+            ack.reason == PubAckReason::NotAuthorized,
+            "{topic}: {ack:?}"
+        );
+    }
     Ok(())
 }

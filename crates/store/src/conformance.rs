@@ -1108,6 +1108,67 @@ pub fn oversize_trust_documents_are_refused<S: Registry>(make: impl Fn() -> S) {
     assert_eq!((p.version, p.text.len()), (1, max));
 }
 
+/// A batch of assessments is one transaction: all recorded with their audit records, or,
+/// when one device is unknown, none of them.
+pub fn assessment_batches_are_all_or_nothing<S: Registry>(make: impl Fn() -> S) {
+    let s = make();
+    seed(&s);
+    let d1 = dref("acme", "pump-1");
+    let d2 = dref("acme", "pump-2");
+    for d in [&d1, &d2] {
+        s.create_device(
+            &new_device(d.tenant.as_str(), d.device.as_str(), None),
+            &entry("device_create", "x"),
+        )
+        .unwrap();
+    }
+    let record = |d: &DeviceRef, tier: &str, audited: bool| AssessmentRecord {
+        device: d.clone(),
+        assessment: serde_json::json!({ "tier": tier }),
+        audit: audited.then(|| entry("verdict", &d.to_string())),
+    };
+    let before = audit_len(&s);
+    s.record_assessments(
+        &[
+            record(&d1, "trusted", true),
+            record(&d2, "restricted", false),
+        ],
+        t0(),
+    )
+    .unwrap();
+    assert_eq!(audit_len(&s), before + 1);
+    let a1 = s.get_device_trust(&d1).unwrap().unwrap();
+    assert_eq!(
+        a1.assessment,
+        Some(serde_json::json!({ "tier": "trusted" }))
+    );
+    assert_eq!(a1.assessed_at, Some(t0()));
+    let a2 = s.get_device_trust(&d2).unwrap().unwrap();
+    assert_eq!(
+        a2.assessment,
+        Some(serde_json::json!({ "tier": "restricted" }))
+    );
+
+    // An unknown device refuses the whole batch: nothing changes, nothing is audited.
+    let ghost = dref("acme", "ghost");
+    let err = s
+        .record_assessments(
+            &[
+                record(&d1, "blocked", true),
+                record(&ghost, "blocked", true),
+            ],
+            t0(),
+        )
+        .unwrap_err();
+    assert!(matches!(err, WriteError::NotFound { .. }), "{err:?}");
+    assert_eq!(audit_len(&s), before + 1);
+    assert_eq!(
+        s.get_device_trust(&d1).unwrap().unwrap().assessment,
+        Some(serde_json::json!({ "tier": "trusted" }))
+    );
+    s.record_assessments(&[], t0()).unwrap();
+}
+
 /// Policy sets: versions 1, 2, 3, ...; the newest is current; listed newest first; each is
 /// audited with its version in the record's detail.
 pub fn policy_sets<S: Registry>(make: impl Fn() -> S) {
@@ -1179,5 +1240,6 @@ pub fn all<S: Registry>(make: impl Fn() -> S) {
     changes_are_audited(&make);
     device_trust(&make);
     oversize_trust_documents_are_refused(&make);
+    assessment_batches_are_all_or_nothing(&make);
     policy_sets(&make);
 }

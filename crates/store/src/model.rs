@@ -225,6 +225,17 @@ pub struct ModelProfile {
     pub created_at: OffsetDateTime,
 }
 
+/// One device's assessment to record, with its audit record when its verdict changed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AssessmentRecord {
+    /// The device.
+    pub device: DeviceRef,
+    /// The assessment document.
+    pub assessment: serde_json::Value,
+    /// The audit record to append with it, if any.
+    pub audit: Option<crate::AuditEntry>,
+}
+
 /// What the trust engine keeps about one device. The store does not read the documents:
 /// their shape belongs to the trust engine.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

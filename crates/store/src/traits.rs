@@ -254,6 +254,14 @@ pub trait Registry: AuditLog {
         at: OffsetDateTime,
         audit: Option<&AuditEntry>,
     ) -> Result<(), WriteError>;
+    /// [`Registry::record_assessment`] for many devices in one transaction (one commit for a
+    /// policy change that moves a whole fleet): all are recorded, or none (an unknown
+    /// device or an oversize document refuses the batch).
+    fn record_assessments(
+        &self,
+        batch: &[AssessmentRecord],
+        at: OffsetDateTime,
+    ) -> Result<(), WriteError>;
     /// Puts a policy set in force as the next version (1 for the first), created at
     /// `audit.at`. The new version is added to the audit record's detail as `"version"`.
     /// Text longer than [`PolicySetRecord::MAX_TEXT_BYTES`] is refused (`Invalid`).

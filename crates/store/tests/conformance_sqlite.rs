@@ -25,5 +25,6 @@ suites!(
     changes_are_audited,
     device_trust,
     oversize_trust_documents_are_refused,
+    assessment_batches_are_all_or_nothing,
     policy_sets,
 );

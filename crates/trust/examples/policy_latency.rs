@@ -9,7 +9,8 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use gatehouse_trust::policy::{
-    DeviceAttrs, PolicyEngine, ProfileTopics, TopicKind, TopicRule, compile,
+    CompileCache, DeviceAttrs, PolicyEngine, ProfileTopics, TopicKind, TopicRule, compile,
+    compile_shared,
 };
 use gatehouse_types::{Score, Tier, TopicFilter};
 
@@ -164,5 +165,36 @@ fn main() {
         "{:<44} p50 {:>9.2} µs",
         "cold decision, per extra topic (slope)",
         (whole - base) / profile_rules
+    );
+
+    println!("\nfleet (a policy or score change that touches every device):");
+    let cache = CompileCache::new();
+    let fleet: Vec<DeviceAttrs> = (0..10_000)
+        .map(|i| DeviceAttrs {
+            device: format!("acme/thermo-{i:05}").parse().expect("device ref"),
+            ..device.clone()
+        })
+        .collect();
+    let started = Instant::now();
+    for d in &fleet {
+        black_box(compile_shared(d, &topics, "thermo@1", &engine, 2, &cache));
+    }
+    let shared = started.elapsed();
+    let started = Instant::now();
+    for d in fleet.iter().take(1_000) {
+        black_box(compile(d, &topics, &engine, 2));
+    }
+    let alone = started.elapsed() * 10;
+    println!(
+        "{:<44} {:>9.1} ms  ({:.1} µs a device; {} class)",
+        "compile 10,000 verdicts, shared",
+        shared.as_secs_f64() * 1e3,
+        shared.as_secs_f64() * 1e6 / fleet.len() as f64,
+        cache.len()
+    );
+    println!(
+        "{:<44} {:>9.1} ms  (from 1,000)",
+        "compile 10,000 verdicts, each alone",
+        alone.as_secs_f64() * 1e3
     );
 }

@@ -1642,6 +1642,35 @@ impl Registry for SqliteStore {
         })
     }
 
+    fn record_assessments(
+        &self,
+        batch: &[AssessmentRecord],
+        at: OffsetDateTime,
+    ) -> Result<(), WriteError> {
+        let docs = batch
+            .iter()
+            .map(|r| trust_doc("assessment", &r.assessment))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.write(|tx| {
+            for (r, doc) in batch.iter().zip(&docs) {
+                let d = &r.device;
+                require_device(tx, d)?;
+                tx.execute(
+                    "INSERT INTO device_trust (tenant, device, facts, facts_updated_at, \
+                     assessment, assessed_at) VALUES (?1, ?2, '{}', ?3, ?4, ?3) \
+                     ON CONFLICT (tenant, device) DO UPDATE SET \
+                     assessment = excluded.assessment, assessed_at = excluded.assessed_at",
+                    params![d.tenant.as_str(), d.device.as_str(), secs(at), doc],
+                )
+                .map_err(write_err(&format!("trust state of device {d}")))?;
+                if let Some(audit) = &r.audit {
+                    append_tx(tx, audit)?;
+                }
+            }
+            Ok(())
+        })
+    }
+
     fn put_policy_set(
         &self,
         text: &str,
