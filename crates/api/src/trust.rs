@@ -939,7 +939,10 @@ impl TrustService {
             let mut expiries = self.pin_expiries.lock();
             let later = expiries.split_off(&now);
             let due = std::mem::replace(&mut *expiries, later);
-            due.into_values().flatten().collect()
+            let mut due: Vec<DeviceRef> = due.into_values().flatten().collect();
+            due.sort();
+            due.dedup();
+            due
         };
         for d in due {
             match self.assess(&d, "pin expired") {
