@@ -15,6 +15,8 @@
 //! - [`enroll`](mod@enroll): the enrollment and re-enrollment flows; [`state`]: the state
 //!   directory; [`renew`]: when to renew.
 //! - [`agent`]: the long-running [`agent::Agent`] with its [`agent::AgentHandle`].
+//! - [`posture`]: the signed posture reports the agent publishes on
+//!   `$gatehouse/{device}/posture`, and [`posture::send_once`] to publish one.
 //!
 //! The one design decision that shapes this crate: **it is a library first, and shares
 //! nothing between devices but what is immutable.** The fleet simulator runs thousands of
@@ -28,6 +30,7 @@ pub mod agent;
 pub mod enroll;
 pub mod est;
 pub mod identity;
+pub mod posture;
 pub mod renew;
 pub mod state;
 pub mod tls;
@@ -36,4 +39,5 @@ pub use agent::{Agent, AgentConfig, AgentError, AgentHandle, AgentStatus, Messag
 pub use enroll::{EnrollError, Enrolled, Enrollment, EnrollmentToken, enroll, reenroll};
 pub use est::{EstClient, EstError, EstLimits};
 pub use identity::{CertInfo, DeviceCredentials, DeviceKey, Idevid};
+pub use posture::{CredentialState, Posture, PostureError, PostureReport, PostureSigner};
 pub use state::StateDir;

@@ -1,11 +1,13 @@
-//! `gatehouse-agent`: enroll a device, run it, show its identity.
+//! `gatehouse-agent`: enroll a device, run it, report its posture, show its identity.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use clap::{Args, Parser, Subcommand};
+use base64::Engine as _;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use gatehouse_agent::posture::{self, CredentialState, Posture};
 use gatehouse_agent::state::{read_certs, read_idevid};
 use gatehouse_agent::{
     Agent, AgentConfig, Enrollment, EnrollmentToken, EstClient, MqttEndpoint, StateDir,
@@ -36,7 +38,8 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
-    /// Run: enroll if needed, connect over MQTTS, publish heartbeats, renew on time.
+    /// Run: enroll if needed, connect over MQTTS, publish heartbeats and signed posture
+    /// reports, renew on time.
     Run {
         #[command(flatten)]
         server: ServerArgs,
@@ -52,6 +55,37 @@ enum Command {
         /// Longest wait between retries of a failed connection or EST request.
         #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
         retry_max: Duration,
+        #[command(flatten)]
+        posture: PostureArgs,
+        /// Interval of the signed posture reports to $gatehouse/<device>/posture, after the
+        /// one made on each connection ("0s": only on connecting).
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        posture_interval: Duration,
+        /// Report no posture at all.
+        #[arg(long, conflicts_with_all = ["firmware", "services", "default_credentials"])]
+        no_posture: bool,
+    },
+    /// Report the device's posture once: connect over MQTTS with the stored identity,
+    /// publish one signed report, disconnect; print what was sent.
+    Posture {
+        /// State directory (an enrolled identity).
+        #[arg(long)]
+        dir: PathBuf,
+        /// The MQTTS listener, host:port (the host must be a name in the server's
+        /// certificate).
+        #[arg(long, value_name = "HOST:PORT")]
+        mqtt: String,
+        /// Trust anchors for the server, PEM (default: <dir>/ca.crt).
+        #[arg(long, value_name = "PEM")]
+        ca: Option<PathBuf>,
+        #[command(flatten)]
+        posture: PostureArgs,
+        /// Longest wait for the whole exchange: connect, publish, acknowledgement.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Show the stored identity: device, serial, validity, when it renews.
     Status {
@@ -99,6 +133,31 @@ struct EnrollArgs {
     idevid_key: Option<PathBuf>,
 }
 
+/// What the device reports about itself.
+#[derive(Debug, Args)]
+struct PostureArgs {
+    /// The firmware version the device runs (1 to 64 bytes).
+    #[arg(long, value_name = "VERSION")]
+    firmware: Option<String>,
+    /// A network service the device has open (ssh, http, telnet, ...); repeat for each.
+    #[arg(long = "service", value_name = "NAME")]
+    services: Vec<String>,
+    /// Whether the device's default credentials were changed.
+    #[arg(long, value_enum, value_name = "STATE")]
+    default_credentials: Option<DefaultCredentials>,
+}
+
+/// `--default-credentials`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum DefaultCredentials {
+    /// Changed from the model's defaults.
+    Changed,
+    /// Still the model's defaults.
+    Unchanged,
+    /// The device has no default credentials.
+    NotApplicable,
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -140,7 +199,27 @@ async fn run(cli: Cli) -> Result<()> {
             how,
             heartbeat,
             retry_max,
-        } => run_agent(server, mqtt, how, heartbeat, retry_max).await,
+            posture,
+            posture_interval,
+            no_posture,
+        } => {
+            let posture = (!no_posture).then(|| posture.posture()).transpose()?;
+            let run = RunOptions {
+                heartbeat,
+                retry_max,
+                posture,
+                posture_interval,
+            };
+            run_agent(server, mqtt, how, run).await
+        }
+        Command::Posture {
+            dir,
+            mqtt,
+            ca,
+            posture,
+            timeout,
+            json,
+        } => report_posture(dir, mqtt, ca, posture.posture()?, timeout, json).await,
         Command::Status { dir, json } => status(dir, json),
     }
 }
@@ -174,12 +253,19 @@ async fn enroll(server: ServerArgs, how: EnrollArgs, force: bool) -> Result<()> 
     Ok(())
 }
 
+/// What `run` does besides connecting.
+struct RunOptions {
+    heartbeat: Duration,
+    retry_max: Duration,
+    posture: Option<Posture>,
+    posture_interval: Duration,
+}
+
 async fn run_agent(
     server: ServerArgs,
     mqtt: String,
     how: EnrollArgs,
-    heartbeat: Duration,
-    retry_max: Duration,
+    run: RunOptions,
 ) -> Result<()> {
     let state = StateDir::new(&server.dir);
     if !state.is_enrolled() && how.token.is_some() && how.device.is_none() {
@@ -190,10 +276,12 @@ async fn run_agent(
     }
     let est = est_client(&server, &state)?;
     let mqtt = parse_endpoint(&mqtt)?;
-    let heartbeat = (!heartbeat.is_zero()).then_some(heartbeat);
+    let heartbeat = (!run.heartbeat.is_zero()).then_some(run.heartbeat);
     let mut config = AgentConfig::new(state, est, mqtt)
         .with_heartbeat(heartbeat)
-        .with_retry(Duration::from_secs(1), retry_max);
+        .with_posture(run.posture)
+        .with_posture_interval(Some(run.posture_interval))
+        .with_retry(Duration::from_secs(1), run.retry_max);
     if let Some(how) = how.enrollment()? {
         config = config.with_enrollment(how);
     }
@@ -205,6 +293,55 @@ async fn run_agent(
     }
     handle.shutdown().await;
     task.await.context("the agent task failed")??;
+    Ok(())
+}
+
+async fn report_posture(
+    dir: PathBuf,
+    mqtt: String,
+    ca: Option<PathBuf>,
+    posture: Posture,
+    timeout: Duration,
+    json: bool,
+) -> Result<()> {
+    let state = StateDir::new(dir);
+    let creds = state.load()?;
+    let trust = match (ca, state.load_ca()?) {
+        (Some(path), _) => read_certs(&path).context("reading --ca")?,
+        (None, Some(certs)) => certs,
+        (None, None) => bail!("--ca is needed: {} holds no ca.crt", state.path().display()),
+    };
+    let endpoint = parse_endpoint(&mqtt)?;
+    let sent = posture::send_once(&creds, &trust, &endpoint, &posture, timeout)
+        .await
+        .with_context(|| format!("reporting the posture to {mqtt}"))?;
+    let info = creds.info();
+    let report = String::from_utf8_lossy(&sent.signed.report);
+    let signature = base64::engine::general_purpose::STANDARD.encode(&sent.signed.signature);
+    if json {
+        let report: serde_json::Value =
+            serde_json::from_slice(&sent.signed.report).context("the report sent")?;
+        let value = serde_json::json!({
+            "tenant": info.tenant.as_str(),
+            "device": info.device.as_str(),
+            "serial": info.serial_hex,
+            "topic": sent.topic,
+            "report": report,
+            "algorithm": sent.algorithm,
+            "signature": signature,
+            "envelope_bytes": sent.signed.to_envelope().len(),
+        });
+        println!("{value:#}");
+    } else {
+        println!("reported the posture of {}/{}", info.tenant, info.device);
+        println!("topic:     {}", sent.topic);
+        println!("report:    {report}");
+        println!(
+            "signed:    {} (certificate {})",
+            sent.algorithm, info.serial_hex
+        );
+        println!("signature: {signature}");
+    }
     Ok(())
 }
 
@@ -241,6 +378,31 @@ fn status(dir: PathBuf, json: bool) -> Result<()> {
         println!("state:      {condition}");
     }
     Ok(())
+}
+
+// === impl PostureArgs ===
+
+impl PostureArgs {
+    /// The posture these options describe, checked against the server's bounds.
+    fn posture(&self) -> Result<Posture> {
+        let mut posture = Posture::new();
+        if let Some(version) = &self.firmware {
+            posture = posture
+                .with_firmware(version.as_str())
+                .context("--firmware")?;
+        }
+        for name in &self.services {
+            posture = posture.with_service(name.as_str()).context("--service")?;
+        }
+        if let Some(state) = self.default_credentials {
+            posture = posture.with_default_credentials(match state {
+                DefaultCredentials::Changed => CredentialState::Changed,
+                DefaultCredentials::Unchanged => CredentialState::Unchanged,
+                DefaultCredentials::NotApplicable => CredentialState::NotApplicable,
+            });
+        }
+        Ok(posture)
+    }
 }
 
 // === impl EnrollArgs ===
@@ -338,6 +500,112 @@ mod tests {
         assert!(parse_endpoint("localhost").is_err());
         assert!(parse_endpoint(":8883").is_err());
         assert!(parse_endpoint("h:x").is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn posture_options_become_the_posture() -> Result<()> {
+        let cli = Cli::try_parse_from([
+            "gatehouse-agent",
+            "posture",
+            "--dir",
+            "d",
+            "--mqtt",
+            "h:1",
+            "--firmware",
+            "2.4.1",
+            "--service",
+            "ssh",
+            "--service",
+            "http",
+            "--default-credentials",
+            "not-applicable",
+        ])?;
+        let Command::Posture { posture, .. } = cli.command else {
+            bail!("not the posture command");
+        };
+        let posture = posture.posture()?;
+        assert_eq!(posture.firmware(), Some("2.4.1"));
+        assert_eq!(
+            posture
+                .services()
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
+            ["http", "ssh"]
+        );
+        assert_eq!(
+            posture.default_credentials(),
+            Some(CredentialState::NotApplicable)
+        );
+
+        // `run` reports every hour by default, and its options are checked.
+        let cli = Cli::try_parse_from([
+            "gatehouse-agent",
+            "run",
+            "--server",
+            "https://h",
+            "--dir",
+            "d",
+            "--mqtt",
+            "h:1",
+        ])?;
+        let Command::Run {
+            posture,
+            posture_interval,
+            no_posture,
+            ..
+        } = cli.command
+        else {
+            bail!("not the run command");
+        };
+        assert_eq!(posture_interval, Duration::from_secs(3600));
+        assert!(!no_posture);
+        assert_eq!(posture.posture()?, Posture::new());
+        let too_long = Cli::try_parse_from([
+            "gatehouse-agent",
+            "posture",
+            "--dir",
+            "d",
+            "--mqtt",
+            "h:1",
+            "--firmware",
+            &"9".repeat(65),
+        ])?;
+        let Command::Posture { posture, .. } = too_long.command else {
+            bail!("not the posture command");
+        };
+        assert!(posture.posture().is_err());
+        assert!(
+            Cli::try_parse_from([
+                "gatehouse-agent",
+                "posture",
+                "--dir",
+                "d",
+                "--mqtt",
+                "h:1",
+                "--default-credentials",
+                "maybe",
+            ])
+            .is_err()
+        );
+        assert!(
+            Cli::try_parse_from([
+                "gatehouse-agent",
+                "run",
+                "--server",
+                "https://h",
+                "--dir",
+                "d",
+                "--mqtt",
+                "h:1",
+                "--no-posture",
+                "--firmware",
+                "1.0",
+            ])
+            .is_err(),
+            "--no-posture with a posture option"
+        );
         Ok(())
     }
 

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use gatehouse_agent::agent::QoS;
+use gatehouse_agent::posture::Posture;
 use gatehouse_agent::state::read_certs;
 use gatehouse_agent::{
     Agent, AgentConfig, AgentHandle, AgentStatus, Enrollment, EnrollmentToken, EstClient, Idevid,
@@ -175,6 +176,17 @@ impl Server {
 
     /// A REST call (HTTP/1.1, `Connection: close`); returns status and JSON body.
     async fn api(&self, method: &str, path: &str) -> Result<(u16, serde_json::Value)> {
+        self.api_with(method, path, "application/json", "").await
+    }
+
+    /// A REST call with a body of `content_type`; returns status and JSON body.
+    async fn api_with(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        body: &str,
+    ) -> Result<(u16, serde_json::Value)> {
         let roots = read_certs(&self.ca)?;
         let config = gatehouse_pki::client_config(&roots, None)?;
         let addr = self.https.trim_start_matches("https://");
@@ -183,7 +195,8 @@ impl Server {
             .connect(ServerName::try_from("127.0.0.1")?, tcp)
             .await?;
         let request = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
         );
         tls.write_all(request.as_bytes()).await?;
         let mut response = Vec::new();
@@ -321,7 +334,13 @@ fn mode(path: &Path) -> Result<u32> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_enrollment_then_mqtts_publish_subscribe_round_trip() -> Result<()> {
-    let server = Server::start(LAB_POLICY).await?;
+    // Gated by the static [policy] alone: under the trust gate no device may subscribe to
+    // its reserved `$gatehouse/<device>/health` topic, which this test reads the heartbeat
+    // from. (The posture test below runs under the trust gate.)
+    let server = Server::start(&format!(
+        "{LAB_POLICY}\n[trust]\ngate = \"static-policy-only\"\n"
+    ))
+    .await?;
     server.register_acme(&ManufacturerCa::new("Acme")?).await?;
     let token = server.token(3).await?;
 
@@ -501,6 +520,7 @@ async fn renewal_replaces_the_certificate_and_the_connection_continues() -> Resu
                     .for_device("renew-1".parse()?),
             ))
             .with_heartbeat(None)
+            .with_posture(Some(Posture::new().with_firmware("1.0")?))
             .with_retry(Duration::from_millis(200), Duration::from_secs(2)),
     );
     let first = wait_for(&handle, "connected", &server, |s| s.connected).await?;
@@ -519,13 +539,26 @@ async fn renewal_replaces_the_certificate_and_the_connection_continues() -> Resu
         s.renewals >= 1 && s.connected
     })
     .await?;
-    let new_serial = renewed.identity.context("no identity")?.serial_hex;
+    let new_serial = renewed.identity.clone().context("no identity")?.serial_hex;
     assert_ne!(new_serial, first_serial, "renewal kept the old certificate");
     assert_eq!(
         renewed.enrollments, 1,
         "renewal must not enroll from scratch"
     );
     assert!(renewed.connections >= 2);
+    // A posture report right after each connection, the first and the renewed one (the
+    // interval, an hour, has not come round).
+    assert_eq!(renewed.posture_reports, renewed.connections, "{renewed:?}");
+    // The model has no profile: the firmware is recorded, its status unknown.
+    let trust = wait_for_trust(&server, "renew-1", "posture applied", |t| {
+        t["facts"]["posture_reported"] == true
+    })
+    .await?;
+    assert_eq!(trust["facts"]["firmware"]["version"], "1.0", "{trust:#}");
+    assert_eq!(
+        trust["facts"]["firmware"]["status"]["status"], "unknown",
+        "{trust:#}"
+    );
 
     // The new certificate and key are what is stored, the key still private.
     let stored = state.load()?;
@@ -658,5 +691,192 @@ async fn est_refusals_surface_the_status_and_the_server_reason() -> Result<()> {
         Err(EstError::Tls { .. }) => {}
         other => bail!("untrusted server: {other:?}"),
     }
+    Ok(())
+}
+
+/// The thermostat's profile: firmware 2.4.1 is current, 2.3.0 one release behind.
+const THERMO_PROFILE: &str = r#"
+manufacturer = "acme"
+model = "thermo"
+
+[firmware]
+current = "2.4.1"
+supported = ["2.3.0", "2.4.1"]
+
+[[topics]]
+pattern = "devices/{device}/telemetry/#"
+direction = "publish"
+kind = "telemetry"
+"#;
+
+/// Waits until the device's trust view (`GET …/trust`) satisfies `f`; returns it.
+async fn wait_for_trust(
+    server: &Server,
+    device: &str,
+    what: &str,
+    mut f: impl FnMut(&serde_json::Value) -> bool,
+) -> Result<serde_json::Value> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (code, trust) = server
+            .api("GET", &format!("/api/v1/devices/default/{device}/trust"))
+            .await?;
+        ensure!(code == 200, "trust of {device}: {code} {trust}");
+        if f(&trust) {
+            return Ok(trust);
+        }
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: the trust of {device} is still {trust:#}\nserver log:\n{}",
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn factor_names(trust: &serde_json::Value) -> Vec<String> {
+    trust["assessment"]["factors"]
+        .as_array()
+        .map(|f| {
+            f.iter()
+                .filter_map(|x| x["name"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn posture_reported_by_the_agent_reaches_the_devices_trust() -> Result<()> {
+    let server = Server::start("").await?;
+    server.register_acme(&ManufacturerCa::new("Acme")?).await?;
+    let (code, body) = server
+        .api_with(
+            "POST",
+            "/api/v1/models/thermo/profiles",
+            "application/toml",
+            THERMO_PROFILE,
+        )
+        .await?;
+    ensure!(code == 201, "profile: {code} {body}");
+    let token = server.token(1).await?;
+    let dir = server.path("posture-1");
+    let out = Command::new(env!("CARGO_BIN_EXE_gatehouse-agent"))
+        .args(["enroll", "--server", &server.https, "--ca"])
+        .arg(&server.ca)
+        .arg("--dir")
+        .arg(&dir)
+        .args(["--device", "posture-1", "--token", &token])
+        .stdin(Stdio::null())
+        .output()
+        .await?;
+    ensure!(
+        out.status.success(),
+        "gatehouse-agent enroll: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let before = wait_for_trust(&server, "posture-1", "enrolled", |_| true).await?;
+    assert_eq!(before["facts"]["posture_reported"], false, "{before:#}");
+    assert!(
+        factor_names(&before)
+            .iter()
+            .any(|n| n == "posture never reported"),
+        "{before:#}"
+    );
+
+    // One report with `gatehouse-agent posture`: firmware one release behind.
+    let mqtt = format!("127.0.0.1:{}", server.mqtts.port());
+    let out = Command::new(env!("CARGO_BIN_EXE_gatehouse-agent"))
+        .args(["posture", "--json", "--mqtt", &mqtt, "--dir"])
+        .arg(&dir)
+        .args(["--firmware", "2.3.0", "--service", "ssh"])
+        .args(["--default-credentials", "changed"])
+        .stdin(Stdio::null())
+        .output()
+        .await?;
+    ensure!(
+        out.status.success(),
+        "gatehouse-agent posture: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        server.log()
+    );
+    let sent: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(sent["device"], "posture-1");
+    assert_eq!(sent["topic"], "$gatehouse/posture-1/posture");
+    assert_eq!(sent["report"]["firmware"], "2.3.0");
+    assert_eq!(sent["report"]["services"], serde_json::json!(["ssh"]));
+    assert_eq!(sent["report"]["default_credentials"], "changed");
+    assert_eq!(sent["algorithm"], "ecdsa-p256-sha256");
+    let reported = wait_for_trust(&server, "posture-1", "first report applied", |t| {
+        t["facts"]["posture_reported"] == true
+    })
+    .await?;
+    let facts = &reported["facts"];
+    assert_eq!(facts["firmware"]["version"], "2.3.0", "{reported:#}");
+    assert_eq!(
+        facts["firmware"]["status"]["status"], "behind",
+        "{reported:#}"
+    );
+    assert_eq!(facts["default_credentials"], "changed", "{reported:#}");
+    assert_eq!(
+        facts["open_services"],
+        serde_json::json!(["ssh"]),
+        "{reported:#}"
+    );
+    ensure!(
+        facts["clock_skew_secs"]
+            .as_i64()
+            .is_some_and(|s| s.abs() <= 5),
+        "the device's clock is the server's: {reported:#}"
+    );
+    let names = factor_names(&reported);
+    assert!(names.iter().any(|n| n == "firmware behind"), "{names:?}");
+    assert!(
+        !names.iter().any(|n| n == "posture never reported"),
+        "{names:?}"
+    );
+
+    // `gatehouse-agent run` reports when it connects: the current firmware now. The server
+    // processes one report per device per second, so wait that out first.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let log = std::fs::File::create(server.path("agent-run.log"))?;
+    let mut run = Command::new(env!("CARGO_BIN_EXE_gatehouse-agent"))
+        .args(["run", "--server", &server.https, "--mqtt", &mqtt, "--dir"])
+        .arg(&dir)
+        .args(["--heartbeat", "0s", "--posture-interval", "0s"])
+        .args(["--firmware", "2.4.1", "--default-credentials", "changed"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()?;
+    let current = wait_for_trust(&server, "posture-1", "report of `run` applied", |t| {
+        t["facts"]["firmware"]["version"] == "2.4.1"
+    })
+    .await
+    .with_context(|| std::fs::read_to_string(server.path("agent-run.log")).unwrap_or_default())?;
+    assert_eq!(
+        current["facts"]["firmware"]["status"]["status"], "current",
+        "{current:#}"
+    );
+    let names = factor_names(&current);
+    assert!(
+        !names.iter().any(|n| n.starts_with("firmware")),
+        "{names:?}"
+    );
+
+    // SIGTERM: the agent disconnects and exits cleanly.
+    let pid = run.id().context("no pid")?;
+    let killed = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .await?;
+    ensure!(killed.success(), "kill -TERM {pid}");
+    let status = tokio::time::timeout(WAIT, run.wait()).await??;
+    let log = std::fs::read_to_string(server.path("agent-run.log"))?;
+    ensure!(
+        status.success(),
+        "gatehouse-agent run exited with {status}:\n{log}"
+    );
+    ensure!(log.contains("posture reported"), "{log}");
     Ok(())
 }

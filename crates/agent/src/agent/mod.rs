@@ -5,10 +5,14 @@
 //! with them (the rumqttc event loop polled in a task of its own, its events read here),
 //! and drives at most one EST operation at a time beside it, so the connection stays up
 //! while a renewal is in flight. A renewed certificate ends the session gracefully and the
-//! next one starts with the new key. [`AgentHandle`]s publish, subscribe, read messages and
-//! watch [`AgentStatus`]; the agent stops when told to or when every handle is gone.
+//! next one starts with the new key. When configured with a [`Posture`], it publishes a
+//! signed posture report right after each connection and then at an interval.
+//! [`AgentHandle`]s publish, subscribe, read messages and watch [`AgentStatus`]; the agent
+//! stops when told to or when every handle is gone.
 
 mod session;
+
+pub(crate) use session::mqtt_options;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -22,6 +26,7 @@ use tracing::{info, warn};
 use crate::enroll::{Enrollment, enroll};
 use crate::est::EstClient;
 use crate::identity::{CertInfo, DeviceCredentials};
+use crate::posture::{Posture, PostureError};
 use crate::state::{StateDir, StateError};
 
 /// Where the MQTTS listener is.
@@ -49,6 +54,13 @@ pub struct AgentConfig {
     /// Interval of the heartbeat published to `$gatehouse/<device>/health`; `None` sends
     /// none.
     pub heartbeat: Option<Duration>,
+    /// The posture to report on `$gatehouse/<device>/posture`, signed with the
+    /// certificate's key, right after each connection and then every
+    /// [`posture_interval`](Self::posture_interval); `None` reports none.
+    pub posture: Option<Posture>,
+    /// Interval of the posture reports after the one made on connecting; `None` reports
+    /// only on connecting.
+    pub posture_interval: Option<Duration>,
     /// MQTT keep-alive.
     pub keep_alive: Duration,
     /// First delay before retrying a failed connection or EST request; doubles up to
@@ -72,6 +84,8 @@ pub struct AgentStatus {
     pub renewals: u64,
     /// Enrollments from scratch (`simpleenroll`) done by this agent.
     pub enrollments: u64,
+    /// Signed posture reports handed to the MQTT connection.
+    pub posture_reports: u64,
     /// The last error seen (connection, EST), for display.
     pub last_error: Option<String>,
 }
@@ -115,6 +129,15 @@ pub enum AgentError {
     /// The session ended before the broker answered.
     #[error("the connection was lost before the broker answered")]
     ConnectionLost,
+    /// The MQTT connection failed or was refused.
+    #[error("MQTT connection: {0}")]
+    Connection(Box<rumqttc::ConnectionError>),
+    /// A posture report could not be made or signed.
+    #[error(transparent)]
+    Posture(#[from] PostureError),
+    /// The operation did not finish in time.
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
 }
 
 /// A device agent; run it with [`Agent::run`].
@@ -158,10 +181,17 @@ enum Command {
     Shutdown,
 }
 
+impl From<rumqttc::ConnectionError> for AgentError {
+    fn from(e: rumqttc::ConnectionError) -> Self {
+        Self::Connection(Box::new(e))
+    }
+}
+
 // === impl AgentConfig ===
 
 impl AgentConfig {
     /// A configuration with the defaults: no enrollment credentials, a heartbeat every 60 s,
+    /// no posture reports (every hour once [`with_posture`](Self::with_posture) gives one),
     /// keep-alive 30 s, retries from 1 s up to 5 minutes.
     pub fn new(state: StateDir, est: EstClient, mqtt: MqttEndpoint) -> Self {
         Self {
@@ -170,6 +200,8 @@ impl AgentConfig {
             mqtt,
             enrollment: None,
             heartbeat: Some(Duration::from_secs(60)),
+            posture: None,
+            posture_interval: Some(Duration::from_secs(3600)),
             keep_alive: Duration::from_secs(30),
             retry_min: Duration::from_secs(1),
             retry_max: Duration::from_secs(300),
@@ -185,6 +217,20 @@ impl AgentConfig {
     /// The heartbeat interval (`None`: no heartbeat).
     pub fn with_heartbeat(mut self, interval: Option<Duration>) -> Self {
         self.heartbeat = interval;
+        self
+    }
+
+    /// The posture to report on each connection and every
+    /// [`posture_interval`](Self::with_posture_interval) (`None`: no reports).
+    pub fn with_posture(mut self, posture: Option<Posture>) -> Self {
+        self.posture = posture;
+        self
+    }
+
+    /// The interval of posture reports after the one made on connecting (`None`, or zero:
+    /// only on connecting).
+    pub fn with_posture_interval(mut self, interval: Option<Duration>) -> Self {
+        self.posture_interval = interval.filter(|d| !d.is_zero());
         self
     }
 

@@ -13,10 +13,11 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use super::{Agent, AgentError, Command, Message};
+use super::{Agent, AgentError, Command, Message, MqttEndpoint};
 use crate::enroll::{EnrollError, Enrolled, Enrollment, enroll, reenroll};
 use crate::est::{is_certificate_alert, tls_alert_in};
-use crate::identity::DeviceCredentials;
+use crate::identity::{CertInfo, DeviceCredentials};
+use crate::posture::{Posture, PostureSigner, notice_topic, posture_topic};
 use crate::renew::until;
 use crate::tls::mutual_tls_config;
 
@@ -70,16 +71,7 @@ impl Agent {
     async fn session_inner(&mut self, creds: DeviceCredentials) -> Result<End, AgentError> {
         let info = creds.info().clone();
         let config = self.config.clone();
-        let tls = mutual_tls_config(config.est.trust(), creds.chain(), creds.key())?;
-        let mut options = MqttOptions::new(
-            info.device.as_str(),
-            config.mqtt.host.clone(),
-            config.mqtt.port,
-        );
-        options
-            .set_keep_alive(config.keep_alive)
-            .set_clean_session(true)
-            .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
+        let options = mqtt_options(&creds, config.est.trust(), &config.mqtt, config.keep_alive)?;
         let (client, eventloop) = AsyncClient::new(options, 64);
         let (event_tx, mut events) = mpsc::channel(64);
         let _poller = AbortOnDrop(tokio::spawn(
@@ -129,6 +121,25 @@ impl Agent {
             t
         });
         let started = Instant::now();
+        // The posture to report, with the key to sign it: built once per session (the
+        // credentials are the session's). A key that cannot sign is logged, not fatal.
+        let posture =
+            config
+                .posture
+                .as_ref()
+                .and_then(|posture| match PostureSigner::new(&creds) {
+                    Ok(signer) => Some((posture, signer)),
+                    Err(e) => {
+                        warn!(error = %e, "no posture reports with this certificate");
+                        None
+                    }
+                });
+        let mut posture_timer = posture.as_ref().and(config.posture_interval).map(|every| {
+            let mut t = tokio::time::interval_at(Instant::now() + every, every);
+            t.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            t
+        });
+        let notices = notice_topic(&info.device);
 
         loop {
             let timer = next
@@ -179,9 +190,18 @@ impl Agent {
                                 queued.push_back(None);
                             }
                         }
+                        // Posture right after each connection; the next one an interval
+                        // later.
+                        let reported = posture.as_ref().is_some_and(|(posture, signer)| {
+                            report_posture(&client, &info, posture, signer)
+                        });
+                        if let Some(t) = posture_timer.as_mut() {
+                            t.reset();
+                        }
                         self.status.send_modify(|s| {
                             s.connected = true;
                             s.connections += 1;
+                            s.posture_reports += u64::from(reported);
                         });
                     }
                     Some(Ok(Event::Outgoing(Outgoing::Subscribe(pkid)))) => {
@@ -209,6 +229,9 @@ impl Agent {
                         }
                     }
                     Some(Ok(Event::Incoming(Incoming::Publish(p)))) => {
+                        if p.topic == notices {
+                            log_notice(&p.payload);
+                        }
                         let _ = self.messages.send(Message {
                             topic: p.topic,
                             payload: p.payload,
@@ -339,6 +362,19 @@ impl Agent {
                         debug!(error = %e, "heartbeat not queued");
                     }
                 }
+
+                _ = async {
+                    match posture_timer.as_mut() {
+                        Some(t) => t.tick().await,
+                        None => std::future::pending().await,
+                    }
+                }, if connected && posture_timer.is_some() => {
+                    if let Some((posture, signer)) = posture.as_ref()
+                        && report_posture(&client, &info, posture, signer)
+                    {
+                        self.status.send_modify(|s| s.posture_reports += 1);
+                    }
+                }
             }
         }
     }
@@ -384,6 +420,90 @@ impl Agent {
             }
         }
     }
+}
+
+/// The MQTT options of a connection with `creds`: client id = the device id, mutual TLS
+/// trusting `trust`, a clean session.
+pub(crate) fn mqtt_options(
+    creds: &DeviceCredentials,
+    trust: &[rustls_pki_types::CertificateDer<'static>],
+    mqtt: &MqttEndpoint,
+    keep_alive: Duration,
+) -> Result<MqttOptions, AgentError> {
+    let tls = mutual_tls_config(trust, creds.chain(), creds.key())?;
+    let mut options = MqttOptions::new(creds.info().device.as_str(), mqtt.host.clone(), mqtt.port);
+    options
+        .set_keep_alive(keep_alive)
+        .set_clean_session(true)
+        .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
+    Ok(options)
+}
+
+/// Signs a report of `posture` made now and queues it on the connection (QoS 1); whether
+/// it was queued.
+fn report_posture(
+    client: &AsyncClient,
+    info: &CertInfo,
+    posture: &Posture,
+    signer: &PostureSigner,
+) -> bool {
+    let report = posture.report_now();
+    let signed = match signer.sign(&report) {
+        Ok(signed) => signed,
+        Err(e) => {
+            warn!(error = %e, "posture report not sent");
+            return false;
+        }
+    };
+    match client.try_publish(
+        posture_topic(&info.device),
+        rumqttc::QoS::AtLeastOnce,
+        false,
+        signed.to_envelope(),
+    ) {
+        Ok(()) => {
+            info!(
+                firmware = report.firmware.as_deref().unwrap_or("-"),
+                services = report.services.len(),
+                default_credentials = report.default_credentials.map_or("-", |c| c.as_str()),
+                algorithm = signer.algorithm(),
+                "posture reported"
+            );
+            true
+        }
+        Err(e) => {
+            warn!(error = %e, "posture report not queued");
+            false
+        }
+    }
+}
+
+/// Logs a server notice (`$gatehouse/{device}/notice`, sent to MQTT 5 sessions without a
+/// subscription): information about the session, not an error.
+fn log_notice(payload: &[u8]) {
+    let (event, filters) = read_notice(payload);
+    info!(
+        event = %event,
+        filters = %filters.join(", "),
+        notice = %String::from_utf8_lossy(&payload[..payload.len().min(1024)]),
+        "server notice"
+    );
+}
+
+/// A notice's event and the filters it names (`{"event": "subscriptions_removed",
+/// "filters": [...]}`); `unknown` and none for anything else.
+fn read_notice(payload: &[u8]) -> (String, Vec<String>) {
+    let notice: serde_json::Value = serde_json::from_slice(payload).unwrap_or_default();
+    let event = notice["event"].as_str().unwrap_or("unknown").to_owned();
+    let filters = notice["filters"]
+        .as_array()
+        .map(|f| {
+            f.iter()
+                .filter_map(|x| x.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    (event, filters)
 }
 
 /// Polls the event loop and forwards what it yields. After an error it waits before the
@@ -461,6 +581,16 @@ mod tests {
     use rustls::AlertDescription;
 
     use super::*;
+
+    #[test]
+    fn notices_are_read() {
+        let (event, filters) = read_notice(
+            br#"{"event":"subscriptions_removed","filters":["devices/d/cmd/#","a/+"],"tier":"restricted"}"#,
+        );
+        assert_eq!(event, "subscriptions_removed");
+        assert_eq!(filters, ["devices/d/cmd/#", "a/+"]);
+        assert_eq!(read_notice(b"not json"), ("unknown".to_owned(), vec![]));
+    }
 
     #[test]
     fn certificate_alerts_and_not_authorized_are_identity_refusals() {
