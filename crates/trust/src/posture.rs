@@ -91,9 +91,10 @@ pub struct PostureReport {
     /// The firmware version the device runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub firmware: Option<String>,
-    /// Network services the device has open (`telnet`, `ssh`, `http`, ...).
-    #[serde(default)]
-    pub services: BTreeSet<String>,
+    /// Network services the device has open (`telnet`, `ssh`, `http`, ...); `None` when
+    /// the report does not say (an empty list says none are open).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub services: Option<BTreeSet<String>>,
     /// Its default credentials.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_credentials: Option<CredentialState>,
@@ -151,13 +152,13 @@ impl PostureReport {
                 "`firmware` must be 1 to {MAX_NAME} printable characters"
             )));
         }
-        if report.services.len() > MAX_SERVICES {
+        let services = report.services.as_ref().map_or(0, BTreeSet::len);
+        if services > MAX_SERVICES {
             return Err(PostureError::Report(format!(
-                "{} services listed, at most {MAX_SERVICES} allowed",
-                report.services.len()
+                "{services} services listed, at most {MAX_SERVICES} allowed"
             )));
         }
-        if let Some(bad) = report.services.iter().find(|s| !valid_name(s)) {
+        if let Some(bad) = report.services.iter().flatten().find(|s| !valid_name(s)) {
             return Err(PostureError::Report(format!(
                 "service {bad:?}: names are 1 to {MAX_NAME} printable characters"
             )));
@@ -185,11 +186,9 @@ impl PostureReport {
                 status,
             });
         }
-        facts.open_services = self
-            .services
-            .iter()
-            .map(|s| s.to_ascii_lowercase())
-            .collect();
+        if let Some(services) = &self.services {
+            facts.open_services = services.iter().map(|s| s.to_ascii_lowercase()).collect();
+        }
         if let Some(state) = self.default_credentials {
             facts.default_credentials = match state {
                 CredentialState::Unchanged => DefaultCredentials::Unchanged,
@@ -221,7 +220,7 @@ mod tests {
     fn envelope_round_trips() {
         let report = PostureReport {
             firmware: Some("2.4.1".into()),
-            services: ["ssh".to_owned()].into(),
+            services: Some(["ssh".to_owned()].into()),
             default_credentials: Some(CredentialState::Changed),
             time: Some(1_764_856_800),
         };
@@ -253,7 +252,7 @@ mod tests {
         let now = UNIX_EPOCH + Duration::from_secs(1_000_000);
         PostureReport {
             firmware: Some("9.9".into()),
-            services: ["Telnet".to_owned()].into(),
+            services: Some(["Telnet".to_owned()].into()),
             default_credentials: None,
             time: Some(999_400),
         }

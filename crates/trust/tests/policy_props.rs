@@ -150,7 +150,7 @@ mod posture {
     fn report() -> impl Strategy<Value = PostureReport> {
         (
             proptest::option::of("[0-9]{1,2}\\.[0-9]{1,2}(\\.[0-9]{1,2})?"),
-            proptest::collection::btree_set("[a-z]{1,8}", 0..5),
+            proptest::option::of(proptest::collection::btree_set("[a-z]{1,8}", 0..5)),
             proptest::option::of(prop_oneof![
                 Just(CredentialState::Changed),
                 Just(CredentialState::Unchanged),
