@@ -15,7 +15,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use gatehouse_mqtt::{
     Ack, ConnAck, Connect, DecodeError, Disconnect, EncodeError, Packet, Properties,
-    ProtocolVersion, QoS, ReasonCode, Subscribe, SubscribeFilter, SubscriptionOptions,
+    ProtocolVersion, QoS, ReasonCode, SubAck, Subscribe, SubscribeFilter, SubscriptionOptions,
 };
 use gatehouse_types::{TopicError, TopicFilter};
 use rustls_pki_types::ServerName;
@@ -271,6 +271,23 @@ impl Client {
     /// Subscribes to one filter and waits for its SUBACK. Packets that arrive before the
     /// SUBACK are dropped: call this before anything is published to the filter.
     pub async fn subscribe(&mut self, filter: &str, qos: QoS) -> Result<QoS, ClientError> {
+        let packet_id = self.queue_subscribe(filter, qos)?;
+        self.flush().await?;
+        loop {
+            match self.recv().await? {
+                Packet::SubAck(ack) if ack.packet_id == packet_id => {
+                    return granted(&ack);
+                }
+                Packet::Disconnect(d) => return Err(ClientError::Refused(d.reason)),
+                Packet::PingResp | Packet::Publish(_) | Packet::PubAck(_) => {}
+                _ => return Err(ClientError::Unexpected("packet while subscribing")),
+            }
+        }
+    }
+
+    /// Queues a SUBSCRIBE to one filter and returns its packet identifier; the caller
+    /// flushes and reads the SUBACK (see [`granted`]).
+    pub fn queue_subscribe(&mut self, filter: &str, qos: QoS) -> Result<u16, ClientError> {
         let packet_id = self.next_packet_id();
         let subscribe = Subscribe {
             packet_id,
@@ -283,25 +300,8 @@ impl Client {
             }],
             properties: Properties::default(),
         };
-        self.send(&Packet::Subscribe(subscribe)).await?;
-        loop {
-            match self.recv().await? {
-                Packet::SubAck(ack) if ack.packet_id == packet_id => {
-                    let reason = ack
-                        .reasons
-                        .first()
-                        .copied()
-                        .ok_or(ClientError::Unexpected("SUBACK without reason codes"))?;
-                    if reason.is_error() {
-                        return Err(ClientError::Refused(reason));
-                    }
-                    return QoS::from_u8(reason.0).ok_or(ClientError::Unexpected("granted QoS"));
-                }
-                Packet::Disconnect(d) => return Err(ClientError::Refused(d.reason)),
-                Packet::PingResp | Packet::Publish(_) | Packet::PubAck(_) => {}
-                _ => return Err(ClientError::Unexpected("packet while subscribing")),
-            }
-        }
+        self.queue(&Packet::Subscribe(subscribe))?;
+        Ok(packet_id)
     }
 
     /// Queues the acknowledgement of a QoS 1 publish.
@@ -337,6 +337,19 @@ impl Client {
         })
         .await;
     }
+}
+
+/// The QoS a SUBACK for one filter granted, or the refusal it carries.
+pub fn granted(ack: &SubAck) -> Result<QoS, ClientError> {
+    let reason = ack
+        .reasons
+        .first()
+        .copied()
+        .ok_or(ClientError::Unexpected("SUBACK without reason codes"))?;
+    if reason.is_error() {
+        return Err(ClientError::Refused(reason));
+    }
+    QoS::from_u8(reason.0).ok_or(ClientError::Unexpected("granted QoS"))
 }
 
 async fn tcp_connect(addr: SocketAddr, bind: Option<IpAddr>) -> io::Result<TcpStream> {

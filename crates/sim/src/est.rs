@@ -131,25 +131,58 @@ impl HttpsConnection {
         authorization: Option<&str>,
         body: impl Into<Bytes>,
     ) -> Result<HttpsResponse, HttpsError> {
-        let mut request = Request::builder()
-            .method(Method::POST)
-            .uri(path)
-            .header(HOST, &self.host)
-            .header(CONTENT_TYPE, content_type);
-        if let Some(auth) = authorization {
-            request = request.header(AUTHORIZATION, auth);
-        }
-        self.send(request.body(Full::new(body.into()))?).await
+        self.request(
+            Method::POST,
+            path,
+            Some(content_type),
+            authorization,
+            body.into(),
+        )
+        .await
+    }
+
+    /// Sends `PUT path` with this body and reads the whole response.
+    pub async fn put(
+        &mut self,
+        path: &str,
+        content_type: &str,
+        body: impl Into<Bytes>,
+    ) -> Result<HttpsResponse, HttpsError> {
+        self.request(Method::PUT, path, Some(content_type), None, body.into())
+            .await
     }
 
     /// Sends `GET path` and reads the whole response.
     pub async fn get(&mut self, path: &str) -> Result<HttpsResponse, HttpsError> {
-        let request = Request::builder()
-            .method(Method::GET)
+        self.request(Method::GET, path, None, None, Bytes::new())
+            .await
+    }
+
+    /// Sends `DELETE path` and reads the whole response.
+    pub async fn delete(&mut self, path: &str) -> Result<HttpsResponse, HttpsError> {
+        self.request(Method::DELETE, path, None, None, Bytes::new())
+            .await
+    }
+
+    async fn request(
+        &mut self,
+        method: Method,
+        path: &str,
+        content_type: Option<&str>,
+        authorization: Option<&str>,
+        body: Bytes,
+    ) -> Result<HttpsResponse, HttpsError> {
+        let mut request = Request::builder()
+            .method(method)
             .uri(path)
-            .header(HOST, &self.host)
-            .body(Full::new(Bytes::new()))?;
-        self.send(request).await
+            .header(HOST, &self.host);
+        if let Some(content_type) = content_type {
+            request = request.header(CONTENT_TYPE, content_type);
+        }
+        if let Some(auth) = authorization {
+            request = request.header(AUTHORIZATION, auth);
+        }
+        self.send(request.body(Full::new(body))?).await
     }
 
     async fn send(&mut self, request: Request<Full<Bytes>>) -> Result<HttpsResponse, HttpsError> {

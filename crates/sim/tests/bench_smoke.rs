@@ -1,13 +1,13 @@
 //! Smoke runs of every bench scenario with tiny parameters, against Debian's Mosquitto
 //! and, once it is built, the `gatehouse` binary. No timing is asserted: only that each
-//! scenario ran, delivered its messages, held its connections or enrolled its devices, and
-//! produced numbers.
+//! scenario ran, delivered its messages, held its connections, enrolled its devices or
+//! enforced its pins and policies, and produced numbers.
 
 use std::path::PathBuf;
 
 use clap::Parser;
 use gatehouse_sim::BenchArgs;
-use gatehouse_sim::bench::{BrokerKind, Report, ScenarioReport, execute};
+use gatehouse_sim::bench::{BrokerKind, Comparison, Report, ScenarioReport, execute};
 
 #[derive(Debug, Parser)]
 struct Cli {
@@ -90,6 +90,12 @@ fn tiny_args(target: &str, scenario: &str, extra: &[&str]) -> BenchArgs {
         "--renewals",
         "4",
         "--revocations",
+        "2",
+        "--trust-devices",
+        "6",
+        "--trust-rounds",
+        "3",
+        "--trust-policy-rounds",
         "2",
     ];
     argv.extend_from_slice(extra);
@@ -231,6 +237,96 @@ async fn every_scenario_runs_on_both_brokers_when_gatehouse_is_built() {
         s.rows.iter().all(|r| r.broker == BrokerKind::Gatehouse),
         "enrollment runs on Gatehouse only"
     );
+    let s = scenario(&report, "trust");
+    assert_eq!(figure(s, BrokerKind::Gatehouse, "policy", "enforced"), 6.0);
+    assert!(
+        s.rows.iter().all(|r| r.broker == BrokerKind::Gatehouse),
+        "trust runs on Gatehouse only"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gates_measure_the_trust_gate_against_the_static_gate_and_mosquitto() {
+    let (Some(mosquitto), Some(gatehouse)) = (mosquitto(), gatehouse()) else {
+        return;
+    };
+    let args = tiny_args(
+        "gates",
+        "throughput",
+        &[
+            "--qos",
+            "1",
+            "--mosquitto-bin",
+            mosquitto.to_str().expect("utf-8 path"),
+            "--gatehouse-bin",
+            gatehouse.to_str().expect("utf-8 path"),
+        ],
+    );
+    let report = execute(args)
+        .await
+        .expect("bench runs on the three targets");
+    let s = scenario(&report, "throughput");
+    for broker in [
+        BrokerKind::Gatehouse,
+        BrokerKind::GatehouseStatic,
+        BrokerKind::Mosquitto,
+    ] {
+        assert!(
+            figure(s, broker, "qos1", "delivered msg/s") > 0.0,
+            "{broker:?}"
+        );
+        assert_eq!(figure(s, broker, "qos1", "lost"), 0.0, "{broker:?}");
+    }
+    let of: Vec<Comparison> = s.ratios.iter().map(|r| r.of).collect();
+    assert_eq!(
+        of,
+        vec![
+            Comparison::GatehouseOverMosquitto,
+            Comparison::TrustOverStatic
+        ]
+    );
+    assert!(s.ratios[1].ratios[0].ratio.is_some_and(|r| r > 0.0));
+    let target = report
+        .targets
+        .iter()
+        .find(|t| t.target.starts_with("QoS 1 throughput, trust gate"))
+        .expect("trust gate target");
+    assert!(target.met.is_some(), "the trust gate's cost is judged");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pins_and_policy_changes_are_enforced_on_enrolled_sessions_on_gatehouse() {
+    let Some(gatehouse) = gatehouse() else {
+        return;
+    };
+    let args = tiny_args(
+        "gatehouse",
+        "trust",
+        &["--gatehouse-bin", gatehouse.to_str().expect("utf-8 path")],
+    );
+    let report = execute(args).await.expect("trust bench runs");
+    let s = scenario(&report, "trust");
+    let g = BrokerKind::Gatehouse;
+    assert_eq!(figure(s, g, "pin", "rounds"), 3.0);
+    assert_eq!(figure(s, g, "pin", "sessions"), 6.0);
+    // Every pin was seen on the wire: the pinned device's probe stopped arriving, the
+    // unpinned device's did not.
+    assert_eq!(figure(s, g, "pin", "enforced"), 3.0);
+    assert_eq!(figure(s, g, "pin", "failed"), 0.0);
+    assert!(figure(s, g, "pin", "max ms") >= figure(s, g, "pin", "p50 ms"));
+    assert!(figure(s, g, "pin", "notified p50 ms") > 0.0);
+    // Every policy change removed one subscription per session.
+    assert_eq!(figure(s, g, "policy", "rounds"), 2.0);
+    assert_eq!(figure(s, g, "policy", "enforced"), 6.0);
+    assert_eq!(figure(s, g, "policy", "failed"), 0.0);
+    assert!(figure(s, g, "policy", "undo p50 ms") > 0.0);
+    assert!(figure(s, g, "policy", "broker RSS MiB") > 0.0);
+    let target = report
+        .targets
+        .iter()
+        .find(|t| t.target.starts_with("policy change"))
+        .expect("policy change target");
+    assert!(target.met.is_some(), "the policy change goal is judged");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

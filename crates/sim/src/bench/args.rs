@@ -98,6 +98,21 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub concurrency: u32,
 
+    /// Devices enrolled over EST (one multi-use token), connected over MQTTS and
+    /// subscribed each to `bench/<device>/cmd` in the trust scenario.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(3..))]
+    pub trust_devices: u32,
+
+    /// Trust scenario: devices pinned to `quarantined` and unpinned through the REST API,
+    /// one at a time, each a different device, with all sessions open.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+    pub trust_rounds: u32,
+
+    /// Trust scenario: policy sets that forbid every subscription put in force (and the
+    /// original set back, and every device subscribed again), one after the other.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub trust_policy_rounds: u32,
+
     /// Idle connections to open and hold in the idle scenario.
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub idle_connections: u32,
@@ -129,6 +144,10 @@ pub struct BenchArgs {
 pub enum TargetArg {
     /// Gatehouse, then Mosquitto, with ratios.
     Both,
+    /// Gatehouse with its trust gate, Gatehouse with `trust.gate = "static-policy-only"`,
+    /// then Mosquitto: the trust gate's cost (trust/static) beside the Gatehouse/Mosquitto
+    /// ratio.
+    Gates,
     /// Gatehouse only.
     Gatehouse,
     /// Mosquitto only.
@@ -155,6 +174,10 @@ pub enum ScenarioArg {
     /// EST enrollments over new TLS connections, renewals, and revocation to disconnect
     /// (Gatehouse only: Mosquitto has no EST server).
     Enroll,
+    /// Enrolled devices under the trust gate: a pin to `quarantined`, and a policy change
+    /// across every session, timed from the REST request to its answer (which comes after
+    /// enforcement) and checked on the wire (Gatehouse with its trust gate only).
+    Trust,
 }
 
 /// MQTT protocol version.
@@ -189,6 +212,7 @@ impl BenchArgs {
                 ScenarioArg::Storm,
                 ScenarioArg::Idle,
                 ScenarioArg::Enroll,
+                ScenarioArg::Trust,
             ]
         } else {
             self.scenario.clone()
@@ -264,7 +288,7 @@ mod tests {
     fn defaults_run_everything_against_both() {
         let cli = Cli::try_parse_from(["bench"]).expect("defaults parse");
         assert_eq!(cli.bench.target, TargetArg::Both);
-        assert_eq!(cli.bench.scenarios().len(), 7);
+        assert_eq!(cli.bench.scenarios().len(), 8);
         assert_eq!(
             cli.bench.qos_levels(),
             vec![QoS::AtMostOnce, QoS::AtLeastOnce]
@@ -292,6 +316,36 @@ mod tests {
         assert_eq!(cli.bench.renewals, 0);
         assert_eq!(cli.bench.revocations, 20);
         assert!(Cli::try_parse_from(["bench", "--devices", "0"]).is_err());
+    }
+
+    #[test]
+    fn gates_and_trust_sizes_parse() {
+        let cli = Cli::try_parse_from([
+            "bench",
+            "--target",
+            "gates",
+            "--scenario",
+            "trust,throughput",
+            "--trust-devices",
+            "500",
+            "--trust-rounds",
+            "5",
+        ])
+        .expect("parses");
+        assert_eq!(cli.bench.target, TargetArg::Gates);
+        assert_eq!(
+            cli.bench.scenarios(),
+            vec![ScenarioArg::Throughput, ScenarioArg::Trust]
+        );
+        assert_eq!(cli.bench.trust_devices, 500);
+        assert_eq!(cli.bench.trust_rounds, 5);
+        assert_eq!(cli.bench.trust_policy_rounds, 3);
+        let defaults = Cli::try_parse_from(["bench"]).expect("defaults parse");
+        assert_eq!(defaults.bench.trust_devices, 10_000);
+        assert_eq!(defaults.bench.trust_rounds, 20);
+        // A prober, a pinned device and an unpinned one at the least.
+        assert!(Cli::try_parse_from(["bench", "--trust-devices", "2"]).is_err());
+        assert!(Cli::try_parse_from(["bench", "--trust-rounds", "0"]).is_err());
     }
 
     #[test]

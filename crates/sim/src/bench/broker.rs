@@ -75,9 +75,9 @@ impl Broker {
                 let command = mosquitto_command(&bins.mosquitto, dir.path(), addr, pki)?;
                 (command, addr, None)
             }
-            BrokerKind::Gatehouse => {
+            BrokerKind::Gatehouse | BrokerKind::GatehouseStatic => {
                 let data_dir = dir.path().join("data");
-                let command = gatehouse_command(&bins.gatehouse, dir.path(), &data_dir, pki)?;
+                let command = gatehouse_command(&bins.gatehouse, dir.path(), &data_dir, pki, kind)?;
                 // Known once the broker has written listeners.json.
                 let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
                 (command, addr, Some(data_dir))
@@ -266,10 +266,22 @@ fn mosquitto_command(
     Ok(command)
 }
 
+/// The `trust.gate` setting of a Gatehouse broker kind: `trust` (the default: verdicts gate
+/// the data plane) or `static-policy-only` (the static `[policy]` alone).
+pub fn trust_gate(kind: BrokerKind) -> &'static str {
+    match kind {
+        BrokerKind::GatehouseStatic => "static-policy-only",
+        BrokerKind::Gatehouse | BrokerKind::Mosquitto => "trust",
+    }
+}
+
 /// Gatehouse's configuration file for `gatehouse serve --config`. Every bench device may
 /// publish and subscribe under `bench/`, as every client may on the Mosquitto side (which
-/// has no ACL); the gate still checks each publish and subscription against the policy.
-pub fn gatehouse_toml(data_dir: &Path, mqtts: SocketAddr, https: SocketAddr) -> String {
+/// has no ACL); the gate still checks each publish and subscription: against the verdict
+/// of the device (`gate = "trust"`; the bench's own certificates name devices that are not
+/// registered, whose provisional verdicts come from the static policy), or against the
+/// static policy alone (`gate = "static-policy-only"`).
+pub fn gatehouse_toml(data_dir: &Path, mqtts: SocketAddr, https: SocketAddr, gate: &str) -> String {
     format!(
         "# Written by gatehouse bench.\n\
          data_dir = {data_dir:?}\n\
@@ -286,6 +298,9 @@ pub fn gatehouse_toml(data_dir: &Path, mqtts: SocketAddr, https: SocketAddr) -> 
          publish = [\"bench/#\"]\n\
          subscribe = [\"bench/#\"]\n\
          \n\
+         [trust]\n\
+         gate = {gate:?}\n\
+         \n\
          [log]\n\
          level = \"warn\"\n",
         data_dir = data_dir.display().to_string(),
@@ -297,11 +312,15 @@ fn gatehouse_command(
     dir: &Path,
     data_dir: &Path,
     pki: &BenchPki,
+    kind: BrokerKind,
 ) -> anyhow::Result<Command> {
     pki.copy_ca_to(&data_dir.join("ca"))?;
     let any_port = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
     let conf_path = dir.join("gatehouse.toml");
-    std::fs::write(&conf_path, gatehouse_toml(data_dir, any_port, any_port))?;
+    std::fs::write(
+        &conf_path,
+        gatehouse_toml(data_dir, any_port, any_port, trust_gate(kind)),
+    )?;
     let mut command = Command::new(bin);
     command.arg("serve").arg("--config").arg(conf_path);
     Ok(command)
@@ -322,7 +341,7 @@ fn running_as_root() -> bool {
 pub async fn version_of(kind: BrokerKind, bin: &Path) -> String {
     let arg = match kind {
         BrokerKind::Mosquitto => "-h",
-        BrokerKind::Gatehouse => "--version",
+        BrokerKind::Gatehouse | BrokerKind::GatehouseStatic => "--version",
     };
     let output = tokio::time::timeout(
         Duration::from_secs(5),
@@ -360,6 +379,7 @@ mod tests {
             Path::new("/tmp/x \"y\"/data"),
             "127.0.0.1:1".parse().expect("addr"),
             "127.0.0.1:2".parse().expect("addr"),
+            trust_gate(BrokerKind::Gatehouse),
         );
         assert!(
             text.contains("data_dir = \"/tmp/x \\\"y\\\"/data\""),
@@ -368,6 +388,29 @@ mod tests {
         assert!(text.contains("mqtts = \"127.0.0.1:1\""));
         assert!(text.contains("connect_rate_per_source = 0"));
         assert!(text.contains("subscribe = [\"bench/#\"]"));
+        assert!(text.contains("[trust]\ngate = \"trust\"\n"), "{text}");
+    }
+
+    #[test]
+    fn each_gatehouse_kind_runs_its_own_gate() {
+        let at = |kind| {
+            gatehouse_toml(
+                Path::new("/d"),
+                "127.0.0.1:0".parse().expect("addr"),
+                "127.0.0.1:0".parse().expect("addr"),
+                trust_gate(kind),
+            )
+        };
+        let trust = at(BrokerKind::Gatehouse);
+        let fixed = at(BrokerKind::GatehouseStatic);
+        assert!(
+            fixed.contains("[trust]\ngate = \"static-policy-only\"\n"),
+            "{fixed}"
+        );
+        // Nothing else differs: the two runs compare the gates and nothing more.
+        let strip = |t: &str| t.replace("\"static-policy-only\"", "\"trust\"");
+        assert_eq!(strip(&fixed), trust);
+        assert_eq!(fixed.matches("[trust]").count(), 1);
     }
 
     #[test]

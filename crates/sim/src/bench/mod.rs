@@ -1,12 +1,14 @@
 //! `gatehouse bench`: the MQTT load generator that measures Gatehouse against Mosquitto on
-//! the same machine, in the same run, and Gatehouse's EST enrollment.
+//! the same machine, in the same run, Gatehouse's trust gate against its static gate, and
+//! Gatehouse's EST enrollment and trust enforcement.
 //!
 //! Each scenario starts a fresh broker per target (never two at once, so they do not share
 //! the two cores), runs against it with the same load generator, stops it, and prints one
-//! table with a row per broker and the Gatehouse/Mosquitto ratio. Both brokers trust one CA
-//! created for the run, so every client certificate works against both. The enrollment
-//! scenario runs on Gatehouse alone (Mosquitto has no EST server) and is judged against an
-//! absolute goal instead.
+//! table with a row per broker and the Gatehouse/Mosquitto ratio (and, with `--target
+//! gates`, the trust-gate/static-gate ratio). Every broker trusts one CA created for the
+//! run, so every client certificate works against all of them. The enrollment and trust
+//! scenarios run on Gatehouse alone (Mosquitto has no EST server, no trust verdicts) and
+//! are judged against absolute goals instead.
 
 mod args;
 mod broker;
@@ -26,12 +28,12 @@ use rustls_pki_types::ServerName;
 pub use args::{BenchArgs, MqttVersion, ScenarioArg, TargetArg, parse_duration};
 pub use broker::{MAX_INFLIGHT, MAX_QUEUED, MOSQUITTO_MAX_INFLIGHT};
 pub use machine::Machine;
-pub use report::{Better, BrokerKind, Figure, Report, Row, ScenarioReport, Target};
+pub use report::{Better, BrokerKind, Comparison, Figure, Report, Row, ScenarioReport, Target};
 
 use broker::{Binaries, Broker};
 use flow::Pace;
 use pki::BenchPki;
-use scenario::{Ctx, enroll, idle, messages, storm};
+use scenario::{Ctx, enroll, idle, messages, storm, trust};
 
 /// Runs the benchmark, prints its tables, and writes the JSON report if asked. Ctrl-C
 /// stops it; the brokers it started are killed either way.
@@ -67,7 +69,10 @@ pub async fn execute(args: BenchArgs) -> anyhow::Result<Report> {
         .filter(|kind| scenarios.iter().any(|s| runs_on(*s, *kind)))
         .collect();
     if targets.is_empty() {
-        bail!("nothing to run: enrollment is measured on Gatehouse only (--target gatehouse)");
+        bail!(
+            "nothing to run: enrollment and trust are measured on Gatehouse only (--target \
+             gatehouse)"
+        );
     }
     let bins = Binaries {
         gatehouse: match &args.gatehouse_bin {
@@ -79,7 +84,7 @@ pub async fn execute(args: BenchArgs) -> anyhow::Result<Report> {
     let mut versions = Vec::new();
     for kind in &targets {
         let bin = match kind {
-            BrokerKind::Gatehouse => &bins.gatehouse,
+            BrokerKind::Gatehouse | BrokerKind::GatehouseStatic => &bins.gatehouse,
             BrokerKind::Mosquitto => &bins.mosquitto,
         };
         if !bin.exists() {
@@ -92,7 +97,12 @@ pub async fn execute(args: BenchArgs) -> anyhow::Result<Report> {
             );
         }
         let version = broker::version_of(*kind, bin).await;
-        println!("{}: {} ({version})", kind.name(), bin.display());
+        let gate = if kind.is_gatehouse() {
+            format!(", trust.gate = {:?}", broker::trust_gate(*kind))
+        } else {
+            String::new()
+        };
+        println!("{}: {} ({version}{gate})", kind.name(), bin.display());
         versions.push((*kind, version));
     }
     let mqtt = scenarios.iter().any(|s| *s != ScenarioArg::Enroll);
@@ -113,7 +123,7 @@ pub async fn execute(args: BenchArgs) -> anyhow::Result<Report> {
             args.window
         );
     }
-    if scenarios.contains(&ScenarioArg::Enroll) {
+    if scenarios.contains(&ScenarioArg::Enroll) || scenarios.contains(&ScenarioArg::Trust) {
         println!(
             "enrollment client: EST over HTTP/1.1, a new TCP connection and full TLS handshake \
              per request (no session resumption); device keys made before timing"
@@ -180,20 +190,29 @@ pub async fn execute(args: BenchArgs) -> anyhow::Result<Report> {
 fn targets(target: TargetArg) -> Vec<BrokerKind> {
     match target {
         TargetArg::Both => vec![BrokerKind::Gatehouse, BrokerKind::Mosquitto],
+        TargetArg::Gates => vec![
+            BrokerKind::Gatehouse,
+            BrokerKind::GatehouseStatic,
+            BrokerKind::Mosquitto,
+        ],
         TargetArg::Gatehouse => vec![BrokerKind::Gatehouse],
         TargetArg::Mosquitto => vec![BrokerKind::Mosquitto],
     }
 }
 
-/// Whether `scenario` runs on `kind`: every scenario does, but enrollment is Gatehouse's
-/// alone (Mosquitto has no EST server).
+/// Whether `scenario` runs on `kind`: every scenario does, but enrollment and trust run on
+/// Gatehouse with its trust gate alone (Mosquitto has no EST server, and the static gate
+/// has no verdicts to change).
 fn runs_on(scenario: ScenarioArg, kind: BrokerKind) -> bool {
-    !(scenario == ScenarioArg::Enroll && kind == BrokerKind::Mosquitto)
+    match scenario {
+        ScenarioArg::Enroll | ScenarioArg::Trust => kind == BrokerKind::Gatehouse,
+        _ => true,
+    }
 }
 
 fn identities_needed(scenario: ScenarioArg, args: &BenchArgs) -> usize {
     match scenario {
-        ScenarioArg::All | ScenarioArg::Enroll => 0,
+        ScenarioArg::All | ScenarioArg::Enroll | ScenarioArg::Trust => 0,
         ScenarioArg::Throughput | ScenarioArg::Latency => 2 * args.pairs as usize,
         ScenarioArg::Fanin => args.fanin_publishers as usize + 1,
         ScenarioArg::Fanout => args.fanout_subscribers as usize + 1,
@@ -288,6 +307,7 @@ fn describe(scenario: ScenarioArg, args: &BenchArgs) -> (&'static str, String) {
                 args.revocations.min(args.devices)
             ),
         ),
+        ScenarioArg::Trust => ("trust", trust::describe(args)),
     }
 }
 
@@ -381,10 +401,42 @@ async fn run_on(
             ScenarioArg::Storm => rows.push(storm::run(ctx, &mut broker).await?),
             ScenarioArg::Idle => rows.push(idle::run(ctx, &mut broker).await?),
             ScenarioArg::Enroll => rows.extend(enroll::run(ctx, &mut broker).await?),
+            ScenarioArg::Trust => rows.extend(trust::run(ctx, &mut broker).await?),
         }
         anyhow::Ok(())
     }
     .await;
     broker.stop().await;
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gates_run_gatehouse_with_each_gate_then_mosquitto() {
+        assert_eq!(
+            targets(TargetArg::Gates),
+            vec![
+                BrokerKind::Gatehouse,
+                BrokerKind::GatehouseStatic,
+                BrokerKind::Mosquitto
+            ]
+        );
+        assert_eq!(targets(TargetArg::Both).len(), 2);
+        for scenario in [
+            ScenarioArg::Throughput,
+            ScenarioArg::Latency,
+            ScenarioArg::Idle,
+        ] {
+            assert!(runs_on(scenario, BrokerKind::GatehouseStatic));
+            assert!(runs_on(scenario, BrokerKind::Mosquitto));
+        }
+        for scenario in [ScenarioArg::Enroll, ScenarioArg::Trust] {
+            assert!(runs_on(scenario, BrokerKind::Gatehouse));
+            assert!(!runs_on(scenario, BrokerKind::GatehouseStatic));
+            assert!(!runs_on(scenario, BrokerKind::Mosquitto));
+        }
+    }
 }

@@ -1,5 +1,6 @@
-//! Results: figures per broker, the Gatehouse/Mosquitto ratio, the issue's targets, and
-//! their rendering as a text table and as JSON.
+//! Results: figures per broker, the Gatehouse/Mosquitto ratio (and, when Gatehouse ran
+//! with each gate, the trust-gate/static-gate ratio), the issue's targets, and their
+//! rendering as a text table and as JSON.
 
 use std::fmt::Write as _;
 
@@ -11,8 +12,12 @@ use super::machine::Machine;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BrokerKind {
-    /// Gatehouse (`gatehouse serve`).
+    /// Gatehouse (`gatehouse serve`), its data plane gated by trust verdicts (the default,
+    /// `trust.gate = "trust"`).
     Gatehouse,
+    /// Gatehouse with `trust.gate = "static-policy-only"`: gated by the static `[policy]`
+    /// alone, to weigh the trust gate against.
+    GatehouseStatic,
     /// Mosquitto.
     Mosquitto,
 }
@@ -22,7 +27,44 @@ impl BrokerKind {
     pub fn name(self) -> &'static str {
         match self {
             Self::Gatehouse => "gatehouse",
+            Self::GatehouseStatic => "gatehouse-static",
             Self::Mosquitto => "mosquitto",
+        }
+    }
+
+    /// Whether this is a `gatehouse serve` process (either gate).
+    pub fn is_gatehouse(self) -> bool {
+        matches!(self, Self::Gatehouse | Self::GatehouseStatic)
+    }
+}
+
+/// Which two brokers a ratio compares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Comparison {
+    /// Gatehouse (trust gate) / Mosquitto.
+    GatehouseOverMosquitto,
+    /// Gatehouse with the trust gate / Gatehouse with the static gate.
+    TrustOverStatic,
+}
+
+impl Comparison {
+    /// Every comparison, in table order.
+    pub const ALL: [Self; 2] = [Self::GatehouseOverMosquitto, Self::TrustOverStatic];
+
+    /// The brokers compared: numerator, denominator.
+    pub fn brokers(self) -> (BrokerKind, BrokerKind) {
+        match self {
+            Self::GatehouseOverMosquitto => (BrokerKind::Gatehouse, BrokerKind::Mosquitto),
+            Self::TrustOverStatic => (BrokerKind::Gatehouse, BrokerKind::GatehouseStatic),
+        }
+    }
+
+    /// The label in the table's broker column.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::GatehouseOverMosquitto => "gh/mq",
+            Self::TrustOverStatic => "trust/static",
         }
     }
 }
@@ -108,12 +150,12 @@ pub struct Row {
     pub notes: Vec<String>,
 }
 
-/// Ratio of Gatehouse's figure to Mosquitto's.
+/// Ratio of one broker's figure to another's (see [`Comparison`]).
 #[derive(Debug, Clone, Serialize)]
 pub struct Ratio {
     /// The figure.
     pub name: &'static str,
-    /// gatehouse / mosquitto.
+    /// numerator / denominator.
     pub ratio: Option<f64>,
     /// Which direction is good.
     pub better: Better,
@@ -124,6 +166,8 @@ pub struct Ratio {
 pub struct RatioRow {
     /// Variant within the scenario.
     pub variant: String,
+    /// Which brokers are compared.
+    pub of: Comparison,
     /// One per figure.
     pub ratios: Vec<Ratio>,
 }
@@ -137,7 +181,8 @@ pub struct ScenarioReport {
     pub description: String,
     /// Rows, in the order measured.
     pub rows: Vec<Row>,
-    /// Gatehouse / Mosquitto ratios, where both were measured.
+    /// Gatehouse / Mosquitto ratios, where both were measured, and trust-gate /
+    /// static-gate ratios, where Gatehouse ran with both gates.
     pub ratios: Vec<RatioRow>,
     /// Brokers on which the scenario failed, and why.
     pub failures: Vec<String>,
@@ -201,8 +246,8 @@ impl ScenarioReport {
                 );
                 lines.push(line);
             }
-            if let Some(ratio) = self.ratios.iter().find(|r| r.variant == variant) {
-                let mut line = vec![variant.to_owned(), "gh/mq".to_owned()];
+            for ratio in self.ratios.iter().filter(|r| r.variant == variant) {
+                let mut line = vec![variant.to_owned(), ratio.of.label().to_owned()];
                 line.extend(ratio.ratios.iter().map(|r| match r.ratio {
                     Some(v) => format!("{v:.2}x"),
                     None => "-".to_owned(),
@@ -255,35 +300,45 @@ impl ScenarioReport {
 
 fn ratios(rows: &[Row]) -> Vec<RatioRow> {
     let mut out = Vec::new();
-    for gh in rows.iter().filter(|r| r.broker == BrokerKind::Gatehouse) {
-        let Some(mq) = rows
-            .iter()
-            .find(|r| r.broker == BrokerKind::Mosquitto && r.variant == gh.variant)
-        else {
-            continue;
-        };
-        let ratios = gh
-            .figures
-            .iter()
-            .map(|f| {
-                let other = mq.figures.iter().find(|o| o.name == f.name);
-                let ratio = match (f.value, other.and_then(|o| o.value)) {
-                    (Some(a), Some(b)) if b != 0.0 => Some(a / b),
-                    _ => None,
-                };
-                Ratio {
-                    name: f.name,
-                    ratio,
-                    better: f.better,
-                }
-            })
-            .collect();
-        out.push(RatioRow {
-            variant: gh.variant.clone(),
-            ratios,
-        });
+    for of in Comparison::ALL {
+        let (top, bottom) = of.brokers();
+        for a in rows.iter().filter(|r| r.broker == top) {
+            if let Some(b) = rows
+                .iter()
+                .find(|r| r.broker == bottom && r.variant == a.variant)
+            {
+                out.push(ratio_row(of, a, b));
+            }
+        }
     }
+    // Grouped by variant, in the order the variants were measured (stable sort).
+    let order = |variant: &str| rows.iter().position(|r| r.variant == variant);
+    out.sort_by_key(|r| order(&r.variant));
     out
+}
+
+fn ratio_row(of: Comparison, a: &Row, b: &Row) -> RatioRow {
+    let ratios = a
+        .figures
+        .iter()
+        .map(|f| {
+            let other = b.figures.iter().find(|o| o.name == f.name);
+            let ratio = match (f.value, other.and_then(|o| o.value)) {
+                (Some(a), Some(b)) if b != 0.0 => Some(a / b),
+                _ => None,
+            };
+            Ratio {
+                name: f.name,
+                ratio,
+                better: f.better,
+            }
+        })
+        .collect();
+    RatioRow {
+        variant: a.variant.clone(),
+        of,
+        ratios,
+    }
 }
 
 /// Formats a number with thousands separators and `decimals` decimals.
@@ -322,9 +377,10 @@ pub fn format_value(value: Option<f64>, decimals: usize) -> String {
 pub struct Target {
     /// What the target says.
     pub target: &'static str,
-    /// Gatehouse's figure.
+    /// Gatehouse's figure (with its trust gate).
     pub gatehouse: Option<f64>,
-    /// Mosquitto's figure (or the absolute goal for absolute targets).
+    /// What it is held against: Mosquitto's figure, Gatehouse's with the static gate (for
+    /// the trust gate's targets), or the absolute goal.
     pub mosquitto: Option<f64>,
     /// Met, missed, or `None` when not measured.
     pub met: Option<bool>,
@@ -334,9 +390,17 @@ pub struct Target {
 /// bench machine.
 pub const ENROLL_GOAL: f64 = 1_000.0;
 
+/// Least share of the static gate's throughput the trust gate keeps (a loss of 10% at
+/// most).
+pub const TRUST_GATE_THROUGHPUT_SHARE: f64 = 0.90;
+
+/// Longest time, in milliseconds, from a policy change's request to its answer, by which
+/// every open session has been brought under the new set.
+pub const POLICY_CHANGE_GOAL_MS: f64 = 100.0;
+
 /// The issue's targets, judged from the scenario reports that were run.
 pub fn targets(reports: &[ScenarioReport], idle_goal: u32) -> Vec<Target> {
-    use BrokerKind::{Gatehouse, Mosquitto};
+    use BrokerKind::{Gatehouse, GatehouseStatic, Mosquitto};
     let find = |scenario: &str| reports.iter().find(|r| r.scenario == scenario);
     let pair = |scenario: &str, variant: &str, name: &str| {
         find(scenario).map_or((None, None), |r| {
@@ -353,8 +417,17 @@ pub fn targets(reports: &[ScenarioReport], idle_goal: u32) -> Vec<Target> {
             mosquitto: mq,
             met: gh.zip(mq).map(|(g, m)| ok(g, m)),
         };
+    let gates = |variant: &str| {
+        find("throughput").map_or((None, None), |r| {
+            (
+                r.figure(Gatehouse, variant, "delivered msg/s"),
+                r.figure(GatehouseStatic, variant, "delivered msg/s"),
+            )
+        })
+    };
     let idle_held = find("idle").and_then(|r| r.figure(Gatehouse, "-", "held"));
     let enrollments = find("enroll").and_then(|r| r.figure(Gatehouse, "enroll", "ops/s"));
+    let policy_ms = find("trust").and_then(|r| r.figure(Gatehouse, "policy", "max ms"));
     vec![
         judge(
             "QoS 1 throughput >= Mosquitto's",
@@ -392,12 +465,31 @@ pub fn targets(reports: &[ScenarioReport], idle_goal: u32) -> Vec<Target> {
             mosquitto: Some(ENROLL_GOAL),
             met: enrollments.map(|e| e >= ENROLL_GOAL),
         },
+        judge(
+            "QoS 0 throughput, trust gate >= 90% of static",
+            gates("qos0"),
+            &|t, s| t >= TRUST_GATE_THROUGHPUT_SHARE * s,
+        ),
+        judge(
+            "QoS 1 throughput, trust gate >= 90% of static",
+            gates("qos1"),
+            &|t, s| t >= TRUST_GATE_THROUGHPUT_SHARE * s,
+        ),
+        Target {
+            target: "policy change on all sessions, max ms < 100",
+            gatehouse: policy_ms,
+            mosquitto: Some(POLICY_CHANGE_GOAL_MS),
+            met: policy_ms.map(|ms| ms < POLICY_CHANGE_GOAL_MS),
+        },
     ]
 }
 
 /// Renders the targets as text.
 pub fn render_targets(targets: &[Target]) -> String {
-    let mut out = String::from("\n== targets (gatehouse vs mosquitto, or vs the goal)\n");
+    let mut out = String::from(
+        "\n== targets (gatehouse vs mosquitto, vs gatehouse-static for the trust gate, or vs \
+         the goal)\n",
+    );
     for t in targets {
         let verdict = match t.met {
             Some(true) => "met",
@@ -469,6 +561,110 @@ mod tests {
         assert_eq!(targets[1].met, None);
         assert_eq!(targets[4].met, None);
         assert_eq!(targets[5].met, None);
+        assert!(targets[6..].iter().all(|t| t.met.is_none()));
+    }
+
+    #[test]
+    fn gates_compare_trust_to_static_beside_gatehouse_to_mosquitto() {
+        let report = ScenarioReport::new(
+            "throughput",
+            "test".to_owned(),
+            vec![
+                row(BrokerKind::Gatehouse, 270.0),
+                row(BrokerKind::GatehouseStatic, 300.0),
+                row(BrokerKind::Mosquitto, 200.0),
+            ],
+        );
+        assert_eq!(report.ratios.len(), 2);
+        assert_eq!(report.ratios[0].of, Comparison::GatehouseOverMosquitto);
+        assert_eq!(report.ratios[0].ratios[0].ratio, Some(1.35));
+        assert_eq!(report.ratios[1].of, Comparison::TrustOverStatic);
+        assert_eq!(report.ratios[1].ratios[0].ratio, Some(0.9));
+        let text = report.render();
+        let lines: Vec<&str> = text.lines().collect();
+        let at = |needle: &str| {
+            lines
+                .iter()
+                .position(|l| l.contains(needle))
+                .unwrap_or_else(|| panic!("no {needle:?} in {text}"))
+        };
+        assert!(at("gatehouse-static") < at("gh/mq"), "{text}");
+        assert!(at("gh/mq") < at("trust/static"), "{text}");
+        assert!(text.contains("1.35x") && text.contains("0.90x"), "{text}");
+        let json = serde_json::to_value(&report).expect("json");
+        assert_eq!(json["ratios"][1]["of"], "trust_over_static");
+        assert_eq!(json["rows"][1]["broker"], "gatehouse_static");
+
+        // 90% of the static gate's throughput is the least that meets the target.
+        let met = |trust: f64| {
+            let r = ScenarioReport::new(
+                "throughput",
+                "test".to_owned(),
+                vec![
+                    row(BrokerKind::Gatehouse, trust),
+                    row(BrokerKind::GatehouseStatic, 300.0),
+                ],
+            );
+            targets(&[r], 10)
+                .into_iter()
+                .find(|t| t.target.starts_with("QoS 1 throughput, trust gate"))
+                .and_then(|t| t.met)
+        };
+        assert_eq!(met(270.0), Some(true));
+        assert_eq!(met(269.0), Some(false));
+    }
+
+    #[test]
+    fn ratio_rows_follow_the_order_of_the_variants() {
+        let mut rows = Vec::new();
+        for variant in ["qos0", "qos1"] {
+            for broker in [
+                BrokerKind::Gatehouse,
+                BrokerKind::GatehouseStatic,
+                BrokerKind::Mosquitto,
+            ] {
+                let mut r = row(broker, 100.0);
+                r.variant = variant.to_owned();
+                rows.push(r);
+            }
+        }
+        let report = ScenarioReport::new("latency", "test".to_owned(), rows);
+        let order: Vec<(&str, Comparison)> = report
+            .ratios
+            .iter()
+            .map(|r| (r.variant.as_str(), r.of))
+            .collect();
+        assert_eq!(
+            order,
+            vec![
+                ("qos0", Comparison::GatehouseOverMosquitto),
+                ("qos0", Comparison::TrustOverStatic),
+                ("qos1", Comparison::GatehouseOverMosquitto),
+                ("qos1", Comparison::TrustOverStatic),
+            ]
+        );
+    }
+
+    #[test]
+    fn the_policy_change_target_is_judged_on_the_slowest_change() {
+        let trust_row = |max_ms: f64| Row {
+            broker: BrokerKind::Gatehouse,
+            variant: "policy".to_owned(),
+            figures: vec![
+                Figure::lower("p50 ms", 10.0, 2),
+                Figure::lower("max ms", max_ms, 2),
+            ],
+            notes: vec![],
+        };
+        let judge = |max_ms: f64| {
+            let r = ScenarioReport::new("trust", "test".to_owned(), vec![trust_row(max_ms)]);
+            targets(&[r], 10)
+                .into_iter()
+                .find(|t| t.target.starts_with("policy change"))
+                .and_then(|t| t.met)
+        };
+        assert_eq!(judge(99.9), Some(true));
+        assert_eq!(judge(100.0), Some(false));
     }
 
     #[test]

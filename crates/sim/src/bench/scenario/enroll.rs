@@ -37,7 +37,7 @@ use crate::est::{
 };
 
 /// The tenant the devices enroll into (it exists from the first start).
-const TENANT: &str = "default";
+pub(super) const TENANT: &str = "default";
 
 /// The manufacturer and model the enrollment token is for.
 const MANUFACTURER: &str = "bench-maker";
@@ -55,7 +55,7 @@ const KEYGEN_CHUNK: usize = 250;
 /// Keep-alive of the MQTTS sessions that are revoked (they live for seconds).
 const KEEP_ALIVE: u16 = 60;
 
-const ENROLL_PATH: &str = "/.well-known/est/simpleenroll";
+pub(super) const ENROLL_PATH: &str = "/.well-known/est/simpleenroll";
 const REENROLL_PATH: &str = "/.well-known/est/simplereenroll";
 
 /// Runs the enrollment scenario against Gatehouse; returns its rows: `enroll`, `renew` and
@@ -168,17 +168,17 @@ pub async fn run(ctx: &Ctx, broker: &mut Broker) -> anyhow::Result<Vec<Row>> {
 }
 
 /// Gatehouse's HTTPS and MQTTS listeners and the TLS pieces to reach them.
-struct Server {
+pub(super) struct Server {
     https: SocketAddr,
     mqtts: SocketAddr,
     server_name: ServerName<'static>,
     roots: Arc<RootCertStore>,
     /// Server authentication only: what a device enrolling with a token uses.
-    tls: Arc<rustls::ClientConfig>,
+    pub(super) tls: Arc<rustls::ClientConfig>,
 }
 
 impl Server {
-    fn new(ctx: &Ctx, broker: &Broker) -> anyhow::Result<Self> {
+    pub(super) fn new(ctx: &Ctx, broker: &Broker) -> anyhow::Result<Self> {
         let https = broker
             .https()
             .context("the broker reported no HTTPS listener")?;
@@ -206,7 +206,12 @@ impl Server {
     }
 
     /// The HTTPS listener reached from connection `i`'s source address with `tls`.
-    fn target(&self, ctx: &Ctx, i: usize, tls: Arc<rustls::ClientConfig>) -> HttpsTarget {
+    pub(super) fn target(
+        &self,
+        ctx: &Ctx,
+        i: usize,
+        tls: Arc<rustls::ClientConfig>,
+    ) -> HttpsTarget {
         HttpsTarget {
             bind: Some(ctx.source_addr(i)),
             tls,
@@ -215,7 +220,7 @@ impl Server {
     }
 
     /// The HTTPS listener, without a client certificate, from any source address.
-    fn plain_target(&self) -> HttpsTarget {
+    pub(super) fn plain_target(&self) -> HttpsTarget {
         HttpsTarget {
             addr: self.https,
             bind: None,
@@ -226,7 +231,7 @@ impl Server {
     }
 
     /// A TLS configuration presenting a device's certificate (with the issuing CAs) and key.
-    fn device_tls(
+    pub(super) fn device_tls(
         &self,
         cert: &CertificateDer<'static>,
         issuing: &[CertificateDer<'static>],
@@ -249,7 +254,12 @@ impl Server {
         Ok(Arc::new(config))
     }
 
-    fn mqtt_options(&self, ctx: &Ctx, i: usize, tls: Arc<rustls::ClientConfig>) -> ConnectOptions {
+    pub(super) fn mqtt_options(
+        &self,
+        ctx: &Ctx,
+        i: usize,
+        tls: Arc<rustls::ClientConfig>,
+    ) -> ConnectOptions {
         ConnectOptions {
             addr: self.mqtts,
             bind: Some(ctx.source_addr(i)),
@@ -286,7 +296,7 @@ impl Server {
 
     /// A manufacturer, a model, and a token for `uses` enrollments; returns the token's
     /// `Authorization` header.
-    async fn create_registry(&self, uses: usize) -> anyhow::Result<String> {
+    pub(super) async fn create_registry(&self, uses: usize) -> anyhow::Result<String> {
         let maker = tokio::task::spawn_blocking(|| ManufacturerCa::new(MANUFACTURER)).await??;
         self.rest(
             "/api/v1/manufacturers",
@@ -327,7 +337,7 @@ impl Server {
 
     /// The issuing CA certificates from EST `cacerts` (all but the root, which comes last),
     /// which a device sends after its own certificate.
-    async fn issuing_chain(&self) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+    pub(super) async fn issuing_chain(&self) -> anyhow::Result<Vec<CertificateDer<'static>>> {
         let mut conn = HttpsConnection::connect(&self.plain_target()).await?;
         let response = conn.get("/.well-known/est/cacerts").await?;
         ensure!(response.status == 200, "cacerts: {}", response.status);
@@ -342,7 +352,7 @@ impl Server {
 }
 
 /// Makes a key and CSR for every device, on the blocking pool.
-async fn generate_csrs(devices: Vec<String>) -> anyhow::Result<Vec<DeviceCsr>> {
+pub(super) async fn generate_csrs(devices: Vec<String>) -> anyhow::Result<Vec<DeviceCsr>> {
     let mut tasks = Vec::new();
     for chunk in devices.chunks(KEYGEN_CHUNK) {
         let chunk = chunk.to_vec();
@@ -361,26 +371,26 @@ async fn generate_csrs(devices: Vec<String>) -> anyhow::Result<Vec<DeviceCsr>> {
 }
 
 /// One EST request over a connection of its own.
-struct Op {
-    target: HttpsTarget,
-    path: &'static str,
-    auth: Option<String>,
-    body: Bytes,
-    device: String,
+pub(super) struct Op {
+    pub(super) target: HttpsTarget,
+    pub(super) path: &'static str,
+    pub(super) auth: Option<String>,
+    pub(super) body: Bytes,
+    pub(super) device: String,
 }
 
 /// What a set of workers measured.
 #[derive(Default)]
-struct Outcome {
+pub(super) struct Outcome {
     total: Samples,
     tls: Samples,
     http: Samples,
-    ok: usize,
+    pub(super) ok: usize,
     /// Failures by kind (HTTP status or transport step): count and the first message.
-    errors: BTreeMap<String, (u64, String)>,
+    pub(super) errors: BTreeMap<String, (u64, String)>,
     /// Certificates of the first devices, for the later phases.
-    certs: Vec<(usize, CertificateDer<'static>)>,
-    elapsed: Duration,
+    pub(super) certs: Vec<(usize, CertificateDer<'static>)>,
+    pub(super) elapsed: Duration,
     broker_cpu: Option<f64>,
     generator_cpu: Option<f64>,
 }
@@ -440,7 +450,12 @@ impl Outcome {
 
 /// Runs `ops`, `concurrency` at a time, each over a new connection; keeps the certificates
 /// of devices numbered below `keep`.
-async fn load(broker: &Broker, ops: Vec<Op>, concurrency: usize, keep: usize) -> Outcome {
+pub(super) async fn load(
+    broker: &Broker,
+    ops: Vec<Op>,
+    concurrency: usize,
+    keep: usize,
+) -> Outcome {
     let ops = Arc::new(ops);
     let next = Arc::new(AtomicUsize::new(0));
     let broker_cpu = CpuMeter::start(Some(broker.pid()));
@@ -658,7 +673,7 @@ async fn revoke_and_watch(
     })
 }
 
-fn error_summary(errors: &BTreeMap<String, (u64, String)>) -> String {
+pub(super) fn error_summary(errors: &BTreeMap<String, (u64, String)>) -> String {
     errors
         .iter()
         .map(|(kind, (count, first))| format!("{kind} ×{count} (first: {first})"))
@@ -666,7 +681,7 @@ fn error_summary(errors: &BTreeMap<String, (u64, String)>) -> String {
         .join("; ")
 }
 
-fn mib(bytes: u64) -> f64 {
+pub(super) fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1u64 << 20) as f64
 }
 

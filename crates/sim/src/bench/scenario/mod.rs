@@ -5,6 +5,7 @@ pub mod enroll;
 pub mod idle;
 pub mod messages;
 pub mod storm;
+pub mod trust;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
