@@ -989,24 +989,21 @@ async fn policy_rounds(
             ));
         }
         let rss = |r: Option<u64>| r.map_or("?".to_owned(), |b| format!("{:.1} MiB", mib(b)));
-        if wrong.is_empty() {
-            m.notes.push(format!(
-                "round {round}: answered in {}, put back in {}; {removed} subscriptions \
-                 removed for {sessions} sessions{}; broker resident set {} frozen, {} once \
-                 all subscribed again",
-                format_ms(freeze.took),
-                format_ms(restore.took),
-                notices.map_or(String::new(), |got| format!("; {got} removal notices")),
-                rss(rss_frozen),
-                rss(broker.rss().ok()),
-            ));
-        } else {
+        let mut note = format!(
+            "round {round}: answered in {}, put back in {}; {removed} subscriptions removed \
+             for {sessions} sessions{}; broker resident set {} frozen, {} once all subscribed \
+             again",
+            format_ms(freeze.took),
+            format_ms(restore.took),
+            notices.map_or(String::new(), |got| format!("; {got} removal notices")),
+            rss(rss_frozen),
+            rss(broker.rss().ok()),
+        );
+        if !wrong.is_empty() {
             m.failed += 1;
-            m.notes.push(format!(
-                "round {round} ({sessions} sessions): {}",
-                wrong.join("; ")
-            ));
+            note.push_str(&format!("; NOT CONFIRMED: {}", wrong.join("; ")));
         }
+        m.notes.push(note);
         broker.check_alive()?;
     }
     m.enforced = least_removed.map(|r| r as f64);
