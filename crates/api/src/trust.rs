@@ -890,12 +890,16 @@ impl TrustService {
                 // Written by this service; acting on them again would loop.
                 "verdict" | "scan" | "posture" | "refuse_posture" => {}
                 "set_policy" => {
-                    everything = Some("policy change");
+                    // A set the API put in force is already the engine's; one written by
+                    // another process (the command line) is loaded and applied here.
                     if let Some(set) = self.registry.current_policy_set().map_err(store)? {
                         let mut engine = (*self.engine.load_full()).clone();
                         if engine.source() != set.text {
                             match engine.load(&set.text) {
-                                Ok(()) => self.engine.store(Arc::new(engine)),
+                                Ok(()) => {
+                                    self.engine.store(Arc::new(engine));
+                                    everything = Some("policy change");
+                                }
                                 Err(err) => warn!(error = %err, "stored policy set refused"),
                             }
                         }

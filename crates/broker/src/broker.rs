@@ -667,20 +667,40 @@ impl Inner {
     /// Removes the subscriptions the gate no longer allows, and the queued messages that
     /// only they would have delivered.
     fn recheck_subscriptions(&self, s: &Arc<Session>, gate: &dyn Gate) -> usize {
-        let denied: Vec<_> = {
-            let st = s.state.lock();
-            st.subscriptions
+        // Decide and remove under one lock, so that two re-checks of the same session
+        // (a verdict change racing a policy change) remove, count and tell each filter once.
+        let (denied, tell) = {
+            let mut st = s.state.lock();
+            let denied: Vec<TopicFilter> = st
+                .subscriptions
                 .values()
                 .filter(|sub| !gate.subscribe(&s.identity, &sub.filter).is_allow())
                 .map(|sub| sub.filter.clone())
-                .collect()
+                .collect();
+            if denied.is_empty() {
+                return 0;
+            }
+            for f in &denied {
+                st.subscriptions.remove(f.as_str());
+                // Out of the router before the queue is filtered, so nothing routed in
+                // between slips through (lock order: session state, then router).
+                self.router
+                    .unsubscribe(s.identity.tenant.as_str(), f, s.uid);
+            }
+            let remaining: Vec<_> = st
+                .subscriptions
+                .values()
+                .map(|sub| sub.filter.match_filter().to_owned())
+                .collect();
+            st.pending.retain(|d| {
+                remaining
+                    .iter()
+                    .any(|f| gatehouse_mqtt::topic_matches(f, &d.msg.topic))
+            });
+            let tell = st.protocol == ProtocolVersion::V5 && st.conn.is_some();
+            (denied, tell)
         };
-        if denied.is_empty() {
-            return 0;
-        }
         for f in &denied {
-            self.router
-                .unsubscribe(s.identity.tenant.as_str(), f, s.uid);
             self.metrics.deny("subscribe");
             if self.tap.is_active() {
                 self.tap.emit(Observation::Subscribe(SubscribeObservation {
@@ -693,22 +713,6 @@ impl Inner {
                 }));
             }
         }
-        let mut st = s.state.lock();
-        for f in &denied {
-            st.subscriptions.remove(f.as_str());
-        }
-        let remaining: Vec<_> = st
-            .subscriptions
-            .values()
-            .map(|sub| sub.filter.match_filter().to_owned())
-            .collect();
-        st.pending.retain(|d| {
-            remaining
-                .iter()
-                .any(|f| gatehouse_mqtt::topic_matches(f, &d.msg.topic))
-        });
-        let tell = st.protocol == ProtocolVersion::V5 && st.conn.is_some();
-        drop(st);
         if tell {
             // MQTT 5 has no server-initiated UNSUBACK: a 5.0 client is told on its reserved
             // notice topic, which it receives without subscribing.
