@@ -6,11 +6,10 @@
 //!
 //! Devices are enrolled through the store API, as the enrollment service would.
 
-use std::path::{Path, PathBuf};
-use std::process::Output;
+use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Context, Result};
 use gatehouse_pki::ManufacturerCa;
 use gatehouse_store::{
     Assurance, AuditEntry, CertSerial, ManufacturerId, ModelId, NewCertificate, NewDevice,
@@ -20,99 +19,11 @@ use gatehouse_trust::policy::DEFAULT_POLICIES;
 use gatehouse_trust::score::Pin;
 use gatehouse_types::{DeviceRef, Tier};
 use serde_json::Value;
-use tempfile::TempDir;
 use time::OffsetDateTime;
 
-/// A data directory and a configuration that points at it.
-struct Env {
-    dir: TempDir,
-    config: PathBuf,
-}
+mod support;
 
-impl Env {
-    fn new() -> Result<Self> {
-        let dir = tempfile::tempdir()?;
-        let data = dir.path().join("data");
-        let config = dir.path().join("gatehouse.toml");
-        std::fs::write(
-            &config,
-            format!("data_dir = {:?}\n", data.display().to_string()),
-        )?;
-        Ok(Self { dir, config })
-    }
-
-    fn write(&self, name: &str, text: &str) -> Result<PathBuf> {
-        let p = self.dir.path().join(name);
-        std::fs::write(&p, text)?;
-        Ok(p)
-    }
-
-    fn db(&self) -> PathBuf {
-        self.dir.path().join("data").join("gatehouse.db")
-    }
-
-    fn run(&self, args: &[&str]) -> Result<Output> {
-        std::process::Command::new(env!("CARGO_BIN_EXE_gatehouse"))
-            .arg("--config")
-            .arg(&self.config)
-            .args(args)
-            .env("USER", "tester")
-            .env_remove("GATEHOUSE_CONFIG")
-            .output()
-            .context("running gatehouse")
-    }
-
-    /// Runs a command that must succeed; returns its standard output.
-    fn ok(&self, args: &[&str]) -> Result<String> {
-        let out = self.run(args)?;
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        ensure!(
-            out.status.success(),
-            "gatehouse {args:?} failed: {}{stdout}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(stdout)
-    }
-
-    /// Runs a command with `--json` that must succeed; returns the parsed output.
-    fn json(&self, args: &[&str]) -> Result<Value> {
-        let mut a = args.to_vec();
-        a.push("--json");
-        let text = self.ok(&a)?;
-        serde_json::from_str(&text).with_context(|| format!("parsing {text}"))
-    }
-
-    /// Runs a command that must fail; returns its standard error.
-    fn refused(&self, args: &[&str]) -> Result<String> {
-        let out = self.run(args)?;
-        let stderr = String::from_utf8_lossy(&out.stderr).trim_end().to_owned();
-        ensure!(
-            !out.status.success(),
-            "gatehouse {args:?} succeeded: {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
-        ensure!(
-            stderr.starts_with("error: "),
-            "gatehouse {args:?}: not an error: {stderr:?}"
-        );
-        Ok(stderr)
-    }
-
-    /// Runs a command that must fail with a one-line error; returns that line.
-    fn fails(&self, args: &[&str]) -> Result<String> {
-        let stderr = self.refused(args)?;
-        ensure!(
-            stderr.lines().count() == 1,
-            "gatehouse {args:?}: not a one-line error: {stderr:?}"
-        );
-        Ok(stderr)
-    }
-}
-
-fn audit_records(env: &Env) -> Result<Vec<Value>> {
-    let v = env.json(&["audit", "tail", "--limit", "1000"])?;
-    Ok(v["records"].as_array().cloned().unwrap_or_default())
-}
+use support::cli_env::{Env, audit_records};
 
 fn actions(records: &[Value]) -> Vec<String> {
     records

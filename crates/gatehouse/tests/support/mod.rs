@@ -10,6 +10,7 @@
 
 #![allow(dead_code)]
 
+pub mod cli_env;
 pub mod clients;
 pub mod lab;
 pub mod raw;
