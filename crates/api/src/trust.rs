@@ -909,8 +909,9 @@ impl TrustService {
                     self.profiles.lock().clear();
                     everything = Some("model profile change");
                 }
-                "pin" | "unpin" | "enroll" | "renew" | "revoke" | "reinstate" | "block"
-                | "set_status" | "set_tags" => {
+                // Enrollments and renewals come through this server's EST handler, which
+                // runs the scan at join itself; they are not assessed a second time here.
+                "pin" | "unpin" | "revoke" | "reinstate" | "block" | "set_status" | "set_tags" => {
                     if let Ok(d) = e.subject.parse::<DeviceRef>() {
                         devices.push(d);
                     }
