@@ -1,0 +1,1492 @@
+//! The engine: observations in, findings out. Single-threaded; the caller runs one per
+//! core or shard, with every observation of a device going to the same engine.
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::BuildHasher;
+use std::net::IpAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use gatehouse_types::{
+    AuthFailure, ConnectObservation, DeviceRef, DisconnectCause, Finding, Identity, Observation,
+    PublishObservation, Severity, SubscribeObservation,
+};
+
+use crate::cohort::{Baseline, M_BYTES, M_FIELD, M_RATE, M_SIZE, METRICS, Robust, metric_name};
+use crate::config::DetectConfig;
+use crate::features::{Decay, FIELD_SLOTS, Features, W1, W10, W60};
+use crate::payload;
+use crate::profile::{Compiled, MAX_TOPIC_FIELDS, Owner, ProfileView};
+use crate::rules::{RULE_COUNT, RULES, Rule, RuleInfo};
+use crate::table::{Seen, Table};
+
+/// No model assigned.
+const NO_MODEL: u32 = u32::MAX;
+
+/// Milliseconds since the Unix epoch; times before it count as the epoch.
+fn ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn at_time(ms: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms)
+}
+
+fn dur_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// When each rule last fired for one subject, and how badly.
+#[derive(Debug, Clone, Copy, Default)]
+struct Cooldowns {
+    at: [u64; RULE_COUNT],
+    /// OCSF severity id of the last firing; 0 for never.
+    severity: [u8; RULE_COUNT],
+}
+
+impl Cooldowns {
+    /// Whether `rule` may fire at `now` with `severity`; records it if so.
+    fn admit(&mut self, rule: Rule, severity: Severity, now: u64, cooldown: u64) -> bool {
+        let r = rule as usize;
+        let sev = severity.ocsf_id();
+        let last = self.severity[r];
+        if last == 0 || now >= self.at[r].saturating_add(cooldown) || sev > last {
+            self.at[r] = now;
+            self.severity[r] = sev;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[derive(Debug)]
+struct DeviceState {
+    key: DeviceRef,
+    model: u32,
+    session: u64,
+    /// The current session asked for a suspect keep-alive and has sent nothing yet.
+    slow_pending: bool,
+    features: Features,
+    cooldowns: Cooldowns,
+}
+
+impl Seen for DeviceState {
+    fn last_seen(&self) -> u64 {
+        self.features.last_seen
+    }
+}
+
+#[derive(Debug)]
+struct PeerState {
+    addr: IpAddr,
+    last_seen: u64,
+    failures: Decay,
+    attempts: Decay,
+    slow: Decay,
+    malformed: Decay,
+    cooldowns: Cooldowns,
+}
+
+impl Seen for PeerState {
+    fn last_seen(&self) -> u64 {
+        self.last_seen
+    }
+}
+
+#[derive(Debug)]
+struct ModelState {
+    name: String,
+    profile: Option<Compiled>,
+    baseline: Baseline,
+}
+
+/// Turns observations into findings. Time comes only from the observations' and ticks'
+/// `at`, so replaying a recorded trace gives the same findings.
+#[derive(Debug)]
+pub struct Engine {
+    cfg: DetectConfig,
+    hasher: hashbrown::DefaultHashBuilder,
+    devices: Table<DeviceState>,
+    peers: Table<PeerState>,
+    models: Vec<ModelState>,
+    model_ids: HashMap<String, u32>,
+    /// The latest time seen, ms since the Unix epoch.
+    now: u64,
+    next_refresh: u64,
+    /// Per model and metric, the values of the last refresh (kept to reuse the memory).
+    scratch: Vec<Vec<f64>>,
+}
+
+/// The subject of a finding.
+struct Subject<'a> {
+    device: Option<&'a DeviceRef>,
+    peer: Option<IpAddr>,
+}
+
+fn subject(d: &DeviceState) -> Subject<'_> {
+    Subject {
+        device: Some(&d.key),
+        peer: d.features.peer,
+    }
+}
+
+/// Builds a finding. Only called once a cooldown admitted it: the allocation happens
+/// when something fires, not on the common path.
+#[allow(clippy::too_many_arguments)]
+fn finding(
+    rule: Rule,
+    now: u64,
+    subject: Subject<'_>,
+    severity: Severity,
+    confidence: f64,
+    summary: String,
+    evidence: &[(&str, String)],
+) -> Finding {
+    let info = rule.info();
+    Finding {
+        at: at_time(now),
+        device: subject.device.cloned(),
+        peer: subject.peer,
+        kind: info.name.to_owned(),
+        severity,
+        confidence: confidence.clamp(0.0, 1.0) as f32,
+        technique: Some(info.technique.to_owned()),
+        summary,
+        evidence: evidence
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect::<BTreeMap<_, _>>(),
+    }
+}
+
+fn num(v: f64) -> String {
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
+/// Whether an authentication failure's reason says the client sent something malformed.
+fn malformed_reason(reason: &str) -> bool {
+    [
+        "malformed",
+        "protocol",
+        "decode",
+        "packet",
+        "parse",
+        "invalid_connect",
+    ]
+    .iter()
+    .any(|w| reason.contains(w))
+}
+
+/// Whether the topic is one of the platform's reserved topics the device publishes to.
+fn reserved_publish(topic: &str, device: &str) -> bool {
+    topic
+        .strip_prefix("$gatehouse/")
+        .and_then(|r| r.strip_prefix(device))
+        .is_some_and(|r| r == "/posture" || r == "/health")
+}
+
+/// The filter matched against topics: without any `$share/<group>/` prefix.
+fn unshared(filter: &str) -> &str {
+    filter
+        .strip_prefix("$share/")
+        .and_then(|r| r.split_once('/'))
+        .map_or(filter, |(_, f)| f)
+}
+
+/// Whether a filter has a wildcard in one of its first `levels` levels.
+fn broad(filter: &str, levels: usize) -> bool {
+    filter.split('/').take(levels).any(|l| l == "+" || l == "#")
+}
+
+/// Bias-corrected 60 s message rate: the EWMA starts at zero, so for a young device it
+/// is scaled up by what its age has let it reach.
+fn rate60(f: &Features, now: u64) -> f64 {
+    let age = now.saturating_sub(f.first_seen).max(1000) as f64 / 1000.0;
+    let reach = 1.0 - (-age / 60.0).exp();
+    f.rates.msgs_at(W60, now) / reach
+}
+
+fn bytes60(f: &Features, now: u64) -> f64 {
+    let age = now.saturating_sub(f.first_seen).max(1000) as f64 / 1000.0;
+    let reach = 1.0 - (-age / 60.0).exp();
+    f.rates.bytes_at(W60, now) / reach
+}
+
+fn confidence_for(ratio: f64) -> f64 {
+    // 0.6 at the threshold, towards 0.99 as the measure grows past it.
+    (0.99 - 0.39 / ratio.max(1.0)).clamp(0.5, 0.99)
+}
+
+// === impl Engine ===
+
+impl Engine {
+    /// An engine with `config` (which the caller has validated).
+    pub fn new(config: DetectConfig) -> Self {
+        Self {
+            devices: Table::new(config.max_devices),
+            peers: Table::new(config.max_sources),
+            cfg: config,
+            hasher: hashbrown::DefaultHashBuilder::default(),
+            models: Vec::new(),
+            model_ids: HashMap::new(),
+            now: 0,
+            next_refresh: 0,
+            scratch: Vec::new(),
+        }
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &DetectConfig {
+        &self.cfg
+    }
+
+    /// Every rule and detector: name, technique, description.
+    pub fn rules() -> &'static [RuleInfo] {
+        &RULES
+    }
+
+    /// Devices with state.
+    pub fn device_count(&self) -> usize {
+        self.devices.len()
+    }
+
+    /// Source addresses with state.
+    pub fn source_count(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// The cohort baseline of a model, once it has one.
+    pub fn baseline(&self, model: &str) -> Option<&Baseline> {
+        let i = *self.model_ids.get(model)?;
+        self.models.get(i as usize).map(|m| &m.baseline)
+    }
+
+    /// The models the engine knows (from profiles and cohort membership).
+    pub fn models(&self) -> impl Iterator<Item = &str> {
+        self.models.iter().map(|m| m.name.as_str())
+    }
+
+    fn model_index(&mut self, name: &str) -> u32 {
+        if let Some(i) = self.model_ids.get(name) {
+            return *i;
+        }
+        let i = u32::try_from(self.models.len()).unwrap_or(NO_MODEL - 1);
+        self.models.push(ModelState {
+            name: name.to_owned(),
+            profile: None,
+            baseline: Baseline::default(),
+        });
+        self.model_ids.insert(name.to_owned(), i);
+        i
+    }
+
+    /// Replaces the profile of `profile.model`.
+    pub fn set_profile(&mut self, profile: ProfileView) {
+        let i = self.model_index(&profile.model);
+        let compiled = Compiled::new(&profile);
+        let Some(m) = self.models.get_mut(i as usize) else {
+            return;
+        };
+        let slots_changed = m
+            .profile
+            .as_ref()
+            .is_some_and(|old| old.slot_names != compiled.slot_names);
+        m.profile = Some(compiled);
+        if slots_changed {
+            // The field slots mean other fields now: their means and baselines restart.
+            for k in M_FIELD..METRICS {
+                m.baseline.metrics[k] = None;
+            }
+            for d in self.devices.iter_mut() {
+                if d.model == i {
+                    d.features.fields = Default::default();
+                }
+            }
+        }
+    }
+
+    /// Puts `device` in the cohort of `model` (or in none).
+    pub fn set_model(&mut self, device: &DeviceRef, model: Option<&str>) {
+        let m = model.map_or(NO_MODEL, |name| self.model_index(name));
+        let i = self.device_slot(device.tenant.as_str(), device.device.as_str(), None);
+        if let Some(d) = self.devices.get_mut(i) {
+            d.model = m;
+        }
+    }
+
+    /// Drops everything known about `device`.
+    pub fn forget(&mut self, device: &DeviceRef) {
+        if let Some(i) = self.find_device(device.tenant.as_str(), device.device.as_str()) {
+            self.devices.remove(i);
+        }
+    }
+
+    /// The features of `device`, if it has state.
+    pub fn features(&self, device: &DeviceRef) -> Option<&Features> {
+        let i = self.find_device(device.tenant.as_str(), device.device.as_str())?;
+        self.devices.get(i).map(|d| &d.features)
+    }
+
+    fn device_hash(&self, tenant: &str, device: &str) -> u64 {
+        self.hasher.hash_one((tenant, device))
+    }
+
+    fn find_device(&self, tenant: &str, device: &str) -> Option<usize> {
+        let h = self.device_hash(tenant, device);
+        self.devices.find(h, |d| {
+            d.key.device.as_str() == device && d.key.tenant.as_str() == tenant
+        })
+    }
+
+    /// The slot of a device, created if new (from `identity` when given, to avoid
+    /// re-validating its ids).
+    fn device_slot(&mut self, tenant: &str, device: &str, identity: Option<&Identity>) -> usize {
+        let h = self.device_hash(tenant, device);
+        if let Some(i) = self.devices.find(h, |d| {
+            d.key.device.as_str() == device && d.key.tenant.as_str() == tenant
+        }) {
+            return i;
+        }
+        let key = match identity {
+            Some(id) => DeviceRef::from(id),
+            None => match (tenant.parse(), device.parse()) {
+                (Ok(t), Ok(d)) => DeviceRef::new(t, d),
+                // Unreachable: the names came from validated ids.
+                _ => return usize::MAX,
+            },
+        };
+        self.devices.insert(
+            h,
+            DeviceState {
+                key,
+                model: NO_MODEL,
+                session: 0,
+                slow_pending: false,
+                features: Features::default(),
+                cooldowns: Cooldowns::default(),
+            },
+        )
+    }
+
+    fn identity_slot(&mut self, id: &Identity) -> usize {
+        self.device_slot(id.tenant.as_str(), id.device.as_str(), Some(id))
+    }
+
+    fn peer_slot(&mut self, addr: IpAddr, now: u64) -> usize {
+        let h = self.hasher.hash_one(addr);
+        if let Some(i) = self.peers.find(h, |p| p.addr == addr) {
+            return i;
+        }
+        self.peers.insert(
+            h,
+            PeerState {
+                addr,
+                last_seen: now,
+                failures: Decay::default(),
+                attempts: Decay::default(),
+                slow: Decay::default(),
+                malformed: Decay::default(),
+                cooldowns: Cooldowns::default(),
+            },
+        )
+    }
+
+    fn find_peer(&self, addr: IpAddr) -> Option<usize> {
+        let h = self.hasher.hash_one(addr);
+        self.peers.find(h, |p| p.addr == addr)
+    }
+
+    /// Takes one observation; appends any findings to `out`.
+    pub fn observe(&mut self, obs: &Observation, out: &mut Vec<Finding>) {
+        match obs {
+            Observation::Publish(p) => self.on_publish(p, out),
+            Observation::Subscribe(s) => self.on_subscribe(s, out),
+            Observation::Connect(c) => self.on_connect(c, out),
+            Observation::AuthFailure(a) => self.on_auth_failure(a, out),
+            Observation::Disconnect {
+                at,
+                identity,
+                cause,
+                ..
+            } => self.on_disconnect(*at, identity, *cause, out),
+            _ => {}
+        }
+    }
+
+    /// The current session sent something: it is not a slow connection after all.
+    fn session_spoke(&mut self, i: usize) {
+        let Some(d) = self.devices.get_mut(i) else {
+            return;
+        };
+        if !d.slow_pending {
+            return;
+        }
+        d.slow_pending = false;
+        let now = d.features.last_seen;
+        if let Some(addr) = d.features.peer
+            && let Some(p) = self.find_peer(addr)
+            && let Some(p) = self.peers.get_mut(p)
+        {
+            let w = self.cfg.slow_connection_dos.window.as_secs_f64();
+            if p.slow.get(now, w) >= 1.0 {
+                p.slow.add(now, w, -1.0);
+            }
+        }
+    }
+
+    fn on_publish(&mut self, p: &PublishObservation, out: &mut Vec<Finding>) {
+        let now = ms(p.at);
+        self.now = self.now.max(now);
+        let i = self.identity_slot(&p.identity);
+        self.session_spoke(i);
+        let topic_hash = self.hasher.hash_one(&*p.topic);
+        let Engine {
+            cfg,
+            devices,
+            models,
+            ..
+        } = self;
+        let Some(d) = devices.get_mut(i) else {
+            return;
+        };
+        let model = models.get(d.model as usize);
+        let profile = model.and_then(|m| m.profile.as_ref());
+        let (tenant, device) = (p.identity.tenant.as_str(), p.identity.device.as_str());
+        let topic: &str = &p.topic;
+        let cooldown = dur_ms(cfg.cooldown);
+
+        let f = &mut d.features;
+        f.touch(now);
+        if p.session != 0 {
+            d.session = p.session;
+        }
+        f.add_publish(now, p.size);
+        let new_topic = f.topics.insert(topic_hash);
+        if new_topic {
+            f.distinct_topics = f.distinct_topics.saturating_add(1);
+        }
+        let in_profile = profile
+            .map(|c| c.may_publish(topic, tenant, device) || reserved_publish(topic, device));
+        match in_profile {
+            Some(true) => f.session_active = true,
+            Some(false) => {
+                f.out_of_profile = f.out_of_profile.saturating_add(1);
+                f.odd_publishes.add(now);
+            }
+            None => {}
+        }
+        if !p.allowed {
+            f.refused = f.refused.saturating_add(1);
+        }
+
+        // topic_scanning: new topics outside the profile, or refused by the gate.
+        if new_topic && (in_profile == Some(false) || !p.allowed) {
+            let w = cfg.topic_scanning.window.as_secs_f64();
+            let n = f.scan.add(now, w, 1.0);
+            let thr = cfg.topic_scanning.topics;
+            if cfg.topic_scanning.enabled && n >= thr {
+                let sev = if n >= 5.0 * thr {
+                    Severity::High
+                } else {
+                    Severity::Medium
+                };
+                if d.cooldowns.admit(Rule::TopicScanning, sev, now, cooldown) {
+                    out.push(finding(
+                        Rule::TopicScanning,
+                        now,
+                        subject(d),
+                        sev,
+                        confidence_for(n / thr),
+                        format!(
+                            "{} published to {n:.0} new topics outside its profile or refused in {:?}",
+                            d.key, cfg.topic_scanning.window
+                        ),
+                        &[
+                            ("new_topics", num(n)),
+                            ("threshold", num(thr)),
+                            ("window", format!("{:?}", cfg.topic_scanning.window)),
+                            ("last_topic", topic.to_owned()),
+                        ],
+                    ));
+                }
+            }
+        }
+
+        if let Some(c) = profile {
+            // command_injection: another device's (or a shared) command topic.
+            if cfg.command_injection.enabled
+                && in_profile == Some(false)
+                && c.command_owner(topic, tenant, device) == Some(Owner::Other)
+            {
+                let sev = if p.retain {
+                    Severity::Critical
+                } else {
+                    Severity::High
+                };
+                if d.cooldowns
+                    .admit(Rule::CommandInjection, sev, now, cooldown)
+                {
+                    out.push(finding(
+                        Rule::CommandInjection,
+                        now,
+                        subject(d),
+                        sev,
+                        if p.allowed { 0.95 } else { 0.85 },
+                        format!("{} published to command topic {topic}", d.key),
+                        &[
+                            ("topic", topic.to_owned()),
+                            ("allowed", p.allowed.to_string()),
+                            ("retain", p.retain.to_string()),
+                        ],
+                    ));
+                }
+            }
+            // retained_poisoning: retained outside the profile or on another's topic.
+            if cfg.retained_poisoning.enabled && p.retain && in_profile == Some(false) {
+                let others = c.others_publish_topic(topic, tenant, device)
+                    || c.command_owner(topic, tenant, device).is_some();
+                let sev = if others {
+                    Severity::High
+                } else {
+                    Severity::Medium
+                };
+                if d.cooldowns
+                    .admit(Rule::RetainedPoisoning, sev, now, cooldown)
+                {
+                    out.push(finding(
+                        Rule::RetainedPoisoning,
+                        now,
+                        subject(d),
+                        sev,
+                        if others { 0.9 } else { 0.7 },
+                        format!(
+                            "{} published a retained message to {topic}, outside its profile",
+                            d.key
+                        ),
+                        &[
+                            ("topic", topic.to_owned()),
+                            ("another_devices_topic", others.to_string()),
+                            ("allowed", p.allowed.to_string()),
+                            ("size", p.size.to_string()),
+                        ],
+                    ));
+                }
+            }
+        }
+
+        let f = &d.features;
+        // publish_flood: sustained rate far above the profile's.
+        if cfg.publish_flood.enabled {
+            let r10 = f.rates.msgs[W10];
+            let pf = &cfg.publish_flood;
+            let limit = profile
+                .and_then(|c| c.max_rate)
+                .map_or(pf.max_rate, |r| r * pf.profile_factor)
+                .max(pf.min_rate);
+            if r10 > limit {
+                let sev = if r10 > 4.0 * limit {
+                    Severity::High
+                } else {
+                    Severity::Medium
+                };
+                if d.cooldowns.admit(Rule::PublishFlood, sev, now, cooldown) {
+                    out.push(finding(
+                        Rule::PublishFlood,
+                        now,
+                        subject(d),
+                        sev,
+                        confidence_for(r10 / limit),
+                        format!(
+                            "{} publishes {r10:.1} messages/s (10 s), above {limit:.1}",
+                            d.key
+                        ),
+                        &[
+                            ("rate_10s", num(r10)),
+                            ("limit", num(limit)),
+                            (
+                                "profile_rate",
+                                profile
+                                    .and_then(|c| c.max_rate)
+                                    .map_or_else(|| "none".to_owned(), num),
+                            ),
+                        ],
+                    ));
+                }
+            }
+        }
+        // burst: the 1 s rate far above the device's own 60 s rate.
+        if cfg.burst.enabled {
+            let r1 = f.rates.msgs[W1];
+            if r1 >= cfg.burst.min_rate {
+                let base = rate60(f, now).max(0.1);
+                if r1 > cfg.burst.factor * base {
+                    let sev = Severity::Low;
+                    if d.cooldowns.admit(Rule::Burst, sev, now, cooldown) {
+                        out.push(finding(
+                            Rule::Burst,
+                            now,
+                            subject(d),
+                            sev,
+                            confidence_for(r1 / (cfg.burst.factor * base)),
+                            format!(
+                                "{} burst to {r1:.1} messages/s against its usual {base:.2}",
+                                d.key
+                            ),
+                            &[
+                                ("rate_1s", num(r1)),
+                                ("rate_60s", num(base)),
+                                ("factor", num(cfg.burst.factor)),
+                            ],
+                        ));
+                    }
+                }
+            }
+        }
+
+        let baseline = model.map(|m| &m.baseline);
+        // cohort_deviation on this one message's size, from the first message.
+        if cfg.cohort_deviation.enabled
+            && let Some(b) = baseline.and_then(|b| b.metrics[M_SIZE])
+        {
+            let z = b.z(f64::from(p.size));
+            if z >= cfg.cohort_deviation.reading_z {
+                push_deviation(cfg, d, now, "payload_size", f64::from(p.size), &b, z, out);
+            }
+        }
+
+        // Payload fields: ranges and cohort.
+        let Some(c) = profile else {
+            return;
+        };
+        if p.payload.is_empty() {
+            return;
+        }
+        let Some(fields) = c.fields_for(topic, tenant, device) else {
+            return;
+        };
+        let mut readings = [(0u8, 0.0f64); MAX_TOPIC_FIELDS];
+        let mut n = 0usize;
+        payload::extract(&p.payload, fields, &mut |k, v| {
+            if n < readings.len() {
+                readings[n] = (u8::try_from(k).unwrap_or(u8::MAX), v);
+                n += 1;
+            }
+        });
+        for &(k, v) in &readings[..n] {
+            let Some(field) = fields.get(usize::from(k)) else {
+                continue;
+            };
+            if let Some(slot) = field.slot {
+                if let Some(s) = d.features.fields.get_mut(usize::from(slot)) {
+                    s.add(v);
+                }
+            }
+            if !field.contains(v) {
+                d.features.out_of_range = d.features.out_of_range.saturating_add(1);
+                if cfg.out_of_range_reading.enabled {
+                    // Far outside (beyond the range's own width) is worse.
+                    let width = match (field.min, field.max) {
+                        (Some(lo), Some(hi)) => (hi - lo).abs(),
+                        _ => f64::INFINITY,
+                    };
+                    let beyond = field
+                        .min
+                        .map_or(0.0, |lo| lo - v)
+                        .max(field.max.map_or(0.0, |hi| v - hi));
+                    let sev = if beyond > width {
+                        Severity::High
+                    } else {
+                        Severity::Medium
+                    };
+                    if d.cooldowns
+                        .admit(Rule::OutOfRangeReading, sev, now, cooldown)
+                    {
+                        out.push(finding(
+                            Rule::OutOfRangeReading,
+                            now,
+                            subject(d),
+                            sev,
+                            0.9,
+                            format!(
+                                "{} reported {}={} outside [{}, {}]",
+                                d.key,
+                                field.name,
+                                num(v),
+                                field.min.map_or_else(|| "-inf".to_owned(), num),
+                                field.max.map_or_else(|| "inf".to_owned(), num)
+                            ),
+                            &[
+                                ("field", field.name.to_string()),
+                                ("value", num(v)),
+                                ("min", field.min.map_or_else(|| "none".to_owned(), num)),
+                                ("max", field.max.map_or_else(|| "none".to_owned(), num)),
+                                ("topic", topic.to_owned()),
+                            ],
+                        ));
+                    }
+                }
+            }
+            if cfg.cohort_deviation.enabled
+                && let Some(slot) = field.slot
+                && let Some(b) = baseline.and_then(|b| b.metrics[M_FIELD + usize::from(slot)])
+            {
+                let z = b.z(v);
+                if z >= cfg.cohort_deviation.reading_z {
+                    push_deviation(cfg, d, now, &field.name, v, &b, z, out);
+                }
+            }
+        }
+    }
+
+    fn on_subscribe(&mut self, s: &SubscribeObservation, out: &mut Vec<Finding>) {
+        let now = ms(s.at);
+        self.now = self.now.max(now);
+        let i = self.identity_slot(&s.identity);
+        self.session_spoke(i);
+        let Engine {
+            cfg,
+            devices,
+            models,
+            ..
+        } = self;
+        let Some(d) = devices.get_mut(i) else {
+            return;
+        };
+        let profile = models
+            .get(d.model as usize)
+            .and_then(|m| m.profile.as_ref());
+        let (tenant, device) = (s.identity.tenant.as_str(), s.identity.device.as_str());
+        let filter = unshared(&s.filter);
+        let cooldown = dur_ms(cfg.cooldown);
+        let f = &mut d.features;
+        f.touch(now);
+        if s.session != 0 {
+            d.session = s.session;
+        }
+        let in_profile = profile.map(|c| c.may_subscribe(filter, tenant, device));
+        let is_hash = filter == "#";
+        let is_sys = filter == "$SYS" || filter.starts_with("$SYS/");
+        let is_broad = !is_hash && !is_sys && broad(filter, cfg.wildcard_harvesting.broad_levels);
+        if is_hash {
+            f.hash_subscriptions = f.hash_subscriptions.saturating_add(1);
+        }
+        if is_sys {
+            f.sys_subscriptions = f.sys_subscriptions.saturating_add(1);
+        }
+        if is_broad && in_profile != Some(true) {
+            f.broad_subscriptions = f.broad_subscriptions.saturating_add(1);
+        }
+
+        if !s.allowed {
+            f.refused = f.refused.saturating_add(1);
+            let w = cfg.topic_scanning.window.as_secs_f64();
+            let n = f.scan.add(now, w, 1.0);
+            let thr = cfg.topic_scanning.topics;
+            if cfg.topic_scanning.enabled && n >= thr {
+                let sev = Severity::Medium;
+                if d.cooldowns.admit(Rule::TopicScanning, sev, now, cooldown) {
+                    out.push(finding(
+                        Rule::TopicScanning,
+                        now,
+                        subject(d),
+                        sev,
+                        confidence_for(n / thr),
+                        format!(
+                            "{} had {n:.0} publishes or subscriptions refused or outside its profile in {:?}",
+                            d.key, cfg.topic_scanning.window
+                        ),
+                        &[
+                            ("new_topics", num(n)),
+                            ("threshold", num(thr)),
+                            ("last_filter", s.filter.clone()),
+                        ],
+                    ));
+                }
+            }
+        }
+
+        if cfg.wildcard_harvesting.enabled
+            && (is_hash || is_sys || is_broad)
+            && in_profile != Some(true)
+        {
+            let sev = match (is_hash || is_sys, s.allowed) {
+                (true, true) => Severity::High,
+                (true, false) | (false, true) => Severity::Medium,
+                (false, false) => Severity::Low,
+            };
+            if d.cooldowns
+                .admit(Rule::WildcardHarvesting, sev, now, cooldown)
+            {
+                out.push(finding(
+                    Rule::WildcardHarvesting,
+                    now,
+                    subject(d),
+                    sev,
+                    if is_hash || is_sys { 0.9 } else { 0.7 },
+                    format!("{} subscribed to {} outside its profile", d.key, s.filter),
+                    &[
+                        ("filter", s.filter.clone()),
+                        ("allowed", s.allowed.to_string()),
+                        (
+                            "kind",
+                            if is_hash {
+                                "hash"
+                            } else if is_sys {
+                                "sys"
+                            } else {
+                                "broad"
+                            }
+                            .to_owned(),
+                        ),
+                    ],
+                ));
+            }
+        }
+
+        if cfg.exfiltration_broad_subscribe.enabled
+            && let Some(c) = profile
+            && in_profile == Some(false)
+            && c.reaches_others(filter, tenant, device)
+        {
+            let sev = if s.allowed {
+                Severity::High
+            } else {
+                Severity::Medium
+            };
+            if d.cooldowns
+                .admit(Rule::ExfiltrationBroadSubscribe, sev, now, cooldown)
+            {
+                out.push(finding(
+                    Rule::ExfiltrationBroadSubscribe,
+                    now,
+                    subject(d),
+                    sev,
+                    if s.allowed { 0.9 } else { 0.75 },
+                    format!(
+                        "{} subscribed to {}, which reaches other devices' data",
+                        d.key, s.filter
+                    ),
+                    &[
+                        ("filter", s.filter.clone()),
+                        ("allowed", s.allowed.to_string()),
+                    ],
+                ));
+            }
+        }
+    }
+
+    fn on_connect(&mut self, c: &ConnectObservation, out: &mut Vec<Finding>) {
+        let now = ms(c.at);
+        self.now = self.now.max(now);
+        let addr = c.peer.ip();
+        let pi = self.peer_slot(addr, now);
+        let di = self.identity_slot(&c.identity);
+        let Engine {
+            cfg,
+            devices,
+            peers,
+            ..
+        } = self;
+        let cooldown = dur_ms(cfg.cooldown);
+        let slow_ka = c.keep_alive == 0
+            || Duration::from_secs(u64::from(c.keep_alive)) >= cfg.slow_connection_dos.keep_alive;
+
+        if let Some(p) = peers.get_mut(pi) {
+            p.last_seen = p.last_seen.max(now);
+            connect_attempt(cfg, p, now, cooldown, out);
+            if slow_ka {
+                p.slow
+                    .add(now, cfg.slow_connection_dos.window.as_secs_f64(), 1.0);
+            }
+        }
+
+        let Some(d) = devices.get_mut(di) else {
+            return;
+        };
+        let f = &mut d.features;
+        f.touch(now);
+        // The session before: did it publish within the profile?
+        if f.connects > 0 {
+            if f.session_active {
+                f.empty_sessions.reset(now);
+            } else {
+                f.empty_sessions.add(now);
+            }
+        } else {
+            f.empty_sessions.add(now);
+        }
+        f.session_active = false;
+        f.connects = f.connects.saturating_add(1);
+        f.keep_alive = c.keep_alive;
+        if slow_ka {
+            f.long_keep_alives = f.long_keep_alives.saturating_add(1);
+        }
+        d.slow_pending = slow_ka;
+        d.session = c.session;
+
+        // cloned_identity: the address keeps changing while sessions are recent.
+        let ci = &cfg.cloned_identity;
+        let cw = ci.window.as_secs_f64();
+        let mut switches = f.address_switches.get(now, cw);
+        if let Some(cur) = f.peer
+            && cur != addr
+        {
+            if now.saturating_sub(f.session_at) <= dur_ms(ci.window) {
+                switches = f.address_switches.add(now, cw, 1.0);
+            }
+            f.previous_peer = Some(cur);
+        }
+        f.peer = Some(addr);
+        f.session_at = now;
+        let churn_w = cfg.connect_flood.window.as_secs_f64();
+        let churn = f.churn.add(now, churn_w, 1.0);
+
+        if ci.enabled && switches >= ci.switches && f.previous_peer.is_some() {
+            let sev = Severity::High;
+            if d.cooldowns.admit(Rule::ClonedIdentity, sev, now, cooldown) {
+                let prev = d
+                    .features
+                    .previous_peer
+                    .map_or_else(String::new, |a| a.to_string());
+                out.push(finding(
+                    Rule::ClonedIdentity,
+                    now,
+                    Subject {
+                        device: Some(&d.key),
+                        peer: Some(addr),
+                    },
+                    sev,
+                    confidence_for(switches / ci.switches),
+                    format!(
+                        "{} connected alternately from {prev} and {addr}: {switches:.0} switches in {:?}",
+                        d.key, ci.window
+                    ),
+                    &[
+                        ("address", addr.to_string()),
+                        ("previous_address", prev),
+                        ("switches", num(switches)),
+                        ("window", format!("{:?}", ci.window)),
+                    ],
+                ));
+            }
+        }
+
+        let cf = &cfg.connect_flood;
+        if cf.enabled && churn >= cf.per_device {
+            let sev = if churn >= 4.0 * cf.per_device {
+                Severity::High
+            } else {
+                Severity::Medium
+            };
+            if d.cooldowns.admit(Rule::ConnectFlood, sev, now, cooldown) {
+                out.push(finding(
+                    Rule::ConnectFlood,
+                    now,
+                    Subject {
+                        device: Some(&d.key),
+                        peer: Some(addr),
+                    },
+                    sev,
+                    confidence_for(churn / cf.per_device),
+                    format!("{} opened {churn:.0} sessions in {:?}", d.key, cf.window),
+                    &[
+                        ("sessions", num(churn)),
+                        ("threshold", num(cf.per_device)),
+                        ("window", format!("{:?}", cf.window)),
+                    ],
+                ));
+            }
+        }
+    }
+
+    fn on_auth_failure(&mut self, a: &AuthFailure, out: &mut Vec<Finding>) {
+        let now = ms(a.at);
+        self.now = self.now.max(now);
+        let addr = a.peer.ip();
+        let pi = self.peer_slot(addr, now);
+        // Only devices already known get state from a refusal: an identity in a refused
+        // certificate may be forged, and must not evict real devices.
+        let di = a
+            .identity
+            .as_ref()
+            .and_then(|id| self.find_device(id.tenant.as_str(), id.device.as_str()));
+        let Engine {
+            cfg,
+            devices,
+            peers,
+            ..
+        } = self;
+        let cooldown = dur_ms(cfg.cooldown);
+        let bf = &cfg.credential_brute_force;
+        let bw = bf.window.as_secs_f64();
+        let malformed = malformed_reason(&a.reason);
+        if let Some(p) = peers.get_mut(pi) {
+            p.last_seen = p.last_seen.max(now);
+            connect_attempt(cfg, p, now, cooldown, out);
+            let n = p.failures.add(now, bw, 1.0);
+            if bf.enabled && n >= bf.failures {
+                let sev = if n >= 10.0 * bf.failures {
+                    Severity::Critical
+                } else {
+                    Severity::High
+                };
+                if p.cooldowns
+                    .admit(Rule::CredentialBruteForce, sev, now, cooldown)
+                {
+                    out.push(finding(
+                        Rule::CredentialBruteForce,
+                        now,
+                        Subject {
+                            device: None,
+                            peer: Some(addr),
+                        },
+                        sev,
+                        confidence_for(n / bf.failures),
+                        format!(
+                            "{addr} failed to authenticate {n:.0} times in {:?}",
+                            bf.window
+                        ),
+                        &[
+                            ("failures", num(n)),
+                            ("threshold", num(bf.failures)),
+                            ("window", format!("{:?}", bf.window)),
+                            ("last_reason", a.reason.clone()),
+                        ],
+                    ));
+                }
+            }
+            if malformed {
+                malformed_event(
+                    cfg,
+                    &mut p.malformed,
+                    &mut p.cooldowns,
+                    None,
+                    Some(addr),
+                    now,
+                    out,
+                );
+            }
+        }
+        if let Some(d) = di.and_then(|i| devices.get_mut(i)) {
+            let f = &mut d.features;
+            f.touch(now);
+            f.auth_failures = f.auth_failures.saturating_add(1);
+            let n = f.recent_auth_failures.add(now, bw, 1.0);
+            if bf.enabled && n >= bf.failures {
+                let sev = Severity::High;
+                if d.cooldowns
+                    .admit(Rule::CredentialBruteForce, sev, now, cooldown)
+                {
+                    out.push(finding(
+                        Rule::CredentialBruteForce,
+                        now,
+                        Subject {
+                            device: Some(&d.key),
+                            peer: Some(addr),
+                        },
+                        sev,
+                        confidence_for(n / bf.failures),
+                        format!(
+                            "{n:.0} failed authentications as {} in {:?}",
+                            d.key, bf.window
+                        ),
+                        &[
+                            ("failures", num(n)),
+                            ("threshold", num(bf.failures)),
+                            ("last_reason", a.reason.clone()),
+                        ],
+                    ));
+                }
+            }
+        }
+    }
+
+    fn on_disconnect(
+        &mut self,
+        at: SystemTime,
+        identity: &Identity,
+        cause: DisconnectCause,
+        out: &mut Vec<Finding>,
+    ) {
+        let now = ms(at);
+        self.now = self.now.max(now);
+        let i = self.identity_slot(identity);
+        let peer = self.devices.get(i).and_then(|d| d.features.peer);
+        let pi = match (cause, peer) {
+            (DisconnectCause::ProtocolError, Some(addr)) => Some(self.peer_slot(addr, now)),
+            _ => None,
+        };
+        let Engine {
+            cfg,
+            devices,
+            peers,
+            ..
+        } = self;
+        let Some(d) = devices.get_mut(i) else {
+            return;
+        };
+        let f = &mut d.features;
+        f.touch(now);
+        match cause {
+            DisconnectCause::ProtocolError => {
+                f.protocol_errors = f.protocol_errors.saturating_add(1);
+                malformed_event(
+                    cfg,
+                    &mut f.recent_protocol_errors,
+                    &mut d.cooldowns,
+                    Some(&d.key),
+                    peer,
+                    now,
+                    out,
+                );
+                if let Some(p) = pi.and_then(|pi| peers.get_mut(pi)) {
+                    p.last_seen = p.last_seen.max(now);
+                    malformed_event(
+                        cfg,
+                        &mut p.malformed,
+                        &mut p.cooldowns,
+                        None,
+                        peer,
+                        now,
+                        out,
+                    );
+                }
+            }
+            DisconnectCause::KeepAliveTimeout => {
+                f.keep_alive_timeouts = f.keep_alive_timeouts.saturating_add(1);
+            }
+            _ => {}
+        }
+    }
+
+    /// Runs the time-driven detectors (slow connections, beaconing, cohort deviation)
+    /// and refreshes cohort baselines when due. Call about once a second.
+    pub fn tick(&mut self, now: SystemTime, out: &mut Vec<Finding>) {
+        let now = ms(now);
+        self.now = self.now.max(now);
+        let now = self.now;
+        if now >= self.next_refresh {
+            self.refresh_cohorts(now);
+            self.next_refresh = now.saturating_add(dur_ms(self.cfg.cohort.refresh));
+        }
+        let Engine {
+            cfg,
+            devices,
+            peers,
+            models,
+            ..
+        } = self;
+        let cooldown = dur_ms(cfg.cooldown);
+
+        let sc = &cfg.slow_connection_dos;
+        if sc.enabled {
+            let w = sc.window.as_secs_f64();
+            for p in peers.iter_mut() {
+                let n = p.slow.get(now, w);
+                if n >= sc.sessions {
+                    let sev = if n >= 4.0 * sc.sessions {
+                        Severity::High
+                    } else {
+                        Severity::Medium
+                    };
+                    if p.cooldowns
+                        .admit(Rule::SlowConnectionDos, sev, now, cooldown)
+                    {
+                        out.push(finding(
+                            Rule::SlowConnectionDos,
+                            now,
+                            Subject {
+                                device: None,
+                                peer: Some(p.addr),
+                            },
+                            sev,
+                            confidence_for(n / sc.sessions),
+                            format!(
+                                "{} holds {n:.0} silent sessions with keep-alive 0 or ≥ {:?}",
+                                p.addr, sc.keep_alive
+                            ),
+                            &[
+                                ("silent_sessions", num(n)),
+                                ("threshold", num(sc.sessions)),
+                                ("keep_alive", format!("{:?}", sc.keep_alive)),
+                            ],
+                        ));
+                    }
+                }
+            }
+        }
+
+        let bc = &cfg.beaconing;
+        let min_period = bc.min_period.as_secs_f64();
+        for d in devices.iter_mut() {
+            let f = &d.features;
+            if bc.enabled {
+                for (series, what) in [
+                    (f.empty_sessions, "sessions that publish nothing in profile"),
+                    (f.odd_publishes, "publishes outside the profile"),
+                ] {
+                    let mean = f64::from(series.gaps.mean);
+                    let cv = series.variation();
+                    let recent = now.saturating_sub(series.last) as f64 / 1000.0 <= 3.0 * mean;
+                    if series.gaps.n >= bc.min_intervals
+                        && mean >= min_period
+                        && cv <= bc.max_variation
+                        && recent
+                    {
+                        let sev = Severity::Medium;
+                        if d.cooldowns.admit(Rule::Beaconing, sev, now, cooldown) {
+                            out.push(finding(
+                                Rule::Beaconing,
+                                now,
+                                Subject {
+                                    device: Some(&d.key),
+                                    peer: f.peer,
+                                },
+                                sev,
+                                confidence_for(bc.max_variation / cv.max(1e-3)),
+                                format!(
+                                    "{} shows {what} every {mean:.1} s (variation {cv:.3})",
+                                    d.key
+                                ),
+                                &[
+                                    ("period_s", num(mean)),
+                                    ("variation", num(cv)),
+                                    ("intervals", series.gaps.n.to_string()),
+                                    ("series", what.to_owned()),
+                                ],
+                            ));
+                        }
+                    }
+                }
+            }
+            if cfg.cohort_deviation.enabled
+                && let Some(m) = models.get(d.model as usize)
+            {
+                let f = &d.features;
+                let active = now.saturating_sub(f.last_seen) <= dur_ms(cfg.cohort.active_window);
+                if !active {
+                    continue;
+                }
+                let mut worst: Option<(usize, f64, f64)> = None;
+                for (k, value) in summary(f, now, cfg.cohort.min_samples) {
+                    let Some(b) = m.baseline.metrics[k] else {
+                        continue;
+                    };
+                    let z = b.z(value);
+                    if z >= cfg.cohort_deviation.z && worst.is_none_or(|(_, _, w)| z > w) {
+                        worst = Some((k, value, z));
+                    }
+                }
+                if let Some((k, value, z)) = worst
+                    && let Some(b) = m.baseline.metrics[k]
+                {
+                    let slots = m.profile.as_ref().map_or(&[][..], |c| &c.slot_names[..]);
+                    let name = metric_name(k, slots).to_owned();
+                    push_deviation(cfg, d, now, &name, value, &b, z, out);
+                }
+            }
+        }
+    }
+
+    fn refresh_cohorts(&mut self, now: u64) {
+        let Engine {
+            cfg,
+            devices,
+            models,
+            scratch,
+            ..
+        } = self;
+        let need = models.len() * METRICS;
+        if scratch.len() < need {
+            scratch.resize_with(need, Vec::new);
+        }
+        for v in scratch.iter_mut() {
+            v.clear();
+        }
+        let active = dur_ms(cfg.cohort.active_window);
+        for d in devices.iter() {
+            if d.model == NO_MODEL || now.saturating_sub(d.features.last_seen) > active {
+                continue;
+            }
+            let base = d.model as usize * METRICS;
+            for (k, value) in summary(&d.features, now, cfg.cohort.min_samples) {
+                if let Some(v) = scratch.get_mut(base + k) {
+                    v.push(value);
+                }
+            }
+        }
+        for (mi, m) in models.iter_mut().enumerate() {
+            for k in 0..METRICS {
+                let Some(values) = scratch.get_mut(mi * METRICS + k) else {
+                    continue;
+                };
+                m.baseline.metrics[k] = Robust::of(
+                    values,
+                    cfg.cohort.min_devices,
+                    cfg.cohort.min_relative_spread,
+                );
+            }
+        }
+    }
+
+    /// Bytes of state the engine holds, roughly (tables and baselines, not the heap
+    /// behind device names).
+    pub fn approx_memory(&self) -> usize {
+        self.devices.capacity().min(self.devices.len()) * std::mem::size_of::<DeviceState>()
+            + self.peers.len() * std::mem::size_of::<PeerState>()
+            + self.models.len() * std::mem::size_of::<ModelState>()
+    }
+}
+
+/// The device's values of the cohort metrics it has enough samples for.
+fn summary(f: &Features, now: u64, min_samples: u32) -> impl Iterator<Item = (usize, f64)> + use<> {
+    let mut v = [(usize::MAX, 0.0); METRICS];
+    if f.publishes >= min_samples {
+        v[M_RATE] = (M_RATE, rate60(f, now));
+        v[M_BYTES] = (M_BYTES, bytes60(f, now));
+        v[M_SIZE] = (M_SIZE, f64::from(f.size.mean));
+    }
+    for s in 0..FIELD_SLOTS {
+        let fs = f.fields[s];
+        if fs.n >= min_samples.min(5) {
+            v[M_FIELD + s] = (M_FIELD + s, f64::from(fs.mean));
+        }
+    }
+    v.into_iter()
+        .filter(|(k, x)| *k != usize::MAX && x.is_finite())
+}
+
+/// Counts a connection attempt from a source address; fires `connect_flood`.
+fn connect_attempt(
+    cfg: &DetectConfig,
+    p: &mut PeerState,
+    now: u64,
+    cooldown: u64,
+    out: &mut Vec<Finding>,
+) {
+    let cf = &cfg.connect_flood;
+    let n = p.attempts.add(now, cf.window.as_secs_f64(), 1.0);
+    if cf.enabled && n >= cf.per_source {
+        let sev = if n >= 4.0 * cf.per_source {
+            Severity::High
+        } else {
+            Severity::Medium
+        };
+        if p.cooldowns.admit(Rule::ConnectFlood, sev, now, cooldown) {
+            out.push(finding(
+                Rule::ConnectFlood,
+                now,
+                Subject {
+                    device: None,
+                    peer: Some(p.addr),
+                },
+                sev,
+                confidence_for(n / cf.per_source),
+                format!(
+                    "{} made {n:.0} connection attempts in {:?}",
+                    p.addr, cf.window
+                ),
+                &[
+                    ("attempts", num(n)),
+                    ("threshold", num(cf.per_source)),
+                    ("window", format!("{:?}", cf.window)),
+                ],
+            ));
+        }
+    }
+}
+
+/// Counts a malformed stream for a subject; fires `malformed_packets`.
+fn malformed_event(
+    cfg: &DetectConfig,
+    counter: &mut Decay,
+    cooldowns: &mut Cooldowns,
+    device: Option<&DeviceRef>,
+    peer: Option<IpAddr>,
+    now: u64,
+    out: &mut Vec<Finding>,
+) {
+    let mc = &cfg.malformed_packets;
+    let n = counter.add(now, mc.window.as_secs_f64(), 1.0);
+    if mc.enabled && n >= mc.count {
+        let sev = if n >= 4.0 * mc.count {
+            Severity::High
+        } else {
+            Severity::Medium
+        };
+        if cooldowns.admit(Rule::MalformedPackets, sev, now, dur_ms(cfg.cooldown)) {
+            let who = device.map_or_else(
+                || peer.map_or_else(|| "-".to_owned(), |p| p.to_string()),
+                ToString::to_string,
+            );
+            out.push(finding(
+                Rule::MalformedPackets,
+                now,
+                Subject { device, peer },
+                sev,
+                confidence_for(n / mc.count),
+                format!(
+                    "{who} sent {n:.0} malformed or protocol-violating streams in {:?}",
+                    mc.window
+                ),
+                &[
+                    ("malformed", num(n)),
+                    ("threshold", num(mc.count)),
+                    ("window", format!("{:?}", mc.window)),
+                ],
+            ));
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn push_deviation(
+    cfg: &DetectConfig,
+    d: &mut DeviceState,
+    now: u64,
+    metric: &str,
+    value: f64,
+    b: &Robust,
+    z: f64,
+    out: &mut Vec<Finding>,
+) {
+    let thr = cfg.cohort_deviation.z.min(cfg.cohort_deviation.reading_z);
+    let sev = if z >= 2.0 * thr {
+        Severity::High
+    } else {
+        Severity::Medium
+    };
+    if d.cooldowns
+        .admit(Rule::CohortDeviation, sev, now, dur_ms(cfg.cooldown))
+    {
+        out.push(finding(
+            Rule::CohortDeviation,
+            now,
+            Subject {
+                device: Some(&d.key),
+                peer: d.features.peer,
+            },
+            sev,
+            confidence_for(z / thr),
+            format!(
+                "{}'s {metric} {} is {z:.1} spreads from its cohort's median {}",
+                d.key,
+                num(value),
+                num(b.median)
+            ),
+            &[
+                ("metric", metric.to_owned()),
+                ("value", num(value)),
+                ("median", num(b.median)),
+                ("scale", num(b.scale)),
+                ("z", num(z)),
+                ("cohort_devices", b.devices.to_string()),
+            ],
+        ));
+    }
+}
