@@ -129,6 +129,9 @@ pub enum WriteError {
         /// Which value.
         what: String,
     },
+    /// An incident or action state change that the lifecycle does not allow.
+    #[error(transparent)]
+    IllegalTransition(#[from] crate::incident::IllegalTransition),
     /// The backend failed.
     #[error(transparent)]
     Backend(#[from] BackendError),

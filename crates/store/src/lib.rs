@@ -1,6 +1,6 @@
 //! Storage for Gatehouse: the registry (tenants, manufacturers, models, claims, devices,
-//! certificates, enrollment tokens, devices' trust state, policy sets) and the
-//! append-only, hash-chained audit log.
+//! certificates, enrollment tokens, devices' trust state, policy sets), the respond
+//! stage's incidents, actions and bans, and the append-only, hash-chained audit log.
 //!
 //! The trust engine's documents (a device's facts, pin and assessment) are stored as
 //! JSON values whose shape the store does not know, so this crate does not depend on the
@@ -24,6 +24,7 @@ pub mod audit;
 pub mod conformance;
 mod error;
 mod hex;
+mod incident;
 mod model;
 pub mod sqlite;
 mod traits;
@@ -32,6 +33,7 @@ pub use audit::{AuditEntry, AuditRecord, Tamper, VerifyError, VerifyReport};
 pub use error::{
     AuditError, BackendError, OpenError, ReadError, TokenEnrollError, TokenError, WriteError,
 };
+pub use incident::*;
 pub use model::*;
 pub use sqlite::SqliteStore;
 pub use traits::{AuditLog, Registry};

@@ -1,11 +1,14 @@
 //! The storage traits every backend implements. All methods block: async code calls them
 //! through `tokio::task::spawn_blocking`.
 
-use gatehouse_types::{DeviceRef, TenantId};
+use std::net::IpAddr;
+
+use gatehouse_types::{DeviceRef, Finding, TenantId};
 use time::OffsetDateTime;
 
 use crate::audit::{AuditEntry, AuditRecord, VerifyError, VerifyReport};
 use crate::error::{AuditError, ReadError, TokenEnrollError, TokenError, WriteError};
+use crate::incident::*;
 use crate::model::*;
 
 /// The append-only, hash-chained audit log.
@@ -275,4 +278,68 @@ pub trait Registry: AuditLog {
     fn current_policy_set(&self) -> Result<Option<PolicySetRecord>, ReadError>;
     /// Every policy set version, newest first.
     fn list_policy_sets(&self) -> Result<Vec<PolicySetRecord>, ReadError>;
+    // --- incidents, actions and bans (the respond stage)
+    /// Records findings, in order, in one transaction. Each is grouped into the open or
+    /// acknowledged incident with the same [`Finding::group_key`], else opens a new incident
+    /// (audited as `open_incident` by `system`, with the incident's id in the detail). The
+    /// incident counts every finding and keeps its first and last seen times and its worst
+    /// severity; at most `max_stored_per_incident` findings of an incident are stored, the
+    /// rest are only counted. A finding with an empty kind, a subject neither device nor
+    /// address, or larger than [`StoredFinding::MAX_BYTES`] refuses the batch (`Invalid`).
+    fn record_findings(
+        &self,
+        findings: &[Finding],
+        at: OffsetDateTime,
+        max_stored_per_incident: u32,
+    ) -> Result<Vec<RecordedFinding>, WriteError>;
+    /// Incidents matching `filter`, most recently active first.
+    fn list_incidents(&self, filter: &IncidentFilter) -> Result<Vec<Incident>, ReadError>;
+    /// An incident with its stored findings and its timeline.
+    fn get_incident(&self, id: IncidentId) -> Result<Option<IncidentDetail>, ReadError>;
+    /// Moves an incident along its lifecycle ([`IncidentState::transition`]); an illegal
+    /// move is refused (`IllegalTransition`) and writes nothing.
+    fn set_incident_state(
+        &self,
+        id: IncidentId,
+        to: IncidentState,
+        by: &str,
+        note: Option<&str>,
+        audit: &AuditEntry,
+    ) -> Result<Incident, WriteError>;
+    /// Records an action (in a state that [`ActionState::is_initial`]) with `audit`; the
+    /// new action's id is added to the audit record's detail as `"action"`. Its incident,
+    /// when given, must exist (`NotFound`); params larger than
+    /// [`StoredAction::MAX_PARAMS_BYTES`] are refused (`Invalid`).
+    fn record_action(
+        &self,
+        action: &ActionRecord,
+        audit: &AuditEntry,
+    ) -> Result<ActionId, WriteError>;
+    /// Moves an action to another state ([`ActionState::transition`]): done after approval,
+    /// failed, reversed, rejected. An illegal move is refused and writes nothing.
+    fn set_action_state(
+        &self,
+        id: ActionId,
+        state: ActionState,
+        by: &str,
+        note: Option<&str>,
+        audit: &AuditEntry,
+    ) -> Result<StoredAction, WriteError>;
+    /// Actions matching `filter`, oldest first.
+    fn list_actions(&self, filter: &ActionFilter) -> Result<Vec<StoredAction>, ReadError>;
+    /// One action.
+    fn get_action(&self, id: ActionId) -> Result<Option<StoredAction>, ReadError>;
+    /// Bans a source address until `until` (replacing an existing ban of it), created at
+    /// `audit.at`.
+    fn put_ban(
+        &self,
+        addr: IpAddr,
+        until: OffsetDateTime,
+        reason: &str,
+        audit: &AuditEntry,
+    ) -> Result<Ban, WriteError>;
+    /// Lifts a ban (expired or not); `NotFound` if the address is not banned. Returns it.
+    fn remove_ban(&self, addr: IpAddr, audit: &AuditEntry) -> Result<Ban, WriteError>;
+    /// The bans still in force at `now` (`until > now`), by address.
+    fn list_bans(&self, now: OffsetDateTime) -> Result<Vec<Ban>, ReadError>;
 }

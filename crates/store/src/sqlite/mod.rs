@@ -5,13 +5,15 @@
 //! write lock first and never fails half-way on a lock upgrade; several processes or
 //! stores on the same file wait up to [`BUSY_TIMEOUT`] for each other.
 
+mod respond;
 mod schema;
 
+use std::net::IpAddr;
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
-use gatehouse_types::{DeviceId, DeviceRef, TenantId};
+use gatehouse_types::{DeviceId, DeviceRef, Finding, TenantId};
 use parking_lot::Mutex;
 use rusqlite::types::Type;
 use rusqlite::{
@@ -26,6 +28,7 @@ pub use schema::{MIGRATIONS, SCHEMA_VERSION};
 use crate::audit::{self, AuditEntry, AuditRecord, VerifyError, VerifyReport};
 use crate::error::*;
 use crate::hex;
+use crate::incident::*;
 use crate::model::*;
 use crate::traits::{AuditLog, Registry};
 
@@ -1734,6 +1737,79 @@ impl Registry for SqliteStore {
             [],
             policy_row,
         )
+    }
+
+    fn record_findings(
+        &self,
+        findings: &[Finding],
+        at: OffsetDateTime,
+        max_stored_per_incident: u32,
+    ) -> Result<Vec<RecordedFinding>, WriteError> {
+        self.write(|tx| respond::record_findings_tx(tx, findings, at, max_stored_per_incident))
+    }
+
+    fn list_incidents(&self, filter: &IncidentFilter) -> Result<Vec<Incident>, ReadError> {
+        self.read(|c| respond::list_incidents(c, filter))
+    }
+
+    fn get_incident(&self, id: IncidentId) -> Result<Option<IncidentDetail>, ReadError> {
+        respond::get_incident(&self.conn.lock(), id)
+    }
+
+    fn set_incident_state(
+        &self,
+        id: IncidentId,
+        to: IncidentState,
+        by: &str,
+        note: Option<&str>,
+        audit: &AuditEntry,
+    ) -> Result<Incident, WriteError> {
+        self.write(|tx| respond::set_incident_state_tx(tx, id, to, by, note, audit))
+    }
+
+    fn record_action(
+        &self,
+        action: &ActionRecord,
+        audit: &AuditEntry,
+    ) -> Result<ActionId, WriteError> {
+        self.write(|tx| respond::record_action_tx(tx, action, audit))
+    }
+
+    fn set_action_state(
+        &self,
+        id: ActionId,
+        state: ActionState,
+        by: &str,
+        note: Option<&str>,
+        audit: &AuditEntry,
+    ) -> Result<StoredAction, WriteError> {
+        self.write(|tx| respond::set_action_state_tx(tx, id, state, by, note, audit))
+    }
+
+    fn list_actions(&self, filter: &ActionFilter) -> Result<Vec<StoredAction>, ReadError> {
+        self.read(|c| respond::list_actions(c, filter))
+    }
+
+    fn get_action(&self, id: ActionId) -> Result<Option<StoredAction>, ReadError> {
+        self.read(|c| respond::get_action_row(c, id))
+    }
+
+    fn put_ban(
+        &self,
+        addr: IpAddr,
+        until: OffsetDateTime,
+        reason: &str,
+        audit: &AuditEntry,
+    ) -> Result<Ban, WriteError> {
+        self.write(|tx| respond::put_ban_tx(tx, addr, until, reason, audit))
+    }
+
+    fn remove_ban(&self, addr: IpAddr, audit: &AuditEntry) -> Result<Ban, WriteError> {
+        self.write(|tx| respond::remove_ban_tx(tx, addr, audit))
+    }
+
+    fn list_bans(&self, now: OffsetDateTime) -> Result<Vec<Ban>, ReadError> {
+        self.read(|c| respond::list_bans(c, now))
     }
 }
 

@@ -129,6 +129,88 @@ CREATE TABLE policy_sets (
     created_by TEXT NOT NULL
 ) STRICT;
 "#,
+    // 4: the respond stage: incidents (findings grouped by subject and kind), their
+    // stored findings, response actions, the incidents' event history, banned addresses.
+    r#"
+CREATE TABLE incidents (
+    id              INTEGER PRIMARY KEY,
+    tenant          TEXT,                         -- NULL for an address-only incident
+    device          TEXT,
+    peer            TEXT,
+    kind            TEXT NOT NULL,
+    group_key       TEXT NOT NULL,
+    state           TEXT NOT NULL CHECK (state IN ('open', 'acknowledged', 'resolved')),
+    max_severity    TEXT NOT NULL
+                    CHECK (max_severity IN ('info', 'low', 'medium', 'high', 'critical')),
+    finding_count   INTEGER NOT NULL CHECK (finding_count >= 0),
+    stored_findings INTEGER NOT NULL CHECK (stored_findings >= 0),
+    first_seen      INTEGER NOT NULL,
+    last_seen       INTEGER NOT NULL,
+    opened_at       INTEGER NOT NULL,
+    updated_at      INTEGER NOT NULL,
+    resolved_at     INTEGER,
+    summary         TEXT NOT NULL,
+    technique       TEXT,
+    CHECK ((tenant IS NULL) = (device IS NULL)),
+    CHECK ((state = 'resolved') = (resolved_at IS NOT NULL))
+) STRICT;
+-- At most one open or acknowledged incident per group.
+CREATE UNIQUE INDEX incidents_active_group ON incidents (group_key) WHERE state != 'resolved';
+CREATE INDEX incidents_by_device ON incidents (tenant, device);
+CREATE INDEX incidents_by_activity ON incidents (last_seen);
+
+CREATE TABLE findings (
+    id       INTEGER PRIMARY KEY,
+    incident INTEGER NOT NULL REFERENCES incidents(id),
+    at       INTEGER NOT NULL,
+    body     TEXT NOT NULL                        -- the finding, JSON
+) STRICT;
+CREATE INDEX findings_by_incident ON findings (incident, id);
+
+CREATE TABLE actions (
+    id         INTEGER PRIMARY KEY,
+    incident   INTEGER REFERENCES incidents(id),
+    tenant     TEXT,
+    device     TEXT,
+    peer       TEXT,
+    kind       TEXT NOT NULL,
+    params     TEXT NOT NULL,                     -- JSON
+    state      TEXT NOT NULL CHECK (state IN
+               ('pending_approval', 'done', 'failed', 'reversed', 'rejected')),
+    playbook   TEXT,
+    created_by TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    updated_by TEXT NOT NULL,
+    updated_at INTEGER NOT NULL,
+    note       TEXT,
+    expires_at INTEGER,
+    CHECK ((tenant IS NULL) = (device IS NULL))
+) STRICT;
+CREATE INDEX actions_by_incident ON actions (incident);
+CREATE INDEX actions_by_state ON actions (state, expires_at);
+
+-- An incident's history: its findings, state changes and actions, in order.
+CREATE TABLE incident_events (
+    id         INTEGER PRIMARY KEY,
+    incident   INTEGER NOT NULL REFERENCES incidents(id),
+    at         INTEGER NOT NULL,
+    event      TEXT NOT NULL CHECK (event IN ('finding', 'state', 'action')),
+    finding    INTEGER REFERENCES findings(id),
+    action     INTEGER REFERENCES actions(id),
+    from_state TEXT,
+    to_state   TEXT,
+    actor      TEXT,
+    note       TEXT
+) STRICT;
+CREATE INDEX incident_events_by_incident ON incident_events (incident, at, id);
+
+CREATE TABLE bans (
+    addr       TEXT PRIMARY KEY,                  -- an IP address as Rust prints it
+    until      INTEGER NOT NULL,
+    reason     TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+) STRICT;
+"#,
 ];
 
 /// The schema version this build writes.

@@ -1,0 +1,944 @@
+//! Playbooks: which findings get which response, written in TOML.
+//!
+//! Parsed in two steps: the file's text into raw serde structs that refuse unknown fields,
+//! then into the validated [`Playbooks`], the only form other code sees. Every error names
+//! the playbook (or webhook) and the field. Matching a finding is the pure function
+//! [`Playbooks::plan`].
+//!
+//! ```toml
+//! [[playbook]]
+//! name = "quarantine-brute-force"
+//! mode = "auto"                 # auto | approve | notify
+//! [playbook.when]
+//! kinds = ["credential_brute_force"]
+//! min_severity = "high"
+//! [[playbook.action]]
+//! type = "quarantine"
+//! for = "1h"
+//! ```
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use gatehouse_types::{Finding, Severity, Tier};
+use serde::Deserialize;
+
+use crate::notify::{Secret, Webhook};
+
+/// Largest playbook file accepted, in bytes.
+pub const MAX_TEXT_BYTES: usize = 1024 * 1024;
+/// Most playbooks in one file.
+pub const MAX_PLAYBOOKS: usize = 256;
+/// Most actions in one playbook.
+pub const MAX_ACTIONS: usize = 16;
+/// Most finding kinds one playbook lists.
+pub const MAX_KINDS: usize = 64;
+/// Most webhooks in one file.
+pub const MAX_WEBHOOKS: usize = 64;
+/// Longest playbook or webhook name, and longest finding kind, in bytes.
+pub const MAX_NAME_BYTES: usize = 128;
+/// Longest revocation reason, in bytes.
+pub const MAX_REASON_BYTES: usize = 512;
+/// Longest `throttle`/`quarantine` duration.
+pub const MAX_HOLD: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Longest `ban`.
+pub const MAX_BAN: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Highest throttle rate, messages per second.
+pub const MAX_RATE: f64 = 100_000.0;
+
+/// `min_confidence` when a playbook does not say.
+pub const DEFAULT_MIN_CONFIDENCE: f32 = 0.5;
+/// `min_severity` when a playbook does not say.
+pub const DEFAULT_MIN_SEVERITY: Severity = Severity::Medium;
+/// A throttle's rate when it does not say, messages per second.
+pub const DEFAULT_THROTTLE_RATE: f64 = 1.0;
+/// A throttle's duration when it does not say.
+pub const DEFAULT_THROTTLE_FOR: Duration = Duration::from_secs(10 * 60);
+/// A ban's duration when it does not say.
+pub const DEFAULT_BAN_FOR: Duration = Duration::from_secs(15 * 60);
+
+/// The shipped default playbooks, commented (`playbooks.default.toml`).
+pub const DEFAULT_TOML: &str = include_str!("../playbooks.default.toml");
+
+/// Why a playbook file was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PlaybookError {
+    /// The text is not TOML of the expected shape (an unknown field, a wrong type).
+    #[error("playbooks: {0}")]
+    Syntax(String),
+    /// The text is larger than [`MAX_TEXT_BYTES`].
+    #[error("playbooks: the file is {len} bytes; at most {max} are allowed")]
+    TooLarge {
+        /// Its size.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A value is out of range or refers to something undefined.
+    #[error("{item}: {field}: {problem}")]
+    Invalid {
+        /// `playbook "name"`, `webhook "name"`, or `playbooks` for the file as a whole.
+        item: String,
+        /// The field, e.g. `action[0].for`, `when.min_severity`.
+        field: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+}
+
+// === raw form ===
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(default)]
+    playbook: Vec<RawPlaybook>,
+    #[serde(default)]
+    webhook: Vec<RawWebhook>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPlaybook {
+    name: String,
+    mode: Option<String>,
+    #[serde(default)]
+    when: RawWhen,
+    #[serde(default)]
+    action: Vec<RawAction>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWhen {
+    kinds: Option<Vec<String>>,
+    min_severity: Option<String>,
+    max_severity: Option<String>,
+    min_confidence: Option<f64>,
+    tiers: Option<Vec<String>>,
+    min_findings: Option<u32>,
+    has_device: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAction {
+    #[serde(rename = "type")]
+    kind: String,
+    rate: Option<f64>,
+    #[serde(rename = "for")]
+    for_: Option<String>,
+    reason: Option<String>,
+    webhook: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWebhook {
+    name: String,
+    url: String,
+    secret: Option<String>,
+    secret_file: Option<PathBuf>,
+    timeout: Option<String>,
+    retries: Option<u32>,
+}
+
+// === validated form ===
+
+/// How a playbook's actions are carried out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// At once.
+    Auto,
+    /// Recorded `pending_approval`; carried out when an operator approves.
+    Approve,
+    /// Not carried out: reported only (in notifications and the log). `notify` actions
+    /// are delivered.
+    Notify,
+}
+
+impl Mode {
+    /// The name used in the file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Approve => "approve",
+            Self::Notify => "notify",
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One response.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Limits the device's publishes to `rate` messages per second for `for_`.
+    Throttle {
+        /// Messages per second.
+        rate: f64,
+        /// How long.
+        for_: Duration,
+    },
+    /// Narrows the device to its update and health topics, for `for_` or until released.
+    Quarantine {
+        /// How long; `None` until an operator releases it.
+        for_: Option<Duration>,
+    },
+    /// Revokes the device's certificates (it must enroll again once reinstated).
+    Revoke {
+        /// Why, recorded with the revocation.
+        reason: String,
+    },
+    /// Ends the device's open sessions.
+    Disconnect,
+    /// Refuses connections from the finding's source address for `for_`.
+    Ban {
+        /// How long.
+        for_: Duration,
+    },
+    /// Sends the finding to a webhook.
+    Notify {
+        /// The webhook's name.
+        webhook: String,
+    },
+}
+
+// === impl Action ===
+
+impl Action {
+    /// The action's name: `throttle`, `quarantine`, `revoke`, `disconnect`, `ban`,
+    /// `notify` (also the `kind` it is recorded under).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Throttle { .. } => "throttle",
+            Self::Quarantine { .. } => "quarantine",
+            Self::Revoke { .. } => "revoke",
+            Self::Disconnect => "disconnect",
+            Self::Ban { .. } => "ban",
+            Self::Notify { .. } => "notify",
+        }
+    }
+
+    /// Whether an operator can undo it: quarantine (release), throttle (unthrottle),
+    /// ban (unban), revoke (reinstate: the device may enroll again; the revoked
+    /// certificates stay revoked). A disconnect and a notification are done once.
+    pub fn reversible(&self) -> bool {
+        self.reverse_kind().is_some()
+    }
+
+    /// The name of the action that undoes it.
+    pub fn reverse_kind(&self) -> Option<&'static str> {
+        match self {
+            Self::Throttle { .. } => Some("unthrottle"),
+            Self::Quarantine { .. } => Some("release"),
+            Self::Revoke { .. } => Some("reinstate"),
+            Self::Ban { .. } => Some("unban"),
+            Self::Disconnect | Self::Notify { .. } => None,
+        }
+    }
+
+    /// Whether it acts on a device (and so needs a finding with one).
+    pub fn needs_device(&self) -> bool {
+        matches!(
+            self,
+            Self::Throttle { .. }
+                | Self::Quarantine { .. }
+                | Self::Revoke { .. }
+                | Self::Disconnect
+        )
+    }
+
+    /// How long its effect lasts, when it ends by itself.
+    pub fn duration(&self) -> Option<Duration> {
+        match self {
+            Self::Throttle { for_, .. } | Self::Ban { for_ } => Some(*for_),
+            Self::Quarantine { for_ } => *for_,
+            Self::Revoke { .. } | Self::Disconnect | Self::Notify { .. } => None,
+        }
+    }
+
+    /// Its parameters as JSON, as recorded with the action: `{"rate": 1.0, "for": "10m"}`,
+    /// `{"for": null}`, `{"reason": "..."}`, `{}`, `{"webhook": "soc"}`. Durations are
+    /// whole seconds under `for_secs` as well as humane text under `for`.
+    pub fn params(&self) -> serde_json::Value {
+        fn dur(d: Duration) -> (String, u64) {
+            (humantime::format_duration(d).to_string(), d.as_secs())
+        }
+        match self {
+            Self::Throttle { rate, for_ } => {
+                let (text, secs) = dur(*for_);
+                serde_json::json!({ "rate": rate, "for": text, "for_secs": secs })
+            }
+            Self::Quarantine { for_: Some(d) } => {
+                let (text, secs) = dur(*d);
+                serde_json::json!({ "for": text, "for_secs": secs })
+            }
+            Self::Quarantine { for_: None } => serde_json::json!({ "for": null }),
+            Self::Revoke { reason } => serde_json::json!({ "reason": reason }),
+            Self::Disconnect => serde_json::json!({}),
+            Self::Ban { for_ } => {
+                let (text, secs) = dur(*for_);
+                serde_json::json!({ "for": text, "for_secs": secs })
+            }
+            Self::Notify { webhook } => serde_json::json!({ "webhook": webhook }),
+        }
+    }
+}
+
+/// A notify action as written: one webhook, or every webhook defined.
+#[derive(Debug, Clone, PartialEq)]
+enum Step {
+    Do(Action),
+    NotifyAll,
+}
+
+/// What a playbook matches. Absent conditions match everything.
+#[derive(Debug, Clone, PartialEq)]
+pub struct When {
+    /// Finding kinds; empty matches any kind.
+    pub kinds: BTreeSet<String>,
+    /// Lowest severity.
+    pub min_severity: Severity,
+    /// Highest severity (`None`: no ceiling).
+    pub max_severity: Option<Severity>,
+    /// Lowest confidence, 0.0 to 1.0.
+    pub min_confidence: f32,
+    /// The device's current tier must be one of these; empty matches any tier, and
+    /// findings with no known tier. Non-empty never matches a finding without a tier.
+    pub tiers: BTreeSet<Tier>,
+    /// Findings the incident must hold (this one included) before the playbook acts.
+    pub min_findings: u32,
+    /// `Some(true)`: only findings naming a device; `Some(false)`: only findings naming
+    /// no device (address only); `None`: both.
+    pub has_device: Option<bool>,
+}
+
+// === impl When ===
+
+impl When {
+    /// Whether a finding, with its device's tier and its incident's count, matches.
+    pub fn matches(
+        &self,
+        finding: &Finding,
+        tier: Option<Tier>,
+        findings_in_incident: u32,
+    ) -> bool {
+        (self.kinds.is_empty() || self.kinds.contains(&finding.kind))
+            && finding.severity >= self.min_severity
+            && self.max_severity.is_none_or(|max| finding.severity <= max)
+            // A NaN confidence fails every comparison, so it never matches.
+            && finding.confidence >= self.min_confidence
+            && (self.tiers.is_empty() || tier.is_some_and(|t| self.tiers.contains(&t)))
+            && findings_in_incident >= self.min_findings
+            && self
+                .has_device
+                .is_none_or(|want| want == finding.device.is_some())
+    }
+}
+
+/// One validated playbook.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Playbook {
+    name: String,
+    mode: Mode,
+    when: When,
+    steps: Vec<Step>,
+}
+
+// === impl Playbook ===
+
+impl Playbook {
+    /// Its name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// How its actions are carried out.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// What it matches.
+    pub fn when(&self) -> &When {
+        &self.when
+    }
+
+    /// Its actions as written (a `notify` without a webhook is listed with an empty
+    /// webhook name: it goes to every webhook).
+    pub fn actions(&self) -> Vec<Action> {
+        self.steps
+            .iter()
+            .map(|s| match s {
+                Step::Do(a) => a.clone(),
+                Step::NotifyAll => Action::Notify {
+                    webhook: String::new(),
+                },
+            })
+            .collect()
+    }
+}
+
+/// An action a playbook planned for a finding.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlannedAction {
+    /// The playbook's name.
+    pub playbook: String,
+    /// The playbook's mode.
+    pub mode: Mode,
+    /// What to do.
+    pub action: Action,
+}
+
+// === impl PlannedAction ===
+
+impl PlannedAction {
+    /// Whether to carry it out now: `auto` actions, and `notify` actions in every mode
+    /// (a notification tells the operator about an approval or an advisory).
+    pub fn runs_now(&self) -> bool {
+        self.mode == Mode::Auto || matches!(self.action, Action::Notify { .. })
+    }
+
+    /// Whether it waits for an operator (`approve` mode, not a notification).
+    pub fn needs_approval(&self) -> bool {
+        self.mode == Mode::Approve && !matches!(self.action, Action::Notify { .. })
+    }
+
+    /// Whether it is only reported (`notify` mode, not a notification).
+    pub fn is_advisory(&self) -> bool {
+        self.mode == Mode::Notify && !matches!(self.action, Action::Notify { .. })
+    }
+}
+
+/// A validated set of playbooks and the webhooks they notify.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Playbooks {
+    playbooks: Vec<Playbook>,
+    webhooks: Vec<Webhook>,
+}
+
+// === impl Playbooks ===
+
+impl Playbooks {
+    /// Parses and validates playbooks. A webhook's `secret_file` is read here, relative to
+    /// the working directory (use [`Playbooks::load`] for paths relative to the file).
+    pub fn parse(text: &str) -> Result<Self, PlaybookError> {
+        Self::parse_in(text, None)
+    }
+
+    /// Reads, parses and validates a playbook file; relative `secret_file` paths are
+    /// taken from the file's folder.
+    pub fn load(path: &Path) -> Result<Self, PlaybookError> {
+        let text = std::fs::read_to_string(path).map_err(|e| PlaybookError::Invalid {
+            item: "playbooks".to_owned(),
+            field: "file".to_owned(),
+            problem: format!("cannot read {}: {e}", path.display()),
+        })?;
+        Self::parse_in(&text, path.parent())
+    }
+
+    /// The shipped defaults ([`DEFAULT_TOML`]).
+    pub fn defaults() -> Self {
+        // The shipped file is checked by a unit test; should it ever fail to parse, no
+        // playbook is better than a panic at start-up.
+        Self::parse(DEFAULT_TOML).unwrap_or_else(|_| Self::empty())
+    }
+
+    /// No playbooks, no webhooks: every finding is recorded, nothing is done.
+    pub fn empty() -> Self {
+        Self {
+            playbooks: Vec::new(),
+            webhooks: Vec::new(),
+        }
+    }
+
+    /// The playbooks, in file order.
+    pub fn playbooks(&self) -> &[Playbook] {
+        &self.playbooks
+    }
+
+    /// The webhooks, in file order.
+    pub fn webhooks(&self) -> &[Webhook] {
+        &self.webhooks
+    }
+
+    /// A webhook by name.
+    pub fn webhook(&self, name: &str) -> Option<&Webhook> {
+        self.webhooks.iter().find(|w| w.name == name)
+    }
+
+    /// The actions every matching playbook plans for `finding`, in file order.
+    /// `tier` is the device's current tier (if known), `findings_in_incident` the count of
+    /// its incident, this finding included. Actions on a device are left out when the
+    /// finding names none, a ban when it names no address; a `notify` without a webhook
+    /// becomes one notification per webhook defined.
+    pub fn plan(
+        &self,
+        finding: &Finding,
+        tier: Option<Tier>,
+        findings_in_incident: u32,
+    ) -> Vec<PlannedAction> {
+        let mut out = Vec::new();
+        for p in &self.playbooks {
+            if !p.when.matches(finding, tier, findings_in_incident) {
+                continue;
+            }
+            let planned = |action: Action| PlannedAction {
+                playbook: p.name.clone(),
+                mode: p.mode,
+                action,
+            };
+            for step in &p.steps {
+                match step {
+                    Step::Do(a) => {
+                        let applies = if a.needs_device() {
+                            finding.device.is_some()
+                        } else if matches!(a, Action::Ban { .. }) {
+                            finding.peer.is_some()
+                        } else {
+                            true
+                        };
+                        if applies {
+                            out.push(planned(a.clone()));
+                        }
+                    }
+                    Step::NotifyAll => {
+                        for w in &self.webhooks {
+                            out.push(planned(Action::Notify {
+                                webhook: w.name.clone(),
+                            }));
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn parse_in(text: &str, base: Option<&Path>) -> Result<Self, PlaybookError> {
+        if text.len() > MAX_TEXT_BYTES {
+            return Err(PlaybookError::TooLarge {
+                len: text.len(),
+                max: MAX_TEXT_BYTES,
+            });
+        }
+        let raw: RawFile =
+            toml::from_str(text).map_err(|e| PlaybookError::Syntax(e.message().to_owned()))?;
+        let file = |field: &str, problem: String| PlaybookError::Invalid {
+            item: "playbooks".to_owned(),
+            field: field.to_owned(),
+            problem,
+        };
+        if raw.playbook.len() > MAX_PLAYBOOKS {
+            return Err(file(
+                "playbook",
+                format!(
+                    "{} playbooks; at most {MAX_PLAYBOOKS} are allowed",
+                    raw.playbook.len()
+                ),
+            ));
+        }
+        if raw.webhook.len() > MAX_WEBHOOKS {
+            return Err(file(
+                "webhook",
+                format!(
+                    "{} webhooks; at most {MAX_WEBHOOKS} are allowed",
+                    raw.webhook.len()
+                ),
+            ));
+        }
+        let mut webhooks: Vec<Webhook> = Vec::with_capacity(raw.webhook.len());
+        for (i, w) in raw.webhook.into_iter().enumerate() {
+            let w = webhook(w, i, base)?;
+            if webhooks.iter().any(|o| o.name == w.name) {
+                return Err(PlaybookError::Invalid {
+                    item: format!("webhook {:?}", w.name),
+                    field: "name".to_owned(),
+                    problem: "defined twice".to_owned(),
+                });
+            }
+            webhooks.push(w);
+        }
+        let mut playbooks: Vec<Playbook> = Vec::with_capacity(raw.playbook.len());
+        for (i, p) in raw.playbook.into_iter().enumerate() {
+            let p = playbook(p, i, &webhooks)?;
+            if playbooks.iter().any(|o| o.name == p.name) {
+                return Err(PlaybookError::Invalid {
+                    item: format!("playbook {:?}", p.name),
+                    field: "name".to_owned(),
+                    problem: "defined twice".to_owned(),
+                });
+            }
+            playbooks.push(p);
+        }
+        Ok(Self {
+            playbooks,
+            webhooks,
+        })
+    }
+}
+
+fn check_name(item: &dyn Fn() -> String, field: &str, name: &str) -> Result<(), PlaybookError> {
+    let problem = if name.is_empty() {
+        Some("is empty".to_owned())
+    } else if name.len() > MAX_NAME_BYTES {
+        Some(format!("is longer than {MAX_NAME_BYTES} bytes"))
+    } else {
+        name.chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+            .map(|c| format!("holds {c:?}; use letters, digits, '-', '_' and '.'"))
+    };
+    match problem {
+        None => Ok(()),
+        Some(problem) => Err(PlaybookError::Invalid {
+            item: item(),
+            field: field.to_owned(),
+            problem,
+        }),
+    }
+}
+
+fn duration(text: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(text)
+        .map_err(|e| format!("{text:?} is not a duration like \"15m\" or \"1h\" ({e})"))?;
+    if d.is_zero() {
+        return Err("must be longer than zero".to_owned());
+    }
+    Ok(d)
+}
+
+fn playbook(p: RawPlaybook, index: usize, webhooks: &[Webhook]) -> Result<Playbook, PlaybookError> {
+    let label = if p.name.is_empty() || p.name.len() > MAX_NAME_BYTES {
+        format!("playbook #{}", index + 1)
+    } else {
+        format!("playbook {:?}", p.name)
+    };
+    let item = || label.clone();
+    let bad = |field: &str, problem: String| PlaybookError::Invalid {
+        item: label.clone(),
+        field: field.to_owned(),
+        problem,
+    };
+    check_name(&item, "name", &p.name)?;
+    let mode = match p.mode.as_deref() {
+        None | Some("auto") => Mode::Auto,
+        Some("approve") => Mode::Approve,
+        Some("notify") => Mode::Notify,
+        Some(other) => {
+            return Err(bad(
+                "mode",
+                format!("unknown mode {other:?}: expected auto, approve or notify"),
+            ));
+        }
+    };
+
+    let w = p.when;
+    let kinds = w.kinds.unwrap_or_default();
+    if kinds.len() > MAX_KINDS {
+        return Err(bad(
+            "when.kinds",
+            format!("{} kinds; at most {MAX_KINDS} are allowed", kinds.len()),
+        ));
+    }
+    for k in &kinds {
+        let ok = !k.is_empty()
+            && k.len() <= MAX_NAME_BYTES
+            && k.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if !ok {
+            return Err(bad(
+                "when.kinds",
+                format!("{k:?} is not a finding kind (snake_case, 1 to {MAX_NAME_BYTES} bytes)"),
+            ));
+        }
+    }
+    let severity = |field: &str, v: Option<String>| -> Result<Option<Severity>, PlaybookError> {
+        v.map(|s| s.parse::<Severity>().map_err(|e| bad(field, e.to_string())))
+            .transpose()
+    };
+    let min_severity =
+        severity("when.min_severity", w.min_severity)?.unwrap_or(DEFAULT_MIN_SEVERITY);
+    let max_severity = severity("when.max_severity", w.max_severity)?;
+    if max_severity.is_some_and(|max| max < min_severity) {
+        return Err(bad(
+            "when.max_severity",
+            format!("is below min_severity ({min_severity}): nothing would match"),
+        ));
+    }
+    let min_confidence = match w.min_confidence {
+        None => DEFAULT_MIN_CONFIDENCE,
+        Some(c) if (0.0..=1.0).contains(&c) => c as f32,
+        Some(c) => {
+            return Err(bad(
+                "when.min_confidence",
+                format!("{c} is outside 0.0 to 1.0"),
+            ));
+        }
+    };
+    let mut tiers = BTreeSet::new();
+    for t in w.tiers.unwrap_or_default() {
+        tiers.insert(
+            t.parse::<Tier>()
+                .map_err(|e| bad("when.tiers", e.to_string()))?,
+        );
+    }
+    let min_findings = match w.min_findings {
+        None => 1,
+        Some(0) => return Err(bad("when.min_findings", "must be at least 1".to_owned())),
+        Some(n) => n,
+    };
+    let when = When {
+        kinds: kinds.into_iter().collect(),
+        min_severity,
+        max_severity,
+        min_confidence,
+        tiers,
+        min_findings,
+        has_device: w.has_device,
+    };
+
+    if p.action.is_empty() {
+        return Err(bad(
+            "action",
+            "a playbook needs at least one [[playbook.action]]".to_owned(),
+        ));
+    }
+    if p.action.len() > MAX_ACTIONS {
+        return Err(bad(
+            "action",
+            format!(
+                "{} actions; at most {MAX_ACTIONS} are allowed",
+                p.action.len()
+            ),
+        ));
+    }
+    let mut steps = Vec::with_capacity(p.action.len());
+    for (i, a) in p.action.into_iter().enumerate() {
+        let field = |f: &str| format!("action[{i}].{f}");
+        let step = action(a, &|f, problem| bad(&field(f), problem), webhooks)?;
+        if when.has_device == Some(false)
+            && let Step::Do(a) = &step
+            && a.needs_device()
+        {
+            return Err(bad(
+                &field("type"),
+                format!(
+                    "{} acts on a device, but has_device = false matches only findings without one",
+                    a.kind()
+                ),
+            ));
+        }
+        steps.push(step);
+    }
+    Ok(Playbook {
+        name: p.name,
+        mode,
+        when,
+        steps,
+    })
+}
+
+fn action(
+    a: RawAction,
+    bad: &dyn Fn(&str, String) -> PlaybookError,
+    webhooks: &[Webhook],
+) -> Result<Step, PlaybookError> {
+    let kind = a.kind.as_str();
+    let unused = |name: &str, present: bool| -> Result<(), PlaybookError> {
+        if present {
+            Err(bad(name, format!("does not apply to a {kind} action")))
+        } else {
+            Ok(())
+        }
+    };
+    let for_ = |max: Duration| -> Result<Option<Duration>, PlaybookError> {
+        a.for_
+            .as_deref()
+            .map(|t| {
+                let d = duration(t).map_err(|p| bad("for", p))?;
+                if d > max {
+                    return Err(bad(
+                        "for",
+                        format!(
+                            "{t:?} is longer than the limit of {}",
+                            humantime::format_duration(max)
+                        ),
+                    ));
+                }
+                Ok(d)
+            })
+            .transpose()
+    };
+    let step = match kind {
+        "throttle" => {
+            unused("reason", a.reason.is_some())?;
+            unused("webhook", a.webhook.is_some())?;
+            let rate = a.rate.unwrap_or(DEFAULT_THROTTLE_RATE);
+            if !(rate.is_finite() && rate > 0.0 && rate <= MAX_RATE) {
+                return Err(bad(
+                    "rate",
+                    format!("{rate} is not a rate above 0 and at most {MAX_RATE} messages/s"),
+                ));
+            }
+            Step::Do(Action::Throttle {
+                rate,
+                for_: for_(MAX_HOLD)?.unwrap_or(DEFAULT_THROTTLE_FOR),
+            })
+        }
+        "quarantine" => {
+            unused("rate", a.rate.is_some())?;
+            unused("reason", a.reason.is_some())?;
+            unused("webhook", a.webhook.is_some())?;
+            Step::Do(Action::Quarantine {
+                for_: for_(MAX_HOLD)?,
+            })
+        }
+        "revoke" => {
+            unused("rate", a.rate.is_some())?;
+            unused("for", a.for_.is_some())?;
+            unused("webhook", a.webhook.is_some())?;
+            let reason = a.reason.unwrap_or_else(|| "automated response".to_owned());
+            if reason.trim().is_empty() || reason.len() > MAX_REASON_BYTES {
+                return Err(bad(
+                    "reason",
+                    format!("must be 1 to {MAX_REASON_BYTES} bytes of text"),
+                ));
+            }
+            Step::Do(Action::Revoke { reason })
+        }
+        "disconnect" => {
+            unused("rate", a.rate.is_some())?;
+            unused("for", a.for_.is_some())?;
+            unused("reason", a.reason.is_some())?;
+            unused("webhook", a.webhook.is_some())?;
+            Step::Do(Action::Disconnect)
+        }
+        "ban" => {
+            unused("rate", a.rate.is_some())?;
+            unused("reason", a.reason.is_some())?;
+            unused("webhook", a.webhook.is_some())?;
+            Step::Do(Action::Ban {
+                for_: for_(MAX_BAN)?.unwrap_or(DEFAULT_BAN_FOR),
+            })
+        }
+        "notify" => {
+            unused("rate", a.rate.is_some())?;
+            unused("for", a.for_.is_some())?;
+            unused("reason", a.reason.is_some())?;
+            match a.webhook {
+                None => Step::NotifyAll,
+                Some(name) => {
+                    if !webhooks.iter().any(|w| w.name == name) {
+                        return Err(bad("webhook", format!("no [[webhook]] is named {name:?}")));
+                    }
+                    Step::Do(Action::Notify { webhook: name })
+                }
+            }
+        }
+        other => {
+            return Err(bad(
+                "type",
+                format!(
+                    "unknown action {other:?}: expected throttle, quarantine, revoke, \
+                     disconnect, ban or notify"
+                ),
+            ));
+        }
+    };
+    Ok(step)
+}
+
+fn webhook(w: RawWebhook, index: usize, base: Option<&Path>) -> Result<Webhook, PlaybookError> {
+    let label = if w.name.is_empty() || w.name.len() > MAX_NAME_BYTES {
+        format!("webhook #{}", index + 1)
+    } else {
+        format!("webhook {:?}", w.name)
+    };
+    let item = || label.clone();
+    let bad = |field: &str, problem: String| PlaybookError::Invalid {
+        item: label.clone(),
+        field: field.to_owned(),
+        problem,
+    };
+    check_name(&item, "name", &w.name)?;
+    crate::notify::check_url(&w.url).map_err(|p| bad("url", p))?;
+    let secret = match (w.secret, w.secret_file) {
+        (Some(s), None) => s,
+        (None, Some(path)) => {
+            let path = match base {
+                Some(dir) if path.is_relative() => dir.join(path),
+                _ => path,
+            };
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                bad(
+                    "secret_file",
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            text.trim_end_matches(['\r', '\n']).to_owned()
+        }
+        (Some(_), Some(_)) => {
+            return Err(bad(
+                "secret",
+                "give secret or secret_file, not both".to_owned(),
+            ));
+        }
+        (None, None) => {
+            return Err(bad(
+                "secret",
+                "a webhook needs a secret (or secret_file) to sign its requests".to_owned(),
+            ));
+        }
+    };
+    if secret.len() < Webhook::MIN_SECRET_BYTES {
+        return Err(bad(
+            "secret",
+            format!(
+                "is {} bytes; at least {} are needed",
+                secret.len(),
+                Webhook::MIN_SECRET_BYTES
+            ),
+        ));
+    }
+    let timeout = match w.timeout.as_deref() {
+        None => Webhook::DEFAULT_TIMEOUT,
+        Some(t) => {
+            let d = duration(t).map_err(|p| bad("timeout", p))?;
+            if d > Webhook::MAX_TIMEOUT {
+                return Err(bad(
+                    "timeout",
+                    format!(
+                        "{t:?} is longer than the limit of {}",
+                        humantime::format_duration(Webhook::MAX_TIMEOUT)
+                    ),
+                ));
+            }
+            d
+        }
+    };
+    let retries = match w.retries {
+        None => Webhook::DEFAULT_RETRIES,
+        Some(n) if n <= Webhook::MAX_RETRIES => n,
+        Some(n) => {
+            return Err(bad(
+                "retries",
+                format!("{n}; at most {} are allowed", Webhook::MAX_RETRIES),
+            ));
+        }
+    };
+    Ok(Webhook {
+        name: w.name,
+        url: w.url,
+        secret: Secret::new(secret),
+        timeout,
+        retries,
+    })
+}
