@@ -570,14 +570,18 @@ mod tests {
                 ..
             })
         ));
-        let mut c = DetectConfig::default();
-        c.cooldown = Duration::ZERO;
+        let c = DetectConfig {
+            cooldown: Duration::ZERO,
+            ..DetectConfig::default()
+        };
         assert_eq!(
             c.validate(),
             Err(ConfigError::ZeroDuration { field: "cooldown" })
         );
-        let mut c = DetectConfig::default();
-        c.max_sources = 0;
+        let c = DetectConfig {
+            max_sources: 0,
+            ..DetectConfig::default()
+        };
         assert!(matches!(
             c.validate(),
             Err(ConfigError::OutOfBounds {

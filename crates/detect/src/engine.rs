@@ -681,10 +681,10 @@ impl Engine {
             let Some(field) = fields.get(usize::from(k)) else {
                 continue;
             };
-            if let Some(slot) = field.slot {
-                if let Some(s) = d.features.fields.get_mut(usize::from(slot)) {
-                    s.add(v);
-                }
+            if let Some(slot) = field.slot
+                && let Some(s) = d.features.fields.get_mut(usize::from(slot))
+            {
+                s.add(v);
             }
             if !field.contains(v) {
                 d.features.out_of_range = d.features.out_of_range.saturating_add(1);

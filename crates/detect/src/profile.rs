@@ -82,7 +82,7 @@ impl Pattern {
                 other => Level::Lit(other.into()),
             })
             .collect();
-        let per_device = levels.iter().any(|l| *l == Level::Device);
+        let per_device = levels.contains(&Level::Device);
         Self { levels, per_device }
     }
 
@@ -158,7 +158,7 @@ impl Pattern {
             if fl == "#" {
                 // Everything below: reaches other devices if the `{device}` level is here
                 // or further down.
-                return other || self.levels[i..].iter().any(|l| *l == Level::Device);
+                return other || self.levels[i..].contains(&Level::Device);
             }
             let ok = match level {
                 Level::Hash => return other,

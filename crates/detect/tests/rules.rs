@@ -1,0 +1,730 @@
+//! Every rule fires on its attack and stays silent on benign traffic of the same model.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::*;
+use gatehouse_detect::{DetectConfig, Engine};
+use gatehouse_types::{DisconnectCause, Severity};
+
+const FLEET: usize = 12;
+const END: f64 = 900.0;
+
+/// The benign fleet plus whatever `add` puts in, run through a default engine.
+fn scenario(extra: &[&str], add: impl FnOnce(&mut Trace)) -> Vec<gatehouse_types::Finding> {
+    let mut trace = Trace::default();
+    benign_fleet(&mut trace, FLEET, END, 7);
+    add(&mut trace);
+    let mut e = engine_for(DetectConfig::default(), FLEET, extra);
+    run(&mut e, trace)
+}
+
+#[test]
+fn a_benign_fleet_raises_no_finding_at_all() {
+    let findings = scenario(&[], |_| {});
+    assert!(findings.is_empty(), "{}", show(&findings));
+}
+
+// === credential_brute_force ===
+
+#[test]
+fn credential_brute_force_fires_on_a_password_spray() {
+    let attacker = ip(9, 9);
+    let f = scenario(&[], |t| {
+        for i in 0..30 {
+            t.push(auth_failure(
+                100.0 + f64::from(i) * 1.5,
+                attacker,
+                "bad_password",
+                None,
+            ));
+        }
+    });
+    let hits = of_kind(&f, "credential_brute_force");
+    assert!(
+        fired_for_addr(&f, "credential_brute_force", attacker),
+        "{}",
+        show(&f)
+    );
+    assert_eq!(hits[0].technique.as_deref(), Some("T0859"));
+    assert!(hits[0].evidence.contains_key("failures"));
+    assert!(hits[0].severity >= Severity::High);
+}
+
+#[test]
+fn credential_brute_force_stays_silent_on_a_device_with_an_expired_certificate() {
+    let f = scenario(&["late"], |t| {
+        // Three refusals (expired certificate) a minute apart, then it is renewed.
+        for i in 0..3 {
+            t.push(auth_failure(
+                100.0 + f64::from(i) * 60.0,
+                ip(2, 1),
+                "tls_cert_expired",
+                Some("late"),
+            ));
+        }
+        let mut rng = Rng::new(3);
+        benign_device(t, "late", ip(2, 1), 300.0, END, &mut rng);
+    });
+    assert!(
+        of_kind(&f, "credential_brute_force").is_empty(),
+        "{}",
+        show(&f)
+    );
+}
+
+// === connect_flood ===
+
+#[test]
+fn connect_flood_fires_on_a_reconnect_storm() {
+    let attacker = ip(9, 8);
+    let f = scenario(&["storm"], |t| {
+        for i in 0..60 {
+            t.push(connect(200.0 + f64::from(i) * 0.1, "storm", attacker, 60));
+            t.push(disconnect(
+                200.05 + f64::from(i) * 0.1,
+                "storm",
+                DisconnectCause::ClientDisconnect,
+            ));
+        }
+    });
+    assert!(fired_for(&f, "connect_flood", "storm"), "{}", show(&f));
+    assert!(
+        fired_for_addr(&f, "connect_flood", attacker),
+        "{}",
+        show(&f)
+    );
+}
+
+#[test]
+fn connect_flood_stays_silent_when_a_natted_site_reconnects_after_a_restart() {
+    let nat = ip(3, 1);
+    let f = scenario(&[], |t| {
+        // 30 devices behind one address all reconnect within two seconds.
+        let mut rng = Rng::new(11);
+        for i in 0..30 {
+            let name = format!("n{i}");
+            benign_device(t, &name, nat, 400.0 + rng.range(0.0, 2.0), 700.0, &mut rng);
+        }
+    });
+    assert!(of_kind(&f, "connect_flood").is_empty(), "{}", show(&f));
+}
+
+// === publish_flood ===
+
+#[test]
+fn publish_flood_fires_on_a_sustained_flood() {
+    let f = scenario(&["flooder"], |t| {
+        t.push(connect(100.0, "flooder", ip(4, 1), 60));
+        for i in 0..1500 {
+            t.push(publish(
+                100.0 + f64::from(i) * 0.02,
+                "flooder",
+                "devices/flooder/telemetry",
+                r#"{"temp":21.0}"#,
+            ));
+        }
+    });
+    assert!(fired_for(&f, "publish_flood", "flooder"), "{}", show(&f));
+    assert_eq!(
+        of_kind(&f, "publish_flood")[0].technique.as_deref(),
+        Some("T0814")
+    );
+}
+
+#[test]
+fn publish_flood_stays_silent_at_the_profile_rate() {
+    let f = scenario(&["busy"], |t| {
+        t.push(connect(10.0, "busy", ip(4, 2), 60));
+        // Two a second, the profile's rate, for ten minutes.
+        for i in 0..1200 {
+            t.push(publish(
+                10.0 + f64::from(i) * 0.5,
+                "busy",
+                "devices/busy/telemetry",
+                r#"{"temp":21.0}"#,
+            ));
+        }
+    });
+    assert!(of_kind(&f, "publish_flood").is_empty(), "{}", show(&f));
+}
+
+// === slow_connection_dos ===
+
+#[test]
+fn slow_connection_dos_fires_on_silent_sessions_with_huge_keep_alives() {
+    let attacker = ip(9, 7);
+    let f = scenario(&[], |t| {
+        for i in 0..40 {
+            t.push(connect(
+                100.0 + f64::from(i) * 2.0,
+                &format!("slow{i}"),
+                attacker,
+                65_535,
+            ));
+        }
+    });
+    assert!(
+        fired_for_addr(&f, "slow_connection_dos", attacker),
+        "{}",
+        show(&f)
+    );
+}
+
+#[test]
+fn slow_connection_dos_stays_silent_on_sleepy_devices_that_publish() {
+    let site = ip(3, 2);
+    let f = scenario(&[], |t| {
+        // 40 battery sensors behind one address: keep-alive one hour, publish on connect.
+        for i in 0..40 {
+            let name = format!("sleepy{i}");
+            let t0 = 100.0 + f64::from(i) * 2.0;
+            t.push(connect(t0, &name, site, 3600));
+            t.push(publish(
+                t0 + 0.2,
+                &name,
+                &format!("devices/{name}/telemetry"),
+                r#"{"temp":20.5}"#,
+            ));
+        }
+    });
+    assert!(
+        of_kind(&f, "slow_connection_dos").is_empty(),
+        "{}",
+        show(&f)
+    );
+}
+
+// === malformed_packets ===
+
+#[test]
+fn malformed_packets_fires_on_a_fuzzing_stream() {
+    let fuzzer = ip(9, 6);
+    let f = scenario(&["fuzzed"], |t| {
+        for i in 0..10 {
+            t.push(auth_failure(
+                100.0 + f64::from(i),
+                fuzzer,
+                "malformed_connect",
+                None,
+            ));
+        }
+        t.push(connect(200.0, "fuzzed", ip(4, 9), 60));
+        for i in 0..8 {
+            let t0 = 201.0 + f64::from(i) * 3.0;
+            t.push(connect(t0, "fuzzed", ip(4, 9), 60));
+            t.push(disconnect(
+                t0 + 0.5,
+                "fuzzed",
+                DisconnectCause::ProtocolError,
+            ));
+        }
+    });
+    assert!(
+        fired_for_addr(&f, "malformed_packets", fuzzer),
+        "{}",
+        show(&f)
+    );
+    assert!(fired_for(&f, "malformed_packets", "fuzzed"), "{}", show(&f));
+}
+
+#[test]
+fn malformed_packets_stays_silent_on_one_protocol_error() {
+    let f = scenario(&["glitchy"], |t| {
+        let mut rng = Rng::new(5);
+        benign_device(t, "glitchy", ip(4, 10), 1.0, END, &mut rng);
+        t.push(disconnect(450.0, "glitchy", DisconnectCause::ProtocolError));
+        t.push(auth_failure(
+            451.0,
+            ip(4, 10),
+            "malformed_connect",
+            Some("glitchy"),
+        ));
+    });
+    assert!(of_kind(&f, "malformed_packets").is_empty(), "{}", show(&f));
+}
+
+// === topic_scanning ===
+
+#[test]
+fn topic_scanning_fires_on_a_device_probing_topics() {
+    let f = scenario(&["prober"], |t| {
+        t.push(connect(100.0, "prober", ip(4, 3), 60));
+        for i in 0..20 {
+            t.push(publish_full(
+                100.0 + f64::from(i) * 0.5,
+                "prober",
+                &format!("plant/line{i}/plc"),
+                "{}",
+                false,
+                false,
+            ));
+        }
+    });
+    assert!(fired_for(&f, "topic_scanning", "prober"), "{}", show(&f));
+}
+
+#[test]
+fn topic_scanning_stays_silent_on_a_device_using_all_its_topics() {
+    let f = scenario(&[], |_| {});
+    assert!(of_kind(&f, "topic_scanning").is_empty(), "{}", show(&f));
+}
+
+// === wildcard_harvesting ===
+
+#[test]
+fn wildcard_harvesting_fires_on_hash_and_sys() {
+    let f = scenario(&["harvester", "sysprobe"], |t| {
+        t.push(connect(100.0, "harvester", ip(4, 4), 60));
+        t.push(subscribe(100.5, "harvester", "#", true));
+        t.push(connect(100.0, "sysprobe", ip(4, 5), 60));
+        t.push(subscribe(100.5, "sysprobe", "$SYS/#", false));
+    });
+    assert!(
+        fired_for(&f, "wildcard_harvesting", "harvester"),
+        "{}",
+        show(&f)
+    );
+    assert!(
+        fired_for(&f, "wildcard_harvesting", "sysprobe"),
+        "{}",
+        show(&f)
+    );
+    let h = of_kind(&f, "wildcard_harvesting");
+    assert!(
+        h.iter().any(|x| x.severity == Severity::High),
+        "{}",
+        show(&f)
+    );
+}
+
+#[test]
+fn wildcard_harvesting_stays_silent_on_wildcards_the_profile_covers() {
+    let f = scenario(&[], |t| {
+        t.push(subscribe(300.0, "s1", "devices/s1/config/#", true));
+        t.push(subscribe(300.0, "s2", "$share/g/devices/s2/config/+", true));
+    });
+    assert!(
+        of_kind(&f, "wildcard_harvesting").is_empty(),
+        "{}",
+        show(&f)
+    );
+}
+
+// === retained_poisoning ===
+
+#[test]
+fn retained_poisoning_fires_on_a_retained_message_on_another_devices_topic() {
+    let f = scenario(&[], |t| {
+        t.push(publish_full(
+            300.0,
+            "s3",
+            "devices/s4/status",
+            r#"{"fw":"9.9.9"}"#,
+            true,
+            true,
+        ));
+    });
+    assert!(fired_for(&f, "retained_poisoning", "s3"), "{}", show(&f));
+}
+
+#[test]
+fn retained_poisoning_stays_silent_on_retained_status_of_ones_own() {
+    // Every benign device retains its own status each minute.
+    let f = scenario(&[], |_| {});
+    assert!(of_kind(&f, "retained_poisoning").is_empty(), "{}", show(&f));
+}
+
+// === command_injection ===
+
+#[test]
+fn command_injection_fires_on_a_device_commanding_another() {
+    let f = scenario(&[], |t| {
+        t.push(publish_full(
+            300.0,
+            "s5",
+            "devices/s6/cmd",
+            r#"{"valve":"open"}"#,
+            false,
+            true,
+        ));
+    });
+    assert!(fired_for(&f, "command_injection", "s5"), "{}", show(&f));
+    assert_eq!(
+        of_kind(&f, "command_injection")[0].technique.as_deref(),
+        Some("T0855")
+    );
+}
+
+#[test]
+fn command_injection_stays_silent_on_telemetry() {
+    let f = scenario(&[], |_| {});
+    assert!(of_kind(&f, "command_injection").is_empty(), "{}", show(&f));
+}
+
+// === exfiltration_broad_subscribe ===
+
+#[test]
+fn exfiltration_broad_subscribe_fires_on_subscribing_to_every_devices_telemetry() {
+    let f = scenario(&[], |t| {
+        t.push(subscribe(300.0, "s7", "devices/+/telemetry", true));
+    });
+    assert!(
+        fired_for(&f, "exfiltration_broad_subscribe", "s7"),
+        "{}",
+        show(&f)
+    );
+}
+
+#[test]
+fn exfiltration_broad_subscribe_stays_silent_on_own_topics() {
+    let f = scenario(&[], |t| {
+        t.push(subscribe(300.0, "s7", "devices/s7/cmd", true));
+        t.push(subscribe(300.0, "s7", "devices/s7/config/#", true));
+    });
+    assert!(
+        of_kind(&f, "exfiltration_broad_subscribe").is_empty(),
+        "{}",
+        show(&f)
+    );
+}
+
+// === beaconing ===
+
+#[test]
+fn beaconing_fires_on_periodic_empty_sessions() {
+    let f = scenario(&["implant"], |t| {
+        let mut rng = Rng::new(17);
+        for i in 0..14 {
+            let t0 = 30.0 + f64::from(i) * 60.0 + rng.range(-0.3, 0.3);
+            t.push(connect(t0, "implant", ip(4, 6), 60));
+            t.push(disconnect(
+                t0 + 1.0,
+                "implant",
+                DisconnectCause::ClientDisconnect,
+            ));
+        }
+    });
+    assert!(fired_for(&f, "beaconing", "implant"), "{}", show(&f));
+}
+
+#[test]
+fn beaconing_fires_on_periodic_publishes_to_an_odd_topic() {
+    let f = scenario(&[], |t| {
+        for i in 0..20 {
+            t.push(publish(
+                100.0 + f64::from(i) * 30.0,
+                "s8",
+                "c2/checkin",
+                "{}",
+            ));
+        }
+    });
+    assert!(fired_for(&f, "beaconing", "s8"), "{}", show(&f));
+}
+
+#[test]
+fn beaconing_stays_silent_on_a_device_that_wakes_every_five_minutes_to_report() {
+    let f = scenario(&["waker"], |t| {
+        for i in 0..3 {
+            let t0 = 10.0 + f64::from(i) * 300.0;
+            t.push(connect(t0, "waker", ip(4, 7), 600));
+            t.push(publish(
+                t0 + 0.3,
+                "waker",
+                "devices/waker/telemetry",
+                r#"{"temp":19.2}"#,
+            ));
+            t.push(disconnect(
+                t0 + 1.0,
+                "waker",
+                DisconnectCause::ClientDisconnect,
+            ));
+        }
+    });
+    assert!(of_kind(&f, "beaconing").is_empty(), "{}", show(&f));
+}
+
+// === cloned_identity ===
+
+#[test]
+fn cloned_identity_fires_when_two_addresses_take_the_session_in_turn() {
+    let (a, b) = (ip(5, 1), ip(5, 2));
+    let f = scenario(&["twin"], |t| {
+        for i in 0..8 {
+            let t0 = 100.0 + f64::from(i) * 15.0;
+            let addr = if i % 2 == 0 { a } else { b };
+            t.push(connect(t0, "twin", addr, 60));
+            t.push(publish(
+                t0 + 1.0,
+                "twin",
+                "devices/twin/telemetry",
+                r#"{"temp":20.0}"#,
+            ));
+            t.push(disconnect(
+                t0 + 14.0,
+                "twin",
+                DisconnectCause::SessionTakenOver,
+            ));
+        }
+    });
+    assert!(fired_for(&f, "cloned_identity", "twin"), "{}", show(&f));
+}
+
+#[test]
+fn cloned_identity_stays_silent_when_a_device_moves_once() {
+    let f = scenario(&["mover"], |t| {
+        let mut rng = Rng::new(23);
+        benign_device(t, "mover", ip(5, 3), 1.0, 400.0, &mut rng);
+        // A new DHCP lease: the next session comes from elsewhere.
+        benign_device(t, "mover", ip(5, 4), 405.0, END, &mut rng);
+    });
+    assert!(of_kind(&f, "cloned_identity").is_empty(), "{}", show(&f));
+}
+
+// === out_of_range_reading ===
+
+#[test]
+fn out_of_range_reading_fires_on_an_impossible_temperature() {
+    let f = scenario(&[], |t| {
+        t.push(publish(
+            300.0,
+            "s9",
+            "devices/s9/telemetry",
+            r#"{"temp":150.0,"env":{"hum":45}}"#,
+        ));
+        t.push(publish(
+            301.0,
+            "s10",
+            "devices/s10/telemetry",
+            r#"{"temp":20.0,"env":{"hum":-5}}"#,
+        ));
+    });
+    assert!(fired_for(&f, "out_of_range_reading", "s9"), "{}", show(&f));
+    assert!(fired_for(&f, "out_of_range_reading", "s10"), "{}", show(&f));
+    let hit = of_kind(&f, "out_of_range_reading")
+        .into_iter()
+        .find(|x| x.device.as_ref().is_some_and(|d| d.device.as_str() == "s9"))
+        .unwrap();
+    assert_eq!(hit.evidence.get("field").map(String::as_str), Some("temp"));
+    assert_eq!(hit.evidence.get("value").map(String::as_str), Some("150"));
+}
+
+#[test]
+fn out_of_range_reading_stays_silent_at_the_range_bounds() {
+    let f = scenario(&["edge"], |t| {
+        t.push(publish(
+            300.0,
+            "edge",
+            "devices/edge/telemetry",
+            r#"{"temp":85,"env":{"hum":100}}"#,
+        ));
+        t.push(publish(
+            301.0,
+            "edge",
+            "devices/edge/telemetry",
+            r#"{"temp":-40,"env":{"hum":0}}"#,
+        ));
+    });
+    assert!(
+        of_kind(&f, "out_of_range_reading").is_empty(),
+        "{}",
+        show(&f)
+    );
+}
+
+// === cohort_deviation ===
+
+#[test]
+fn cohort_deviation_fires_on_a_device_reporting_far_from_its_fleet() {
+    let f = scenario(&["liar"], |t| {
+        let mut rng = Rng::new(29);
+        let mut tt = 10.0;
+        t.push(connect(tt, "liar", ip(6, 1), 60));
+        while tt < END {
+            tt += rng.range(0.9, 1.1);
+            // In range, but 50 degrees from every other sensor of the model.
+            t.push(publish(
+                tt,
+                "liar",
+                "devices/liar/telemetry",
+                r#"{"temp":72.0,"env":{"hum":45}}"#,
+            ));
+        }
+    });
+    assert!(fired_for(&f, "cohort_deviation", "liar"), "{}", show(&f));
+    assert!(
+        of_kind(&f, "out_of_range_reading").is_empty(),
+        "{}",
+        show(&f)
+    );
+}
+
+#[test]
+fn cohort_deviation_judges_a_new_device_from_its_first_message() {
+    let mut trace = Trace::default();
+    benign_fleet(&mut trace, FLEET, 300.0, 7);
+    let mut e = engine_for(DetectConfig::default(), FLEET, &["newcomer"]);
+    let f = run(&mut e, trace);
+    assert!(f.is_empty(), "{}", show(&f));
+    assert!(e.baseline(MODEL).and_then(|b| b.metrics[3]).is_some());
+    let mut out = Vec::new();
+    e.observe(&connect(310.0, "newcomer", ip(6, 2), 60), &mut out);
+    e.observe(
+        &publish(
+            310.5,
+            "newcomer",
+            "devices/newcomer/telemetry",
+            r#"{"temp":80.0,"env":{"hum":45}}"#,
+        ),
+        &mut out,
+    );
+    assert!(
+        fired_for(&out, "cohort_deviation", "newcomer"),
+        "{}",
+        show(&out)
+    );
+}
+
+#[test]
+fn cohort_deviation_stays_silent_on_honest_variation() {
+    let f = scenario(&[], |_| {});
+    assert!(of_kind(&f, "cohort_deviation").is_empty(), "{}", show(&f));
+}
+
+// === burst ===
+
+#[test]
+fn burst_fires_on_a_sudden_spike() {
+    let f = scenario(&[], |t| {
+        for i in 0..60 {
+            t.push(publish(
+                500.0 + f64::from(i) * 0.02,
+                "s11",
+                "devices/s11/telemetry",
+                r#"{"temp":21}"#,
+            ));
+        }
+    });
+    assert!(fired_for(&f, "burst", "s11"), "{}", show(&f));
+}
+
+#[test]
+fn burst_stays_silent_on_a_backlog_after_reconnect() {
+    let f = scenario(&[], |t| {
+        // Five buffered readings sent at once after a reconnect.
+        for i in 0..5 {
+            t.push(publish(
+                500.0 + f64::from(i) * 0.01,
+                "s11",
+                "devices/s11/telemetry",
+                r#"{"temp":21}"#,
+            ));
+        }
+    });
+    assert!(of_kind(&f, "burst").is_empty(), "{}", show(&f));
+}
+
+// === the engine ===
+
+#[test]
+fn repeated_findings_are_deduplicated_within_the_cooldown_but_escalate() {
+    let mut e = Engine::new(DetectConfig::default());
+    let mut out = Vec::new();
+    let attacker = ip(9, 1);
+    // 30 failures in a minute: fires once (High), not 20 times.
+    for i in 0..30 {
+        e.observe(
+            &auth_failure(f64::from(i) * 2.0, attacker, "bad_password", None),
+            &mut out,
+        );
+    }
+    let first = of_kind(&out, "credential_brute_force").len();
+    assert_eq!(first, 1, "{}", show(&out));
+    // 100+ within the window: more severe, fires again within the cooldown.
+    for i in 0..200 {
+        e.observe(
+            &auth_failure(60.0 + f64::from(i) * 0.1, attacker, "bad_password", None),
+            &mut out,
+        );
+    }
+    let hits = of_kind(&out, "credential_brute_force");
+    assert_eq!(hits.len(), 2, "{}", show(&out));
+    assert_eq!(hits[1].severity, Severity::Critical);
+    // After the cooldown it fires again, and escalates again.
+    for i in 0..200 {
+        e.observe(
+            &auth_failure(400.0 + f64::from(i) * 0.1, attacker, "bad_password", None),
+            &mut out,
+        );
+    }
+    let severities: Vec<_> = of_kind(&out, "credential_brute_force")
+        .iter()
+        .map(|f| f.severity)
+        .collect();
+    assert_eq!(
+        severities,
+        [
+            Severity::High,
+            Severity::Critical,
+            Severity::High,
+            Severity::Critical
+        ],
+        "{}",
+        show(&out)
+    );
+}
+
+#[test]
+fn disabled_rules_stay_silent() {
+    let mut cfg = DetectConfig::default();
+    cfg.credential_brute_force.enabled = false;
+    let mut e = Engine::new(cfg);
+    let mut out = Vec::new();
+    for i in 0..50 {
+        e.observe(
+            &auth_failure(f64::from(i), ip(9, 2), "bad_password", None),
+            &mut out,
+        );
+    }
+    assert!(of_kind(&out, "credential_brute_force").is_empty());
+}
+
+#[test]
+fn replaying_a_trace_gives_the_same_findings() {
+    let build = || {
+        let mut trace = Trace::default();
+        benign_fleet(&mut trace, 6, 300.0, 3);
+        for i in 0..30 {
+            trace.push(auth_failure(
+                50.0 + f64::from(i),
+                ip(9, 3),
+                "bad_password",
+                None,
+            ));
+        }
+        trace.push(subscribe(120.0, "s1", "#", true));
+        trace.push(publish(
+            130.0,
+            "s2",
+            "devices/s2/telemetry",
+            r#"{"temp":200}"#,
+        ));
+        trace
+    };
+    let a = run(&mut engine_for(DetectConfig::default(), 6, &[]), build());
+    let b = run(&mut engine_for(DetectConfig::default(), 6, &[]), build());
+    assert!(!a.is_empty());
+    assert_eq!(a, b);
+}
+
+#[test]
+fn rules_list_every_kind_with_a_technique() {
+    let rules = Engine::rules();
+    assert_eq!(rules.len(), 15);
+    for r in rules {
+        assert!(r.technique.starts_with("T0"), "{r:?}");
+        assert!(!r.description.is_empty());
+    }
+}
