@@ -548,3 +548,437 @@ pub async fn deliver(webhook: &Webhook, body: &[u8]) -> Result<DeliveryReceipt, 
         backoff = backoff.saturating_mul(2);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::collections::BTreeMap;
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use gatehouse_types::DeviceRef;
+    use hyper::body::Incoming;
+    use hyper::service::service_fn;
+    use hyper::{Response, server::conn::http1};
+    use hyper_util::rt::TokioIo;
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    const TOLERANCE: Duration = Duration::from_secs(300);
+
+    fn secret() -> Secret {
+        Secret::new("whsec-0123456789abcdef")
+    }
+
+    fn finding() -> Finding {
+        Finding {
+            at: SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
+            device: Some(DeviceRef::new(
+                "acme".parse().unwrap(),
+                "cam-1".parse().unwrap(),
+            )),
+            peer: Some("192.0.2.7".parse().unwrap()),
+            kind: "credential_brute_force".into(),
+            severity: Severity::High,
+            confidence: 0.874,
+            technique: Some("T0859".into()),
+            summary: "42 failed logins in 10s".into(),
+            evidence: BTreeMap::from([
+                ("failures".to_owned(), "42".to_owned()),
+                ("window".to_owned(), "10s".to_owned()),
+            ]),
+        }
+    }
+
+    #[test]
+    fn ocsf_body_has_the_detection_finding_required_fields() {
+        let v = ocsf_detection_finding(&finding(), Some(IncidentId(42)), "0.1.0");
+        // Required by the OCSF 1.x Detection Finding class and its base event.
+        for key in [
+            "activity_id",
+            "category_uid",
+            "class_uid",
+            "finding_info",
+            "metadata",
+            "severity_id",
+            "time",
+            "type_uid",
+        ] {
+            assert!(v.get(key).is_some(), "missing {key}: {v}");
+        }
+        assert_eq!(v["class_uid"], 2004);
+        assert_eq!(v["category_uid"], 2);
+        assert_eq!(v["activity_id"], 1);
+        assert_eq!(v["type_uid"], 200_401);
+        assert_eq!(v["severity_id"], Severity::High.ocsf_id());
+        assert_eq!(v["severity"], "High");
+        assert_eq!(v["time"], 1_700_000_000_123_i64);
+        assert_eq!(v["confidence_score"], 87);
+        assert_eq!(v["metadata"]["version"], OCSF_VERSION);
+        assert_eq!(
+            v["metadata"]["product"],
+            serde_json::json!({"name": "Gatehouse", "vendor_name": "Gatehouse", "version": "0.1.0"})
+        );
+        let info = &v["finding_info"];
+        assert_eq!(
+            info["uid"],
+            "inc-42:acme/cam-1|credential_brute_force:1700000000123"
+        );
+        assert_eq!(info["title"], "credential brute force");
+        assert_eq!(info["desc"], "42 failed logins in 10s");
+        assert_eq!(info["types"], serde_json::json!(["credential_brute_force"]));
+        assert_eq!(info["first_seen_time"], 1_700_000_000_123_i64);
+        assert_eq!(info["attacks"][0]["technique"]["uid"], "T0859");
+        assert_eq!(info["attacks"][0]["technique"]["name"], "Valid Accounts");
+        assert_eq!(v["device"]["uid"], "acme/cam-1");
+        assert_eq!(v["device"]["type_id"], 7);
+        assert_eq!(v["resources"][0]["uid"], "acme/cam-1");
+        assert_eq!(v["src_endpoint"]["ip"], "192.0.2.7");
+        assert_eq!(v["evidences"][0]["data"]["failures"], "42");
+        assert_eq!(v["unmapped"]["gatehouse"]["evidence"]["window"], "10s");
+        assert_eq!(v["unmapped"]["gatehouse"]["incident"], "inc-42");
+    }
+
+    #[test]
+    fn ocsf_body_of_an_address_only_finding() {
+        let f = Finding {
+            device: None,
+            technique: Some("T9999".into()),
+            evidence: BTreeMap::new(),
+            confidence: f32::NAN,
+            ..finding()
+        };
+        let v = ocsf_detection_finding(&f, None, "1.2.3");
+        assert!(v.get("device").is_none());
+        assert_eq!(v["resources"][0]["uid"], "192.0.2.7");
+        assert_eq!(v["resources"][0]["type"], "ip_address");
+        assert_eq!(
+            v["finding_info"]["uid"],
+            "addr:192.0.2.7|credential_brute_force:1700000000123"
+        );
+        let technique = &v["finding_info"]["attacks"][0]["technique"];
+        assert_eq!(technique["uid"], "T9999");
+        assert!(
+            technique.get("name").is_none(),
+            "unknown techniques carry no name"
+        );
+        assert!(v.get("evidences").is_none());
+        assert_eq!(v["confidence_score"], 0);
+        assert_eq!(
+            v["unmapped"]["gatehouse"]["incident"],
+            serde_json::Value::Null
+        );
+    }
+
+    #[test]
+    fn signatures_round_trip() {
+        let body = br#"{"class_uid":2004}"#;
+        let header = sign(&secret(), 1_700_000_000, body);
+        assert!(header.starts_with("t=1700000000,v1="), "{header}");
+        assert_eq!(header.len(), "t=1700000000,v1=".len() + 64);
+        assert_eq!(
+            verify(&secret(), &header, body, 1_700_000_000, TOLERANCE),
+            Ok(())
+        );
+        assert_eq!(
+            verify(&secret(), &header, body, 1_700_000_299, TOLERANCE),
+            Ok(())
+        );
+        assert_eq!(
+            verify(&secret(), &header, body, 1_699_999_701, TOLERANCE),
+            Ok(())
+        );
+        // A second v1 (a rotated secret) and unknown keys are accepted.
+        let other = sign(
+            &Secret::new("another-secret-of-length"),
+            1_700_000_000,
+            body,
+        );
+        let rotated = format!("{},{},v0=zz", header, &other["t=1700000000,".len()..]);
+        assert_eq!(
+            verify(&secret(), &rotated, body, 1_700_000_000, TOLERANCE),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn signatures_match_an_independent_hmac() {
+        // Computed with Python's hmac module: hmac.new(key, b"<t>.<body>", sha256).
+        assert_eq!(
+            sign(&Secret::new("key"), 1, b"x"),
+            "t=1,v1=fc4913c41a7bf793267e2a384f3261c9436ec2cd097bd745e7b0d99113f510ec"
+        );
+        assert_eq!(
+            sign(&secret(), 1_700_000_000, br#"{"a":1}"#),
+            "t=1700000000,v1=d77c78ac4da074c56908b55eac30358b2a7bfc573be4c76819af5102e8dcf939"
+        );
+    }
+
+    #[test]
+    fn tampering_is_detected() {
+        let body = br#"{"severity_id":4}"#;
+        let t = 1_700_000_000;
+        let header = sign(&secret(), t, body);
+        assert_eq!(
+            verify(&secret(), &header, br#"{"severity_id":1}"#, t, TOLERANCE),
+            Err(SignatureError::Mismatch),
+            "another body"
+        );
+        assert_eq!(
+            verify(
+                &Secret::new("not-the-secret-at-all"),
+                &header,
+                body,
+                t,
+                TOLERANCE
+            ),
+            Err(SignatureError::Mismatch),
+            "another secret"
+        );
+        let moved = header.replacen("t=1700000000", "t=1700000001", 1);
+        assert_eq!(
+            verify(&secret(), &moved, body, t, TOLERANCE),
+            Err(SignatureError::Mismatch),
+            "another timestamp"
+        );
+        assert!(
+            matches!(
+                verify(&secret(), &header, body, t + 301, TOLERANCE),
+                Err(SignatureError::Stale { skew: 301, .. })
+            ),
+            "a replay after the tolerance"
+        );
+        assert!(matches!(
+            verify(&secret(), &header, body, t - 301, TOLERANCE),
+            Err(SignatureError::Stale { .. })
+        ));
+        for bad in [
+            "",
+            "t=1700000000",
+            "v1=00",
+            "t=abc,v1=00",
+            "t=-1,v1=00",
+            "t=1,t=1,v1=00",
+            "garbage",
+            &header[..header.len() - 1],
+            &format!("{}g", &header[..header.len() - 1]),
+        ] {
+            assert_eq!(
+                verify(&secret(), bad, body, t, TOLERANCE),
+                Err(SignatureError::Malformed),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn secrets_do_not_show_in_debug() {
+        let w = Webhook {
+            name: "soc".into(),
+            url: "https://a.example".into(),
+            secret: secret(),
+            timeout: Webhook::DEFAULT_TIMEOUT,
+            retries: 0,
+        };
+        let text = format!("{w:?}");
+        assert!(text.contains("<redacted>"), "{text}");
+        assert!(!text.contains(secret().expose()), "{text}");
+    }
+
+    /// What the receiver answers: a status per request, in order (the last repeats), and
+    /// an optional delay before answering.
+    struct Receiver {
+        addr: SocketAddr,
+        hits: Arc<AtomicU32>,
+        seen: Arc<Seen>,
+    }
+
+    /// Bodies that passed the receiver's signature check, and the refusals.
+    #[derive(Debug, Default)]
+    struct Seen {
+        verified: std::sync::Mutex<Vec<Vec<u8>>>,
+        refused: std::sync::Mutex<Vec<String>>,
+    }
+
+    async fn receiver(statuses: Vec<u16>, delay: Duration) -> Receiver {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hits = Arc::new(AtomicU32::new(0));
+        let seen = Arc::new(Seen::default());
+        let (h, s) = (hits.clone(), seen.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let (h, s, statuses) = (h.clone(), s.clone(), statuses.clone());
+                tokio::spawn(async move {
+                    let service = service_fn(move |req: hyper::Request<Incoming>| {
+                        let (h, s, statuses) = (h.clone(), s.clone(), statuses.clone());
+                        async move {
+                            let n = h.fetch_add(1, Ordering::SeqCst) as usize;
+                            let header = req
+                                .headers()
+                                .get(SIGNATURE_HEADER)
+                                .and_then(|v| v.to_str().ok())
+                                .map(str::to_owned);
+                            let json = req
+                                .headers()
+                                .get("content-type")
+                                .map(|v| v.as_bytes().to_vec());
+                            let body = req.into_body().collect().await?.to_bytes();
+                            let now = now_secs();
+                            match header.map(|hv| verify(&secret(), &hv, &body, now, TOLERANCE)) {
+                                Some(Ok(())) if json.as_deref() == Some(b"application/json") => {
+                                    s.verified.lock().unwrap().push(body.to_vec());
+                                }
+                                other => s.refused.lock().unwrap().push(format!("{other:?}")),
+                            }
+                            tokio::time::sleep(delay).await;
+                            let status =
+                                statuses.get(n).or(statuses.last()).copied().unwrap_or(200);
+                            Ok::<_, hyper::Error>(
+                                Response::builder()
+                                    .status(status)
+                                    .body(Full::new(Bytes::from_static(b"ok")))
+                                    .unwrap(),
+                            )
+                        }
+                    });
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Receiver { addr, hits, seen }
+    }
+
+    fn hook(r: &Receiver, retries: u32, timeout: Duration) -> Webhook {
+        Webhook {
+            name: "test".into(),
+            url: format!("http://{}/gatehouse/hook", r.addr),
+            secret: secret(),
+            timeout,
+            retries,
+        }
+    }
+
+    #[tokio::test]
+    async fn delivery_is_signed_and_verified_by_the_receiver() {
+        let r = receiver(vec![204], Duration::ZERO).await;
+        let body = serde_json::to_vec(&ocsf_detection_finding(
+            &finding(),
+            Some(IncidentId(7)),
+            "0.1.0",
+        ))
+        .unwrap();
+        let receipt = deliver(&hook(&r, 3, Duration::from_secs(5)), &body)
+            .await
+            .unwrap();
+        assert_eq!((receipt.status, receipt.attempts), (204, 1));
+        assert_eq!(*r.seen.verified.lock().unwrap(), vec![body.clone()]);
+        assert!(r.seen.refused.lock().unwrap().is_empty());
+        let got: serde_json::Value =
+            serde_json::from_slice(&r.seen.verified.lock().unwrap()[0]).unwrap();
+        assert_eq!(got["class_uid"], 2004);
+        assert_eq!(got["unmapped"]["gatehouse"]["incident"], "inc-7");
+    }
+
+    #[tokio::test]
+    async fn server_errors_are_retried_with_backoff() {
+        let r = receiver(vec![503, 500, 200], Duration::ZERO).await;
+        let receipt = deliver(&hook(&r, 3, Duration::from_secs(5)), b"{}")
+            .await
+            .unwrap();
+        assert_eq!((receipt.status, receipt.attempts), (200, 3));
+        assert_eq!(r.hits.load(Ordering::SeqCst), 3);
+        assert_eq!(
+            r.seen.verified.lock().unwrap().len(),
+            3,
+            "each attempt is signed"
+        );
+    }
+
+    #[tokio::test]
+    async fn retries_are_bounded() {
+        let r = receiver(vec![500], Duration::ZERO).await;
+        let e = deliver(&hook(&r, 2, Duration::from_secs(5)), b"{}")
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                DeliveryError::Status {
+                    status: 500,
+                    attempts: 3,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert_eq!(r.hits.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn a_client_error_is_final() {
+        let r = receiver(vec![400, 200], Duration::ZERO).await;
+        let e = deliver(&hook(&r, 3, Duration::from_secs(5)), b"{}")
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                DeliveryError::Status {
+                    status: 400,
+                    attempts: 1,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert_eq!(r.hits.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_slow_receiver_times_out() {
+        let r = receiver(vec![200], Duration::from_secs(3)).await;
+        let e = deliver(&hook(&r, 1, Duration::from_millis(200)), b"{}")
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, DeliveryError::Timeout { attempts: 2, .. }),
+            "{e:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn nobody_listening_is_a_transport_error() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let w = Webhook {
+            name: "gone".into(),
+            url: format!("http://{addr}/"),
+            secret: secret(),
+            timeout: Duration::from_secs(2),
+            retries: 1,
+        };
+        let e = deliver(&w, b"{}").await.unwrap_err();
+        assert!(
+            matches!(e, DeliveryError::Transport { attempts: 2, .. }),
+            "{e:?}"
+        );
+        let bad = Webhook {
+            url: "ftp://x/".into(),
+            ..w
+        };
+        assert!(matches!(
+            deliver(&bad, b"{}").await,
+            Err(DeliveryError::BadUrl { .. })
+        ));
+    }
+}

@@ -942,3 +942,680 @@ fn webhook(w: RawWebhook, index: usize, base: Option<&Path>) -> Result<Webhook, 
         retries,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::collections::BTreeMap;
+    use std::time::SystemTime;
+
+    use gatehouse_types::DeviceRef;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const SECRET: &str = "0123456789abcdef0123";
+
+    fn finding(kind: &str, severity: Severity, confidence: f32, device: bool) -> Finding {
+        Finding {
+            at: SystemTime::UNIX_EPOCH,
+            device: device
+                .then(|| DeviceRef::new("acme".parse().unwrap(), "cam-1".parse().unwrap())),
+            peer: Some("10.0.0.7".parse().unwrap()),
+            kind: kind.to_owned(),
+            severity,
+            confidence,
+            technique: None,
+            summary: String::new(),
+            evidence: BTreeMap::new(),
+        }
+    }
+
+    fn kinds(plan: &[PlannedAction]) -> Vec<(&str, &str)> {
+        plan.iter()
+            .map(|p| (p.playbook.as_str(), p.action.kind()))
+            .collect()
+    }
+
+    /// The error for a file made of one playbook with `body` after its name.
+    fn refused(body: &str) -> PlaybookError {
+        let text = format!(
+            "[[webhook]]\nname = \"soc\"\nurl = \"https://soc.example/x\"\nsecret = \"{SECRET}\"\n\
+             [[playbook]]\nname = \"p\"\n{body}"
+        );
+        match Playbooks::parse(&text) {
+            Ok(p) => panic!("must be refused: {body}\n{p:?}"),
+            Err(e) => e,
+        }
+    }
+
+    fn invalid_field(e: &PlaybookError) -> (&str, &str) {
+        match e {
+            PlaybookError::Invalid { item, field, .. } => (item.as_str(), field.as_str()),
+            other => panic!("expected Invalid, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn shipped_defaults_parse() {
+        let d = Playbooks::parse(DEFAULT_TOML).unwrap();
+        assert_eq!(d, Playbooks::defaults());
+        let names: Vec<_> = d.playbooks().iter().map(Playbook::name).collect();
+        assert_eq!(
+            names,
+            [
+                "quarantine-attacking-devices",
+                "ban-attacking-addresses",
+                "revoke-cloned-identity",
+                "notify-medium-findings"
+            ]
+        );
+        assert!(d.webhooks().is_empty());
+    }
+
+    #[test]
+    fn defaults_quarantine_attacking_devices_and_ban_bare_addresses() {
+        let d = Playbooks::defaults();
+        for kind in [
+            "credential_brute_force",
+            "publish_flood",
+            "connect_flood",
+            "topic_scanning",
+            "wildcard_harvesting",
+            "command_injection",
+            "malformed_packets",
+        ] {
+            let plan = d.plan(&finding(kind, Severity::High, 0.9, true), None, 1);
+            assert_eq!(
+                kinds(&plan),
+                [("quarantine-attacking-devices", "quarantine")],
+                "{kind}"
+            );
+            assert_eq!(plan[0].mode, Mode::Auto);
+            assert_eq!(
+                plan[0].action,
+                Action::Quarantine {
+                    for_: Some(Duration::from_secs(3600))
+                }
+            );
+            assert!(plan[0].runs_now());
+        }
+        // Below high: nothing but the notify-only playbook, which has no webhook to use.
+        assert!(
+            d.plan(
+                &finding("publish_flood", Severity::Medium, 0.9, true),
+                None,
+                1
+            )
+            .is_empty()
+        );
+        for kind in [
+            "credential_brute_force",
+            "connect_flood",
+            "slow_connection_dos",
+        ] {
+            let plan = d.plan(&finding(kind, Severity::Critical, 0.9, false), None, 1);
+            assert_eq!(kinds(&plan), [("ban-attacking-addresses", "ban")], "{kind}");
+            assert_eq!(
+                plan[0].action,
+                Action::Ban {
+                    for_: Duration::from_secs(900)
+                }
+            );
+        }
+        // A device's brute force is not a ban.
+        let plan = d.plan(
+            &finding("slow_connection_dos", Severity::High, 0.9, true),
+            None,
+            1,
+        );
+        assert!(plan.is_empty(), "{plan:?}");
+        let plan = d.plan(
+            &finding("cloned_identity", Severity::High, 0.8, true),
+            None,
+            1,
+        );
+        assert_eq!(kinds(&plan), [("revoke-cloned-identity", "revoke")]);
+        assert!(plan[0].needs_approval());
+        assert!(!plan[0].runs_now());
+    }
+
+    #[test]
+    fn defaults_notify_medium_findings_through_every_webhook_added() {
+        let text = format!(
+            "{DEFAULT_TOML}\n[[webhook]]\nname = \"soc\"\nurl = \"https://soc.example/hook\"\n\
+             secret = \"{SECRET}\"\n[[webhook]]\nname = \"pager\"\nurl = \"http://10.0.0.1:8080/\"\n\
+             secret = \"{SECRET}\"\n"
+        );
+        let d = Playbooks::parse(&text).unwrap();
+        let plan = d.plan(&finding("beaconing", Severity::Medium, 0.6, true), None, 1);
+        assert_eq!(
+            plan.iter()
+                .map(|p| (p.mode, p.action.clone()))
+                .collect::<Vec<_>>(),
+            [
+                (
+                    Mode::Notify,
+                    Action::Notify {
+                        webhook: "soc".into()
+                    }
+                ),
+                (
+                    Mode::Notify,
+                    Action::Notify {
+                        webhook: "pager".into()
+                    }
+                ),
+            ]
+        );
+        assert!(plan.iter().all(PlannedAction::runs_now));
+        // A high flood: quarantine plus both notifications, no medium notification.
+        let plan = d.plan(
+            &finding("publish_flood", Severity::High, 0.9, true),
+            None,
+            1,
+        );
+        assert_eq!(
+            kinds(&plan),
+            [
+                ("quarantine-attacking-devices", "quarantine"),
+                ("quarantine-attacking-devices", "notify"),
+                ("quarantine-attacking-devices", "notify"),
+            ]
+        );
+    }
+
+    const FULL: &str = r#"
+[[webhook]]
+name = "soc"
+url = "https://soc.example.com/gatehouse"
+secret = "0123456789abcdef0123"
+timeout = "2s"
+retries = 1
+
+[[playbook]]
+name = "quarantine-brute-force"
+mode = "auto"
+[playbook.when]
+kinds = ["credential_brute_force", "publish_flood", "topic_scanning"]
+min_severity = "high"
+min_confidence = 0.7
+tiers = ["restricted", "quarantined"]
+min_findings = 3
+[[playbook.action]]
+type = "quarantine"
+for = "1h"
+[[playbook.action]]
+type = "throttle"
+rate = 2.5
+for = "10m"
+[[playbook.action]]
+type = "disconnect"
+[[playbook.action]]
+type = "notify"
+webhook = "soc"
+
+[[playbook]]
+name = "revoke"
+mode = "approve"
+[[playbook.action]]
+type = "revoke"
+reason = "operator's call"
+[[playbook.action]]
+type = "ban"
+[[playbook.action]]
+type = "quarantine"
+"#;
+
+    #[test]
+    fn full_example_parses_with_every_field() {
+        let p = Playbooks::parse(FULL).unwrap();
+        let w = p.webhook("soc").unwrap();
+        assert_eq!(w.url, "https://soc.example.com/gatehouse");
+        assert_eq!(w.timeout, Duration::from_secs(2));
+        assert_eq!(w.retries, 1);
+        assert_eq!(w.secret.expose(), SECRET);
+        assert!(p.webhook("other").is_none());
+        let q = &p.playbooks()[0];
+        assert_eq!(q.mode(), Mode::Auto);
+        assert_eq!(q.when().min_severity, Severity::High);
+        assert_eq!(q.when().min_findings, 3);
+        assert_eq!(
+            q.when().tiers,
+            [Tier::Restricted, Tier::Quarantined].into_iter().collect()
+        );
+        assert_eq!(
+            q.actions(),
+            [
+                Action::Quarantine {
+                    for_: Some(Duration::from_secs(3600))
+                },
+                Action::Throttle {
+                    rate: 2.5,
+                    for_: Duration::from_secs(600)
+                },
+                Action::Disconnect,
+                Action::Notify {
+                    webhook: "soc".into()
+                },
+            ]
+        );
+        // Defaults: mode auto, min_severity medium, confidence 0.5, one finding, throttle
+        // and ban durations, revoke reason, quarantine until released.
+        let r = &p.playbooks()[1];
+        assert_eq!(r.mode(), Mode::Approve);
+        assert_eq!(r.when().min_severity, DEFAULT_MIN_SEVERITY);
+        assert_eq!(r.when().min_confidence, DEFAULT_MIN_CONFIDENCE);
+        assert_eq!(r.when().min_findings, 1);
+        assert!(r.when().kinds.is_empty() && r.when().tiers.is_empty());
+        assert_eq!(
+            r.actions(),
+            [
+                Action::Revoke {
+                    reason: "operator's call".into()
+                },
+                Action::Ban {
+                    for_: DEFAULT_BAN_FOR
+                },
+                Action::Quarantine { for_: None },
+            ]
+        );
+        let t = Playbooks::parse(
+            "[[playbook]]\nname = \"t\"\n[[playbook.action]]\ntype = \"throttle\"\n\
+             [[playbook.action]]\ntype = \"revoke\"",
+        )
+        .unwrap();
+        assert_eq!(
+            t.playbooks()[0].actions(),
+            [
+                Action::Throttle {
+                    rate: DEFAULT_THROTTLE_RATE,
+                    for_: DEFAULT_THROTTLE_FOR
+                },
+                Action::Revoke {
+                    reason: "automated response".into()
+                },
+            ]
+        );
+        assert_eq!(Playbooks::parse("").unwrap(), Playbooks::empty());
+    }
+
+    #[test]
+    fn planning_matches_kind_severity_confidence_tier_and_count() {
+        let p = Playbooks::parse(FULL).unwrap();
+        let q = |f: &Finding, tier, n| {
+            p.plan(f, tier, n)
+                .into_iter()
+                .filter(|a| a.playbook == "quarantine-brute-force")
+                .count()
+        };
+        let good = finding("publish_flood", Severity::High, 0.7, true);
+        let r = Some(Tier::Restricted);
+        assert_eq!(q(&good, r, 3), 4, "every action of the playbook");
+        assert_eq!(q(&good, Some(Tier::Quarantined), 10), 4);
+        // Kind.
+        assert_eq!(q(&finding("beaconing", Severity::High, 0.7, true), r, 3), 0);
+        // Severity: high and above.
+        assert_eq!(
+            q(&finding("publish_flood", Severity::Medium, 0.9, true), r, 3),
+            0
+        );
+        assert_eq!(
+            q(
+                &finding("publish_flood", Severity::Critical, 0.9, true),
+                r,
+                3
+            ),
+            4
+        );
+        // Confidence: at least 0.7.
+        assert_eq!(
+            q(&finding("publish_flood", Severity::High, 0.69, true), r, 3),
+            0
+        );
+        assert_eq!(
+            q(
+                &finding("publish_flood", Severity::High, f32::NAN, true),
+                r,
+                3
+            ),
+            0
+        );
+        // Tier: must be known and listed.
+        assert_eq!(q(&good, Some(Tier::Trusted), 3), 0);
+        assert_eq!(q(&good, None, 3), 0);
+        // Findings in the incident.
+        assert_eq!(q(&good, r, 2), 0);
+        // Without a device the device actions drop out; the notification stays.
+        let plan: Vec<_> = p
+            .plan(&finding("publish_flood", Severity::High, 0.9, false), r, 3)
+            .into_iter()
+            .filter(|a| a.playbook == "quarantine-brute-force")
+            .map(|a| a.action.kind())
+            .collect();
+        assert_eq!(plan, ["notify"]);
+        // The catch-all approve playbook: medium and up, any kind; a ban needs an address.
+        let mut no_peer = finding("x", Severity::Medium, 0.5, true);
+        no_peer.peer = None;
+        let plan = p.plan(&no_peer, None, 1);
+        assert_eq!(
+            kinds(&plan),
+            [("revoke", "revoke"), ("revoke", "quarantine")]
+        );
+        assert!(plan.iter().all(PlannedAction::needs_approval));
+        assert!(
+            p.plan(&finding("x", Severity::Low, 1.0, true), None, 1)
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn has_device_and_max_severity_narrow_a_playbook() {
+        let p = Playbooks::parse(
+            "[[playbook]]\nname = \"addr\"\n[playbook.when]\nhas_device = false\n\
+             max_severity = \"high\"\n[[playbook.action]]\ntype = \"ban\"\nfor = \"1m\"\n\
+             [[playbook]]\nname = \"dev\"\n[playbook.when]\nhas_device = true\n\
+             [[playbook.action]]\ntype = \"disconnect\"",
+        )
+        .unwrap();
+        let plan = p.plan(&finding("k", Severity::High, 0.9, false), None, 1);
+        assert_eq!(kinds(&plan), [("addr", "ban")]);
+        let plan = p.plan(&finding("k", Severity::Critical, 0.9, false), None, 1);
+        assert!(plan.is_empty(), "above max_severity");
+        let plan = p.plan(&finding("k", Severity::High, 0.9, true), None, 1);
+        assert_eq!(kinds(&plan), [("dev", "disconnect")]);
+    }
+
+    #[test]
+    fn actions_know_their_reversal() {
+        let cases = [
+            (
+                Action::Throttle {
+                    rate: 1.0,
+                    for_: Duration::from_secs(1),
+                },
+                "throttle",
+                Some("unthrottle"),
+            ),
+            (
+                Action::Quarantine { for_: None },
+                "quarantine",
+                Some("release"),
+            ),
+            (
+                Action::Revoke { reason: "r".into() },
+                "revoke",
+                Some("reinstate"),
+            ),
+            (Action::Disconnect, "disconnect", None),
+            (
+                Action::Ban {
+                    for_: Duration::from_secs(1),
+                },
+                "ban",
+                Some("unban"),
+            ),
+            (
+                Action::Notify {
+                    webhook: "w".into(),
+                },
+                "notify",
+                None,
+            ),
+        ];
+        for (a, kind, reverse) in cases {
+            assert_eq!(a.kind(), kind);
+            assert_eq!(a.reverse_kind(), reverse);
+            assert_eq!(a.reversible(), reverse.is_some());
+        }
+        assert_eq!(
+            Action::Throttle {
+                rate: 2.0,
+                for_: Duration::from_secs(600)
+            }
+            .params(),
+            serde_json::json!({"rate": 2.0, "for": "10m", "for_secs": 600})
+        );
+        assert_eq!(
+            Action::Quarantine { for_: None }.params(),
+            serde_json::json!({"for": null})
+        );
+        assert_eq!(
+            Action::Ban {
+                for_: Duration::from_secs(900)
+            }
+            .duration(),
+            Some(Duration::from_secs(900))
+        );
+        assert_eq!(Action::Disconnect.duration(), None);
+    }
+
+    #[test]
+    fn unknown_fields_and_wrong_types_are_syntax_errors() {
+        for text in [
+            "[[playbook]]\nname = \"p\"\nmood = \"auto\"",
+            "[[playbook]]\nname = \"p\"\n[playbook.when]\nkind = [\"x\"]",
+            "[[playbook]]\nname = \"p\"\n[[playbook.action]]\ntype = \"ban\"\nduration = \"1m\"",
+            "[[playbook]]\nname = 3",
+            "[[playbook]]\nname = \"p\"\n[playbook.when]\nmin_findings = -1",
+            "[[webhook]]\nname = \"w\"\nurl = \"https://x\"\nsecret = \"0123456789abcdef\"\nheaders = {}",
+            "[oops",
+            "playbooks = []",
+        ] {
+            assert!(
+                matches!(Playbooks::parse(text), Err(PlaybookError::Syntax(_))),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn each_bad_value_is_refused_naming_its_playbook_and_field() {
+        let action = |body: &str| refused(&format!("[[playbook.action]]\n{body}"));
+        let when = |body: &str| {
+            refused(&format!(
+                "[playbook.when]\n{body}\n[[playbook.action]]\ntype = \"disconnect\""
+            ))
+        };
+        let cases: Vec<(PlaybookError, &str)> = vec![
+            (action("type = \"explode\""), "action[0].type"),
+            (action("type = \"ban\"\nfor = \"0s\""), "action[0].for"),
+            (action("type = \"ban\"\nfor = \"-5m\""), "action[0].for"),
+            (action("type = \"ban\"\nfor = \"soon\""), "action[0].for"),
+            (action("type = \"ban\"\nfor = \"400days\""), "action[0].for"),
+            (
+                action("type = \"quarantine\"\nfor = \"31days\""),
+                "action[0].for",
+            ),
+            (action("type = \"throttle\"\nrate = 0.0"), "action[0].rate"),
+            (action("type = \"throttle\"\nrate = -1.0"), "action[0].rate"),
+            (action("type = \"throttle\"\nrate = nan"), "action[0].rate"),
+            (action("type = \"throttle\"\nrate = inf"), "action[0].rate"),
+            (
+                action("type = \"throttle\"\nfor = \"0ms\""),
+                "action[0].for",
+            ),
+            (
+                action("type = \"notify\"\nwebhook = \"nobody\""),
+                "action[0].webhook",
+            ),
+            (
+                action("type = \"quarantine\"\nrate = 1.0"),
+                "action[0].rate",
+            ),
+            (
+                action("type = \"disconnect\"\nfor = \"1m\""),
+                "action[0].for",
+            ),
+            (
+                action("type = \"revoke\"\nreason = \"  \""),
+                "action[0].reason",
+            ),
+            (action("type = \"notify\"\nfor = \"1m\""), "action[0].for"),
+            (
+                refused("mode = \"maybe\"\n[[playbook.action]]\ntype = \"disconnect\""),
+                "mode",
+            ),
+            (refused("mode = \"auto\""), "action"),
+            (when("min_severity = \"severe\""), "when.min_severity"),
+            (
+                when("max_severity = \"low\"\nmin_severity = \"high\""),
+                "when.max_severity",
+            ),
+            (when("min_confidence = 1.5"), "when.min_confidence"),
+            (when("min_confidence = -0.1"), "when.min_confidence"),
+            (when("tiers = [\"vip\"]"), "when.tiers"),
+            (when("min_findings = 0"), "when.min_findings"),
+            (when("kinds = [\"Publish Flood\"]"), "when.kinds"),
+            (when("kinds = [\"\"]"), "when.kinds"),
+            (when("has_device = false"), "action[0].type"),
+        ];
+        for (e, field) in cases {
+            assert_eq!(invalid_field(&e), ("playbook \"p\"", field), "{e}");
+            let text = e.to_string();
+            assert!(text.starts_with("playbook \"p\": "), "{text}");
+        }
+        let too_many = format!(
+            "[[playbook]]\nname = \"p\"\n{}",
+            "[[playbook.action]]\ntype = \"disconnect\"\n".repeat(MAX_ACTIONS + 1)
+        );
+        assert_eq!(
+            invalid_field(&Playbooks::parse(&too_many).unwrap_err()).1,
+            "action"
+        );
+    }
+
+    #[test]
+    fn duplicate_and_bad_names_are_refused() {
+        let one = "[[playbook]]\nname = \"same\"\n[[playbook.action]]\ntype = \"disconnect\"\n";
+        let e = Playbooks::parse(&one.repeat(2)).unwrap_err();
+        assert_eq!(invalid_field(&e), ("playbook \"same\"", "name"));
+        assert!(e.to_string().contains("defined twice"), "{e}");
+        for name in ["", "has space", "ünï"] {
+            let e = Playbooks::parse(&format!(
+                "[[playbook]]\nname = \"{name}\"\n[[playbook.action]]\ntype = \"disconnect\""
+            ))
+            .unwrap_err();
+            assert_eq!(invalid_field(&e).1, "name", "{name:?}");
+        }
+        let hook = format!(
+            "[[webhook]]\nname = \"w\"\nurl = \"https://a.example\"\nsecret = \"{SECRET}\"\n"
+        );
+        let e = Playbooks::parse(&hook.repeat(2)).unwrap_err();
+        assert_eq!(invalid_field(&e), ("webhook \"w\"", "name"));
+    }
+
+    #[test]
+    fn webhooks_are_validated() {
+        let hook = |body: &str| Playbooks::parse(&format!("[[webhook]]\nname = \"w\"\n{body}"));
+        let ok = hook(&format!(
+            "url = \"http://127.0.0.1:9/x\"\nsecret = \"{SECRET}\""
+        ))
+        .unwrap();
+        let w = ok.webhook("w").unwrap();
+        assert_eq!(
+            (w.timeout, w.retries),
+            (Webhook::DEFAULT_TIMEOUT, Webhook::DEFAULT_RETRIES)
+        );
+        for (body, field) in [
+            (
+                format!("url = \"ftp://a.example/\"\nsecret = \"{SECRET}\""),
+                "url",
+            ),
+            (
+                format!("url = \"file:///etc/passwd\"\nsecret = \"{SECRET}\""),
+                "url",
+            ),
+            (format!("url = \"not a url\"\nsecret = \"{SECRET}\""), "url"),
+            (format!("url = \"/relative\"\nsecret = \"{SECRET}\""), "url"),
+            ("url = \"https://a.example\"".to_owned(), "secret"),
+            (
+                "url = \"https://a.example\"\nsecret = \"short\"".to_owned(),
+                "secret",
+            ),
+            (
+                format!("url = \"https://a.example\"\nsecret = \"{SECRET}\"\nsecret_file = \"x\""),
+                "secret",
+            ),
+            (
+                "url = \"https://a.example\"\nsecret_file = \"/nonexistent/gatehouse/secret\""
+                    .to_owned(),
+                "secret_file",
+            ),
+            (
+                format!("url = \"https://a.example\"\nsecret = \"{SECRET}\"\ntimeout = \"0s\""),
+                "timeout",
+            ),
+            (
+                format!("url = \"https://a.example\"\nsecret = \"{SECRET}\"\ntimeout = \"2m\""),
+                "timeout",
+            ),
+            (
+                format!("url = \"https://a.example\"\nsecret = \"{SECRET}\"\nretries = 11"),
+                "retries",
+            ),
+        ] {
+            let e = hook(&body).unwrap_err();
+            assert_eq!(invalid_field(&e), ("webhook \"w\"", field), "{body}");
+        }
+    }
+
+    #[test]
+    fn a_secret_file_is_read_relative_to_the_playbook_file() {
+        let dir = std::env::temp_dir().join(format!("gatehouse-respond-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("hook.secret"), format!("{SECRET}\n")).unwrap();
+        let file = dir.join("playbooks.toml");
+        std::fs::write(
+            &file,
+            "[[webhook]]\nname = \"w\"\nurl = \"https://a.example\"\nsecret_file = \"hook.secret\"\n",
+        )
+        .unwrap();
+        let p = Playbooks::load(&file).unwrap();
+        assert_eq!(
+            p.webhook("w").unwrap().secret.expose(),
+            SECRET,
+            "the newline is trimmed"
+        );
+        assert!(
+            !format!("{p:?}").contains(SECRET),
+            "Debug never shows the secret"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn oversize_files_are_refused() {
+        let text = "#".repeat(MAX_TEXT_BYTES + 1);
+        assert!(matches!(
+            Playbooks::parse(&text),
+            Err(PlaybookError::TooLarge { .. })
+        ));
+    }
+
+    proptest! {
+        #[test]
+        fn parse_never_panics(text in ".{0,400}") {
+            let _ = Playbooks::parse(&text);
+        }
+
+        #[test]
+        fn parse_never_panics_on_playbook_like_text(
+            lines in proptest::collection::vec(
+                prop_oneof![
+                    Just("[[playbook]]".to_owned()),
+                    Just("[[playbook.action]]".to_owned()),
+                    Just("[playbook.when]".to_owned()),
+                    Just("[[webhook]]".to_owned()),
+                    "(name|type|mode|for|rate|reason|webhook|url|secret|timeout) = \"[a-z0-9:/.-]{0,12}\"",
+                    "(rate|min_confidence|min_findings|retries) = -?[0-9]{1,4}(\\.[0-9])?",
+                    "(kinds|tiers) = \\[\"[a-z_]{0,10}\"\\]",
+                ],
+                0..24,
+            )
+        ) {
+            let _ = Playbooks::parse(&lines.join("\n"));
+        }
+    }
+}

@@ -3,7 +3,7 @@
 //! These functions panic on failure, like any test.
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
-use gatehouse_types::{DeviceId, DeviceRef, TenantId};
+use gatehouse_types::{DeviceId, DeviceRef, Finding, Severity, TenantId};
 use time::{Duration, OffsetDateTime};
 
 use crate::*;
@@ -1242,4 +1242,783 @@ pub fn all<S: Registry>(make: impl Fn() -> S) {
     oversize_trust_documents_are_refused(&make);
     assessment_batches_are_all_or_nothing(&make);
     policy_sets(&make);
+    incidents_group_findings(&make);
+    incident_lifecycle(&make);
+    actions(&make);
+    bans(&make);
+    respond_changes_keep_the_audit_chain(&make);
+}
+
+// --- the respond stage
+
+fn finding_at(secs: i64, device: Option<&DeviceRef>, peer: Option<&str>, kind: &str) -> Finding {
+    Finding {
+        at: std::time::SystemTime::UNIX_EPOCH
+            + std::time::Duration::from_secs(u64::try_from(secs).unwrap()),
+        device: device.cloned(),
+        peer: peer.map(|p| p.parse().unwrap()),
+        kind: kind.to_owned(),
+        severity: Severity::Medium,
+        confidence: 0.8,
+        technique: None,
+        summary: format!("{kind} seen"),
+        evidence: std::collections::BTreeMap::from([("n".to_owned(), secs.to_string())]),
+    }
+}
+
+fn secs0() -> i64 {
+    t0().unix_timestamp()
+}
+
+/// Findings are grouped by subject and kind into one open incident per group, which
+/// counts them, keeps first/last seen and the worst severity, stores at most the bound and
+/// is audited once, when it opens; a bad finding refuses the whole batch.
+pub fn incidents_group_findings<S: Registry>(make: impl Fn() -> S) {
+    let s = make();
+    let d1 = dref("acme", "cam-1");
+    let g1 = dref("globex", "cam-1");
+    let before = audit_len(&s);
+    let mut high = finding_at(secs0() + 5, Some(&d1), Some("10.0.0.1"), "publish_flood");
+    high.severity = Severity::High;
+    high.technique = Some("T0814".into());
+    let batch = vec![
+        finding_at(secs0() + 10, Some(&d1), Some("10.0.0.1"), "publish_flood"),
+        high,
+        finding_at(secs0() + 20, Some(&d1), None, "topic_scanning"),
+        finding_at(secs0() + 30, None, Some("192.0.2.9"), "publish_flood"),
+        finding_at(secs0() + 40, Some(&g1), None, "publish_flood"),
+        finding_at(secs0() + 50, Some(&d1), Some("10.0.0.2"), "publish_flood"),
+    ];
+    let rec = s
+        .record_findings(&batch, t0() + Duration::minutes(1), 2)
+        .unwrap();
+    assert_eq!(rec.len(), batch.len());
+    let flood = rec[0].incident_id;
+    assert!(rec[0].new_incident && rec[0].finding_id.is_some());
+    assert_eq!(rec[0].findings_in_incident, 1);
+    assert_eq!(
+        (
+            rec[1].incident_id,
+            rec[1].new_incident,
+            rec[1].findings_in_incident
+        ),
+        (flood, false, 2)
+    );
+    assert!(rec[1].finding_id.is_some());
+    for (i, r) in rec.iter().enumerate().skip(2).take(3) {
+        assert!(r.new_incident, "finding {i} opens its own incident");
+        assert_ne!(r.incident_id, flood);
+    }
+    assert_eq!(
+        (rec[5].incident_id, rec[5].findings_in_incident),
+        (flood, 3)
+    );
+    assert_eq!(
+        rec[5].finding_id, None,
+        "over the bound: counted, not stored"
+    );
+    assert_eq!(
+        audit_len(&s),
+        before + 4,
+        "one open_incident record per new incident"
+    );
+    let opened = s.audit_records(before + 1, 1).unwrap().pop().unwrap();
+    assert_eq!(
+        (opened.actor.as_str(), opened.action.as_str()),
+        ("system", "open_incident")
+    );
+    assert_eq!(opened.subject, flood.to_string());
+    let detail: serde_json::Value = serde_json::from_str(&opened.detail).unwrap();
+    assert_eq!(detail["incident"], serde_json::json!(flood.0));
+    assert_eq!(detail["group_key"], "acme/cam-1|publish_flood");
+
+    let d = s.get_incident(flood).unwrap().unwrap();
+    let inc = &d.incident;
+    assert_eq!(inc.device.as_ref(), Some(&d1));
+    assert_eq!(inc.tenant.as_ref(), Some(&tenant("acme")));
+    assert_eq!(inc.peer, Some("10.0.0.1".parse().unwrap()));
+    assert_eq!(inc.kind, "publish_flood");
+    assert_eq!(inc.state, IncidentState::Open);
+    assert_eq!(inc.max_severity, Severity::High);
+    assert_eq!((inc.finding_count, inc.stored_findings), (3, 2));
+    assert_eq!(
+        inc.first_seen,
+        t0() + Duration::seconds(5),
+        "the earliest finding, not the first recorded"
+    );
+    assert_eq!(inc.last_seen, t0() + Duration::seconds(50));
+    assert_eq!(inc.opened_at, t0() + Duration::minutes(1));
+    assert_eq!(inc.technique.as_deref(), Some("T0814"));
+    assert_eq!(inc.summary, "publish_flood seen");
+    assert_eq!(d.findings.len(), 2);
+    assert_eq!(
+        d.findings[0].finding, batch[0],
+        "a stored finding round-trips exactly"
+    );
+    assert_eq!(d.findings[1].finding, batch[1]);
+    assert_eq!(Some(d.findings[0].id), rec[0].finding_id);
+    // The timeline: opening and the stored findings, by time.
+    let events: Vec<String> = d
+        .timeline
+        .iter()
+        .map(|e| match &e.event {
+            TimelineEvent::Finding { severity, .. } => format!("finding:{severity}"),
+            TimelineEvent::State { from, to, .. } => format!("state:{from:?}->{to}"),
+            TimelineEvent::Action { kind, state, .. } => format!("action:{kind}:{state}"),
+        })
+        .collect();
+    assert_eq!(
+        events,
+        ["finding:high", "finding:medium", "state:None->open"]
+    );
+    assert!(d.timeline.windows(2).all(|w| w[0].at <= w[1].at));
+
+    // A second batch joins the open incident.
+    let more = s
+        .record_findings(
+            &[finding_at(secs0() + 90, Some(&d1), None, "publish_flood")],
+            t0() + Duration::minutes(2),
+            2,
+        )
+        .unwrap();
+    assert_eq!(
+        (
+            more[0].incident_id,
+            more[0].new_incident,
+            more[0].findings_in_incident
+        ),
+        (flood, false, 4)
+    );
+    let inc = s.get_incident(flood).unwrap().unwrap().incident;
+    assert_eq!(inc.updated_at, t0() + Duration::minutes(2));
+    assert_eq!(inc.max_severity, Severity::High, "the worst severity stays");
+
+    // Address-only incidents have no tenant.
+    let addr = s
+        .get_incident(rec[3].incident_id)
+        .unwrap()
+        .unwrap()
+        .incident;
+    assert_eq!((addr.tenant, addr.device), (None, None));
+    assert_eq!(addr.group_key, "addr:192.0.2.9|publish_flood");
+
+    // Listing: newest activity first, filtered by tenant, device, state.
+    let all = s.list_incidents(&IncidentFilter::default()).unwrap();
+    assert_eq!(all.len(), 4);
+    assert_eq!(all[0].id, flood, "the most recent activity first");
+    let acme = s
+        .list_incidents(&IncidentFilter {
+            tenant: Some(tenant("acme")),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(acme.len(), 2);
+    let globex = s
+        .list_incidents(&IncidentFilter {
+            device: Some(g1.clone()),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(globex.len(), 1);
+    assert_eq!(globex[0].id, rec[4].incident_id);
+    assert_eq!(
+        s.list_incidents(&IncidentFilter {
+            limit: 1,
+            ..Default::default()
+        })
+        .unwrap()
+        .len(),
+        1
+    );
+    assert!(
+        s.list_incidents(&IncidentFilter {
+            state: Some(IncidentState::Resolved),
+            ..Default::default()
+        })
+        .unwrap()
+        .is_empty()
+    );
+    assert!(s.get_incident(IncidentId(9999)).unwrap().is_none());
+
+    // A bad finding refuses the whole batch: nothing counted, nothing audited.
+    let len = audit_len(&s);
+    let anonymous = finding_at(secs0(), None, None, "publish_flood");
+    let no_kind = finding_at(secs0(), Some(&d1), None, "");
+    let mut huge = finding_at(secs0(), Some(&d1), None, "publish_flood");
+    huge.summary = "x".repeat(StoredFinding::MAX_BYTES);
+    for bad in [anonymous, no_kind, huge] {
+        let r = s.record_findings(
+            &[
+                finding_at(secs0(), None, Some("198.51.100.1"), "connect_flood"),
+                bad,
+            ],
+            t0(),
+            10,
+        );
+        assert!(matches!(r, Err(WriteError::Invalid { .. })), "{r:?}");
+    }
+    assert_eq!(audit_len(&s), len);
+    assert_eq!(
+        s.list_incidents(&IncidentFilter::default()).unwrap().len(),
+        4
+    );
+    assert_eq!(
+        s.get_incident(flood)
+            .unwrap()
+            .unwrap()
+            .incident
+            .finding_count,
+        4
+    );
+    assert!(s.record_findings(&[], t0(), 10).unwrap().is_empty());
+}
+
+/// Incidents move open → acknowledged → resolved (or open → resolved), audited, on the
+/// timeline; illegal moves are refused and write nothing; a finding after resolution
+/// opens a new incident.
+pub fn incident_lifecycle<S: Registry>(make: impl Fn() -> S) {
+    let s = make();
+    let d1 = dref("acme", "cam-1");
+    let f = finding_at(secs0(), Some(&d1), None, "publish_flood");
+    let id = s
+        .record_findings(std::slice::from_ref(&f), t0(), 10)
+        .unwrap()[0]
+        .incident_id;
+    let at = |m: i64| t0() + Duration::minutes(m);
+    let change = |to: IncidentState, m: i64, note: Option<&str>| {
+        s.set_incident_state(
+            id,
+            to,
+            "operator:alice",
+            note,
+            &AuditEntry::new(at(m), "operator:alice", "incident_state", id.to_string()),
+        )
+    };
+
+    let before = audit_len(&s);
+    let e = change(IncidentState::Open, 1, None).unwrap_err();
+    assert!(matches!(e, WriteError::IllegalTransition(_)), "{e:?}");
+    assert_eq!(audit_len(&s), before, "a refused move is not audited");
+    let inc = change(IncidentState::Acknowledged, 1, Some("looking")).unwrap();
+    assert_eq!(
+        (inc.state, inc.updated_at, inc.resolved_at),
+        (IncidentState::Acknowledged, at(1), None)
+    );
+    // Still grouping while acknowledged.
+    let r = s
+        .record_findings(std::slice::from_ref(&f), at(2), 10)
+        .unwrap();
+    assert_eq!(
+        (
+            r[0].incident_id,
+            r[0].new_incident,
+            r[0].findings_in_incident
+        ),
+        (id, false, 2)
+    );
+    for refused in [IncidentState::Open, IncidentState::Acknowledged] {
+        let e = change(refused, 3, None).unwrap_err();
+        assert!(
+            e.to_string().contains("cannot go from acknowledged to"),
+            "a clear error: {e}"
+        );
+    }
+    let inc = change(IncidentState::Resolved, 4, Some("firmware fixed")).unwrap();
+    assert_eq!(
+        (inc.state, inc.resolved_at),
+        (IncidentState::Resolved, Some(at(4)))
+    );
+    for refused in IncidentState::ALL {
+        assert!(
+            change(refused, 5, None).is_err(),
+            "resolved is final ({refused})"
+        );
+    }
+    assert_eq!(audit_len(&s), before + 2);
+    assert_eq!(last_record(&s).action, "incident_state");
+    assert!(matches!(
+        s.set_incident_state(
+            IncidentId(424242),
+            IncidentState::Resolved,
+            "x",
+            None,
+            &entry("incident_state", "x")
+        ),
+        Err(WriteError::NotFound { .. })
+    ));
+
+    // The timeline shows every move with who and why.
+    let states: Vec<_> = s
+        .get_incident(id)
+        .unwrap()
+        .unwrap()
+        .timeline
+        .into_iter()
+        .filter_map(|e| match e.event {
+            TimelineEvent::State { from, to, by, note } => Some((from, to, by, note)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        states,
+        [
+            (None, IncidentState::Open, "system".to_owned(), None),
+            (
+                Some(IncidentState::Open),
+                IncidentState::Acknowledged,
+                "operator:alice".to_owned(),
+                Some("looking".to_owned())
+            ),
+            (
+                Some(IncidentState::Acknowledged),
+                IncidentState::Resolved,
+                "operator:alice".to_owned(),
+                Some("firmware fixed".to_owned())
+            ),
+        ]
+    );
+
+    // After resolution the same group opens a new incident.
+    let r = s
+        .record_findings(std::slice::from_ref(&f), at(6), 10)
+        .unwrap();
+    assert!(r[0].new_incident);
+    assert_ne!(r[0].incident_id, id);
+    assert_eq!(r[0].findings_in_incident, 1);
+    let resolved = s
+        .list_incidents(&IncidentFilter {
+            state: Some(IncidentState::Resolved),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(resolved.iter().map(|i| i.id).collect::<Vec<_>>(), [id]);
+    // open -> resolved directly.
+    let inc = s
+        .set_incident_state(
+            r[0].incident_id,
+            IncidentState::Resolved,
+            "system",
+            None,
+            &entry("incident_state", "x"),
+        )
+        .unwrap();
+    assert_eq!(inc.state, IncidentState::Resolved);
+}
+
+/// Actions: recorded in an initial state with their audit record (the id in its detail),
+/// moved along their lifecycle, listed by incident, state, device and expiry, and shown
+/// on their incident's timeline.
+pub fn actions<S: Registry>(make: impl Fn() -> S) {
+    let s = make();
+    let d1 = dref("acme", "cam-1");
+    let inc = s
+        .record_findings(
+            &[finding_at(secs0(), Some(&d1), None, "publish_flood")],
+            t0(),
+            10,
+        )
+        .unwrap()[0]
+        .incident_id;
+    let at = |m: i64| t0() + Duration::minutes(m);
+    let quarantine = ActionRecord {
+        incident: Some(inc),
+        device: Some(d1.clone()),
+        peer: None,
+        kind: "quarantine".into(),
+        params: serde_json::json!({"for": "1h", "for_secs": 3600}),
+        state: ActionState::Done,
+        playbook: Some("quarantine-attacking-devices".into()),
+        by: "system".into(),
+        expires_at: Some(at(61)),
+    };
+    let before = audit_len(&s);
+    let q = s
+        .record_action(
+            &quarantine,
+            &AuditEntry::new(at(1), "system", "quarantine", d1.to_string()),
+        )
+        .unwrap();
+    assert_eq!(audit_len(&s), before + 1);
+    let rec = last_record(&s);
+    assert_eq!(rec.action, "quarantine");
+    let detail: serde_json::Value = serde_json::from_str(&rec.detail).unwrap();
+    assert_eq!(
+        detail["action"],
+        serde_json::json!(q.0),
+        "the new id is in the audit detail"
+    );
+    let got = s.get_action(q).unwrap().unwrap();
+    assert_eq!(
+        (
+            got.incident,
+            got.device.as_ref(),
+            got.kind.as_str(),
+            got.state
+        ),
+        (Some(inc), Some(&d1), "quarantine", ActionState::Done)
+    );
+    assert_eq!(got.params, quarantine.params);
+    assert_eq!(
+        got.playbook.as_deref(),
+        Some("quarantine-attacking-devices")
+    );
+    assert_eq!((got.created_by.as_str(), got.created_at), ("system", at(1)));
+    assert_eq!(
+        (got.updated_by.as_str(), got.updated_at, got.note),
+        ("system", at(1), None)
+    );
+    assert_eq!(got.expires_at, Some(at(61)));
+
+    let revoke = s
+        .record_action(
+            &ActionRecord {
+                kind: "revoke".into(),
+                params: serde_json::json!({"reason": "cloned identity"}),
+                state: ActionState::PendingApproval,
+                playbook: Some("revoke-cloned-identity".into()),
+                expires_at: None,
+                ..quarantine.clone()
+            },
+            &AuditEntry::new(at(2), "system", "plan_revoke", d1.to_string()),
+        )
+        .unwrap();
+    let ban = s
+        .record_action(
+            &ActionRecord {
+                incident: None,
+                device: None,
+                peer: Some("192.0.2.1".parse().unwrap()),
+                kind: "ban".into(),
+                params: serde_json::json!({"for_secs": 900}),
+                state: ActionState::Done,
+                playbook: None,
+                by: "operator:bob".into(),
+                expires_at: Some(at(17)),
+            },
+            &AuditEntry::new(at(2), "operator:bob", "ban", "192.0.2.1"),
+        )
+        .unwrap();
+    assert!(q < revoke && revoke < ban);
+
+    // Refusals write nothing.
+    let len = audit_len(&s);
+    for (bad, what) in [
+        (
+            ActionRecord {
+                state: ActionState::Reversed,
+                ..quarantine.clone()
+            },
+            "a final state",
+        ),
+        (
+            ActionRecord {
+                state: ActionState::Rejected,
+                ..quarantine.clone()
+            },
+            "a final state",
+        ),
+        (
+            ActionRecord {
+                kind: String::new(),
+                ..quarantine.clone()
+            },
+            "an empty kind",
+        ),
+        (
+            ActionRecord {
+                params: serde_json::Value::from("p".repeat(StoredAction::MAX_PARAMS_BYTES)),
+                ..quarantine.clone()
+            },
+            "oversize params",
+        ),
+    ] {
+        assert!(
+            matches!(
+                s.record_action(&bad, &entry("quarantine", "x")),
+                Err(WriteError::Invalid { .. })
+            ),
+            "{what}"
+        );
+    }
+    assert!(matches!(
+        s.record_action(
+            &ActionRecord {
+                incident: Some(IncidentId(777)),
+                ..quarantine.clone()
+            },
+            &entry("quarantine", "x")
+        ),
+        Err(WriteError::NotFound { .. })
+    ));
+    assert_eq!(audit_len(&s), len);
+
+    // Lifecycle: approval, reversal; illegal moves refused without a trace.
+    let approved = s
+        .set_action_state(
+            revoke,
+            ActionState::Done,
+            "operator:alice",
+            Some("confirmed clone"),
+            &AuditEntry::new(at(3), "operator:alice", "approve", revoke.to_string()),
+        )
+        .unwrap();
+    assert_eq!(
+        (
+            approved.state,
+            approved.updated_by.as_str(),
+            approved.updated_at,
+            approved.note.as_deref()
+        ),
+        (
+            ActionState::Done,
+            "operator:alice",
+            at(3),
+            Some("confirmed clone")
+        )
+    );
+    assert_eq!(approved.created_by, "system", "the creator is kept");
+    let released = s
+        .set_action_state(
+            q,
+            ActionState::Reversed,
+            "operator:alice",
+            None,
+            &AuditEntry::new(at(4), "operator:alice", "release", q.to_string()),
+        )
+        .unwrap();
+    assert_eq!(released.state, ActionState::Reversed);
+    let len = audit_len(&s);
+    for (id, to) in [
+        (q, ActionState::Done),
+        (q, ActionState::Reversed),
+        (revoke, ActionState::PendingApproval),
+        (revoke, ActionState::Rejected),
+    ] {
+        let e = s
+            .set_action_state(id, to, "x", None, &entry("x", "x"))
+            .unwrap_err();
+        assert!(
+            matches!(e, WriteError::IllegalTransition(_)),
+            "{id} -> {to}: {e:?}"
+        );
+    }
+    assert!(matches!(
+        s.set_action_state(
+            ActionId(999),
+            ActionState::Done,
+            "x",
+            None,
+            &entry("x", "x")
+        ),
+        Err(WriteError::NotFound { .. })
+    ));
+    assert_eq!(audit_len(&s), len);
+    assert_eq!(
+        s.get_action(q).unwrap().unwrap().state,
+        ActionState::Reversed
+    );
+
+    // Listing.
+    let ids = |f: ActionFilter| {
+        s.list_actions(&f)
+            .unwrap()
+            .into_iter()
+            .map(|a| a.id)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(ids(ActionFilter::default()), [q, revoke, ban]);
+    assert_eq!(
+        ids(ActionFilter {
+            incident: Some(inc),
+            ..Default::default()
+        }),
+        [q, revoke]
+    );
+    assert_eq!(
+        ids(ActionFilter {
+            device: Some(d1.clone()),
+            ..Default::default()
+        }),
+        [q, revoke]
+    );
+    assert_eq!(
+        ids(ActionFilter {
+            state: Some(ActionState::Done),
+            ..Default::default()
+        }),
+        [revoke, ban]
+    );
+    assert_eq!(
+        ids(ActionFilter {
+            state: Some(ActionState::Done),
+            expires_by: Some(at(20)),
+            ..Default::default()
+        }),
+        [ban],
+        "timed actions due for reversal"
+    );
+    assert_eq!(
+        ids(ActionFilter {
+            limit: 1,
+            ..Default::default()
+        }),
+        [q]
+    );
+    assert!(s.get_action(ActionId(12345)).unwrap().is_none());
+
+    // The incident's timeline carries each action event in order.
+    let acts: Vec<_> = s
+        .get_incident(inc)
+        .unwrap()
+        .unwrap()
+        .timeline
+        .into_iter()
+        .filter_map(|e| match e.event {
+            TimelineEvent::Action {
+                action,
+                kind,
+                state,
+                ..
+            } => Some((action, kind, state)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        acts,
+        [
+            (q, "quarantine".to_owned(), ActionState::Done),
+            (revoke, "revoke".to_owned(), ActionState::PendingApproval),
+            (revoke, "revoke".to_owned(), ActionState::Done),
+            (q, "quarantine".to_owned(), ActionState::Reversed),
+        ]
+    );
+}
+
+/// Bans: put (replacing), listed while in force, removed; audited; nonsense refused.
+pub fn bans<S: Registry>(make: impl Fn() -> S) {
+    let s = make();
+    let a: std::net::IpAddr = "192.0.2.1".parse().unwrap();
+    let b: std::net::IpAddr = "2001:db8::1".parse().unwrap();
+    let at = |m: i64| t0() + Duration::minutes(m);
+    let before = audit_len(&s);
+    let ban = s
+        .put_ban(
+            a,
+            at(15),
+            "credential_brute_force",
+            &entry("ban", "192.0.2.1"),
+        )
+        .unwrap();
+    assert_eq!((ban.addr, ban.until, ban.created_at), (a, at(15), t0()));
+    s.put_ban(b, at(5), "connect_flood", &entry("ban", "2001:db8::1"))
+        .unwrap();
+    assert_eq!(audit_len(&s), before + 2);
+    assert_eq!(s.list_bans(t0()).unwrap().len(), 2);
+    let live = s.list_bans(at(5)).unwrap();
+    assert_eq!(
+        live.iter().map(|b| b.addr).collect::<Vec<_>>(),
+        [a],
+        "expired bans are not listed"
+    );
+    assert_eq!(live[0].reason, "credential_brute_force");
+    // A second ban of an address replaces the first.
+    s.put_ban(
+        a,
+        at(60),
+        "again",
+        &AuditEntry::new(at(1), "system", "ban", "192.0.2.1"),
+    )
+    .unwrap();
+    let live = s.list_bans(at(30)).unwrap();
+    assert_eq!(
+        (
+            live.len(),
+            live[0].until,
+            live[0].reason.as_str(),
+            live[0].created_at
+        ),
+        (1, at(60), "again", at(1))
+    );
+    // A ban that ends before it starts is refused.
+    let len = audit_len(&s);
+    assert!(matches!(
+        s.put_ban(a, t0(), "x", &entry("ban", "x")),
+        Err(WriteError::Invalid { .. })
+    ));
+    assert_eq!(audit_len(&s), len);
+    // Removal, also of an expired ban; an address not banned is NotFound.
+    let removed = s.remove_ban(a, &entry("unban", "192.0.2.1")).unwrap();
+    assert_eq!(removed.until, at(60));
+    assert!(s.list_bans(t0()).unwrap().iter().all(|x| x.addr != a));
+    s.remove_ban(b, &entry("unban", "2001:db8::1")).unwrap();
+    assert!(matches!(
+        s.remove_ban(a, &entry("unban", "x")),
+        Err(WriteError::NotFound { .. })
+    ));
+    assert_eq!(audit_len(&s), len + 2);
+    assert!(s.list_bans(t0()).unwrap().is_empty());
+}
+
+/// After findings, incidents, actions and bans the audit chain still verifies and
+/// exports.
+pub fn respond_changes_keep_the_audit_chain<S: Registry>(make: impl Fn() -> S) {
+    let s = make();
+    seed(&s);
+    let d1 = dref("acme", "cam-1");
+    let r = s
+        .record_findings(
+            &[
+                finding_at(secs0(), Some(&d1), None, "publish_flood"),
+                finding_at(secs0(), None, Some("192.0.2.5"), "connect_flood"),
+            ],
+            t0(),
+            10,
+        )
+        .unwrap();
+    let act = s
+        .record_action(
+            &ActionRecord {
+                incident: Some(r[0].incident_id),
+                device: Some(d1.clone()),
+                peer: None,
+                kind: "throttle".into(),
+                params: serde_json::json!({"rate": 1.0}),
+                state: ActionState::Done,
+                playbook: None,
+                by: "operator:alice".into(),
+                expires_at: None,
+            },
+            &entry("throttle", "acme/cam-1"),
+        )
+        .unwrap();
+    s.set_action_state(
+        act,
+        ActionState::Reversed,
+        "operator:alice",
+        None,
+        &entry("unthrottle", "acme/cam-1"),
+    )
+    .unwrap();
+    s.put_ban(
+        "192.0.2.5".parse().unwrap(),
+        t0() + Duration::hours(1),
+        "flood",
+        &entry("ban", "192.0.2.5"),
+    )
+    .unwrap();
+    s.remove_ban("192.0.2.5".parse().unwrap(), &entry("unban", "192.0.2.5"))
+        .unwrap();
+    s.set_incident_state(
+        r[1].incident_id,
+        IncidentState::Resolved,
+        "operator:alice",
+        None,
+        &entry("incident_state", "x"),
+    )
+    .unwrap();
+    let report = s.verify().unwrap();
+    assert_eq!(report.records, 4 + 2 + 5);
+    let mut out = Vec::new();
+    s.export_jsonl(&mut out).unwrap();
+    assert_eq!(audit::verify_jsonl(&out[..]).unwrap(), report);
 }

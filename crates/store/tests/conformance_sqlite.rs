@@ -27,4 +27,9 @@ suites!(
     oversize_trust_documents_are_refused,
     assessment_batches_are_all_or_nothing,
     policy_sets,
+    incidents_group_findings,
+    incident_lifecycle,
+    actions,
+    bans,
+    respond_changes_keep_the_audit_chain,
 );

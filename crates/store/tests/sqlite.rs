@@ -3,7 +3,7 @@
 
 use gatehouse_store::sqlite::{MIGRATIONS, SCHEMA_VERSION};
 use gatehouse_store::*;
-use gatehouse_types::{DeviceId, DeviceRef, TenantId};
+use gatehouse_types::{DeviceId, DeviceRef, Finding, Severity, TenantId};
 use proptest::prelude::*;
 use rusqlite::Connection;
 use time::{Duration, OffsetDateTime};
@@ -492,6 +492,71 @@ fn version_2_store_gains_trust_tables() {
             .expect("policy")
             .version,
         1
+    );
+}
+
+#[test]
+fn version_3_store_gains_respond_tables() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("v3.db");
+    {
+        let c = Connection::open(&path).expect("raw open");
+        for m in &MIGRATIONS[..3] {
+            c.execute_batch(m).expect("old schema");
+        }
+        c.pragma_update(None, "user_version", 3).expect("version");
+        c.execute_batch("INSERT INTO tenants VALUES ('acme', 'Acme', 0);")
+            .expect("rows");
+    }
+    let s = SqliteStore::open(&path).expect("open migrates");
+    assert_eq!(s.schema_version().expect("version"), SCHEMA_VERSION);
+    assert!(s.get_tenant(&tenant("acme")).expect("read").is_some());
+    let f = Finding {
+        at: std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000),
+        device: None,
+        peer: Some("192.0.2.1".parse().expect("ip")),
+        kind: "connect_flood".into(),
+        severity: Severity::High,
+        confidence: 0.9,
+        technique: None,
+        summary: "flood".into(),
+        evidence: Default::default(),
+    };
+    let r = s.record_findings(&[f], t0(), 10).expect("findings");
+    assert!(r[0].new_incident);
+    let addr = "192.0.2.1".parse().expect("ip");
+    s.put_ban(
+        addr,
+        t0() + Duration::minutes(5),
+        "flood",
+        &entry("ban", "192.0.2.1"),
+    )
+    .expect("ban");
+    assert_eq!(s.list_bans(t0()).expect("bans").len(), 1);
+    assert_eq!(s.verify().expect("verify").records, 2);
+}
+
+/// Two open incidents of one group cannot exist, even written behind the store's back.
+#[test]
+fn one_active_incident_per_group_is_enforced_by_the_schema() {
+    let (_dir, path) = store_with_records(0);
+    let c = Connection::open(&path).expect("raw open");
+    let row = "INSERT INTO incidents (kind, group_key, state, max_severity, finding_count, \
+               stored_findings, first_seen, last_seen, opened_at, updated_at, resolved_at, summary) \
+               VALUES ('k', 'addr:1.2.3.4|k', ?1, 'low', 1, 1, 0, 0, 0, 0, ?2, '')";
+    c.execute(row, rusqlite::params!["resolved", 1])
+        .expect("a resolved one");
+    c.execute(row, rusqlite::params!["open", None::<i64>])
+        .expect("an open one");
+    assert!(
+        c.execute(row, rusqlite::params!["acknowledged", None::<i64>])
+            .is_err(),
+        "a second active incident of the group is refused"
+    );
+    assert!(
+        c.execute(row, rusqlite::params!["resolved", None::<i64>])
+            .is_err(),
+        "a resolved incident without its time is refused"
     );
 }
 
