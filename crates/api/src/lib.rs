@@ -13,6 +13,7 @@
 //! Until operator authentication exists the API has no login: it listens on loopback by
 //! default, and its actions are audited as `api:<peer address>`.
 
+pub mod detection;
 pub mod est;
 mod metrics;
 mod problem;
@@ -36,6 +37,9 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::debug;
 
+pub use detection::{
+    ActionError, DetectionMetrics, DetectionService, DetectionSettings, SeverityPenalties,
+};
 pub use metrics::{ApiMetrics, EstLabels};
 pub use problem::Problem;
 pub use revocation::{RevocationSync, SessionControl};
@@ -91,6 +95,8 @@ pub struct ApiState {
     /// Scores, verdicts and their enforcement; `None` where the data plane is not gated
     /// by trust.
     pub trust: Option<Arc<TrustService>>,
+    /// Detection and response; `None` where detection is off.
+    pub detection: Option<Arc<detection::DetectionService>>,
 }
 
 impl std::fmt::Debug for ApiState {
@@ -116,6 +122,7 @@ pub fn router(state: ApiState, limits: HttpLimits) -> Router {
         .merge(revocation::routes())
         .merge(rest::routes())
         .merge(trust::routes::routes())
+        .merge(detection::routes())
         .with_state(state)
         .layer(DefaultBodyLimit::max(limits.max_body))
         .layer(axum::middleware::from_fn(

@@ -104,6 +104,7 @@ impl From<gatehouse_store::WriteError> for Problem {
             W::AlreadyRevoked { serial } => {
                 Problem::conflict(format!("certificate {serial} is already revoked"))
             }
+            W::IllegalTransition(t) => Problem::conflict(t.to_string()),
             other => Problem::internal(other),
         }
     }

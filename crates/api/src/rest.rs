@@ -61,6 +61,7 @@ struct ApiDoc;
 pub fn openapi_json() -> String {
     let mut doc = ApiDoc::openapi();
     doc.merge(<crate::trust::routes::TrustDoc as OpenApi>::openapi());
+    doc.merge(<crate::detection::DetectionDoc as OpenApi>::openapi());
     doc.to_pretty_json().unwrap_or_else(|_| "{}".to_owned())
 }
 
@@ -690,7 +691,10 @@ async fn revoke_device(
         .detail(json!({ "reason": body.reason }));
     blocking(move || {
         let certs = s.registry.revoke_device(&d, why, now(), &audit)?;
-        let disconnected = s.revocations.sync().map_err(Problem::internal)?;
+        let disconnected = s
+            .revocations
+            .sync_revoked(&certs)
+            .map_err(Problem::internal)?;
         Ok(Json(RevokedDto {
             devices: vec![d.to_string()],
             certificates: certs.into_iter().map(|c| c.serial.to_string()).collect(),
@@ -771,7 +775,10 @@ async fn revoke_batch(
     .detail(json!({ "scope": format!("{scope:?}"), "reason": body.reason }));
     blocking(move || {
         let done = s.registry.revoke_batch(&scope, why, now(), &audit)?;
-        let disconnected = s.revocations.sync().map_err(Problem::internal)?;
+        let disconnected = s
+            .revocations
+            .sync_revoked(&done.certificates)
+            .map_err(Problem::internal)?;
         Ok(Json(RevokedDto {
             devices: done.devices.iter().map(ToString::to_string).collect(),
             certificates: done

@@ -39,6 +39,9 @@ pub struct RevocationSync {
     control: Arc<dyn SessionControl>,
     crls: ArcSwap<Vec<PublishedCrl>>,
     state: Mutex<SyncState>,
+    /// Held across a whole sync, disconnects included: a caller that returns after its
+    /// sync knows every revocation recorded before it has bitten, whichever sync applied it.
+    applying: Mutex<()>,
     metrics: crate::ApiMetrics,
 }
 
@@ -72,6 +75,7 @@ impl RevocationSync {
             metrics,
             crls: ArcSwap::from_pointee(Vec::new()),
             state: Mutex::new(SyncState::default()),
+            applying: Mutex::new(()),
         };
         this.sync_inner(true, false)?;
         Ok(this)
@@ -86,6 +90,25 @@ impl RevocationSync {
     /// Blocking (database, signing).
     pub fn sync(&self) -> Result<Vec<DeviceRef>, EnrollError> {
         self.sync_inner(false, true)
+    }
+
+    /// Applies revocations recorded since the last call, then returns the devices of
+    /// `revoked` (certificates this caller just revoked): their sessions are ended by the
+    /// time it returns, by this sync or by a poll that got there first.
+    pub fn sync_revoked(
+        &self,
+        revoked: &[gatehouse_store::Certificate],
+    ) -> Result<Vec<DeviceRef>, EnrollError> {
+        let _applying = self.applying.lock();
+        self.sync_locked(false, true)?;
+        let state = self.state.lock();
+        let mut devices: Vec<DeviceRef> = Vec::new();
+        for c in revoked {
+            if state.applied.contains(&c.serial) && !devices.contains(&c.device) {
+                devices.push(c.device.clone());
+            }
+        }
+        Ok(devices)
     }
 
     /// Like [`sync`](Self::sync) but only reads the revocations when the registry's audit
@@ -111,6 +134,15 @@ impl RevocationSync {
     }
 
     fn sync_inner(
+        &self,
+        force_sign: bool,
+        disconnect: bool,
+    ) -> Result<Vec<DeviceRef>, EnrollError> {
+        let _applying = self.applying.lock();
+        self.sync_locked(force_sign, disconnect)
+    }
+
+    fn sync_locked(
         &self,
         force_sign: bool,
         disconnect: bool,

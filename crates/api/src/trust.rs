@@ -36,7 +36,8 @@ use gatehouse_trust::policy::{
 use gatehouse_trust::posture::{PostureError, PostureReport, SignedPosture};
 use gatehouse_trust::profile::ModelProfile;
 use gatehouse_trust::score::{
-    Assessment, CertificateKey, Facts, IdentityAssurance, Pin, ScoreConfig, assess,
+    Assessment, BehaviourPenalty, CertificateKey, Facts, IdentityAssurance, Pin, ScoreConfig,
+    assess,
 };
 use gatehouse_types::{DeviceRef, Identity, IdentitySource, Tier};
 use parking_lot::Mutex;
@@ -240,6 +241,24 @@ fn assurance_name(a: IdentityAssurance) -> &'static str {
         IdentityAssurance::Idevid => "idevid",
         IdentityAssurance::Token => "token",
         IdentityAssurance::LegacyPassword => "password",
+    }
+}
+
+/// Most behaviour penalties kept in a device's facts.
+pub const MAX_BEHAVIOUR_PENALTIES: usize = 64;
+
+/// Drops penalties decayed below a tenth of a point and keeps the
+/// [`MAX_BEHAVIOUR_PENALTIES`] heaviest now.
+fn prune_behaviour(list: &mut Vec<BehaviourPenalty>, half_life: Duration, now: SystemTime) {
+    let half = half_life.as_secs_f64().max(1.0);
+    let weight = |b: &BehaviourPenalty| {
+        let age = now.duration_since(b.at).unwrap_or(Duration::ZERO);
+        b.penalty * 0.5f64.powf(age.as_secs_f64() / half)
+    };
+    list.retain(|b| weight(b) >= 0.1);
+    if list.len() > MAX_BEHAVIOUR_PENALTIES {
+        list.sort_by(|a, b| weight(b).total_cmp(&weight(a)));
+        list.truncate(MAX_BEHAVIOUR_PENALTIES);
     }
 }
 
@@ -759,6 +778,43 @@ impl TrustService {
             .put_device_facts(d, &value, now_utc(), Some(&audit))
             .map_err(store)?;
         self.assess_device(&device, "posture report", true)
+    }
+
+    /// Adds behaviour penalties (from detection findings) to the device's facts, audited,
+    /// and re-assesses it at once, so the gate follows the finding. Penalties decayed
+    /// below a tenth of a point are dropped, and at most [`MAX_BEHAVIOUR_PENALTIES`] are
+    /// kept (the heaviest now), so the facts stay bounded whatever a device does.
+    pub fn record_behaviour(
+        &self,
+        d: &DeviceRef,
+        penalties: Vec<BehaviourPenalty>,
+        actor: &str,
+    ) -> Result<Arc<Verdict>, TrustError> {
+        let device = self
+            .registry
+            .get_device(d)
+            .map_err(store)?
+            .ok_or_else(|| TrustError::NoDevice(d.clone()))?;
+        let (mut facts, _, _) = load_facts(&*self.registry, &device)?;
+        let now = SystemTime::now();
+        let detail = serde_json::json!({ "behaviour": penalties });
+        facts.behaviour.extend(penalties);
+        prune_behaviour(&mut facts.behaviour, self.settings.score.half_life(), now);
+        let value = serde_json::to_value(&facts).map_err(store)?;
+        let audit = AuditEntry::new(now_utc(), actor, "behaviour", d.to_string())
+            .reason("detection findings")
+            .detail(detail);
+        self.registry
+            .put_device_facts(d, &value, now_utc(), Some(&audit))
+            .map_err(store)?;
+        self.assess_device(&device, "detection finding", true)
+    }
+
+    /// The verdict in force for a device, if any.
+    pub fn verdict_of(&self, d: &DeviceRef) -> Option<Arc<Verdict>> {
+        self.table
+            .get(d.tenant.as_str(), d.device.as_str())
+            .map(|v| Arc::clone(v.verdict()))
     }
 
     /// Whether a posture report of `d` arriving now should be processed (at most one per

@@ -75,6 +75,7 @@ pub(crate) struct Inner {
     wills: Mutex<Vec<PendingWill>>,
     takeovers: Mutex<HashMap<DeviceRef, (Instant, u32)>>,
     sources: Mutex<HashMap<IpAddr, RateBucket>>,
+    pub sanctions: crate::sanctions::Sanctions,
     pub tap: Tap,
     pub metrics: Metrics,
     next_uid: AtomicU64,
@@ -171,6 +172,7 @@ impl Broker {
             wills: Mutex::new(Vec::new()),
             takeovers: Mutex::new(HashMap::new()),
             sources: Mutex::new(HashMap::new()),
+            sanctions: crate::sanctions::Sanctions::default(),
             tap: Tap::new(),
             metrics: Metrics::default(),
             next_uid: AtomicU64::new(1),
@@ -312,6 +314,56 @@ impl Broker {
             }
         }
         n
+    }
+
+    /// Bans a source address for `duration`: new connections from it are refused at
+    /// accept, and its live sessions are ended now. Returns the sessions ended.
+    pub fn ban(&self, addr: IpAddr, duration: Duration, reason: &str) -> usize {
+        let now = Instant::now();
+        self.inner.sanctions.ban(addr, now + duration);
+        let sessions: Vec<Arc<Session>> = self.inner.sessions.lock().values().cloned().collect();
+        let mut n = 0;
+        for s in sessions {
+            let st = s.state.lock();
+            if let Some(conn) = st.conn.as_ref().filter(|c| c.peer == addr) {
+                conn.control.send(Control::Disconnect {
+                    reason: ReasonCode::ADMINISTRATIVE_ACTION,
+                    cause: DisconnectCause::Gate,
+                    reason_string: Some(reason.to_owned()),
+                });
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Lifts a ban; false when the address was not banned.
+    pub fn unban(&self, addr: IpAddr) -> bool {
+        self.inner.sanctions.unban(addr)
+    }
+
+    /// The bans in force.
+    pub fn bans(&self) -> Vec<crate::BanInfo> {
+        self.inner.sanctions.bans(Instant::now())
+    }
+
+    /// Throttles a device to `rate` publishes a second for `duration`: publishes beyond it
+    /// are refused (MQTT 5: 0x97 quota exceeded) on every session of the device.
+    pub fn throttle(&self, device: &DeviceRef, rate: f64, duration: Duration) {
+        let now = Instant::now();
+        self.inner
+            .sanctions
+            .throttle(device.clone(), rate, now + duration, now);
+    }
+
+    /// Lifts a throttle; false when the device was not throttled.
+    pub fn unthrottle(&self, device: &DeviceRef) -> bool {
+        self.inner.sanctions.unthrottle(device)
+    }
+
+    /// The throttles in force.
+    pub fn throttles(&self) -> Vec<crate::ThrottleInfo> {
+        self.inner.sanctions.throttles(Instant::now())
     }
 
     /// Graceful shutdown: stop accepting, send DISCONNECT 0x8B to 5.0 clients, wait up to
@@ -726,6 +778,7 @@ impl Inner {
     }
 
     fn housekeeping(&self, now: Instant) {
+        self.sanctions.expire(now);
         // Offline sessions past their expiry.
         let expired: Vec<Arc<Session>> = self
             .sessions

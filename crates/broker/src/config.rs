@@ -53,6 +53,9 @@ pub struct Limits {
     pub max_retained_messages: usize,
     /// Topic aliases a 5.0 client may use towards the broker.
     pub topic_alias_maximum: u16,
+    /// Bytes of each publish payload copied onto the observation tap for the detection
+    /// stage (payload range checks); 0 carries none. Larger payloads are cut.
+    pub tap_payload_bytes: usize,
 }
 
 impl Default for Limits {
@@ -73,6 +76,7 @@ impl Default for Limits {
             max_session_expiry: Duration::from_secs(7 * 24 * 3600),
             max_retained_messages: 100_000,
             topic_alias_maximum: 32,
+            tap_payload_bytes: 1024,
         }
     }
 }

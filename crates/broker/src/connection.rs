@@ -17,8 +17,8 @@ use gatehouse_mqtt::{
     connect_protocol_level, decode, encode, encoded_len,
 };
 use gatehouse_types::{
-    AuthFailure, ConnectObservation, DisconnectCause, Identity, Observation, PublishObservation,
-    SubscribeObservation, TlsFacts, Topic,
+    AuthFailure, ConnectObservation, DeviceRef, DisconnectCause, Identity, Observation,
+    PublishObservation, SubscribeObservation, TlsFacts, Topic,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -395,6 +395,7 @@ where
         expiry,
         LiveConn {
             conn_id,
+            peer: peer.ip(),
             control: control.clone(),
         },
     );
@@ -450,6 +451,7 @@ where
     let span = info_span!("conn", %peer, tenant = %identity.tenant, device = %identity.device);
     let mut conn = Conn {
         tenant: identity.tenant.as_str().into(),
+        device: DeviceRef::from(&*identity),
         max_packet_in: limits.max_packet_size,
         alias_max: limits.topic_alias_maximum,
         inner: inner.clone(),
@@ -488,6 +490,8 @@ struct Conn {
     inner: Arc<Inner>,
     /// The identity's tenant: the topic space this connection publishes into.
     tenant: Arc<str>,
+    /// The identity as a registry key (throttles are per device).
+    device: DeviceRef,
     conn_id: u64,
     identity: Arc<Identity>,
     session: Arc<Session>,
@@ -811,7 +815,12 @@ impl Conn {
             st.incoming_qos2.insert(p.packet_id);
         }
 
-        let decision = if self.topic_within_limits(&topic) {
+        let throttled = !inner
+            .sanctions
+            .admit_publish(&self.device, std::time::Instant::now());
+        let decision = if throttled {
+            Decision::Deny("throttled: the device is limited to a lower publish rate".into())
+        } else if self.topic_within_limits(&topic) {
             let ctx = PublishContext {
                 topic: &topic,
                 payload: &p.payload,
@@ -830,6 +839,9 @@ impl Conn {
                 identity: self.identity.clone(),
                 topic: topic.clone(),
                 size: u32::try_from(p.payload.len()).unwrap_or(u32::MAX),
+                payload: bytes::Bytes::copy_from_slice(
+                    &p.payload[..p.payload.len().min(inner.config.limits.tap_payload_bytes)],
+                ),
                 qos: p.qos as u8,
                 retain: p.retain,
                 allowed,
@@ -872,7 +884,11 @@ impl Conn {
                 inner.metrics.deny("publish");
                 debug!(topic = %topic, reason = %why, "publish denied");
                 let mut ack = Ack::success(p.packet_id);
-                ack.reason = ReasonCode::NOT_AUTHORIZED;
+                ack.reason = if throttled {
+                    ReasonCode::QUOTA_EXCEEDED
+                } else {
+                    ReasonCode::NOT_AUTHORIZED
+                };
                 match p.qos {
                     QoS::AtMostOnce => {}
                     QoS::AtLeastOnce => self.send(&Packet::PubAck(ack)),

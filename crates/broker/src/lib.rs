@@ -16,6 +16,7 @@ mod listener;
 mod metrics;
 mod persist;
 mod router;
+mod sanctions;
 mod session;
 mod tap;
 
@@ -27,4 +28,5 @@ pub use gate::{
 };
 pub use metrics::Metrics;
 pub use persist::PersistError;
+pub use sanctions::{BanInfo, ThrottleInfo};
 pub use tap::Tap;

@@ -62,6 +62,12 @@ pub(crate) async fn accept_loop(inner: Arc<Inner>, listener: TcpListener, kind: 
             }
         };
         inner.metrics.connections_accepted.inc();
+        if inner.sanctions.is_banned(peer.ip(), Instant::now()) {
+            // Counted, not tapped: the ban already answers whatever the source is doing.
+            debug!(%peer, "refused: source address banned");
+            Metrics::reason(&inner.metrics.refused, "source_banned");
+            continue;
+        }
         let max = inner.config.limits.max_connections;
         if max != 0 && inner.open_connections.load(Ordering::Acquire) >= max {
             debug!(%peer, "refused: connection limit reached");

@@ -110,6 +110,8 @@ impl ControlSlot {
 #[derive(Debug)]
 pub(crate) struct LiveConn {
     pub conn_id: u64,
+    /// The connection's source address (bans end live sessions by it).
+    pub peer: std::net::IpAddr,
     pub control: Arc<ControlSlot>,
 }
 

@@ -32,6 +32,8 @@ pub mod raw {
         pub enrollment: Enrollment,
         pub ca: Ca,
         pub trust: Trust,
+        pub detect: Detect,
+        pub respond: Respond,
         pub log: Log,
     }
 
@@ -48,6 +50,8 @@ pub mod raw {
                 enrollment: Enrollment::default(),
                 ca: Ca::default(),
                 trust: Trust::default(),
+                detect: Detect::default(),
+                respond: Respond::default(),
                 log: Log::default(),
             }
         }
@@ -111,6 +115,7 @@ pub mod raw {
         pub max_session_expiry: Duration,
         pub max_retained_messages: usize,
         pub topic_alias_maximum: u16,
+        pub tap_payload_bytes: ByteSize,
     }
 
     impl Default for RawLimits {
@@ -132,6 +137,7 @@ pub mod raw {
                 max_session_expiry: d.max_session_expiry,
                 max_retained_messages: d.max_retained_messages,
                 topic_alias_maximum: d.topic_alias_maximum,
+                tap_payload_bytes: ByteSize::b(d.tap_payload_bytes as u64),
             }
         }
     }
@@ -236,6 +242,71 @@ pub mod raw {
 
     #[derive(Debug, Deserialize)]
     #[serde(deny_unknown_fields, default)]
+    pub struct Detect {
+        pub enabled: bool,
+        pub queue: usize,
+        #[serde(with = "humantime_serde")]
+        pub tick: Duration,
+        /// The detectors' thresholds and switches (`[detect.rules]`).
+        pub rules: gatehouse_detect::DetectConfig,
+        /// Score points a new finding takes off, by severity.
+        pub penalties: Penalties,
+    }
+
+    impl Default for Detect {
+        fn default() -> Self {
+            Self {
+                enabled: true,
+                queue: 65_536,
+                tick: Duration::from_secs(1),
+                rules: gatehouse_detect::DetectConfig::default(),
+                penalties: Penalties::default(),
+            }
+        }
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields, default)]
+    pub struct Penalties {
+        pub info: f64,
+        pub low: f64,
+        pub medium: f64,
+        pub high: f64,
+        pub critical: f64,
+    }
+
+    impl Default for Penalties {
+        fn default() -> Self {
+            let d = gatehouse_api::SeverityPenalties::default();
+            Self {
+                info: d.info,
+                low: d.low,
+                medium: d.medium,
+                high: d.high,
+                critical: d.critical,
+            }
+        }
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields, default)]
+    pub struct Respond {
+        /// A playbooks file (TOML); none: the shipped defaults.
+        pub playbooks: Option<PathBuf>,
+        pub max_findings_per_incident: u32,
+    }
+
+    impl Default for Respond {
+        fn default() -> Self {
+            Self {
+                playbooks: None,
+                max_findings_per_incident: 100,
+            }
+        }
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields, default)]
     pub struct Enrollment {
         #[serde(with = "humantime_serde")]
         pub certificate_validity: Duration,
@@ -322,6 +393,8 @@ pub struct Settings {
     pub enrollment: EnrollmentSettings,
     pub ca: CaSettings,
     pub trust: TrustSettings,
+    /// `[detect]` and `[respond]`; `None` when detection is off.
+    pub detection: Option<gatehouse_api::DetectionSettings>,
 }
 
 /// The topics of a device whose model has no profile: the static `[policy]` patterns, as
@@ -349,6 +422,63 @@ fn fallback_topics(
         publish: rules(publish),
         subscribe: rules(subscribe),
     }
+}
+
+/// Validated `[detect]` and `[respond]` (`None`: detection off).
+fn detection_settings(
+    d: raw::Detect,
+    r: raw::Respond,
+) -> anyhow::Result<Option<gatehouse_api::DetectionSettings>> {
+    if !d.enabled {
+        return Ok(None);
+    }
+    if d.queue == 0 || d.queue > 16 * 1024 * 1024 {
+        bail!("detect.queue must be between 1 and 16777216");
+    }
+    if d.tick < Duration::from_millis(10) || d.tick > Duration::from_secs(60) {
+        bail!("detect.tick must be between 10ms and 60s");
+    }
+    d.rules
+        .validate()
+        .map_err(|e| anyhow::anyhow!("detect.rules: {e}"))?;
+    let p = d.penalties;
+    for (name, v) in [
+        ("info", p.info),
+        ("low", p.low),
+        ("medium", p.medium),
+        ("high", p.high),
+        ("critical", p.critical),
+    ] {
+        if !(0.0..=100.0).contains(&v) {
+            bail!("detect.penalties.{name} must be between 0 and 100");
+        }
+    }
+    let playbooks = match &r.playbooks {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading respond.playbooks {}", path.display()))?;
+            gatehouse_respond::Playbooks::parse(&text)
+                .with_context(|| format!("respond.playbooks {}", path.display()))?
+        }
+        None => gatehouse_respond::Playbooks::defaults(),
+    };
+    if r.max_findings_per_incident == 0 {
+        bail!("respond.max_findings_per_incident must be at least 1");
+    }
+    Ok(Some(gatehouse_api::DetectionSettings {
+        detect: d.rules,
+        playbooks,
+        queue: d.queue,
+        penalties: gatehouse_api::SeverityPenalties {
+            info: p.info,
+            low: p.low,
+            medium: p.medium,
+            high: p.high,
+            critical: p.critical,
+        },
+        max_findings_per_incident: r.max_findings_per_incident,
+        tick: d.tick,
+    }))
 }
 
 /// Validated `[trust]`.
@@ -440,6 +570,10 @@ impl Settings {
         if l.tls_handshake_timeout.is_zero() || l.connect_timeout.is_zero() {
             bail!("limits.tls_handshake_timeout and limits.connect_timeout must not be zero");
         }
+        let tap_payload_bytes = usize::try_from(l.tap_payload_bytes.as_u64())
+            .ok()
+            .filter(|s| *s <= 65_536)
+            .context("limits.tap_payload_bytes must be at most 64 KiB")?;
         let limits = Limits {
             max_packet_size,
             max_topic_length: l.max_topic_length,
@@ -456,6 +590,7 @@ impl Settings {
             max_session_expiry: l.max_session_expiry,
             max_retained_messages: l.max_retained_messages,
             topic_alias_maximum: l.topic_alias_maximum,
+            tap_payload_bytes,
         };
 
         let p = raw.policy;
@@ -588,6 +723,8 @@ impl Settings {
             score: gatehouse_trust::score::ScoreConfig::new(t.score).context("trust.score")?,
         };
 
+        let detection = detection_settings(raw.detect, raw.respond)?;
+
         let data_dir = raw.data_dir;
         let save_interval = raw.persistence.save_interval;
         Ok(Self {
@@ -613,6 +750,7 @@ impl Settings {
             enrollment,
             ca,
             trust,
+            detection,
         })
     }
 

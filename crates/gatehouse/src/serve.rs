@@ -7,7 +7,8 @@ use std::time::Duration;
 use anyhow::Context;
 use arc_swap::ArcSwap;
 use gatehouse_api::{
-    ApiMetrics, ApiState, HttpLimits, RevocationSync, SessionControl, TrustMetrics, TrustService,
+    ApiMetrics, ApiState, DetectionMetrics, DetectionService, HttpLimits, RevocationSync,
+    SessionControl, TrustMetrics, TrustService,
 };
 use gatehouse_broker::Broker;
 use gatehouse_pki::{ClientAuth, Enroller, IssuedCert, PublishedCrl, ServerTlsBuilder};
@@ -140,6 +141,29 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             .context("signing the certificate revocation lists")?,
     );
 
+    // Detection listens on the broker's tap from the first connection on.
+    let detection = match settings.detection.clone() {
+        Some(d) => {
+            let metrics = DetectionMetrics::default();
+            metrics.register(&mut metrics_registry);
+            Some(
+                DetectionService::start(
+                    registry.clone(),
+                    broker.clone(),
+                    trust.clone(),
+                    revocations.clone(),
+                    d,
+                    metrics,
+                )
+                .context("starting detection")?,
+            )
+        }
+        None => {
+            warn!("detect.enabled = false: no findings, no automated response");
+            None
+        }
+    };
+
     let mqtts = bind(settings.mqtts, settings.backlog)
         .with_context(|| format!("binding MQTTS on {}", settings.mqtts))?;
     let mqtts_addr = mqtts.local_addr()?;
@@ -167,6 +191,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             revocations: revocations.clone(),
             metrics: api_metrics,
             trust: trust.clone(),
+            detection: detection.clone(),
         },
         limits,
     )
@@ -184,6 +209,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     spawn_registry_poll(
         revocations,
         trust,
+        detection,
         settings.enrollment.registry_poll,
         settings.enrollment.policy.crl_validity / 2,
         stop_rx,
@@ -252,6 +278,7 @@ fn open_registry(settings: &Settings) -> anyhow::Result<Arc<dyn gatehouse_store:
 fn spawn_registry_poll(
     revocations: Arc<RevocationSync>,
     trust: Option<Arc<TrustService>>,
+    detection: Option<Arc<DetectionService>>,
     every: Duration,
     resign_after: Duration,
     mut stop: watch::Receiver<bool>,
@@ -275,6 +302,13 @@ fn spawn_registry_poll(
                     Ok(Ok(_)) => {}
                     Ok(Err(e)) => warn!(error = %e, "applying trust changes failed"),
                     Err(e) => warn!(error = %e, "trust poll task failed"),
+                }
+            }
+            if let Some(d) = detection.clone() {
+                match tokio::task::spawn_blocking(move || d.poll()).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => warn!(error = %e, "applying operator responses failed"),
+                    Err(e) => warn!(error = %e, "response poll task failed"),
                 }
             }
         }

@@ -6,12 +6,14 @@
 //! (a device id, a topic, a topic filter) is a newtype that can only be built through
 //! its validating constructor, so code that holds one never checks it again.
 
+mod finding;
 mod id;
 mod observation;
 mod pattern;
 mod topic;
 mod trust;
 
+pub use finding::{Finding, Severity, SeverityError};
 pub use id::{DeviceId, DeviceRef, IdError, Identity, IdentitySource, TenantId};
 pub use observation::{
     AuthFailure, ConnectObservation, DisconnectCause, Observation, PublishObservation,

@@ -124,6 +124,10 @@ pub struct PublishObservation {
     pub topic: Arc<str>,
     /// Payload size in bytes.
     pub size: u32,
+    /// The payload's first bytes, up to the broker's `tap_payload_bytes` limit (empty when
+    /// the limit is 0). Copied, so it pins no read buffer; not serialized.
+    #[serde(skip)]
+    pub payload: bytes::Bytes,
     /// QoS level.
     pub qos: u8,
     /// Retain flag.

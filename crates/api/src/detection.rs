@@ -1,0 +1,511 @@
+//! Detection and response, wired into the loop: the broker's tap feeds the detection
+//! engine, its findings are recorded and grouped into incidents, lower the device's trust
+//! (so the gate follows at once) and are matched against the playbooks, whose actions
+//! act on the data plane — quarantine, throttle, ban, disconnect, revoke, notify — each
+//! audited and reversible by an operator.
+//!
+//! The one design decision: the engine runs on a thread of its own, fed by the tap's
+//! bounded channel. The broker never waits for detection (a detector that falls behind
+//! loses observations, counted), and detection never waits for the registry: findings go
+//! to a responder task that does the writes and the actions.
+
+mod actions;
+mod routes;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use gatehouse_broker::Broker;
+use gatehouse_detect::{DetectConfig, Engine, FieldSpec, ProfileView};
+use gatehouse_respond::Playbooks;
+use gatehouse_store::{ModelId, Registry};
+use gatehouse_trust::profile::{Direction, ModelProfile, TopicKind};
+use gatehouse_trust::score::BehaviourPenalty;
+use gatehouse_types::{DeviceRef, Finding, Observation, Severity};
+use parking_lot::Mutex;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+pub use actions::ActionError;
+pub(crate) use routes::{DetectionDoc, routes};
+
+use crate::revocation::RevocationSync;
+use crate::trust::TrustService;
+
+/// Points a finding takes off the device's score when new, by severity (before the
+/// finding's confidence scales them and the half-life decays them).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SeverityPenalties {
+    /// `info` findings.
+    pub info: f64,
+    /// `low` findings.
+    pub low: f64,
+    /// `medium` findings.
+    pub medium: f64,
+    /// `high` findings.
+    pub high: f64,
+    /// `critical` findings.
+    pub critical: f64,
+}
+
+impl Default for SeverityPenalties {
+    fn default() -> Self {
+        Self {
+            info: 0.0,
+            low: 5.0,
+            medium: 15.0,
+            high: 40.0,
+            critical: 70.0,
+        }
+    }
+}
+
+impl SeverityPenalties {
+    /// The penalty of a finding of this severity.
+    pub fn of(&self, s: Severity) -> f64 {
+        match s {
+            Severity::Info => self.info,
+            Severity::Low => self.low,
+            Severity::Medium => self.medium,
+            Severity::High => self.high,
+            Severity::Critical => self.critical,
+        }
+    }
+}
+
+/// How detection and response run.
+#[derive(Debug, Clone)]
+pub struct DetectionSettings {
+    /// The detectors, their thresholds and which are on.
+    pub detect: DetectConfig,
+    /// The response playbooks and webhooks.
+    pub playbooks: Playbooks,
+    /// Observations queued between the broker and the engine; beyond it they are dropped
+    /// (counted), never waited for.
+    pub queue: usize,
+    /// Score penalties of findings.
+    pub penalties: SeverityPenalties,
+    /// Findings stored per incident (the rest are counted).
+    pub max_findings_per_incident: u32,
+    /// How often the time-driven detectors run.
+    pub tick: Duration,
+}
+
+impl Default for DetectionSettings {
+    fn default() -> Self {
+        Self {
+            detect: DetectConfig::default(),
+            playbooks: Playbooks::defaults(),
+            queue: 65_536,
+            penalties: SeverityPenalties::default(),
+            max_findings_per_incident: 100,
+            tick: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Labels of the findings counter.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FindingLabels {
+    /// The finding's kind.
+    pub kind: String,
+    /// Its severity.
+    pub severity: String,
+}
+
+/// Labels of the actions counter.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ActionLabels {
+    /// The action's kind.
+    pub action: String,
+    /// done, failed, pending_approval, skipped.
+    pub outcome: String,
+}
+
+/// Detection and response metrics.
+#[derive(Debug, Clone, Default)]
+pub struct DetectionMetrics {
+    /// Observations the engine processed.
+    pub observations: Counter,
+    /// Findings, by kind and severity.
+    pub findings: Family<FindingLabels, Counter>,
+    /// Findings dropped because the responder was behind.
+    pub findings_dropped: Counter,
+    /// Actions, by kind and outcome.
+    pub actions: Family<ActionLabels, Counter>,
+    /// Webhook deliveries that failed after their retries.
+    pub webhook_failures: Counter,
+}
+
+impl DetectionMetrics {
+    /// Registers the metrics under `gatehouse_detect_*` and `gatehouse_respond_*`.
+    pub fn register(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.register(
+            "gatehouse_detect_observations",
+            "Observations processed by the detection engine",
+            self.observations.clone(),
+        );
+        registry.register(
+            "gatehouse_detect_findings",
+            "Findings, by kind and severity",
+            self.findings.clone(),
+        );
+        registry.register(
+            "gatehouse_detect_findings_dropped",
+            "Findings dropped because the responder was behind",
+            self.findings_dropped.clone(),
+        );
+        registry.register(
+            "gatehouse_respond_actions",
+            "Response actions, by kind and outcome",
+            self.actions.clone(),
+        );
+        registry.register(
+            "gatehouse_respond_webhook_failures",
+            "Webhook notifications that failed after their retries",
+            self.webhook_failures.clone(),
+        );
+    }
+
+    pub(crate) fn action(&self, action: &str, outcome: &str) {
+        self.actions
+            .get_or_create(&ActionLabels {
+                action: action.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+}
+
+/// See the module docs.
+pub struct DetectionService {
+    registry: Arc<dyn Registry>,
+    broker: Broker,
+    trust: Option<Arc<TrustService>>,
+    revocations: Arc<RevocationSync>,
+    settings: DetectionSettings,
+    metrics: DetectionMetrics,
+    /// The last audit record this service has looked at (operator approvals and
+    /// reversals written by the command line).
+    audit_seen: Mutex<u64>,
+    http: actions::Notifier,
+}
+
+impl std::fmt::Debug for DetectionService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DetectionService").finish_non_exhaustive()
+    }
+}
+
+/// Findings handed from the engine's thread to the responder.
+type Batch = Vec<Finding>;
+
+// === impl DetectionService ===
+
+impl DetectionService {
+    /// Subscribes to the broker's tap, starts the engine's thread and the responder task,
+    /// and puts the bans recorded in the registry in force. Call inside a Tokio runtime.
+    pub fn start(
+        registry: Arc<dyn Registry>,
+        broker: Broker,
+        trust: Option<Arc<TrustService>>,
+        revocations: Arc<RevocationSync>,
+        settings: DetectionSettings,
+        metrics: DetectionMetrics,
+    ) -> std::io::Result<Arc<Self>> {
+        let head = registry
+            .audit_head()
+            .map_err(std::io::Error::other)?
+            .map_or(0, |(seq, _)| seq);
+        let this = Arc::new(Self {
+            registry,
+            broker,
+            trust,
+            revocations,
+            settings,
+            metrics,
+            audit_seen: Mutex::new(head),
+            http: actions::Notifier,
+        });
+        this.restore_bans();
+        let observations = this.broker.tap().subscribe(this.settings.queue);
+        let (tx, rx) = mpsc::channel::<Batch>(1024);
+        let engine_side = Arc::clone(&this);
+        std::thread::Builder::new()
+            .name("gatehouse-detect".into())
+            .spawn(move || engine_side.run_engine(observations, tx))?;
+        let responder = Arc::clone(&this);
+        tokio::spawn(async move { responder.run_responder(rx).await });
+        Ok(this)
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> &DetectionSettings {
+        &self.settings
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &DetectionMetrics {
+        &self.metrics
+    }
+
+    /// The bans recorded in the registry go back into the broker (after a restart).
+    fn restore_bans(&self) {
+        match self.registry.list_bans(time::OffsetDateTime::now_utc()) {
+            Ok(bans) => {
+                let now = time::OffsetDateTime::now_utc();
+                for b in bans {
+                    let left = (b.until - now).max(time::Duration::ZERO);
+                    let left = Duration::from_secs_f64(left.as_seconds_f64());
+                    self.broker.ban(b.addr, left, &b.reason);
+                }
+            }
+            Err(e) => warn!(error = %e, "reading the bans failed: none restored"),
+        }
+    }
+
+    /// The engine's loop, on its own thread: observations in, findings out. Time-driven
+    /// detectors run every `tick` of wall time.
+    fn run_engine(&self, mut rx: mpsc::Receiver<Observation>, tx: mpsc::Sender<Batch>) {
+        let mut engine = Engine::new(self.settings.detect.clone());
+        let mut models = ModelBook::default();
+        let mut out: Vec<Finding> = Vec::new();
+        let mut last_tick = std::time::Instant::now();
+        let mut buf: Vec<Observation> = Vec::with_capacity(256);
+        loop {
+            buf.clear();
+            // Block for the first, then take what else is queued.
+            match rx.blocking_recv() {
+                Some(o) => buf.push(o),
+                None => return,
+            }
+            while buf.len() < 256 {
+                match rx.try_recv() {
+                    Ok(o) => buf.push(o),
+                    Err(_) => break,
+                }
+            }
+            for o in &buf {
+                if let Some(id) = identity_of(o) {
+                    models.learn(&*self.registry, &mut engine, &id);
+                }
+                engine.observe(o, &mut out);
+            }
+            self.metrics.observations.inc_by(buf.len() as u64);
+            if last_tick.elapsed() >= self.settings.tick {
+                last_tick = std::time::Instant::now();
+                engine.tick(SystemTime::now(), &mut out);
+            }
+            if !out.is_empty() {
+                for f in &out {
+                    self.metrics
+                        .findings
+                        .get_or_create(&FindingLabels {
+                            kind: f.kind.clone(),
+                            severity: f.severity.as_str().to_owned(),
+                        })
+                        .inc();
+                }
+                let batch = std::mem::take(&mut out);
+                match tx.try_send(batch) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(b)) => {
+                        self.metrics.findings_dropped.inc_by(b.len() as u64);
+                        warn!(dropped = b.len(), "responder behind: findings dropped");
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => return,
+                }
+            }
+        }
+    }
+
+    async fn run_responder(self: Arc<Self>, mut rx: mpsc::Receiver<Batch>) {
+        while let Some(mut batch) = rx.recv().await {
+            // Take whatever else is waiting: one registry transaction for all of it.
+            while let Ok(more) = rx.try_recv() {
+                batch.extend(more);
+                if batch.len() >= 1024 {
+                    break;
+                }
+            }
+            let this = Arc::clone(&self);
+            match tokio::task::spawn_blocking(move || this.respond(&batch)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => warn!(error = %e, "responding to findings failed"),
+                Err(e) => warn!(error = %e, "responder task failed"),
+            }
+        }
+    }
+
+    /// Records a batch of findings, lowers the trust of the devices they name, and runs
+    /// the playbooks they match. Blocking.
+    pub fn respond(self: &Arc<Self>, batch: &[Finding]) -> Result<(), ActionError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let recorded = self
+            .registry
+            .record_findings(
+                batch,
+                time::OffsetDateTime::now_utc(),
+                self.settings.max_findings_per_incident,
+            )
+            .map_err(|e| ActionError::Store(e.to_string()))?;
+        // Behaviour penalties, one re-assessment per device.
+        let mut per_device: HashMap<DeviceRef, Vec<BehaviourPenalty>> = HashMap::new();
+        for f in batch {
+            let Some(d) = &f.device else { continue };
+            let penalty = self.settings.penalties.of(f.severity) * f64::from(f.confidence);
+            if penalty <= 0.0 {
+                continue;
+            }
+            per_device
+                .entry(d.clone())
+                .or_default()
+                .push(BehaviourPenalty {
+                    name: f.kind.clone(),
+                    penalty,
+                    at: f.at,
+                    evidence: f.summary.clone(),
+                });
+        }
+        if let Some(trust) = &self.trust {
+            for (d, penalties) in per_device {
+                match trust.record_behaviour(&d, penalties, "detection") {
+                    Ok(v) => debug!(device = %d, tier = %v.tier(), "trust lowered by findings"),
+                    // Not registered (a hand-issued certificate): nothing to lower.
+                    Err(crate::trust::TrustError::NoDevice(_)) => {}
+                    Err(e) => warn!(device = %d, error = %e, "recording behaviour failed"),
+                }
+            }
+        }
+        // Playbooks.
+        for (f, r) in batch.iter().zip(&recorded) {
+            let tier = f
+                .device
+                .as_ref()
+                .and_then(|d| self.trust.as_ref()?.verdict_of(d))
+                .map(|v| v.tier());
+            let plans = self
+                .settings
+                .playbooks
+                .plan(f, tier, r.findings_in_incident);
+            for plan in plans {
+                self.carry_out(f, r.incident_id, &plan);
+            }
+            if r.new_incident {
+                info!(
+                    incident = %r.incident_id,
+                    kind = %f.kind,
+                    severity = %f.severity,
+                    device = ?f.device.as_ref().map(ToString::to_string),
+                    peer = ?f.peer,
+                    "incident opened"
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The identity an observation carries, if any.
+fn identity_of(o: &Observation) -> Option<DeviceRef> {
+    match o {
+        Observation::Connect(c) => Some(DeviceRef::from(&*c.identity)),
+        Observation::Subscribe(s) => Some(DeviceRef::from(&*s.identity)),
+        Observation::Publish(p) => Some(DeviceRef::from(&*p.identity)),
+        Observation::Disconnect { identity, .. } => Some(DeviceRef::from(&**identity)),
+        Observation::AuthFailure(a) => a.identity.as_deref().map(DeviceRef::from),
+        _ => None,
+    }
+}
+
+/// Which model each device is, and which models' profiles the engine has: looked up in
+/// the registry once per device and once per model, on the engine's thread.
+#[derive(Default)]
+struct ModelBook {
+    known: HashSet<DeviceRef>,
+    profiles: HashSet<ModelId>,
+}
+
+/// Devices remembered before the book starts over (a bound on memory, not a cache size
+/// that matters: forgetting only costs a registry read).
+const MODEL_BOOK_MAX: usize = 1_000_000;
+
+impl ModelBook {
+    fn learn(&mut self, registry: &dyn Registry, engine: &mut Engine, d: &DeviceRef) {
+        if self.known.contains(d) {
+            return;
+        }
+        if self.known.len() >= MODEL_BOOK_MAX {
+            self.known.clear();
+        }
+        self.known.insert(d.clone());
+        let device = match registry.get_device(d) {
+            Ok(Some(device)) => device,
+            Ok(None) => return,
+            Err(e) => {
+                warn!(device = %d, error = %e, "reading the device's model failed");
+                return;
+            }
+        };
+        let model = device.model.clone();
+        if !self.profiles.contains(&model) {
+            self.profiles.insert(model.clone());
+            match registry.latest_model_profile(&model) {
+                Ok(Some(stored)) => match ModelProfile::parse(&stored.toml) {
+                    Ok(p) => engine.set_profile(profile_view(&model, &p)),
+                    Err(e) => warn!(model = %model, error = %e, "stored profile does not parse"),
+                },
+                Ok(None) => {}
+                Err(e) => warn!(model = %model, error = %e, "reading the model profile failed"),
+            }
+        }
+        engine.set_model(d, Some(model.as_str()));
+    }
+}
+
+/// What detection needs of a model profile.
+pub fn profile_view(model: &ModelId, p: &ModelProfile) -> ProfileView {
+    let mut view = ProfileView {
+        model: model.to_string(),
+        publish: Vec::new(),
+        subscribe: Vec::new(),
+        commands: Vec::new(),
+        fields: Vec::new(),
+        max_rate_per_sec: None,
+    };
+    let mut rate = 0.0;
+    let mut all_rated = true;
+    for rule in p.topics() {
+        if rule.kind == TopicKind::Command {
+            view.commands.push(rule.pattern.clone());
+        }
+        match rule.direction {
+            Direction::Publish => {
+                view.publish.push(rule.pattern.clone());
+                match &rule.rate {
+                    Some(r) => rate += r.per_second() + f64::from(r.burst) / 60.0,
+                    None => all_rated = false,
+                }
+                for f in &rule.fields {
+                    view.fields.push(FieldSpec {
+                        topic: rule.pattern.clone(),
+                        name: f.name.clone(),
+                        min: f.min,
+                        max: f.max,
+                    });
+                }
+            }
+            Direction::Subscribe => view.subscribe.push(rule.pattern.clone()),
+        }
+    }
+    if all_rated && !view.publish.is_empty() {
+        view.max_rate_per_sec = Some(rate);
+    }
+    view
+}

@@ -1,0 +1,419 @@
+//! The detection and response routes of the REST API: incidents and their timelines,
+//! actions waiting for an operator, reversals, bans, and the detection rules.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::routing::{delete, get, post};
+use axum::{Extension, Json, Router};
+use gatehouse_store::{
+    ActionFilter, ActionId, ActionState, AuditEntry, IncidentFilter, IncidentId, IncidentState,
+};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use utoipa::{IntoParams, OpenApi, ToSchema};
+
+use super::{ActionError, DetectionService};
+use crate::problem::ProblemBody;
+use crate::rest::{actor, blocking};
+use crate::{ApiState, ConnInfo, Problem};
+
+type ApiResult<T> = Result<T, Problem>;
+
+#[derive(OpenApi)]
+#[openapi(
+    paths(
+        list_incidents,
+        get_incident,
+        acknowledge_incident,
+        resolve_incident,
+        list_actions,
+        approve_action,
+        reject_action,
+        reverse_action,
+        list_bans,
+        delete_ban,
+        list_rules
+    ),
+    components(schemas(NoteDto))
+)]
+pub(crate) struct DetectionDoc;
+
+pub(crate) fn routes() -> Router<ApiState> {
+    Router::new()
+        .route("/api/v1/incidents", get(list_incidents))
+        .route("/api/v1/incidents/{id}", get(get_incident))
+        .route(
+            "/api/v1/incidents/{id}/acknowledge",
+            post(acknowledge_incident),
+        )
+        .route("/api/v1/incidents/{id}/resolve", post(resolve_incident))
+        .route("/api/v1/actions", get(list_actions))
+        .route("/api/v1/actions/{id}/approve", post(approve_action))
+        .route("/api/v1/actions/{id}/reject", post(reject_action))
+        .route("/api/v1/actions/{id}/reverse", post(reverse_action))
+        .route("/api/v1/bans", get(list_bans))
+        .route("/api/v1/bans/{addr}", delete(delete_ban))
+        .route("/api/v1/detection/rules", get(list_rules))
+}
+
+impl From<ActionError> for Problem {
+    fn from(e: ActionError) -> Self {
+        match e {
+            ActionError::NotFound(m) => Problem::not_found(m),
+            ActionError::Invalid(m) => Problem::conflict(m),
+            ActionError::Failed(m) => Problem::conflict(m),
+            ActionError::Store(m) => Problem::internal(m),
+        }
+    }
+}
+
+fn service(s: &ApiState) -> ApiResult<Arc<DetectionService>> {
+    s.detection
+        .clone()
+        .ok_or_else(|| Problem::conflict("detection is off here (detect.enabled = false)"))
+}
+
+fn json_of<T: serde::Serialize>(v: &T) -> ApiResult<Value> {
+    serde_json::to_value(v).map_err(Problem::internal)
+}
+
+fn incident_id(text: &str) -> ApiResult<IncidentId> {
+    text.parse()
+        .map_err(|_| Problem::invalid(format!("{text:?} is not an incident id")))
+}
+
+fn action_id(text: &str) -> ApiResult<ActionId> {
+    text.parse()
+        .map_err(|_| Problem::invalid(format!("{text:?} is not an action id")))
+}
+
+/// Filters of the incident list.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct IncidentQuery {
+    /// `open`, `acknowledged` or `resolved`.
+    state: Option<String>,
+    /// `tenant/device`.
+    device: Option<String>,
+    /// Tenant.
+    tenant: Option<String>,
+    /// At most this many (default 100, at most 1000).
+    limit: Option<u32>,
+}
+
+/// Incidents, newest first.
+#[utoipa::path(get, path = "/api/v1/incidents", tag = "incidents", params(IncidentQuery),
+    responses((status = 200, body = Object), (status = 422, body = ProblemBody)))]
+async fn list_incidents(
+    State(s): State<ApiState>,
+    Query(q): Query<IncidentQuery>,
+) -> ApiResult<Json<Value>> {
+    let state = q
+        .state
+        .as_deref()
+        .map(|t| {
+            t.parse::<IncidentState>()
+                .map_err(|_| Problem::invalid(format!("unknown incident state {t:?}")))
+        })
+        .transpose()?;
+    let device = q
+        .device
+        .as_deref()
+        .map(|t| {
+            t.parse()
+                .map_err(|_| Problem::invalid(format!("{t:?} is not tenant/device")))
+        })
+        .transpose()?;
+    let tenant = q
+        .tenant
+        .as_deref()
+        .map(|t| {
+            t.parse()
+                .map_err(|_| Problem::invalid(format!("bad tenant {t:?}")))
+        })
+        .transpose()?;
+    let filter = IncidentFilter {
+        tenant,
+        device,
+        state,
+        limit: q.limit.map_or(100, |l| l as usize).min(1000),
+    };
+    blocking(move || {
+        let list = s.registry.list_incidents(&filter)?;
+        Ok(Json(json!({ "incidents": json_of(&list)? })))
+    })
+    .await
+}
+
+/// An incident with its findings and its timeline of findings, actions and state
+/// changes.
+#[utoipa::path(get, path = "/api/v1/incidents/{id}", tag = "incidents",
+    params(("id" = String, Path)),
+    responses((status = 200, body = Object), (status = 404, body = ProblemBody)))]
+async fn get_incident(State(s): State<ApiState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    let id = incident_id(&id)?;
+    blocking(move || {
+        let detail = s
+            .registry
+            .get_incident(id)?
+            .ok_or_else(|| Problem::not_found(format!("no incident {id}")))?;
+        Ok(Json(json_of(&detail)?))
+    })
+    .await
+}
+
+/// A note for the audit log and the incident's timeline.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NoteDto {
+    /// Why.
+    #[serde(default)]
+    note: Option<String>,
+}
+
+async fn transition(
+    s: ApiState,
+    conn: ConnInfo,
+    id: String,
+    to: IncidentState,
+    body: Option<Json<NoteDto>>,
+) -> ApiResult<Json<Value>> {
+    let id = incident_id(&id)?;
+    let note = body.and_then(|Json(b)| b.note);
+    if note.as_ref().is_some_and(|n| n.len() > 2048) {
+        return Err(Problem::invalid("the note is longer than 2048 bytes"));
+    }
+    let by = actor(&conn);
+    blocking(move || {
+        let mut audit = AuditEntry::new(
+            time::OffsetDateTime::now_utc(),
+            &by,
+            match to {
+                IncidentState::Acknowledged => "acknowledge_incident",
+                IncidentState::Resolved => "resolve_incident",
+                _ => "reopen_incident",
+            },
+            format!("incident:{id}"),
+        );
+        if let Some(n) = &note {
+            audit = audit.reason(n.clone());
+        }
+        let incident = s
+            .registry
+            .set_incident_state(id, to, &by, note.as_deref(), &audit)
+            .map_err(|e| match e {
+                gatehouse_store::WriteError::NotFound { .. } => {
+                    Problem::not_found(format!("no incident {id}"))
+                }
+                e => Problem::from(e),
+            })?;
+        Ok(Json(json_of(&incident)?))
+    })
+    .await
+}
+
+/// Acknowledge an incident: someone is on it.
+#[utoipa::path(post, path = "/api/v1/incidents/{id}/acknowledge", tag = "incidents",
+    params(("id" = String, Path)), request_body = NoteDto,
+    responses((status = 200, body = Object), (status = 404, body = ProblemBody), (status = 409, body = ProblemBody)))]
+async fn acknowledge_incident(
+    State(s): State<ApiState>,
+    Extension(conn): Extension<ConnInfo>,
+    Path(id): Path<String>,
+    body: Option<Json<NoteDto>>,
+) -> ApiResult<Json<Value>> {
+    transition(s, conn, id, IncidentState::Acknowledged, body).await
+}
+
+/// Resolve an incident. A later finding of the same kind on the same subject opens a new
+/// one.
+#[utoipa::path(post, path = "/api/v1/incidents/{id}/resolve", tag = "incidents",
+    params(("id" = String, Path)), request_body = NoteDto,
+    responses((status = 200, body = Object), (status = 404, body = ProblemBody), (status = 409, body = ProblemBody)))]
+async fn resolve_incident(
+    State(s): State<ApiState>,
+    Extension(conn): Extension<ConnInfo>,
+    Path(id): Path<String>,
+    body: Option<Json<NoteDto>>,
+) -> ApiResult<Json<Value>> {
+    transition(s, conn, id, IncidentState::Resolved, body).await
+}
+
+/// Filters of the action list.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ActionQuery {
+    /// `pending_approval`, `done`, `failed`, `reversed` or `rejected`.
+    state: Option<String>,
+    /// Incident id.
+    incident: Option<String>,
+    /// `tenant/device`.
+    device: Option<String>,
+}
+
+/// Response actions: carried out, failed, reversed, or waiting for an operator.
+#[utoipa::path(get, path = "/api/v1/actions", tag = "incidents", params(ActionQuery),
+    responses((status = 200, body = Object), (status = 422, body = ProblemBody)))]
+async fn list_actions(
+    State(s): State<ApiState>,
+    Query(q): Query<ActionQuery>,
+) -> ApiResult<Json<Value>> {
+    let state = q
+        .state
+        .as_deref()
+        .map(|t| {
+            t.parse::<ActionState>()
+                .map_err(|_| Problem::invalid(format!("unknown action state {t:?}")))
+        })
+        .transpose()?;
+    let incident = q.incident.as_deref().map(incident_id).transpose()?;
+    let device = q
+        .device
+        .as_deref()
+        .map(|t| {
+            t.parse()
+                .map_err(|_| Problem::invalid(format!("{t:?} is not tenant/device")))
+        })
+        .transpose()?;
+    let filter = ActionFilter {
+        incident,
+        state,
+        device,
+        ..ActionFilter::default()
+    };
+    blocking(move || {
+        let list = s.registry.list_actions(&filter)?;
+        Ok(Json(json!({ "actions": json_of(&list)? })))
+    })
+    .await
+}
+
+/// Approve an action a playbook in `approve` mode proposed: it is carried out now.
+#[utoipa::path(post, path = "/api/v1/actions/{id}/approve", tag = "incidents",
+    params(("id" = String, Path)),
+    responses((status = 200, body = Object), (status = 404, body = ProblemBody), (status = 409, body = ProblemBody)))]
+async fn approve_action(
+    State(s): State<ApiState>,
+    Extension(conn): Extension<ConnInfo>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let id = action_id(&id)?;
+    let svc = service(&s)?;
+    let by = actor(&conn);
+    blocking(move || Ok(Json(json_of(&svc.approve(id, &by)?)?))).await
+}
+
+/// Reject an action waiting for approval: it is not carried out.
+#[utoipa::path(post, path = "/api/v1/actions/{id}/reject", tag = "incidents",
+    params(("id" = String, Path)), request_body = NoteDto,
+    responses((status = 200, body = Object), (status = 404, body = ProblemBody), (status = 409, body = ProblemBody)))]
+async fn reject_action(
+    State(s): State<ApiState>,
+    Extension(conn): Extension<ConnInfo>,
+    Path(id): Path<String>,
+    body: Option<Json<NoteDto>>,
+) -> ApiResult<Json<Value>> {
+    let id = action_id(&id)?;
+    let note = body.and_then(|Json(b)| b.note);
+    let by = actor(&conn);
+    blocking(move || {
+        let stored = s
+            .registry
+            .get_action(id)?
+            .ok_or_else(|| Problem::not_found(format!("no action {id}")))?;
+        if stored.state != ActionState::PendingApproval {
+            return Err(Problem::conflict(format!(
+                "action {id} is {}, not waiting for approval",
+                stored.state.as_str()
+            )));
+        }
+        let audit = AuditEntry::new(
+            time::OffsetDateTime::now_utc(),
+            &by,
+            "reject_action",
+            format!("action:{id}"),
+        )
+        .reason(
+            note.clone()
+                .unwrap_or_else(|| "rejected by an operator".into()),
+        );
+        let updated =
+            s.registry
+                .set_action_state(id, ActionState::Rejected, &by, note.as_deref(), &audit)?;
+        Ok(Json(json_of(&updated)?))
+    })
+    .await
+}
+
+/// Reverse an action that was carried out: release from quarantine, lift a throttle or a
+/// ban, reinstate a revoked device (which must then enroll again).
+#[utoipa::path(post, path = "/api/v1/actions/{id}/reverse", tag = "incidents",
+    params(("id" = String, Path)), request_body = NoteDto,
+    responses((status = 200, body = Object), (status = 404, body = ProblemBody), (status = 409, body = ProblemBody)))]
+async fn reverse_action(
+    State(s): State<ApiState>,
+    Extension(conn): Extension<ConnInfo>,
+    Path(id): Path<String>,
+    body: Option<Json<NoteDto>>,
+) -> ApiResult<Json<Value>> {
+    let id = action_id(&id)?;
+    let svc = service(&s)?;
+    let note = body.and_then(|Json(b)| b.note);
+    let by = actor(&conn);
+    blocking(move || Ok(Json(json_of(&svc.reverse(id, &by, note.as_deref())?)?))).await
+}
+
+/// Source addresses banned now.
+#[utoipa::path(get, path = "/api/v1/bans", tag = "incidents",
+    responses((status = 200, body = Object)))]
+async fn list_bans(State(s): State<ApiState>) -> ApiResult<Json<Value>> {
+    blocking(move || {
+        let bans = s.registry.list_bans(time::OffsetDateTime::now_utc())?;
+        Ok(Json(json!({ "bans": json_of(&bans)? })))
+    })
+    .await
+}
+
+/// Lift a ban.
+#[utoipa::path(delete, path = "/api/v1/bans/{addr}", tag = "incidents",
+    params(("addr" = String, Path)),
+    responses((status = 200, body = Object), (status = 404, body = ProblemBody)))]
+async fn delete_ban(
+    State(s): State<ApiState>,
+    Extension(conn): Extension<ConnInfo>,
+    Path(addr): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let addr: IpAddr = addr
+        .parse()
+        .map_err(|_| Problem::invalid(format!("{addr:?} is not an IP address")))?;
+    let by = actor(&conn);
+    blocking(move || {
+        let audit = AuditEntry::new(
+            time::OffsetDateTime::now_utc(),
+            &by,
+            "unban",
+            addr.to_string(),
+        )
+        .reason("lifted by an operator");
+        let removed = s.registry.remove_ban(addr, &audit)?;
+        if let Some(d) = &s.detection {
+            d.broker.unban(addr);
+        }
+        Ok(Json(json!({ "addr": addr.to_string(), "lifted": removed })))
+    })
+    .await
+}
+
+/// The detection rules this build has: name, MITRE ATT&CK for ICS technique, what fires
+/// it.
+#[utoipa::path(get, path = "/api/v1/detection/rules", tag = "incidents",
+    responses((status = 200, body = Object)))]
+async fn list_rules() -> ApiResult<Json<Value>> {
+    let rules: Vec<Value> = gatehouse_detect::Engine::rules()
+        .iter()
+        .map(|r| json!({ "name": r.name, "technique": r.technique, "description": r.description }))
+        .collect();
+    Ok(Json(json!({ "rules": rules })))
+}
