@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use gatehouse_types::{Finding, Severity, Tier};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::notify::{Secret, Webhook};
 
@@ -91,7 +91,7 @@ pub enum PlaybookError {
 
 // === raw form ===
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct RawFile {
     #[serde(default)]
@@ -100,10 +100,11 @@ struct RawFile {
     webhook: Vec<RawWebhook>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct RawPlaybook {
     name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     mode: Option<String>,
     #[serde(default)]
     when: RawWhen,
@@ -111,38 +112,53 @@ struct RawPlaybook {
     action: Vec<RawAction>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct RawWhen {
+    #[serde(skip_serializing_if = "Option::is_none")]
     kinds: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     min_severity: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     max_severity: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     min_confidence: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     tiers: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     min_findings: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     has_device: Option<bool>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct RawAction {
     #[serde(rename = "type")]
     kind: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     rate: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     #[serde(rename = "for")]
     for_: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     webhook: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct RawWebhook {
     name: String,
     url: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     secret: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     secret_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     timeout: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     retries: Option<u32>,
 }
 
@@ -521,6 +537,76 @@ impl Playbooks {
             }
         }
         out
+    }
+
+    /// The playbooks as TOML with every default written out, which
+    /// [`Playbooks::parse`] reads back to an equal value. **It holds the webhooks'
+    /// secrets** (a `secret_file` is written inline): for a resolved copy kept as safely as
+    /// the original, never for a log or an API answer.
+    pub fn to_toml_with_secrets(&self) -> Result<String, PlaybookError> {
+        let dur = |d: Duration| humantime::format_duration(d).to_string();
+        let raw = RawFile {
+            playbook: self
+                .playbooks
+                .iter()
+                .map(|p| RawPlaybook {
+                    name: p.name.clone(),
+                    mode: Some(p.mode.as_str().to_owned()),
+                    when: RawWhen {
+                        kinds: (!p.when.kinds.is_empty())
+                            .then(|| p.when.kinds.iter().cloned().collect()),
+                        min_severity: Some(p.when.min_severity.as_str().to_owned()),
+                        max_severity: p.when.max_severity.map(|s| s.as_str().to_owned()),
+                        min_confidence: Some(f64::from(p.when.min_confidence)),
+                        tiers: (!p.when.tiers.is_empty())
+                            .then(|| p.when.tiers.iter().map(|t| t.as_str().to_owned()).collect()),
+                        min_findings: Some(p.when.min_findings),
+                        has_device: p.when.has_device,
+                    },
+                    action: p
+                        .steps
+                        .iter()
+                        .map(|step| {
+                            let mut a = RawAction {
+                                kind: "notify".to_owned(),
+                                rate: None,
+                                for_: None,
+                                reason: None,
+                                webhook: None,
+                            };
+                            if let Step::Do(action) = step {
+                                a.kind = action.kind().to_owned();
+                                match action {
+                                    Action::Throttle { rate, for_ } => {
+                                        a.rate = Some(*rate);
+                                        a.for_ = Some(dur(*for_));
+                                    }
+                                    Action::Quarantine { for_ } => a.for_ = for_.map(dur),
+                                    Action::Revoke { reason } => a.reason = Some(reason.clone()),
+                                    Action::Disconnect => {}
+                                    Action::Ban { for_ } => a.for_ = Some(dur(*for_)),
+                                    Action::Notify { webhook } => a.webhook = Some(webhook.clone()),
+                                }
+                            }
+                            a
+                        })
+                        .collect(),
+                })
+                .collect(),
+            webhook: self
+                .webhooks
+                .iter()
+                .map(|w| RawWebhook {
+                    name: w.name.clone(),
+                    url: w.url.clone(),
+                    secret: Some(w.secret.expose().to_owned()),
+                    secret_file: None,
+                    timeout: Some(dur(w.timeout)),
+                    retries: Some(w.retries),
+                })
+                .collect(),
+        };
+        toml::to_string(&raw).map_err(|e| PlaybookError::Syntax(e.to_string()))
     }
 
     fn parse_in(text: &str, base: Option<&Path>) -> Result<Self, PlaybookError> {
@@ -1242,6 +1328,27 @@ type = "quarantine"
     }
 
     #[test]
+    fn a_rendering_with_defaults_written_out_parses_back_equal() {
+        let with_hook = format!(
+            "{DEFAULT_TOML}\n[[webhook]]\nname = \"soc\"\nurl = \"https://soc.example/h\"\n\
+             secret = \"{SECRET}\"\ntimeout = \"1500ms\"\n"
+        );
+        for text in [FULL, DEFAULT_TOML, with_hook.as_str(), ""] {
+            let p = Playbooks::parse(text).unwrap();
+            let rendered = p.to_toml_with_secrets().unwrap();
+            assert_eq!(Playbooks::parse(&rendered).unwrap(), p, "{rendered}");
+        }
+        let rendered = Playbooks::parse(FULL)
+            .unwrap()
+            .to_toml_with_secrets()
+            .unwrap();
+        assert!(
+            rendered.contains("min_confidence = 0.5"),
+            "defaults are written out: {rendered}"
+        );
+    }
+
+    #[test]
     fn planning_matches_kind_severity_confidence_tier_and_count() {
         let p = Playbooks::parse(FULL).unwrap();
         let q = |f: &Finding, tier, n| {
@@ -1597,7 +1704,9 @@ type = "quarantine"
     proptest! {
         #[test]
         fn parse_never_panics(text in ".{0,400}") {
-            let _ = Playbooks::parse(&text);
+            if let Ok(p) = Playbooks::parse(&text) {
+                prop_assert_eq!(Playbooks::parse(&p.to_toml_with_secrets().unwrap()), Ok(p));
+            }
         }
 
         #[test]
@@ -1615,7 +1724,10 @@ type = "quarantine"
                 0..24,
             )
         ) {
-            let _ = Playbooks::parse(&lines.join("\n"));
+            if let Ok(p) = Playbooks::parse(&lines.join("\n")) {
+                let rendered = p.to_toml_with_secrets().unwrap();
+                prop_assert_eq!(Playbooks::parse(&rendered), Ok(p));
+            }
         }
     }
 }
