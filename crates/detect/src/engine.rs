@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::hash::BuildHasher;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use gatehouse_types::{
@@ -21,6 +22,12 @@ use crate::table::{Seen, Table};
 
 /// No model assigned.
 const NO_MODEL: u32 = u32::MAX;
+/// Entries of the cache from an observation's `Arc<Identity>` to its device's slot.
+const IDENTITY_CACHE: usize = 1 << 16;
+/// Topics whose classification against the profile each device remembers.
+const TOPIC_CACHE: usize = 4;
+/// No field group.
+const NO_FIELDS: u8 = u8::MAX;
 
 /// Milliseconds since the Unix epoch; times before it count as the epoch.
 fn ms(t: SystemTime) -> u64 {
@@ -60,14 +67,33 @@ impl Cooldowns {
     }
 }
 
+/// A topic's classification against the device's profile, remembered by its hash and
+/// length (a 64-bit hash with a per-process random seed: a collision is out of an
+/// attacker's reach).
+#[derive(Debug, Clone, Copy, Default)]
+struct TopicClass {
+    hash: u64,
+    len: u32,
+    /// 0: empty entry, 1: within the profile, 2: outside it.
+    in_profile: u8,
+    /// The field group of the profile carried on the topic, or [`NO_FIELDS`].
+    fields: u8,
+}
+
+/// Laid out in order (`repr(C)`): what every observation touches first.
 #[derive(Debug)]
+#[repr(C)]
 struct DeviceState {
-    key: DeviceRef,
+    /// The identity of the last observation, to recognise the same `Arc` cheaply.
+    identity: Option<Arc<Identity>>,
     model: u32,
-    session: u64,
     /// The current session asked for a suspect keep-alive and has sent nothing yet.
     slow_pending: bool,
+    session: u64,
+    /// Recent topics classified against the profile (cleared when the profile changes).
+    topic_cache: [TopicClass; TOPIC_CACHE],
     features: Features,
+    key: DeviceRef,
     cooldowns: Cooldowns,
 }
 
@@ -116,6 +142,8 @@ pub struct Engine {
     next_refresh: u64,
     /// Per model and metric, the values of the last refresh (kept to reuse the memory).
     scratch: Vec<Vec<f64>>,
+    /// `Arc<Identity>` address to device slot; checked against the slot's own `Arc`.
+    identity_cache: Vec<(usize, u32)>,
 }
 
 /// The subject of a finding.
@@ -237,6 +265,7 @@ impl Engine {
             now: 0,
             next_refresh: 0,
             scratch: Vec::new(),
+            identity_cache: vec![(0, u32::MAX); IDENTITY_CACHE],
         }
     }
 
@@ -308,6 +337,11 @@ impl Engine {
                 }
             }
         }
+        for d in self.devices.iter_mut() {
+            if d.model == i {
+                d.topic_cache = Default::default();
+            }
+        }
     }
 
     /// Puts `device` in the cohort of `model` (or in none).
@@ -315,6 +349,9 @@ impl Engine {
         let m = model.map_or(NO_MODEL, |name| self.model_index(name));
         let i = self.device_slot(device.tenant.as_str(), device.device.as_str(), None);
         if let Some(d) = self.devices.get_mut(i) {
+            if d.model != m {
+                d.topic_cache = Default::default();
+            }
             d.model = m;
         }
     }
@@ -364,6 +401,8 @@ impl Engine {
             h,
             DeviceState {
                 key,
+                identity: None,
+                topic_cache: Default::default(),
                 model: NO_MODEL,
                 session: 0,
                 slow_pending: false,
@@ -373,8 +412,27 @@ impl Engine {
         )
     }
 
-    fn identity_slot(&mut self, id: &Identity) -> usize {
-        self.device_slot(id.tenant.as_str(), id.device.as_str(), Some(id))
+    fn identity_slot(&mut self, id: &Arc<Identity>) -> usize {
+        let ptr = Arc::as_ptr(id) as usize;
+        let c = ((ptr >> 4) ^ (ptr >> 16)) % IDENTITY_CACHE;
+        if let Some(&(cached, slot)) = self.identity_cache.get(c)
+            && cached == ptr
+            && let Some(d) = self.devices.get(slot as usize)
+            && d.identity.as_ref().is_some_and(|a| Arc::ptr_eq(a, id))
+        {
+            // The slot holds this very `Arc`, so the address cannot have been reused.
+            return slot as usize;
+        }
+        let i = self.device_slot(id.tenant.as_str(), id.device.as_str(), Some(id));
+        if let Some(d) = self.devices.get_mut(i) {
+            if !d.identity.as_ref().is_some_and(|a| Arc::ptr_eq(a, id)) {
+                d.identity = Some(Arc::clone(id));
+            }
+            if let (Some(e), Ok(slot)) = (self.identity_cache.get_mut(c), u32::try_from(i)) {
+                *e = (ptr, slot);
+            }
+        }
+        i
     }
 
     fn peer_slot(&mut self, addr: IpAddr, now: u64) -> usize {
@@ -470,8 +528,36 @@ impl Engine {
         if new_topic {
             f.distinct_topics = f.distinct_topics.saturating_add(1);
         }
-        let in_profile = profile
-            .map(|c| c.may_publish(topic, tenant, device) || reserved_publish(topic, device));
+        let len = u32::try_from(topic.len()).unwrap_or(u32::MAX);
+        let slot = (topic_hash as usize) % TOPIC_CACHE;
+        let class = match d.topic_cache[slot] {
+            e if e.in_profile != 0 && e.hash == topic_hash && e.len == len => e,
+            _ => {
+                let e = TopicClass {
+                    hash: topic_hash,
+                    len,
+                    in_profile: match profile.map(|c| {
+                        c.may_publish(topic, tenant, device) || reserved_publish(topic, device)
+                    }) {
+                        Some(true) => 1,
+                        Some(false) => 2,
+                        None => 3,
+                    },
+                    fields: profile
+                        .and_then(|c| c.field_group(topic, tenant, device))
+                        .and_then(|g| u8::try_from(g).ok())
+                        .unwrap_or(NO_FIELDS),
+                };
+                d.topic_cache[slot] = e;
+                e
+            }
+        };
+        let f = &mut d.features;
+        let in_profile = match class.in_profile {
+            1 => Some(true),
+            2 => Some(false),
+            _ => None,
+        };
         match in_profile {
             Some(true) => f.session_active = true,
             Some(false) => {
@@ -666,7 +752,7 @@ impl Engine {
         if p.payload.is_empty() {
             return;
         }
-        let Some(fields) = c.fields_for(topic, tenant, device) else {
+        let Some(fields) = c.fields.get(usize::from(class.fields)).map(|g| &*g.fields) else {
             return;
         };
         let mut readings = [(0u8, 0.0f64); MAX_TOPIC_FIELDS];
@@ -1109,7 +1195,7 @@ impl Engine {
     fn on_disconnect(
         &mut self,
         at: SystemTime,
-        identity: &Identity,
+        identity: &Arc<Identity>,
         cause: DisconnectCause,
         out: &mut Vec<Finding>,
     ) {
@@ -1170,7 +1256,11 @@ impl Engine {
         let now = ms(now);
         self.now = self.now.max(now);
         let now = self.now;
-        if now >= self.next_refresh {
+        // Baselines are refreshed, and devices' slow-moving summaries (60 s rates, size and
+        // field means) judged against them, every `cohort.refresh`; single readings are
+        // judged on arrival.
+        let refreshed = now >= self.next_refresh;
+        if refreshed {
             self.refresh_cohorts(now);
             self.next_refresh = now.saturating_add(dur_ms(self.cfg.cohort.refresh));
         }
@@ -1264,7 +1354,8 @@ impl Engine {
                     }
                 }
             }
-            if cfg.cohort_deviation.enabled
+            if refreshed
+                && cfg.cohort_deviation.enabled
                 && let Some(m) = models.get(d.model as usize)
             {
                 let f = &d.features;

@@ -222,7 +222,10 @@ impl FieldStat {
 }
 
 /// What detection knows about one device: fixed size, no heap.
+/// Laid out in order (`repr(C)`), what every publish touches first, so the hot path
+/// reads few cache lines.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[repr(C)]
 pub struct Features {
     /// First observation, ms since the Unix epoch.
     pub first_seen: u64,
@@ -232,26 +235,50 @@ pub struct Features {
     pub rates: Rates,
     /// Payload size moments.
     pub size: Moments,
-    /// Topics published to (a Bloom sketch of their hashes).
-    pub topics: TopicSketch,
     /// Publishes seen (saturating).
     pub publishes: u32,
-    /// Topics new to the device (per the sketch) seen (saturating).
-    pub distinct_topics: u32,
-    /// Publishes to topics outside the profile (saturating).
-    pub out_of_profile: u32,
     /// Payload readings outside the profile's ranges (saturating).
     pub out_of_range: u32,
+    /// Publishes to topics outside the profile (saturating).
+    pub out_of_profile: u32,
     /// Publishes and subscriptions the gate refused (saturating).
     pub refused: u32,
+    /// Keep-alive of the last session, in seconds.
+    pub keep_alive: u16,
+    /// Whether the current session has published within the profile.
+    pub session_active: bool,
+    /// Means of the model's first [`FIELD_SLOTS`] payload fields.
+    pub fields: [FieldStat; FIELD_SLOTS],
+    /// Topics published to (a Bloom sketch of their hashes).
+    pub topics: TopicSketch,
+    /// Topics new to the device (per the sketch) seen (saturating).
+    pub distinct_topics: u32,
+    /// New out-of-profile topics and refused operations, over the scanning window.
+    pub scan: Decay,
+    /// Gaps between publishes to topics outside the profile.
+    pub odd_publishes: Intervals,
     /// Sessions established (saturating).
     pub connects: u32,
+    /// When the current (or last) session started, ms since the Unix epoch.
+    pub session_at: u64,
+    /// Source address of the current (or last) session.
+    pub peer: Option<IpAddr>,
+    /// Source address of the session before, when it was different.
+    pub previous_peer: Option<IpAddr>,
+    /// Sessions over the connect-flood window (connection churn).
+    pub churn: Decay,
+    /// Changes of source address over the cloned-identity window.
+    pub address_switches: Decay,
+    /// Gaps between sessions that published nothing within the profile.
+    pub empty_sessions: Intervals,
+    /// Sessions asking for no keep-alive or a very long one (saturating).
+    pub long_keep_alives: u32,
     /// Sessions ended by a protocol error (saturating).
     pub protocol_errors: u32,
     /// Sessions ended by keep-alive timeout (saturating).
     pub keep_alive_timeouts: u32,
-    /// Sessions asking for no keep-alive or a very long one (saturating).
-    pub long_keep_alives: u32,
+    /// Protocol-error disconnects over the malformed-packets window.
+    pub recent_protocol_errors: Decay,
     /// Subscriptions to `#` (saturating).
     pub hash_subscriptions: u32,
     /// Subscriptions to `$SYS` (saturating).
@@ -260,32 +287,8 @@ pub struct Features {
     pub broad_subscriptions: u32,
     /// Authentication failures naming this device (saturating).
     pub auth_failures: u32,
-    /// Keep-alive of the last session, in seconds.
-    pub keep_alive: u16,
-    /// Whether the current session has published within the profile.
-    pub session_active: bool,
-    /// New out-of-profile topics and refused operations, over the scanning window.
-    pub scan: Decay,
     /// Authentication failures naming this device, over the brute-force window.
     pub recent_auth_failures: Decay,
-    /// Sessions over the connect-flood window (connection churn).
-    pub churn: Decay,
-    /// Protocol-error disconnects over the malformed-packets window.
-    pub recent_protocol_errors: Decay,
-    /// Changes of source address over the cloned-identity window.
-    pub address_switches: Decay,
-    /// Gaps between sessions that published nothing within the profile.
-    pub empty_sessions: Intervals,
-    /// Gaps between publishes to topics outside the profile.
-    pub odd_publishes: Intervals,
-    /// Source address of the current (or last) session.
-    pub peer: Option<IpAddr>,
-    /// Source address of the session before, when it was different.
-    pub previous_peer: Option<IpAddr>,
-    /// When the current (or last) session started, ms since the Unix epoch.
-    pub session_at: u64,
-    /// Means of the model's first [`FIELD_SLOTS`] payload fields.
-    pub fields: [FieldStat; FIELD_SLOTS],
 }
 
 // === impl Features ===

@@ -302,12 +302,11 @@ impl Compiled {
             .any(|p| p.reaches_others(filter, tenant, device))
     }
 
-    /// The fields carried on `topic`, if any.
-    pub(crate) fn fields_for(&self, topic: &str, tenant: &str, device: &str) -> Option<&[Field]> {
+    /// The index in `fields` of the group carried on `topic`, if any.
+    pub(crate) fn field_group(&self, topic: &str, tenant: &str, device: &str) -> Option<usize> {
         self.fields
             .iter()
-            .find(|g| g.pattern.matches_own(topic, tenant, device))
-            .map(|g| &*g.fields)
+            .position(|g| g.pattern.matches_own(topic, tenant, device))
     }
 }
 
