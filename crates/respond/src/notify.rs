@@ -10,6 +10,8 @@
 //! (within a tolerance) refuses a captured request replayed later.
 
 use std::fmt;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -20,6 +22,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, StatusCode, Uri};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use rustls_pki_types::CertificateDer;
 use sha2::Sha256;
 
 /// The header carrying the signature.
@@ -74,6 +77,11 @@ pub struct Webhook {
     pub timeout: Duration,
     /// How many times a failed attempt is retried (so at most `retries + 1` attempts).
     pub retries: u32,
+    /// The file the CA certificates below were read from (`ca_file`), if any.
+    pub ca_file: Option<PathBuf>,
+    /// CA certificates to trust for an `https` URL **instead of** the Web PKI roots (a
+    /// receiver behind a private CA); empty: the Web PKI roots.
+    pub ca_certs: Vec<CertificateDer<'static>>,
 }
 
 impl Webhook {
@@ -450,14 +458,44 @@ enum Attempt {
     Failed(Box<dyn std::error::Error + Send + Sync + 'static>),
 }
 
+/// The TLS client configuration for a webhook: ring, safe protocol versions, and the
+/// webhook's own CAs or else the Web PKI roots (built once).
+fn tls_config(webhook: &Webhook) -> Result<rustls::ClientConfig, String> {
+    fn build(roots: rustls::RootCertStore) -> Result<rustls::ClientConfig, String> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        Ok(rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots)
+            .with_no_client_auth())
+    }
+    static WEB_PKI: OnceLock<Result<rustls::ClientConfig, String>> = OnceLock::new();
+    if webhook.ca_certs.is_empty() {
+        return WEB_PKI
+            .get_or_init(|| {
+                let mut roots = rustls::RootCertStore::empty();
+                roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+                build(roots)
+            })
+            .clone();
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in &webhook.ca_certs {
+        roots
+            .add(cert.clone())
+            .map_err(|e| format!("a CA certificate is not usable: {e}"))?;
+    }
+    build(roots)
+}
+
 fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
 }
 
-/// POSTs `body` (JSON) to the webhook, signed, over http or https (TLS checked against
-/// the Web PKI roots). Each attempt has the webhook's timeout; a timeout, a transport
+/// POSTs `body` (JSON) to the webhook, signed, over http or https (the server's
+/// certificate checked against the webhook's CAs, else the Web PKI roots). Each attempt has the webhook's timeout; a timeout, a transport
 /// failure or a 5xx/429 answer is retried up to `retries` times, waiting
 /// [`Webhook::FIRST_BACKOFF`], doubling. Any other non-2xx answer is final. Each attempt
 /// is signed afresh with the current time.
@@ -472,8 +510,12 @@ pub async fn deliver(webhook: &Webhook, body: &[u8]) -> Result<DeliveryReceipt, 
             len: body.len(),
         });
     }
+    let tls = tls_config(webhook).map_err(|problem| DeliveryError::BadUrl {
+        webhook: webhook.name.clone(),
+        problem,
+    })?;
     let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_webpki_roots()
+        .with_tls_config(tls)
         .https_or_http()
         .enable_http1()
         .build();
@@ -782,6 +824,8 @@ mod tests {
             secret: secret(),
             timeout: Webhook::DEFAULT_TIMEOUT,
             retries: 0,
+            ca_file: None,
+            ca_certs: Vec::new(),
         };
         let text = format!("{w:?}");
         assert!(text.contains("<redacted>"), "{text}");
@@ -864,6 +908,8 @@ mod tests {
             secret: secret(),
             timeout,
             retries,
+            ca_file: None,
+            ca_certs: Vec::new(),
         }
     }
 
@@ -966,6 +1012,8 @@ mod tests {
             secret: secret(),
             timeout: Duration::from_secs(2),
             retries: 1,
+            ca_file: None,
+            ca_certs: Vec::new(),
         };
         let e = deliver(&w, b"{}").await.unwrap_err();
         assert!(
@@ -980,5 +1028,133 @@ mod tests {
             deliver(&bad, b"{}").await,
             Err(DeliveryError::BadUrl { .. })
         ));
+    }
+
+    /// A CA and a server certificate for 127.0.0.1 it issued.
+    fn test_pki() -> (CertificateDer<'static>, CertificateDer<'static>, Vec<u8>) {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(DnType::CommonName, "Webhook Test CA");
+        let ca_der = ca.self_signed(&ca_key).unwrap().der().clone();
+        let issuer = Issuer::new(ca, ca_key);
+        let key = KeyPair::generate().unwrap();
+        let leaf = CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
+        let cert = leaf.signed_by(&key, &issuer).unwrap().der().clone();
+        (ca_der, cert, key.serialize_der())
+    }
+
+    /// An https receiver on 127.0.0.1 that answers 200 to requests whose signature verifies.
+    async fn tls_receiver(cert: CertificateDer<'static>, key: Vec<u8>) -> (SocketAddr, Arc<Seen>) {
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert],
+            rustls_pki_types::PrivateKeyDer::Pkcs8(key.into()),
+        )
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Seen::default());
+        let s = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let (acceptor, s) = (acceptor.clone(), s.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(stream).await else {
+                        s.refused.lock().unwrap().push("handshake".to_owned());
+                        return;
+                    };
+                    let service = service_fn(move |req: hyper::Request<Incoming>| {
+                        let s = s.clone();
+                        async move {
+                            let header = req
+                                .headers()
+                                .get(SIGNATURE_HEADER)
+                                .and_then(|v| v.to_str().ok())
+                                .map(str::to_owned)
+                                .unwrap_or_default();
+                            let body = req.into_body().collect().await?.to_bytes();
+                            let status =
+                                match verify(&secret(), &header, &body, now_secs(), TOLERANCE) {
+                                    Ok(()) => {
+                                        s.verified.lock().unwrap().push(body.to_vec());
+                                        200
+                                    }
+                                    Err(e) => {
+                                        s.refused.lock().unwrap().push(e.to_string());
+                                        401
+                                    }
+                                };
+                            Ok::<_, hyper::Error>(
+                                Response::builder()
+                                    .status(status)
+                                    .body(Full::new(Bytes::new()))
+                                    .unwrap(),
+                            )
+                        }
+                    });
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(tls), service)
+                        .await;
+                });
+            }
+        });
+        (addr, seen)
+    }
+
+    #[tokio::test]
+    async fn https_delivery_to_a_receiver_behind_the_webhooks_own_ca() {
+        let (ca, cert, key) = test_pki();
+        let (addr, seen) = tls_receiver(cert, key).await;
+        let w = Webhook {
+            name: "private".into(),
+            url: format!("https://{addr}/hook"),
+            secret: secret(),
+            timeout: Duration::from_secs(5),
+            retries: 0,
+            ca_file: None,
+            ca_certs: vec![ca],
+        };
+        let receipt = deliver(&w, br#"{"class_uid":2004}"#).await.unwrap();
+        assert_eq!((receipt.status, receipt.attempts), (200, 1));
+        assert_eq!(
+            *seen.verified.lock().unwrap(),
+            vec![br#"{"class_uid":2004}"#.to_vec()]
+        );
+    }
+
+    #[tokio::test]
+    async fn https_to_a_certificate_outside_the_web_pki_is_refused() {
+        let (_ca, cert, key) = test_pki();
+        let (addr, seen) = tls_receiver(cert, key).await;
+        let w = Webhook {
+            name: "untrusted".into(),
+            url: format!("https://{addr}/hook"),
+            secret: secret(),
+            timeout: Duration::from_secs(5),
+            retries: 0,
+            ca_file: None,
+            ca_certs: Vec::new(),
+        };
+        let e = deliver(&w, b"{}").await.unwrap_err();
+        assert!(
+            matches!(e, DeliveryError::Transport { attempts: 1, .. }),
+            "{e:?}"
+        );
+        assert!(
+            seen.verified.lock().unwrap().is_empty(),
+            "nothing was sent in the clear"
+        );
     }
 }

@@ -23,6 +23,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use gatehouse_types::{Finding, Severity, Tier};
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
 use serde::{Deserialize, Serialize};
 
 use crate::notify::{Secret, Webhook};
@@ -160,6 +162,8 @@ struct RawWebhook {
     timeout: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     retries: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ca_file: Option<PathBuf>,
 }
 
 // === validated form ===
@@ -603,6 +607,7 @@ impl Playbooks {
                     secret_file: None,
                     timeout: Some(dur(w.timeout)),
                     retries: Some(w.retries),
+                    ca_file: w.ca_file.clone(),
                 })
                 .collect(),
         };
@@ -942,6 +947,14 @@ fn action(
     Ok(step)
 }
 
+/// A path from the file, relative to the file's folder when it is known.
+fn resolve(base: Option<&Path>, path: PathBuf) -> PathBuf {
+    match base {
+        Some(dir) if path.is_relative() => dir.join(path),
+        _ => path,
+    }
+}
+
 fn webhook(w: RawWebhook, index: usize, base: Option<&Path>) -> Result<Webhook, PlaybookError> {
     let label = if w.name.is_empty() || w.name.len() > MAX_NAME_BYTES {
         format!("webhook #{}", index + 1)
@@ -959,10 +972,7 @@ fn webhook(w: RawWebhook, index: usize, base: Option<&Path>) -> Result<Webhook, 
     let secret = match (w.secret, w.secret_file) {
         (Some(s), None) => s,
         (None, Some(path)) => {
-            let path = match base {
-                Some(dir) if path.is_relative() => dir.join(path),
-                _ => path,
-            };
+            let path = resolve(base, path);
             let text = std::fs::read_to_string(&path).map_err(|e| {
                 bad(
                     "secret_file",
@@ -1020,12 +1030,32 @@ fn webhook(w: RawWebhook, index: usize, base: Option<&Path>) -> Result<Webhook, 
             ));
         }
     };
+    let (ca_file, ca_certs) = match w.ca_file {
+        None => (None, Vec::new()),
+        Some(path) => {
+            let path = resolve(base, path);
+            let pem = std::fs::read(&path)
+                .map_err(|e| bad("ca_file", format!("cannot read {}: {e}", path.display())))?;
+            let certs = CertificateDer::pem_slice_iter(&pem)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| bad("ca_file", format!("{} is not PEM: {e}", path.display())))?;
+            if certs.is_empty() {
+                return Err(bad(
+                    "ca_file",
+                    format!("{} holds no certificate", path.display()),
+                ));
+            }
+            (Some(path), certs)
+        }
+    };
     Ok(Webhook {
         name: w.name,
         url: w.url,
         secret: Secret::new(secret),
         timeout,
         retries,
+        ca_file,
+        ca_certs,
     })
 }
 
@@ -1689,6 +1719,37 @@ type = "quarantine"
             !format!("{p:?}").contains(SECRET),
             "Debug never shows the secret"
         );
+        assert!(p.webhook("w").unwrap().ca_certs.is_empty());
+
+        // A private CA for the receiver, also relative to the file.
+        let key = rcgen::KeyPair::generate().unwrap();
+        let ca = rcgen::CertificateParams::new(vec!["soc.internal".to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        std::fs::write(dir.join("soc-ca.pem"), ca.pem()).unwrap();
+        std::fs::write(dir.join("empty.pem"), "no certificate here\n").unwrap();
+        let with_ca = |ca_file: &str| {
+            std::fs::write(
+                &file,
+                format!(
+                    "[[webhook]]\nname = \"w\"\nurl = \"https://soc.internal\"\n\
+                     secret_file = \"hook.secret\"\nca_file = \"{ca_file}\"\n"
+                ),
+            )
+            .unwrap();
+            Playbooks::load(&file)
+        };
+        let p = with_ca("soc-ca.pem").unwrap();
+        let w = p.webhook("w").unwrap();
+        assert_eq!(w.ca_certs, vec![ca.der().clone()]);
+        assert_eq!(w.ca_file.as_deref(), Some(dir.join("soc-ca.pem").as_path()));
+        let rendered = p.to_toml_with_secrets().unwrap();
+        assert_eq!(Playbooks::parse(&rendered).unwrap(), p, "{rendered}");
+        for bad in ["empty.pem", "missing.pem"] {
+            let e = with_ca(bad).unwrap_err();
+            assert_eq!(invalid_field(&e), ("webhook \"w\"", "ca_file"), "{bad}");
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
