@@ -22,10 +22,12 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use gatehouse_store::{ActionRecord, ActionState, IncidentId};
 use gatehouse_types::{Finding, Severity, Tier};
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
 
 use crate::notify::{Secret, Webhook};
 
@@ -435,6 +437,41 @@ impl PlannedAction {
     /// Whether it is only reported (`notify` mode, not a notification).
     pub fn is_advisory(&self) -> bool {
         self.mode == Mode::Notify && !matches!(self.action, Action::Notify { .. })
+    }
+
+    /// The record to store for it (`Registry::record_action`), by `system`: the finding's
+    /// device for an action on a device, its address for a ban (and both for the rest, as
+    /// known), the action's kind and params, this playbook, and `expires_at` = `now` + the
+    /// action's duration for a timed action. `state` is what happened: `pending_approval`
+    /// when it [`needs_approval`](Self::needs_approval), else `done` or `failed`.
+    pub fn to_record(
+        &self,
+        finding: &Finding,
+        incident: Option<IncidentId>,
+        state: ActionState,
+        now: OffsetDateTime,
+    ) -> ActionRecord {
+        let (device, peer) = match &self.action {
+            Action::Ban { .. } => (None, finding.peer),
+            a if a.needs_device() => (finding.device.clone(), None),
+            _ => (finding.device.clone(), finding.peer),
+        };
+        let expires_at = self.action.duration().and_then(|d| {
+            time::Duration::try_from(d)
+                .ok()
+                .and_then(|d| now.checked_add(d))
+        });
+        ActionRecord {
+            incident,
+            device,
+            peer,
+            kind: self.action.kind().to_owned(),
+            params: self.action.params(),
+            state,
+            playbook: Some(self.playbook.clone()),
+            by: "system".to_owned(),
+            expires_at,
+        }
     }
 }
 
@@ -1462,6 +1499,39 @@ type = "quarantine"
         assert!(plan.is_empty(), "above max_severity");
         let plan = p.plan(&finding("k", Severity::High, 0.9, true), None, 1);
         assert_eq!(kinds(&plan), [("dev", "disconnect")]);
+    }
+
+    #[test]
+    fn planned_actions_become_records_with_their_subject_and_expiry() {
+        let d = Playbooks::defaults();
+        let now = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
+        let f = finding("publish_flood", Severity::High, 0.9, true);
+        let plan = d.plan(&f, None, 1);
+        let r = plan[0].to_record(&f, Some(IncidentId(3)), ActionState::Done, now);
+        assert_eq!(r.incident, Some(IncidentId(3)));
+        assert_eq!((r.device.as_ref(), r.peer), (f.device.as_ref(), None));
+        assert_eq!(
+            (r.kind.as_str(), r.state, r.by.as_str()),
+            ("quarantine", ActionState::Done, "system")
+        );
+        assert_eq!(r.playbook.as_deref(), Some("quarantine-attacking-devices"));
+        assert_eq!(r.params["for_secs"], 3600);
+        assert_eq!(r.expires_at, Some(now + time::Duration::hours(1)));
+
+        let f = finding("connect_flood", Severity::High, 0.9, false);
+        let plan = d.plan(&f, None, 1);
+        let r = plan[0].to_record(&f, None, ActionState::Failed, now);
+        assert_eq!((r.kind.as_str(), r.device, r.peer), ("ban", None, f.peer));
+        assert_eq!(r.expires_at, Some(now + time::Duration::minutes(15)));
+
+        let f = finding("cloned_identity", Severity::High, 0.9, true);
+        let plan = d.plan(&f, None, 1);
+        let r = plan[0].to_record(&f, None, ActionState::PendingApproval, now);
+        assert_eq!((r.kind.as_str(), r.expires_at), ("revoke", None));
+        assert_eq!(
+            r.params["reason"],
+            "cloned identity: one certificate in use from several addresses"
+        );
     }
 
     #[test]
