@@ -4,6 +4,7 @@ mod auth;
 mod config;
 mod https;
 mod registry_cli;
+mod replay;
 mod serve;
 
 use std::io::Read;
@@ -45,6 +46,8 @@ enum Command {
     Passwd,
     /// Benchmark Gatehouse against Mosquitto on this machine.
     Bench(gatehouse_sim::BenchArgs),
+    /// Score the detectors on recorded, labelled traffic (pcap/pcapng captures, telemetry CSV).
+    Replay(replay::ReplayArgs),
     #[command(flatten)]
     Registry(registry_cli::RegistryCommand),
 }
@@ -171,6 +174,7 @@ fn main() -> anyhow::Result<()> {
             rt.block_on(serve::run(settings))
         }
         Command::Registry(command) => registry_cli::run(command, cli.config.as_deref()),
+        Command::Replay(args) => replay::run(args),
         Command::Bench(args) => {
             tracing_subscriber::fmt()
                 .with_env_filter(

@@ -12,7 +12,7 @@ use gatehouse_types::Finding;
 use serde::Serialize;
 
 use crate::capture::{CaptureError, CaptureOptions, capture_trace};
-use crate::run::run;
+use crate::run::{replay_end, run};
 use crate::score::{Score, ScoreOptions, Scored, score};
 use crate::telemetry::{TelemetryError, TelemetryOptions, model_from_file_name, telemetry_trace};
 use crate::trace::{Extraction, Unit};
@@ -74,7 +74,7 @@ pub struct RecordingSpec {
 #[non_exhaustive]
 pub enum ReplayError {
     /// The file could not be opened or read.
-    #[error("{path}: {source}")]
+    #[error("reading {path}")]
     Open {
         /// The file.
         path: String,
@@ -82,7 +82,7 @@ pub enum ReplayError {
         source: std::io::Error,
     },
     /// The capture could not be read.
-    #[error("{path}: {source}")]
+    #[error("reading the capture {path}")]
     Capture {
         /// The file.
         path: String,
@@ -90,7 +90,7 @@ pub enum ReplayError {
         source: CaptureError,
     },
     /// The telemetry file could not be read.
-    #[error("{path}: {source}")]
+    #[error("reading the telemetry file {path}")]
     Telemetry {
         /// The file.
         path: String,
@@ -181,10 +181,18 @@ pub fn replay_file(
         .into_iter()
         .map(|e| e.finding)
         .collect();
+    let end = replay_end(&trace);
+    let mut units = trace.units;
+    // A connection the capture did not see end is open for the whole replay.
+    if let Some(end) = end {
+        for u in units.iter_mut().filter(|u| u.open) {
+            u.last = u.last.max(end);
+        }
+    }
     Ok(Replayed {
         name,
         format,
-        units: trace.units,
+        units,
         extraction: trace.extraction,
         findings,
     })

@@ -31,6 +31,13 @@ fn whole_secs(t: SystemTime) -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// The engine's last tick for `trace`: [`DRAIN`] after its last observation, in whole
+/// seconds; `None` for a trace without observations.
+pub fn replay_end(trace: &Trace) -> Option<SystemTime> {
+    let last = trace.events.iter().map(|e| observed_at(&e.obs)).max()?;
+    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(whole_secs(last + DRAIN)))
+}
+
 /// Runs one engine over `trace`: its observations in time order (ties in trace order),
 /// and `tick` at every whole second of trace time from the first observation to
 /// [`DRAIN`] after the last.

@@ -121,11 +121,12 @@ pub struct ClassScore {
     pub fpr: Option<f64>,
     /// Episodes (runs of one subject's units of this class).
     pub episodes: u64,
-    /// Episodes with a finding about their subject while they ran.
+    /// Episodes with a finding about their subject while they ran (for a negative
+    /// class: episodes with a false alarm).
     pub episodes_detected: u64,
-    /// Median time to detect, seconds.
+    /// Attack class: median time to detect, seconds.
     pub ttd_median_secs: Option<f64>,
-    /// 95th percentile time to detect, seconds.
+    /// Attack class: 95th percentile time to detect, seconds.
     pub ttd_p95_secs: Option<f64>,
     /// Units of this class flagged by each finding kind.
     pub kinds: BTreeMap<String, u64>,
@@ -330,8 +331,8 @@ pub fn score(runs: &[Scored<'_>], opts: &ScoreOptions) -> Score {
             fpr,
             episodes: acc.episodes,
             episodes_detected: acc.detected,
-            ttd_median_secs: percentile(&acc.ttd, 0.5),
-            ttd_p95_secs: percentile(&acc.ttd, 0.95),
+            ttd_median_secs: percentile(&acc.ttd, 0.5).filter(|_| attack),
+            ttd_p95_secs: percentile(&acc.ttd, 0.95).filter(|_| attack),
             kinds: acc.kinds,
             class,
         });
@@ -363,6 +364,7 @@ mod tests {
             devices: Vec::new(),
             first: t(first),
             last: t(last),
+            open: false,
         }
     }
 
@@ -455,6 +457,7 @@ mod tests {
             devices: vec![dev.clone()],
             first: t(at),
             last: t(at),
+            open: false,
         };
         let units = vec![
             row("normal", 0),

@@ -263,6 +263,7 @@ pub fn telemetry_trace<R: Read>(
             devices: vec![dref.clone()],
             first: row.at,
             last: row.at,
+            open: false,
         });
         let bytes = row.payload.into_bytes();
         let keep = bytes.len().min(opts.payload_bytes);

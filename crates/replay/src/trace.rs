@@ -26,9 +26,13 @@ pub struct Unit {
     /// Its first packet or its row's time.
     #[serde(with = "crate::unix_secs")]
     pub first: SystemTime,
-    /// Its last packet or its row's time.
+    /// Its last packet or its row's time; for a flow still open when the capture ended,
+    /// the end of the replay (see [`Unit::open`]).
     #[serde(with = "crate::unix_secs")]
     pub last: SystemTime,
+    /// A flow neither side had closed (FIN or RST) when the capture ended: the connection
+    /// outlives the recording, so the replay counts it open until the engine's last tick.
+    pub open: bool,
 }
 
 /// An observation and the unit it came from.

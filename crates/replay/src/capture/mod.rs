@@ -138,8 +138,10 @@ struct Flow {
     desync: bool,
     /// The client stream is no longer decoded (after DISCONNECT, an error or a refusal).
     client_done: bool,
-    /// The connection has ended (FIN or RST seen).
+    /// The connection has ended (RST, or FIN from the broker).
     ended: bool,
+    /// The client sent FIN.
+    client_fin: bool,
     aliases: HashMap<u16, Arc<str>>,
 }
 
@@ -225,6 +227,7 @@ impl<'o> Extractor<'o> {
             devices: Vec::new(),
             first: at,
             last: at,
+            open: false,
         });
         self.trace.extraction.flows += 1;
         let i = self.flows.len();
@@ -244,6 +247,7 @@ impl<'o> Extractor<'o> {
             desync: false,
             client_done: false,
             ended: false,
+            client_fin: false,
             aliases: HashMap::new(),
         });
         self.index.insert((client, server), i);
@@ -611,6 +615,7 @@ impl<'o> Extractor<'o> {
     /// lost) once that answer is known.
     fn client_fin(&mut self, i: usize, at: SystemTime) {
         let flow = &mut self.flows[i];
+        flow.client_fin = true;
         if flow.client_done || flow.ended {
             flow.client_done = true;
             return;
@@ -650,7 +655,11 @@ impl<'o> Extractor<'o> {
                 let last = self.trace.units[flow.unit].last;
                 self.client_chunks(i, last, &chunks);
             }
-            let r = self.flows[i].c2s.stats();
+            let flow = &self.flows[i];
+            if !flow.ended && !flow.client_fin {
+                self.trace.units[flow.unit].open = true;
+            }
+            let r = flow.c2s.stats();
             let t = &mut self.trace.extraction.reassembly;
             t.delivered += r.delivered;
             t.duplicate += r.duplicate;
