@@ -14,9 +14,9 @@ use gatehouse_types::{
 
 use crate::cohort::{Baseline, M_BYTES, M_FIELD, M_RATE, M_SIZE, METRICS, Robust, metric_name};
 use crate::config::DetectConfig;
-use crate::features::{Decay, FIELD_SLOTS, Features, W1, W10, W60};
+use crate::features::{Decay, FIELD_SLOTS, Features, Intervals, W1, W10, W60};
 use crate::payload;
-use crate::profile::{Compiled, MAX_TOPIC_FIELDS, Owner, ProfileView};
+use crate::profile::{Compiled, Field, Owner, ProfileView};
 use crate::rules::{RULE_COUNT, RULES, Rule, RuleInfo};
 use crate::table::{Seen, Table};
 
@@ -26,6 +26,8 @@ const NO_MODEL: u32 = u32::MAX;
 const IDENTITY_CACHE: usize = 1 << 16;
 /// Topics whose classification against the profile each device remembers.
 const TOPIC_CACHE: usize = 4;
+/// How often source addresses are checked for slow connections, ms.
+const SLOW_CHECK_MS: u64 = 5_000;
 /// No field group.
 const NO_FIELDS: u8 = u8::MAX;
 
@@ -142,8 +144,10 @@ pub struct Engine {
     next_refresh: u64,
     /// Per model and metric, the values of the last refresh (kept to reuse the memory).
     scratch: Vec<Vec<f64>>,
-    /// `Arc<Identity>` address to device slot; checked against the slot's own `Arc`.
-    identity_cache: Vec<(usize, u32)>,
+    /// `Arc<Identity>` address (hashed) to device slot; checked against the slot's own
+    /// `Arc` before use.
+    identity_cache: Vec<u32>,
+    next_slow_check: u64,
 }
 
 /// The subject of a finding.
@@ -265,7 +269,8 @@ impl Engine {
             now: 0,
             next_refresh: 0,
             scratch: Vec::new(),
-            identity_cache: vec![(0, u32::MAX); IDENTITY_CACHE],
+            identity_cache: vec![u32::MAX; IDENTITY_CACHE],
+            next_slow_check: 0,
         }
     }
 
@@ -415,8 +420,7 @@ impl Engine {
     fn identity_slot(&mut self, id: &Arc<Identity>) -> usize {
         let ptr = Arc::as_ptr(id) as usize;
         let c = ((ptr >> 4) ^ (ptr >> 16)) % IDENTITY_CACHE;
-        if let Some(&(cached, slot)) = self.identity_cache.get(c)
-            && cached == ptr
+        if let Some(&slot) = self.identity_cache.get(c)
             && let Some(d) = self.devices.get(slot as usize)
             && d.identity.as_ref().is_some_and(|a| Arc::ptr_eq(a, id))
         {
@@ -429,7 +433,7 @@ impl Engine {
                 d.identity = Some(Arc::clone(id));
             }
             if let (Some(e), Ok(slot)) = (self.identity_cache.get_mut(c), u32::try_from(i)) {
-                *e = (ptr, slot);
+                *e = slot;
             }
         }
         i
@@ -563,9 +567,12 @@ impl Engine {
             Some(false) => {
                 f.out_of_profile = f.out_of_profile.saturating_add(1);
                 f.odd_publishes.add(now);
+                let series = f.odd_publishes;
+                check_beacon(cfg, d, series, "publishes outside the profile", now, out);
             }
             None => {}
         }
+        let f = &mut d.features;
         if !p.allowed {
             f.refused = f.refused.saturating_add(1);
         }
@@ -755,78 +762,9 @@ impl Engine {
         let Some(fields) = c.fields.get(usize::from(class.fields)).map(|g| &*g.fields) else {
             return;
         };
-        let mut readings = [(0u8, 0.0f64); MAX_TOPIC_FIELDS];
-        let mut n = 0usize;
         payload::extract(&p.payload, fields, &mut |k, v| {
-            if n < readings.len() {
-                readings[n] = (u8::try_from(k).unwrap_or(u8::MAX), v);
-                n += 1;
-            }
+            reading(cfg, d, baseline, fields, k, v, now, topic, out);
         });
-        for &(k, v) in &readings[..n] {
-            let Some(field) = fields.get(usize::from(k)) else {
-                continue;
-            };
-            if let Some(slot) = field.slot
-                && let Some(s) = d.features.fields.get_mut(usize::from(slot))
-            {
-                s.add(v);
-            }
-            if !field.contains(v) {
-                d.features.out_of_range = d.features.out_of_range.saturating_add(1);
-                if cfg.out_of_range_reading.enabled {
-                    // Far outside (beyond the range's own width) is worse.
-                    let width = match (field.min, field.max) {
-                        (Some(lo), Some(hi)) => (hi - lo).abs(),
-                        _ => f64::INFINITY,
-                    };
-                    let beyond = field
-                        .min
-                        .map_or(0.0, |lo| lo - v)
-                        .max(field.max.map_or(0.0, |hi| v - hi));
-                    let sev = if beyond > width {
-                        Severity::High
-                    } else {
-                        Severity::Medium
-                    };
-                    if d.cooldowns
-                        .admit(Rule::OutOfRangeReading, sev, now, cooldown)
-                    {
-                        out.push(finding(
-                            Rule::OutOfRangeReading,
-                            now,
-                            subject(d),
-                            sev,
-                            0.9,
-                            format!(
-                                "{} reported {}={} outside [{}, {}]",
-                                d.key,
-                                field.name,
-                                num(v),
-                                field.min.map_or_else(|| "-inf".to_owned(), num),
-                                field.max.map_or_else(|| "inf".to_owned(), num)
-                            ),
-                            &[
-                                ("field", field.name.to_string()),
-                                ("value", num(v)),
-                                ("min", field.min.map_or_else(|| "none".to_owned(), num)),
-                                ("max", field.max.map_or_else(|| "none".to_owned(), num)),
-                                ("topic", topic.to_owned()),
-                            ],
-                        ));
-                    }
-                }
-            }
-            if cfg.cohort_deviation.enabled
-                && let Some(slot) = field.slot
-                && let Some(b) = baseline.and_then(|b| b.metrics[M_FIELD + usize::from(slot)])
-            {
-                let z = b.z(v);
-                if z >= cfg.cohort_deviation.reading_z {
-                    push_deviation(cfg, d, now, &field.name, v, &b, z, out);
-                }
-            }
-        }
     }
 
     fn on_subscribe(&mut self, s: &SubscribeObservation, out: &mut Vec<Finding>) {
@@ -997,15 +935,21 @@ impl Engine {
         let f = &mut d.features;
         f.touch(now);
         // The session before: did it publish within the profile?
-        if f.connects > 0 {
-            if f.session_active {
-                f.empty_sessions.reset(now);
-            } else {
-                f.empty_sessions.add(now);
-            }
+        if f.connects > 0 && f.session_active {
+            f.empty_sessions.reset(now);
         } else {
             f.empty_sessions.add(now);
+            let series = f.empty_sessions;
+            check_beacon(
+                cfg,
+                d,
+                series,
+                "sessions that publish nothing within the profile",
+                now,
+                out,
+            );
         }
+        let f = &mut d.features;
         f.session_active = false;
         f.connects = f.connects.saturating_add(1);
         f.keep_alive = c.keep_alive;
@@ -1269,12 +1213,14 @@ impl Engine {
             devices,
             peers,
             models,
+            next_slow_check,
             ..
         } = self;
         let cooldown = dur_ms(cfg.cooldown);
 
         let sc = &cfg.slow_connection_dos;
-        if sc.enabled {
+        if sc.enabled && now >= *next_slow_check {
+            *next_slow_check = now.saturating_add(SLOW_CHECK_MS);
             let w = sc.window.as_secs_f64();
             for p in peers.iter_mut() {
                 let n = p.slow.get(now, w);
@@ -1311,51 +1257,11 @@ impl Engine {
             }
         }
 
-        let bc = &cfg.beaconing;
-        let min_period = bc.min_period.as_secs_f64();
+        if !refreshed {
+            return;
+        }
         for d in devices.iter_mut() {
-            let f = &d.features;
-            if bc.enabled {
-                for (series, what) in [
-                    (f.empty_sessions, "sessions that publish nothing in profile"),
-                    (f.odd_publishes, "publishes outside the profile"),
-                ] {
-                    let mean = f64::from(series.gaps.mean);
-                    let cv = series.variation();
-                    let recent = now.saturating_sub(series.last) as f64 / 1000.0 <= 3.0 * mean;
-                    if series.gaps.n >= bc.min_intervals
-                        && mean >= min_period
-                        && cv <= bc.max_variation
-                        && recent
-                    {
-                        let sev = Severity::Medium;
-                        if d.cooldowns.admit(Rule::Beaconing, sev, now, cooldown) {
-                            out.push(finding(
-                                Rule::Beaconing,
-                                now,
-                                Subject {
-                                    device: Some(&d.key),
-                                    peer: f.peer,
-                                },
-                                sev,
-                                confidence_for(bc.max_variation / cv.max(1e-3)),
-                                format!(
-                                    "{} shows {what} every {mean:.1} s (variation {cv:.3})",
-                                    d.key
-                                ),
-                                &[
-                                    ("period_s", num(mean)),
-                                    ("variation", num(cv)),
-                                    ("intervals", series.gaps.n.to_string()),
-                                    ("series", what.to_owned()),
-                                ],
-                            ));
-                        }
-                    }
-                }
-            }
-            if refreshed
-                && cfg.cohort_deviation.enabled
+            if cfg.cohort_deviation.enabled
                 && let Some(m) = models.get(d.model as usize)
             {
                 let f = &d.features;
@@ -1532,6 +1438,126 @@ fn malformed_event(
                 ],
             ));
         }
+    }
+}
+
+/// One payload reading: the device's field mean, the profile's range, the cohort.
+#[allow(clippy::too_many_arguments)]
+fn reading(
+    cfg: &DetectConfig,
+    d: &mut DeviceState,
+    baseline: Option<&Baseline>,
+    fields: &[Field],
+    k: usize,
+    v: f64,
+    now: u64,
+    topic: &str,
+    out: &mut Vec<Finding>,
+) {
+    let cooldown = dur_ms(cfg.cooldown);
+    let Some(field) = fields.get(k) else {
+        return;
+    };
+    if let Some(slot) = field.slot
+        && let Some(s) = d.features.fields.get_mut(usize::from(slot))
+    {
+        s.add(v);
+    }
+    if !field.contains(v) {
+        d.features.out_of_range = d.features.out_of_range.saturating_add(1);
+        if cfg.out_of_range_reading.enabled {
+            // Far outside (beyond the range's own width) is worse.
+            let width = match (field.min, field.max) {
+                (Some(lo), Some(hi)) => (hi - lo).abs(),
+                _ => f64::INFINITY,
+            };
+            let beyond = field
+                .min
+                .map_or(0.0, |lo| lo - v)
+                .max(field.max.map_or(0.0, |hi| v - hi));
+            let sev = if beyond > width {
+                Severity::High
+            } else {
+                Severity::Medium
+            };
+            if d.cooldowns
+                .admit(Rule::OutOfRangeReading, sev, now, cooldown)
+            {
+                out.push(finding(
+                    Rule::OutOfRangeReading,
+                    now,
+                    subject(d),
+                    sev,
+                    0.9,
+                    format!(
+                        "{} reported {}={} outside [{}, {}]",
+                        d.key,
+                        field.name,
+                        num(v),
+                        field.min.map_or_else(|| "-inf".to_owned(), num),
+                        field.max.map_or_else(|| "inf".to_owned(), num)
+                    ),
+                    &[
+                        ("field", field.name.to_string()),
+                        ("value", num(v)),
+                        ("min", field.min.map_or_else(|| "none".to_owned(), num)),
+                        ("max", field.max.map_or_else(|| "none".to_owned(), num)),
+                        ("topic", topic.to_owned()),
+                    ],
+                ));
+            }
+        }
+    }
+    if cfg.cohort_deviation.enabled
+        && let Some(slot) = field.slot
+        && let Some(b) = baseline.and_then(|b| b.metrics[M_FIELD + usize::from(slot)])
+    {
+        let z = b.z(v);
+        if z >= cfg.cohort_deviation.reading_z {
+            push_deviation(cfg, d, now, &field.name, v, &b, z, out);
+        }
+    }
+}
+
+/// Judges a series of intervals just extended; fires `beaconing` when it is regular.
+fn check_beacon(
+    cfg: &DetectConfig,
+    d: &mut DeviceState,
+    series: Intervals,
+    what: &str,
+    now: u64,
+    out: &mut Vec<Finding>,
+) {
+    let bc = &cfg.beaconing;
+    if !bc.enabled || series.gaps.n < bc.min_intervals {
+        return;
+    }
+    let mean = f64::from(series.gaps.mean);
+    let cv = series.variation();
+    if mean < bc.min_period.as_secs_f64() || cv > bc.max_variation {
+        return;
+    }
+    let sev = Severity::Medium;
+    if d.cooldowns
+        .admit(Rule::Beaconing, sev, now, dur_ms(cfg.cooldown))
+    {
+        out.push(finding(
+            Rule::Beaconing,
+            now,
+            subject(d),
+            sev,
+            confidence_for(bc.max_variation / cv.max(1e-3)),
+            format!(
+                "{} shows {what} every {mean:.1} s (variation {cv:.3})",
+                d.key
+            ),
+            &[
+                ("period_s", num(mean)),
+                ("variation", num(cv)),
+                ("intervals", series.gaps.n.to_string()),
+                ("series", what.to_owned()),
+            ],
+        ));
     }
 }
 
