@@ -634,3 +634,102 @@ proptest! {
         prop_assert!(audit::verify_records(&recs).is_err());
     }
 }
+
+/// One step of the grouping model: a finding of subject `subject` and kind `kind`, or the
+/// resolution of the incident of a group.
+#[derive(Debug, Clone)]
+enum Step {
+    Finding { subject: u8, kind: u8, severity: u8 },
+    Resolve { subject: u8, kind: u8 },
+}
+
+fn arb_step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        4 => (0u8..3, 0u8..2, 0u8..5).prop_map(|(subject, kind, severity)| Step::Finding { subject, kind, severity }),
+        1 => (0u8..3, 0u8..2).prop_map(|(subject, kind)| Step::Resolve { subject, kind }),
+    ]
+}
+
+fn model_finding(subject: u8, kind: u8, severity: u8, i: usize) -> Finding {
+    // Subjects 0 and 1 are devices; 2 is an address alone.
+    let device = (subject < 2).then(|| {
+        DeviceRef::new(
+            tenant("acme"),
+            DeviceId::new(format!("d{subject}")).expect("id"),
+        )
+    });
+    Finding {
+        at: std::time::SystemTime::UNIX_EPOCH
+            + std::time::Duration::from_secs(1_700_000_000 + i as u64),
+        device,
+        peer: Some("192.0.2.1".parse().expect("ip")),
+        kind: format!("k{kind}"),
+        severity: Severity::ALL[usize::from(severity)],
+        confidence: 0.5,
+        technique: None,
+        summary: String::new(),
+        evidence: Default::default(),
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    /// Grouping against a naive model: each group has at most one active incident, which
+    /// counts exactly the findings recorded since it opened, stores at most the bound and
+    /// keeps the worst severity; a finding after resolution opens a new incident.
+    #[test]
+    fn grouping_matches_a_naive_model(steps in proptest::collection::vec(arb_step(), 1..40), bound in 0u32..4) {
+        use std::collections::HashMap;
+        let s = SqliteStore::open_in_memory().expect("store");
+        // group -> (incident, count, worst severity)
+        let mut active: HashMap<(u8, u8), (IncidentId, u32, Severity)> = HashMap::new();
+        let mut incidents = 0usize;
+        let mut resolves = 0usize;
+        for (i, step) in steps.iter().enumerate() {
+            match *step {
+                Step::Finding { subject, kind, severity } => {
+                    let f = model_finding(subject, kind, severity, i);
+                    let r = s.record_findings(std::slice::from_ref(&f), t0(), bound).expect("record")[0];
+                    let entry = active.entry((subject, kind));
+                    match entry {
+                        std::collections::hash_map::Entry::Occupied(mut o) => {
+                            let (id, n, worst) = o.get_mut();
+                            prop_assert!(!r.new_incident);
+                            prop_assert_eq!(r.incident_id, *id);
+                            *n += 1;
+                            *worst = (*worst).max(f.severity);
+                            prop_assert_eq!(r.findings_in_incident, *n);
+                            prop_assert_eq!(r.finding_id.is_some(), *n <= bound);
+                        }
+                        std::collections::hash_map::Entry::Vacant(v) => {
+                            prop_assert!(r.new_incident);
+                            prop_assert_eq!(r.findings_in_incident, 1);
+                            prop_assert_eq!(r.finding_id.is_some(), bound >= 1);
+                            v.insert((r.incident_id, 1, f.severity));
+                            incidents += 1;
+                        }
+                    }
+                }
+                Step::Resolve { subject, kind } => {
+                    let Some((id, _, _)) = active.remove(&(subject, kind)) else { continue };
+                    s.set_incident_state(id, IncidentState::Resolved, "operator:test", None, &entry("resolve", "x"))
+                        .expect("resolve");
+                    resolves += 1;
+                }
+            }
+        }
+        let listed = s.list_incidents(&IncidentFilter { limit: 1000, ..Default::default() }).expect("list");
+        prop_assert_eq!(listed.len(), incidents);
+        for (id, n, worst) in active.values() {
+            let d = s.get_incident(*id).expect("read").expect("there");
+            prop_assert_eq!(d.incident.finding_count, *n);
+            prop_assert_eq!(d.incident.stored_findings, (*n).min(bound));
+            prop_assert_eq!(d.findings.len() as u32, (*n).min(bound));
+            prop_assert_eq!(d.incident.max_severity, *worst);
+            prop_assert!(d.incident.state.is_active());
+        }
+        // One open_incident record per incident, one record per resolution; the chain holds.
+        prop_assert_eq!(s.verify().expect("verify").records as usize, incidents + resolves);
+    }
+}
