@@ -13,7 +13,7 @@ use gatehouse_types::{
 };
 
 use crate::cohort::{Baseline, M_BYTES, M_FIELD, M_RATE, M_SIZE, METRICS, Robust, metric_name};
-use crate::config::DetectConfig;
+use crate::config::{ConfigError, DetectConfig};
 use crate::features::{Decay, FIELD_SLOTS, Features, Intervals, W1, W10, W60};
 use crate::payload;
 use crate::profile::{Compiled, Field, Owner, ProfileView};
@@ -139,6 +139,10 @@ pub struct Engine {
     peers: Table<PeerState>,
     models: Vec<ModelState>,
     model_ids: HashMap<String, u32>,
+    /// Cohort membership, kept apart from the evictable device state so that a device
+    /// whose state was evicted is judged against its model again when it comes back.
+    /// Bounded by the fleet the caller registers, not by traffic.
+    members: HashMap<DeviceRef, u32>,
     /// The latest time seen, ms since the Unix epoch.
     now: u64,
     next_refresh: u64,
@@ -257,7 +261,14 @@ fn confidence_for(ratio: f64) -> f64 {
 // === impl Engine ===
 
 impl Engine {
-    /// An engine with `config` (which the caller has validated).
+    /// An engine with `config`, once it is validated.
+    pub fn try_new(config: DetectConfig) -> Result<Self, ConfigError> {
+        config.validate()?;
+        Ok(Self::new(config))
+    }
+
+    /// An engine with `config`, which the caller has validated
+    /// ([`DetectConfig::validate`]; [`Engine::try_new`] does both).
     pub fn new(config: DetectConfig) -> Self {
         Self {
             devices: Table::new(config.max_devices),
@@ -266,6 +277,7 @@ impl Engine {
             hasher: hashbrown::DefaultHashBuilder::default(),
             models: Vec::new(),
             model_ids: HashMap::new(),
+            members: HashMap::new(),
             now: 0,
             next_refresh: 0,
             scratch: Vec::new(),
@@ -352,6 +364,11 @@ impl Engine {
     /// Puts `device` in the cohort of `model` (or in none).
     pub fn set_model(&mut self, device: &DeviceRef, model: Option<&str>) {
         let m = model.map_or(NO_MODEL, |name| self.model_index(name));
+        if m == NO_MODEL {
+            self.members.remove(device);
+        } else {
+            self.members.insert(device.clone(), m);
+        }
         let i = self.device_slot(device.tenant.as_str(), device.device.as_str(), None);
         if let Some(d) = self.devices.get_mut(i) {
             if d.model != m {
@@ -366,6 +383,7 @@ impl Engine {
         if let Some(i) = self.find_device(device.tenant.as_str(), device.device.as_str()) {
             self.devices.remove(i);
         }
+        self.members.remove(device);
     }
 
     /// The features of `device`, if it has state.
@@ -402,13 +420,14 @@ impl Engine {
                 _ => return usize::MAX,
             },
         };
+        let model = self.members.get(&key).copied().unwrap_or(NO_MODEL);
         self.devices.insert(
             h,
             DeviceState {
                 key,
                 identity: None,
                 topic_cache: Default::default(),
-                model: NO_MODEL,
+                model,
                 session: 0,
                 slow_pending: false,
                 features: Features::default(),

@@ -75,7 +75,8 @@ pub struct Decay {
 impl Decay {
     /// The count as of `now`, for a window of `window_secs`.
     pub fn get(&self, now: u64, window_secs: f64) -> f64 {
-        f64::from(self.value) * (-secs_between(self.at, now) / window_secs).exp()
+        let w = window_secs.max(1e-3);
+        f64::from(self.value) * (-secs_between(self.at, now) / w).exp()
     }
 
     /// Adds `n` events at `now` and returns the new count.

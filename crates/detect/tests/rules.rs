@@ -728,3 +728,42 @@ fn rules_list_every_kind_with_a_technique() {
         assert!(!r.description.is_empty());
     }
 }
+
+#[test]
+fn a_device_evicted_from_the_state_table_keeps_its_model() {
+    let cfg = DetectConfig {
+        max_devices: 16,
+        ..DetectConfig::default()
+    };
+    let mut e = engine_for(cfg, 0, &["kept"]);
+    let mut out = Vec::new();
+    // Many other devices push `kept` out of the state table.
+    for i in 0..200 {
+        e.observe(
+            &connect(f64::from(i), &format!("other{i}"), ip(7, 1), 60),
+            &mut out,
+        );
+    }
+    assert!(e.device_count() <= 16);
+    assert!(e.features(&dev("kept")).is_none(), "not evicted");
+    // Back, it is still judged against its model's profile.
+    e.observe(
+        &publish(300.0, "kept", "devices/kept/telemetry", r#"{"temp":500}"#),
+        &mut out,
+    );
+    assert!(
+        fired_for(&out, "out_of_range_reading", "kept"),
+        "{}",
+        show(&out)
+    );
+}
+
+#[test]
+fn an_invalid_configuration_is_refused() {
+    let cfg = DetectConfig {
+        cooldown: std::time::Duration::ZERO,
+        ..DetectConfig::default()
+    };
+    assert!(Engine::try_new(cfg).is_err());
+    assert!(Engine::try_new(DetectConfig::default()).is_ok());
+}
