@@ -259,12 +259,19 @@ impl Action {
 
     /// The name of the action that undoes it.
     pub fn reverse_kind(&self) -> Option<&'static str> {
-        match self {
-            Self::Throttle { .. } => Some("unthrottle"),
-            Self::Quarantine { .. } => Some("release"),
-            Self::Revoke { .. } => Some("reinstate"),
-            Self::Ban { .. } => Some("unban"),
-            Self::Disconnect | Self::Notify { .. } => None,
+        Self::reverse_of(self.kind())
+    }
+
+    /// The reversal of a recorded action kind (`StoredAction::kind`): `quarantine` →
+    /// `release`, `throttle` → `unthrottle`, `ban` → `unban`, `revoke` → `reinstate`;
+    /// `None` for a kind that cannot be undone or is not an action.
+    pub fn reverse_of(kind: &str) -> Option<&'static str> {
+        match kind {
+            "throttle" => Some("unthrottle"),
+            "quarantine" => Some("release"),
+            "revoke" => Some("reinstate"),
+            "ban" => Some("unban"),
+            _ => None,
         }
     }
 
@@ -1575,7 +1582,13 @@ type = "quarantine"
             assert_eq!(a.kind(), kind);
             assert_eq!(a.reverse_kind(), reverse);
             assert_eq!(a.reversible(), reverse.is_some());
+            assert_eq!(Action::reverse_of(kind), reverse);
         }
+        assert_eq!(
+            Action::reverse_of("release"),
+            None,
+            "a reversal is not reversed"
+        );
         assert_eq!(
             Action::Throttle {
                 rate: 2.0,
