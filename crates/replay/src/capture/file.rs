@@ -2,6 +2,7 @@
 //! extension says, read block by block through `pcap-parser`'s streaming readers.
 
 use std::io::Read;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use pcap_parser::pcapng::Block;
@@ -91,20 +92,127 @@ fn time_from(secs: i64, frac: u64, resolution: u64) -> SystemTime {
         .unwrap_or(SystemTime::UNIX_EPOCH)
 }
 
-/// A reader whose reads fill the buffer unless the input ends: `pcap-parser` reads the
-/// file header with one `read` call, which a pipe or a chained reader may answer short.
-struct FullRead<R>(R);
+/// pcapng's Section Header Block type, also its first four bytes in either byte order.
+const SHB: u32 = 0x0A0D_0D0A;
+/// pcapng's byte-order magic, as read little-endian.
+const BYTE_ORDER_LE: u32 = 0x1A2B_3C4D;
 
-impl<R: Read> Read for FullRead<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let mut n = 0;
-        while n < buf.len() {
-            match self.0.read(&mut buf[n..]) {
-                Ok(0) => break,
-                Ok(k) => n += k,
+/// What [`Guard`] found wrong with the block structure, shared with [`read_capture`].
+type Refusal = Arc<OnceLock<String>>;
+
+/// The reader `pcap-parser` reads through. It fills every buffer it is given unless the
+/// input ends (`pcap-parser` reads the file header with one `read` call, which a pipe or
+/// a chained reader may answer short), and it walks pcapng block headers as they pass:
+/// a block whose length is under the 12 bytes every block has is never handed on (some
+/// block parsers of `pcap-parser` 0.17 subtract 12 from it unchecked). The read fails
+/// instead, and the refusal says why.
+struct Guard<R> {
+    inner: R,
+    eof: bool,
+    /// Bytes read from `inner` and not yet handed on.
+    held: Vec<u8>,
+    /// Bytes of the current block still to hand on unexamined.
+    in_block: u64,
+    /// `None` until the first bytes are seen; `Some(false)` for classic pcap.
+    pcapng: Option<bool>,
+    big_endian: bool,
+    refusal: Refusal,
+}
+
+impl<R: Read> Guard<R> {
+    fn new(inner: R, refusal: Refusal) -> Self {
+        Self {
+            inner,
+            eof: false,
+            held: Vec::new(),
+            in_block: 0,
+            pcapng: None,
+            big_endian: false,
+            refusal,
+        }
+    }
+
+    /// Reads until `held` has `n` bytes or the input ends.
+    fn fill(&mut self, n: usize) -> std::io::Result<()> {
+        let mut chunk = [0u8; 8192];
+        while self.held.len() < n && !self.eof {
+            match self.inner.read(&mut chunk) {
+                Ok(0) => self.eof = true,
+                Ok(k) => self.held.extend_from_slice(&chunk[..k]),
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
+        }
+        Ok(())
+    }
+
+    fn u32_at(&self, at: usize, big_endian: bool) -> u32 {
+        let b = [
+            self.held[at],
+            self.held[at + 1],
+            self.held[at + 2],
+            self.held[at + 3],
+        ];
+        if big_endian {
+            u32::from_be_bytes(b)
+        } else {
+            u32::from_le_bytes(b)
+        }
+    }
+
+    /// How many held bytes may be handed on now (0 at the end of the input).
+    fn releasable(&mut self) -> std::io::Result<usize> {
+        self.fill(12)?;
+        if self.pcapng.is_none() {
+            let ng = self.held.len() >= 4 && self.u32_at(0, false) == SHB;
+            self.pcapng = Some(ng);
+        }
+        if self.pcapng == Some(false) {
+            return Ok(self.held.len());
+        }
+        if self.in_block == 0 {
+            if self.held.len() < 8 {
+                // A header cut short by the end of the file: too short to be misread.
+                return Ok(self.held.len());
+            }
+            if self.u32_at(0, false) == SHB {
+                if self.held.len() < 12 {
+                    return Ok(self.held.len());
+                }
+                self.big_endian = self.u32_at(8, false) != BYTE_ORDER_LE;
+            }
+            let len = self.u32_at(4, self.big_endian);
+            if len < 12 {
+                let _ = self.refusal.set(format!(
+                    "a pcapng block declares a length of {len} bytes, under 12"
+                ));
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "pcapng block shorter than its header",
+                ));
+            }
+            self.in_block = u64::from(len);
+        }
+        let n = usize::try_from(self.in_block).unwrap_or(usize::MAX);
+        Ok(n.min(self.held.len()))
+    }
+}
+
+impl<R: Read> Read for Guard<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let mut n = 0;
+        while n < buf.len() {
+            let avail = self.releasable()?;
+            if avail == 0 {
+                break;
+            }
+            let k = avail.min(buf.len() - n);
+            buf[n..n + k].copy_from_slice(&self.held[..k]);
+            self.held.drain(..k);
+            if self.pcapng == Some(true) {
+                self.in_block = self.in_block.saturating_sub(k as u64);
+            }
+            n += k;
         }
         Ok(n)
     }
@@ -117,9 +225,17 @@ where
     R: Read + Send,
     F: FnMut(Frame<'_>),
 {
-    let mut reader = match pcap_parser::create_reader(MAX_BLOCK, FullRead(input)) {
+    let refusal = Refusal::default();
+    let refused = |refusal: &Refusal, blocks: u64| {
+        refusal.get().map(|detail| CaptureError::Malformed {
+            blocks,
+            detail: detail.clone(),
+        })
+    };
+    let mut reader = match pcap_parser::create_reader(MAX_BLOCK, Guard::new(input, refusal.clone()))
+    {
         Ok(r) => r,
-        Err(PcapError::ReadError) => return Err(CaptureError::Io),
+        Err(PcapError::ReadError) => return Err(refused(&refusal, 0).unwrap_or(CaptureError::Io)),
         Err(PcapError::Eof) | Err(PcapError::Incomplete(_)) | Err(PcapError::UnexpectedEof) => {
             return Err(CaptureError::NotACapture);
         }
@@ -222,7 +338,9 @@ where
                     return Err(CaptureError::Truncated { blocks });
                 }
                 stalled = true;
-                reader.refill().map_err(|_| CaptureError::Io)?;
+                if reader.refill().is_err() {
+                    return Err(refused(&refusal, blocks).unwrap_or(CaptureError::Io));
+                }
                 continue;
             }
             Err(PcapError::UnexpectedEof) => return Err(CaptureError::Truncated { blocks }),
@@ -232,7 +350,9 @@ where
                     limit: MAX_BLOCK,
                 });
             }
-            Err(PcapError::ReadError) => return Err(CaptureError::Io),
+            Err(PcapError::ReadError) => {
+                return Err(refused(&refusal, blocks).unwrap_or(CaptureError::Io));
+            }
             Err(e) => {
                 return Err(CaptureError::Malformed {
                     blocks,
@@ -285,6 +405,44 @@ pub(crate) mod tests {
         );
         assert_eq!(seen[0].1, Some(LinkType::RawIp));
         assert_eq!(seen[0].2, b"abc");
+    }
+
+    /// A pcapng section header, little-endian, then an interface (Ethernet).
+    fn pcapng_head() -> Vec<u8> {
+        let mut f = Vec::new();
+        f.extend_from_slice(&SHB.to_le_bytes());
+        f.extend_from_slice(&28u32.to_le_bytes());
+        f.extend_from_slice(&BYTE_ORDER_LE.to_le_bytes());
+        f.extend_from_slice(&1u16.to_le_bytes());
+        f.extend_from_slice(&0u16.to_le_bytes());
+        f.extend_from_slice(&(-1i64).to_le_bytes());
+        f.extend_from_slice(&28u32.to_le_bytes());
+        f.extend_from_slice(&1u32.to_le_bytes());
+        f.extend_from_slice(&20u32.to_le_bytes());
+        f.extend_from_slice(&1u16.to_le_bytes());
+        f.extend_from_slice(&0u16.to_le_bytes());
+        f.extend_from_slice(&65535u32.to_le_bytes());
+        f.extend_from_slice(&20u32.to_le_bytes());
+        f
+    }
+
+    #[test]
+    fn a_pcapng_block_shorter_than_its_header_is_refused_not_parsed() {
+        // Found by the `capture` fuzz target: a Process Information Block (type 0x80000001)
+        // declaring 8 bytes made `pcap-parser` subtract 12 from 8.
+        for len in [0u32, 4, 8, 11] {
+            let mut f = pcapng_head();
+            f.extend_from_slice(&0x8000_0001u32.to_le_bytes());
+            f.extend_from_slice(&len.to_le_bytes());
+            f.extend_from_slice(&[0u8; 16]);
+            let r = read_capture(&f[..], |_| {});
+            assert!(
+                matches!(&r, Err(CaptureError::Malformed { detail, .. }) if detail.contains(&len.to_string())),
+                "{len}: {r:?}"
+            );
+        }
+        // A well-formed pcapng with no packets reads.
+        assert_eq!(read_capture(&pcapng_head()[..], |_| {}).ok(), Some(0));
     }
 
     #[test]
