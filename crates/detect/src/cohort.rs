@@ -54,6 +54,11 @@ impl Robust {
     pub fn z(&self, x: f64) -> f64 {
         (x - self.median).abs() / self.scale
     }
+
+    /// How many spreads `x` lies above the median (0 below it).
+    pub fn z_above(&self, x: f64) -> f64 {
+        (x - self.median).max(0.0) / self.scale
+    }
 }
 
 fn median_of(values: &mut [f64]) -> Option<f64> {

@@ -149,6 +149,9 @@ pub struct CohortConfig {
     /// The smallest spread, as a fraction of the median, a baseline may claim: keeps a
     /// fleet of identical devices from making every small difference an outlier.
     pub min_relative_spread: f64,
+    /// The same floor for message and byte rates, wider: devices of one model are often
+    /// set to report at different intervals.
+    pub min_relative_spread_rates: f64,
 }
 
 impl Default for CohortConfig {
@@ -159,6 +162,7 @@ impl Default for CohortConfig {
             min_samples: 30,
             active_window: Duration::from_secs(600),
             min_relative_spread: 0.1,
+            min_relative_spread_rates: 0.25,
         }
     }
 }
@@ -471,11 +475,16 @@ impl DetectConfig {
         nonzero("cohort.active_window", c.active_window)?;
         bounded("cohort.min_devices", usize_u64(c.min_devices), 3, 1 << 20)?;
         bounded("cohort.min_samples", u64::from(c.min_samples), 1, 1 << 20)?;
-        if !(c.min_relative_spread.is_finite() && (0.0..=1.0).contains(&c.min_relative_spread)) {
-            return Err(ConfigError::NotFraction {
-                field: "cohort.min_relative_spread",
-                value: c.min_relative_spread,
-            });
+        for (field, value) in [
+            ("cohort.min_relative_spread", c.min_relative_spread),
+            (
+                "cohort.min_relative_spread_rates",
+                c.min_relative_spread_rates,
+            ),
+        ] {
+            if !(value.is_finite() && (0.0..=1.0).contains(&value)) {
+                return Err(ConfigError::NotFraction { field, value });
+            }
         }
         positive(
             "credential_brute_force.failures",

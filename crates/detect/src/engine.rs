@@ -765,7 +765,7 @@ impl Engine {
         if cfg.cohort_deviation.enabled
             && let Some(b) = baseline.and_then(|b| b.metrics[M_SIZE])
         {
-            let z = b.z(f64::from(p.size));
+            let z = b.z_above(f64::from(p.size));
             if z >= cfg.cohort_deviation.reading_z {
                 push_deviation(cfg, d, now, "payload_size", f64::from(p.size), &b, z, out);
             }
@@ -1293,7 +1293,13 @@ impl Engine {
                     let Some(b) = m.baseline.metrics[k] else {
                         continue;
                     };
-                    let z = b.z(value);
+                    // Rates and sizes only count above the cohort (a quieter device is not
+                    // a threat); field values count both ways.
+                    let z = if k < M_FIELD {
+                        b.z_above(value)
+                    } else {
+                        b.z(value)
+                    };
                     if z >= cfg.cohort_deviation.z && worst.is_none_or(|(_, _, w)| z > w) {
                         worst = Some((k, value, z));
                     }
@@ -1341,11 +1347,12 @@ impl Engine {
                 let Some(values) = scratch.get_mut(mi * METRICS + k) else {
                     continue;
                 };
-                m.baseline.metrics[k] = Robust::of(
-                    values,
-                    cfg.cohort.min_devices,
-                    cfg.cohort.min_relative_spread,
-                );
+                let floor = if k == M_RATE || k == M_BYTES {
+                    cfg.cohort.min_relative_spread_rates
+                } else {
+                    cfg.cohort.min_relative_spread
+                };
+                m.baseline.metrics[k] = Robust::of(values, cfg.cohort.min_devices, floor);
             }
         }
     }

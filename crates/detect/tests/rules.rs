@@ -767,3 +767,48 @@ fn an_invalid_configuration_is_refused() {
     assert!(Engine::try_new(cfg).is_err());
     assert!(Engine::try_new(DetectConfig::default()).is_ok());
 }
+
+/// A device of the model reporting every `period` seconds (with 5 % jitter).
+fn periodic(t: &mut Trace, name: &str, addr: std::net::IpAddr, period: f64, rng: &mut Rng) {
+    let mut tt = rng.range(0.0, period);
+    t.push(connect(tt, name, addr, 60));
+    while tt < END {
+        tt += period * rng.range(0.95, 1.05);
+        let temp = 21.0 + rng.range(-1.5, 1.5);
+        t.push(publish(
+            tt,
+            name,
+            &format!("devices/{name}/telemetry"),
+            &format!(r#"{{"temp":{temp:.2},"env":{{"hum":45}}}}"#),
+        ));
+    }
+}
+
+#[test]
+fn cohort_deviation_stays_silent_when_devices_report_at_different_allowed_intervals() {
+    let f = scenario(&["slow1", "slow2", "fast1"], |t| {
+        let mut rng = Rng::new(31);
+        // Two set to report every 10 s, one every half second (the profile's rate).
+        periodic(t, "slow1", ip(8, 1), 10.0, &mut rng);
+        periodic(t, "slow2", ip(8, 2), 10.0, &mut rng);
+        periodic(t, "fast1", ip(8, 3), 0.5, &mut rng);
+    });
+    assert!(of_kind(&f, "cohort_deviation").is_empty(), "{}", show(&f));
+}
+
+#[test]
+fn cohort_deviation_fires_on_a_device_publishing_far_faster_than_its_cohort() {
+    let f = scenario(&["chatty"], |t| {
+        let mut rng = Rng::new(37);
+        // Eight a second: under the flood threshold (5 × 2/s), far above the fleet's 1/s.
+        periodic(t, "chatty", ip(8, 4), 0.125, &mut rng);
+    });
+    assert!(fired_for(&f, "cohort_deviation", "chatty"), "{}", show(&f));
+    assert!(of_kind(&f, "publish_flood").is_empty(), "{}", show(&f));
+}
+
+#[test]
+fn the_engine_can_move_to_its_own_thread() {
+    fn send<T: Send>() {}
+    send::<Engine>();
+}
