@@ -93,6 +93,84 @@ pub struct DetectionSettings {
     pub max_findings_per_incident: u32,
     /// How often the time-driven detectors run.
     pub tick: Duration,
+    /// Addresses a playbook never bans (the platform's own host, the operators' network):
+    /// a ban of one is recorded as failed, with the reason.
+    pub never_ban: Vec<AddrRange>,
+}
+
+/// An address range, `addr/prefix` (a bare address is the whole length).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AddrRange {
+    addr: std::net::IpAddr,
+    prefix: u8,
+}
+
+impl std::str::FromStr for AddrRange {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (a, p) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: std::net::IpAddr = a
+            .trim()
+            .parse()
+            .map_err(|_| format!("{s:?} is not an address or addr/prefix"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match p {
+            Some(p) => p
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("{s:?}: the prefix must be 0 to {max}"))?,
+            None => max,
+        };
+        Ok(Self { addr, prefix })
+    }
+}
+
+impl std::fmt::Display for AddrRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+impl AddrRange {
+    /// Whether `ip` lies in the range (an IPv4-mapped IPv6 address counts as IPv4).
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        let (net, host, bits): (u128, u128, u32) = match (self.addr, ip) {
+            (IpAddr::V4(n), IpAddr::V4(h)) => (u32::from(n).into(), u32::from(h).into(), 32),
+            (IpAddr::V6(n), IpAddr::V6(h)) => (u128::from(n), u128::from(h), 128),
+            _ => return false,
+        };
+        let keep = u32::from(self.prefix);
+        if keep == 0 {
+            return true;
+        }
+        let shift = bits - keep;
+        (net >> shift) == (host >> shift)
+    }
+
+    /// Loopback, never banned by default: a gateway's own host tools and health checks.
+    pub fn loopback() -> Vec<Self> {
+        vec![
+            Self {
+                addr: std::net::Ipv4Addr::LOCALHOST.into(),
+                prefix: 8,
+            },
+            Self {
+                addr: std::net::Ipv6Addr::LOCALHOST.into(),
+                prefix: 128,
+            },
+        ]
+    }
 }
 
 impl Default for DetectionSettings {
@@ -104,6 +182,7 @@ impl Default for DetectionSettings {
             penalties: SeverityPenalties::default(),
             max_findings_per_incident: 100,
             tick: Duration::from_secs(1),
+            never_ban: AddrRange::loopback(),
         }
     }
 }
@@ -508,4 +587,37 @@ pub fn profile_view(model: &ModelId, p: &ModelProfile) -> ProfileView {
         view.max_rate_per_sec = Some(rate);
     }
     view
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn address_ranges_contain_what_they_should() {
+        let r: AddrRange = "127.0.0.0/8".parse().unwrap();
+        assert!(r.contains("127.0.0.2".parse().unwrap()));
+        assert!(r.contains("::ffff:127.1.2.3".parse().unwrap()));
+        assert!(!r.contains("128.0.0.1".parse().unwrap()));
+        assert!(!r.contains("::1".parse().unwrap()));
+        let one: AddrRange = "192.0.2.7".parse().unwrap();
+        assert!(one.contains("192.0.2.7".parse().unwrap()));
+        assert!(!one.contains("192.0.2.8".parse().unwrap()));
+        let v6: AddrRange = "2001:db8::/32".parse().unwrap();
+        assert!(v6.contains("2001:db8:1::5".parse().unwrap()));
+        assert!(!v6.contains("2001:db9::1".parse().unwrap()));
+        let all: AddrRange = "0.0.0.0/0".parse().unwrap();
+        assert!(all.contains("203.0.113.9".parse().unwrap()));
+        assert!("10.0.0.0/33".parse::<AddrRange>().is_err());
+        assert!("ten".parse::<AddrRange>().is_err());
+        assert_eq!(r.to_string(), "127.0.0.0/8");
+    }
+
+    #[test]
+    fn penalties_follow_severity() {
+        let p = SeverityPenalties::default();
+        assert!(p.of(Severity::Critical) > p.of(Severity::High));
+        assert!(p.of(Severity::High) > p.of(Severity::Medium));
+        assert_eq!(p.of(Severity::Info), 0.0);
+    }
 }

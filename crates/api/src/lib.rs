@@ -38,7 +38,8 @@ use tokio::sync::watch;
 use tracing::debug;
 
 pub use detection::{
-    ActionError, DetectionMetrics, DetectionService, DetectionSettings, SeverityPenalties,
+    ActionError, AddrRange, DetectionMetrics, DetectionService, DetectionSettings,
+    SeverityPenalties,
 };
 pub use metrics::{ApiMetrics, EstLabels};
 pub use problem::Problem;

@@ -212,6 +212,10 @@ pub struct TrustService {
     audit_seen: Mutex<u64>,
     /// When active pins expire, so the device is re-assessed then.
     pin_expiries: Mutex<BTreeMap<SystemTime, Vec<DeviceRef>>>,
+    /// When devices with decaying behaviour penalties are next re-assessed, so the gate
+    /// follows the score back up as the penalties fade.
+    /// One check a device at most: its time in `decay_checks`, keyed by device.
+    decay_checks: Mutex<DecayChecks>,
     /// When each device's last posture report was processed.
     posture_seen: Mutex<HashMap<DeviceRef, std::time::Instant>>,
     metrics: TrustMetrics,
@@ -241,6 +245,38 @@ fn assurance_name(a: IdentityAssurance) -> &'static str {
         IdentityAssurance::Idevid => "idevid",
         IdentityAssurance::Token => "token",
         IdentityAssurance::LegacyPassword => "password",
+    }
+}
+
+/// When devices are next re-assessed for their decaying behaviour penalties: one check
+/// a device at most, whatever how often it is assessed meanwhile.
+#[derive(Debug, Default)]
+struct DecayChecks {
+    by_time: BTreeMap<SystemTime, Vec<DeviceRef>>,
+    by_device: HashMap<DeviceRef, SystemTime>,
+}
+
+impl DecayChecks {
+    fn schedule(&mut self, d: &DeviceRef, at: SystemTime) {
+        if self.by_device.get(d).is_some_and(|t| *t <= at) {
+            return;
+        }
+        if let Some(old) = self.by_device.insert(d.clone(), at)
+            && let Some(v) = self.by_time.get_mut(&old)
+        {
+            v.retain(|x| x != d);
+        }
+        self.by_time.entry(at).or_default().push(d.clone());
+    }
+
+    fn take_due(&mut self, now: SystemTime) -> Vec<DeviceRef> {
+        let later = self.by_time.split_off(&now);
+        let due = std::mem::replace(&mut self.by_time, later);
+        let due: Vec<DeviceRef> = due.into_values().flatten().collect();
+        for d in &due {
+            self.by_device.remove(d);
+        }
+        due
     }
 }
 
@@ -428,6 +464,7 @@ impl TrustService {
             next_epoch: AtomicU64::new(1),
             audit_seen: Mutex::new(head),
             pin_expiries: Mutex::new(BTreeMap::new()),
+            decay_checks: Mutex::new(DecayChecks::default()),
             posture_seen: Mutex::new(HashMap::new()),
             metrics,
         });
@@ -560,6 +597,15 @@ impl TrustService {
         );
         if device.status != DeviceStatus::Active || self.settings.blocked.contains(d) {
             assessment.tier = Tier::Blocked;
+        }
+        if !facts.behaviour.is_empty() {
+            // Often enough that the tier follows the decay within a small part of a
+            // half-life; seldom enough to cost nothing (at most once a second a device).
+            let every = (self.settings.score.half_life() / 16)
+                .clamp(Duration::from_secs(1), Duration::from_secs(15 * 60));
+            self.decay_checks
+                .lock()
+                .schedule(d, SystemTime::now() + every);
         }
         if let Some(pin) = assessment.pin.as_ref() {
             self.pin_expiries
@@ -990,7 +1036,22 @@ impl TrustService {
             }
         }
         self.expire_pins()?;
+        self.follow_decay()?;
         Ok(records.len())
+    }
+
+    /// Re-assesses the devices whose behaviour penalties have decayed since they were
+    /// last assessed (each re-assessment schedules the next while penalties remain).
+    fn follow_decay(&self) -> Result<(), TrustError> {
+        let now = SystemTime::now();
+        let due = self.decay_checks.lock().take_due(now);
+        for d in due {
+            match self.assess(&d, "behaviour penalties decayed") {
+                Ok(_) | Err(TrustError::NoDevice(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 
     /// Re-assesses the devices whose pin has expired.

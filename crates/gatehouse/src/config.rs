@@ -294,6 +294,8 @@ pub mod raw {
         /// A playbooks file (TOML); none: the shipped defaults.
         pub playbooks: Option<PathBuf>,
         pub max_findings_per_incident: u32,
+        /// Addresses or `addr/prefix` ranges a playbook never bans.
+        pub never_ban: Vec<String>,
     }
 
     impl Default for Respond {
@@ -301,6 +303,7 @@ pub mod raw {
             Self {
                 playbooks: None,
                 max_findings_per_incident: 100,
+                never_ban: vec!["127.0.0.0/8".into(), "::1".into()],
             }
         }
     }
@@ -478,6 +481,14 @@ fn detection_settings(
         },
         max_findings_per_incident: r.max_findings_per_incident,
         tick: d.tick,
+        never_ban: r
+            .never_ban
+            .iter()
+            .map(|t| {
+                t.parse()
+                    .map_err(|e| anyhow::anyhow!("respond.never_ban: {e}"))
+            })
+            .collect::<anyhow::Result<_>>()?,
     }))
 }
 

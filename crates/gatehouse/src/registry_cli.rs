@@ -9,6 +9,7 @@
 mod audit;
 mod claim;
 mod device;
+mod incident;
 mod manufacturer;
 mod model;
 mod policy;
@@ -46,6 +47,9 @@ pub enum RegistryCommand {
     Policy(Group<policy::Command>),
     /// The hash-chained audit log.
     Audit(Group<audit::Command>),
+    /// Incidents from detection, their timelines, and the operator's side of response:
+    /// acknowledge, resolve, approve, reject, release, unban.
+    Incident(Group<incident::Command>),
 }
 
 /// One command group with the options every registry command takes.
@@ -95,6 +99,7 @@ fn dispatch(command: RegistryCommand, config: Option<&Path>) -> Result<()> {
         RegistryCommand::Token(g) => go!(g, token::run),
         RegistryCommand::Policy(g) => go!(g, policy::run),
         RegistryCommand::Audit(g) => go!(g, audit::run),
+        RegistryCommand::Incident(g) => go!(g, incident::run),
     }
 }
 

@@ -1166,6 +1166,7 @@ mod tests {
             names,
             [
                 "quarantine-attacking-devices",
+                "quarantine-probing-devices",
                 "ban-attacking-addresses",
                 "revoke-cloned-identity",
                 "notify-medium-findings"
@@ -1181,8 +1182,6 @@ mod tests {
             "credential_brute_force",
             "publish_flood",
             "connect_flood",
-            "topic_scanning",
-            "wildcard_harvesting",
             "command_injection",
             "malformed_packets",
         ] {
@@ -1200,6 +1199,27 @@ mod tests {
                 }
             );
             assert!(plan[0].runs_now());
+        }
+        // Probing topics outside the profile is quarantined even at medium severity.
+        for kind in [
+            "topic_scanning",
+            "wildcard_harvesting",
+            "exfiltration_broad_subscribe",
+            "retained_poisoning",
+        ] {
+            for sev in [Severity::Medium, Severity::High] {
+                let plan = d.plan(&finding(kind, sev, 0.6, true), None, 1);
+                assert_eq!(
+                    kinds(&plan),
+                    [("quarantine-probing-devices", "quarantine")],
+                    "{kind} {sev}"
+                );
+            }
+            assert!(
+                d.plan(&finding(kind, Severity::Medium, 0.55, true), None, 1)
+                    .is_empty(),
+                "below the confidence floor"
+            );
         }
         // Below high: nothing but the notify-only playbook, which has no webhook to use.
         assert!(

@@ -265,6 +265,11 @@ impl DetectionService {
             Action::Ban { for_ } => {
                 let addr = peer
                     .ok_or_else(|| ActionError::Invalid("ban needs the source address".into()))?;
+                if let Some(r) = self.settings.never_ban.iter().find(|r| r.contains(addr)) {
+                    return Err(ActionError::Invalid(format!(
+                        "{addr} is never banned (respond.never_ban has {r})"
+                    )));
+                }
                 let until = now()
                     + time::Duration::seconds(
                         i64::try_from(for_.as_secs()).unwrap_or(i64::MAX / 2),
@@ -432,6 +437,13 @@ impl DetectionService {
         let mut last = from;
         for r in &records {
             last = r.seq;
+            if r.action == "unban"
+                && let Ok(addr) = r.subject.parse::<IpAddr>()
+            {
+                // Lifted by the command line (or the API: unbanning twice is harmless).
+                self.broker.unban(addr);
+                continue;
+            }
             let Some(id) = r
                 .subject
                 .strip_prefix("action:")
