@@ -640,3 +640,94 @@ webhook = "soc"
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn operator_works_an_incident_from_the_command_line() -> Result<()> {
+    if skip() {
+        return Ok(());
+    }
+    let lab = lab("").await?;
+    let (_key, _cert, mut client) = thermostat(&lab, "prober").await?;
+    wait_for_tier(&lab, "prober", "trusted", support::WAIT).await?;
+    client.client.subscribe("$SYS/#", QoS::AtMostOnce).await?;
+    for i in 0..20 {
+        client
+            .client
+            .subscribe(format!("devices/other-{i}/telemetry"), QoS::AtMostOnce)
+            .await?;
+    }
+    wait_for_tier(&lab, "prober", "quarantined", support::WAIT).await?;
+
+    // The incidents, as the command line shows them.
+    let list: Value = serde_json::from_str(
+        &lab.gh
+            .cli(&["incident", "list", "--device", "default/prober", "--json"])
+            .await?,
+    )?;
+    let incidents = list["incidents"].as_array().context("incidents")?;
+    ensure!(!incidents.is_empty(), "{list:#}");
+    let text = lab.gh.cli(&["incident", "list"]).await?;
+    ensure!(text.contains("default/prober"), "{text}");
+    let scan = incidents
+        .iter()
+        .find(|i| i["kind"] == "topic_scanning" || i["kind"] == "wildcard_harvesting")
+        .with_context(|| format!("no probing incident: {list:#}"))?;
+    let id = id_text(&scan["id"]);
+    let shown = lab.gh.cli(&["incident", "show", &id]).await?;
+    ensure!(
+        shown.contains("timeline:") && shown.contains("quarantine") && shown.contains("evidence"),
+        "{shown}"
+    );
+    lab.gh
+        .cli(&["incident", "ack", &id, "--note", "looking at it"])
+        .await?;
+
+    // Release the quarantine from the command line: the running server applies it.
+    let actions: Value = serde_json::from_str(
+        &lab.gh
+            .cli(&[
+                "incident",
+                "actions",
+                "--incident",
+                &id,
+                "--state",
+                "done",
+                "--json",
+            ])
+            .await?,
+    )?;
+    let quarantine = actions["actions"]
+        .as_array()
+        .and_then(|a| a.iter().find(|a| a["kind"] == "quarantine"))
+        .with_context(|| format!("{actions:#}"))?;
+    let action = id_text(&quarantine["id"]);
+    lab.gh
+        .cli(&[
+            "incident",
+            "release",
+            &action,
+            "--note",
+            "test rig, not an attack",
+        ])
+        .await?;
+    // A second release is refused: it is already reversed.
+    let again = Command::new(support::binary())
+        .arg("--config")
+        .arg(lab.gh.config_path())
+        .args(["incident", "release", &action])
+        .output()?;
+    ensure!(!again.status.success(), "releasing twice must fail");
+    ensure!(
+        String::from_utf8_lossy(&again.stderr).contains("reversed"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    wait_for_tier(&lab, "prober", "trusted", Duration::from_secs(40)).await?;
+    lab.gh
+        .cli(&["incident", "resolve", &id, "--note", "released"])
+        .await?;
+    let shown: Value =
+        serde_json::from_str(&lab.gh.cli(&["incident", "show", &id, "--json"]).await?)?;
+    ensure!(shown["incident"]["state"] == "resolved", "{shown:#}");
+    Ok(())
+}
