@@ -271,6 +271,8 @@ pub struct DetectionService {
     /// The last audit record this service has looked at (operator approvals and
     /// reversals written by the command line).
     audit_seen: Mutex<u64>,
+    /// When timed actions were last checked for expiry.
+    expiry_checked: Mutex<std::time::Instant>,
     http: actions::Notifier,
 }
 
@@ -308,6 +310,7 @@ impl DetectionService {
             settings,
             metrics,
             audit_seen: Mutex::new(head),
+            expiry_checked: Mutex::new(std::time::Instant::now()),
             http: actions::Notifier,
         });
         this.restore_bans();

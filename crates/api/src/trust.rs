@@ -1129,3 +1129,59 @@ fn same_grants(a: &Verdict, b: &Verdict) -> bool {
         && a.denied_publish() == b.denied_publish()
         && a.denied_subscribe() == b.denied_subscribe()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn penalty(name: &str, points: f64, ago: Duration, now: SystemTime) -> BehaviourPenalty {
+        BehaviourPenalty {
+            name: name.into(),
+            penalty: points,
+            at: now - ago,
+            evidence: String::new(),
+        }
+    }
+
+    #[test]
+    fn behaviour_is_pruned_of_faded_penalties_and_bounded() {
+        let now = SystemTime::now();
+        let hour = Duration::from_secs(3600);
+        let mut list = vec![
+            penalty("fresh", 40.0, Duration::ZERO, now),
+            // 40 points after 20 half-lives: far below a tenth of a point.
+            penalty("faded", 40.0, hour * 20, now),
+        ];
+        prune_behaviour(&mut list, hour, now);
+        assert_eq!(list.len(), 1);
+        assert_eq!(list[0].name, "fresh");
+
+        let mut many: Vec<BehaviourPenalty> = (0..200)
+            .map(|i| penalty(&format!("p{i}"), f64::from(i) + 1.0, Duration::ZERO, now))
+            .collect();
+        prune_behaviour(&mut many, hour, now);
+        assert_eq!(many.len(), MAX_BEHAVIOUR_PENALTIES);
+        // The heaviest are kept.
+        assert!(many.iter().all(|p| p.penalty > 200.0 - 64.0 - 0.5));
+    }
+
+    #[test]
+    fn a_device_has_one_decay_check_at_most() {
+        let d: DeviceRef = "t/d".parse().unwrap();
+        let e: DeviceRef = "t/e".parse().unwrap();
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
+        let mut c = DecayChecks::default();
+        c.schedule(&d, t0 + Duration::from_secs(10));
+        // Later ones are dropped, an earlier one replaces it.
+        c.schedule(&d, t0 + Duration::from_secs(20));
+        c.schedule(&d, t0 + Duration::from_secs(5));
+        c.schedule(&e, t0 + Duration::from_secs(30));
+        assert!(c.take_due(t0).is_empty());
+        assert_eq!(c.take_due(t0 + Duration::from_secs(6)), vec![d.clone()]);
+        assert!(c.take_due(t0 + Duration::from_secs(15)).is_empty());
+        assert_eq!(c.take_due(t0 + Duration::from_secs(31)), vec![e]);
+        // Once taken, it can be scheduled again.
+        c.schedule(&d, t0 + Duration::from_secs(40));
+        assert_eq!(c.take_due(t0 + Duration::from_secs(41)), vec![d]);
+    }
+}

@@ -731,3 +731,73 @@ async fn operator_works_an_incident_from_the_command_line() -> Result<()> {
     ensure!(shown["incident"]["state"] == "resolved", "{shown:#}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cloned_certificate_is_detected() -> Result<()> {
+    if skip() {
+        return Ok(());
+    }
+    let lab = lab("").await?;
+    let (key, cert, client) = thermostat(&lab, "twin").await?;
+    drop(client);
+    // The same certificate from two places, one after the other.
+    for source in [
+        "127.0.0.1",
+        "127.0.0.2",
+        "127.0.0.1",
+        "127.0.0.2",
+        "127.0.0.1",
+    ] {
+        let out = mosquitto_pub(&lab, &key, &cert, "twin", source)?;
+        ensure!(
+            out.status.success(),
+            "{source}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let detail = incident_of(&lab, "twin", "cloned_identity").await?;
+    ensure!(
+        detail["findings"][0]["finding"]["evidence"]
+            .to_string()
+            .contains("127.0.0.2"),
+        "the evidence names both addresses: {detail:#}"
+    );
+
+    // Revoking takes the real device off the air too: the default playbook proposes it
+    // and waits for an operator.
+    let id = id_text(&detail["incident"]["id"]);
+    let pending = eventually(support::WAIT, "a revoke waiting for approval", || {
+        let (s, v) = lab.api(
+            "GET",
+            &format!("/api/v1/actions?incident={id}&state=pending_approval"),
+            None,
+        )?;
+        ensure!(s == 200, "actions: {s} {v}");
+        Ok(v["actions"]
+            .as_array()
+            .and_then(|a| a.iter().find(|a| a["kind"] == "revoke").cloned()))
+    })
+    .await?;
+    let status: Value = trust(&lab, "twin")?;
+    ensure!(
+        status["verdict"]["tier"] != "blocked",
+        "nothing is revoked before the approval: {status:#}"
+    );
+    let (s, v) = lab.api(
+        "POST",
+        &format!("/api/v1/actions/{}/approve", id_text(&pending["id"])),
+        None,
+    )?;
+    ensure!(s == 200 && v["state"] == "done", "approve: {s} {v}");
+    // Revoked: the device's certificate no longer gets in.
+    let out = mosquitto_pub(&lab, &key, &cert, "twin", "127.0.0.1")?;
+    ensure!(!out.status.success(), "a revoked certificate is refused");
+    let audit = lab.audit()?;
+    for action in ["propose_action", "approve_action", "revoke"] {
+        ensure!(
+            audit.iter().any(|r| r["action"] == action),
+            "no {action} record in the audit log"
+        );
+    }
+    Ok(())
+}

@@ -470,7 +470,44 @@ impl DetectionService {
             }
         }
         *self.audit_seen.lock() = last;
+        self.expire_actions()?;
         Ok(records.len())
+    }
+
+    /// Marks the timed actions whose time is up as reversed by `system` (their effect has
+    /// already ended by itself: the pin expired, the broker dropped the ban or throttle),
+    /// audited, so the record says what is still in force.
+    fn expire_actions(&self) -> Result<(), ActionError> {
+        {
+            let mut last = self.expiry_checked.lock();
+            if last.elapsed() < Duration::from_secs(1) {
+                return Ok(());
+            }
+            *last = std::time::Instant::now();
+        }
+        let due = self
+            .registry
+            .list_actions(&ActionFilter {
+                state: Some(ActionState::Done),
+                expires_by: Some(now()),
+                ..ActionFilter::default()
+            })
+            .map_err(store)?;
+        for a in due {
+            let audit =
+                AuditEntry::new(now(), "system", "expire_action", format!("action:{}", a.id))
+                    .reason(format!("{} ended: its time was up", a.kind));
+            if let Err(e) = self.registry.set_action_state(
+                a.id,
+                ActionState::Reversed,
+                "system",
+                Some("expired"),
+                &audit,
+            ) {
+                warn!(action = %a.id, error = %e, "marking an expired action failed");
+            }
+        }
+        Ok(())
     }
 }
 
