@@ -801,3 +801,74 @@ async fn cloned_certificate_is_detected() -> Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn throttled_device_is_held_to_its_rate_until_released() -> Result<()> {
+    if skip() {
+        return Ok(());
+    }
+    let playbooks = r#"
+[[playbook]]
+name = "slow-down-floods"
+mode = "auto"
+[playbook.when]
+kinds = ["publish_flood"]
+min_severity = "medium"
+[[playbook.action]]
+type = "throttle"
+rate = 1.0
+for = "10m"
+"#;
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("playbooks.toml");
+    std::fs::write(&file, playbooks)?;
+    let lab = lab(&format!(
+        "[respond]\nplaybooks = {:?}\n",
+        file.display().to_string()
+    ))
+    .await?;
+    let (_key, _cert, mut client) = thermostat(&lab, "chatty").await?;
+    for _ in 0..3000 {
+        client
+            .client
+            .publish(
+                "devices/chatty/telemetry",
+                QoS::AtMostOnce,
+                false,
+                br#"{"temp":20}"#.to_vec(),
+            )
+            .await?;
+    }
+    let action = eventually(support::WAIT, "a throttle", || {
+        let (s, v) = lab.api("GET", "/api/v1/actions?state=done", None)?;
+        ensure!(s == 200, "actions: {s} {v}");
+        Ok(v["actions"]
+            .as_array()
+            .and_then(|a| a.iter().find(|a| a["kind"] == "throttle").cloned()))
+    })
+    .await?;
+    // At one message a second, a quick run of QoS 1 publishes meets 0x97 quota exceeded.
+    let mut refused = 0;
+    for _ in 0..5 {
+        if publish_acked(&mut client, "chatty").await? == PubAckReason::QuotaExceeded {
+            refused += 1;
+        }
+    }
+    ensure!(refused >= 3, "only {refused} of 5 refused while throttled");
+    let (s, v) = lab.api(
+        "POST",
+        &format!("/api/v1/actions/{}/reverse", id_text(&action["id"])),
+        None,
+    )?;
+    ensure!(s == 200 && v["state"] == "reversed", "unthrottle: {s} {v}");
+    // The profile's own rate still applies (5/s, burst 10): a few publishes pass.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut passed = 0;
+    for _ in 0..3 {
+        if publish_acked(&mut client, "chatty").await? == PubAckReason::Success {
+            passed += 1;
+        }
+    }
+    ensure!(passed == 3, "only {passed} of 3 passed once released");
+    Ok(())
+}
