@@ -1,7 +1,7 @@
 //! Smoke runs of every bench scenario with tiny parameters, against Debian's Mosquitto
 //! and, once it is built, the `gatehouse` binary. No timing is asserted: only that each
-//! scenario ran, delivered its messages, held its connections, enrolled its devices or
-//! enforced its pins and policies, and produced numbers.
+//! scenario ran, delivered its messages, held its connections, enrolled its devices,
+//! enforced its pins and policies or blocked its attackers, and produced numbers.
 
 use std::path::PathBuf;
 
@@ -97,6 +97,12 @@ fn tiny_args(target: &str, scenario: &str, extra: &[&str]) -> BenchArgs {
         "3",
         "--trust-policy-rounds",
         "2",
+        "--detect-devices",
+        "8",
+        "--detect-rounds",
+        "2",
+        "--detect-interval",
+        "1s",
     ];
     argv.extend_from_slice(extra);
     Cli::try_parse_from(argv).expect("arguments parse").bench
@@ -243,6 +249,12 @@ async fn every_scenario_runs_on_both_brokers_when_gatehouse_is_built() {
         s.rows.iter().all(|r| r.broker == BrokerKind::Gatehouse),
         "trust runs on Gatehouse only"
     );
+    let s = scenario(&report, "detect");
+    assert_eq!(figure(s, BrokerKind::Gatehouse, "all", "rounds"), 2.0);
+    assert!(
+        s.rows.iter().all(|r| r.broker == BrokerKind::Gatehouse),
+        "detection runs on Gatehouse only"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -360,4 +372,39 @@ async fn devices_enroll_renew_and_are_disconnected_when_revoked_on_gatehouse() {
         .find(|t| t.target.starts_with("EST enrollments/s"))
         .expect("enrollment target");
     assert!(target.met.is_some(), "the enrollment goal is judged");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flooding_and_scanning_devices_see_enforcement_on_their_sessions_on_gatehouse() {
+    let Some(gatehouse) = gatehouse() else {
+        return;
+    };
+    let args = tiny_args(
+        "gatehouse",
+        "detect",
+        &["--gatehouse-bin", gatehouse.to_str().expect("utf-8 path")],
+    );
+    let report = execute(args).await.expect("detect bench runs");
+    let s = scenario(&report, "detect");
+    let g = BrokerKind::Gatehouse;
+    assert_eq!(figure(s, g, "all", "rounds"), 2.0);
+    assert_eq!(figure(s, g, "all", "devices"), 8.0);
+    // One flood and one scan, each seen enforced on the attacker's own session: a probe
+    // refused, the gate's removal notice, or the session ended. No time is judged.
+    for variant in ["flood", "scan"] {
+        assert_eq!(figure(s, g, variant, "rounds"), 1.0, "{variant}");
+        assert_eq!(figure(s, g, variant, "enforced"), 1.0, "{variant}: {s:#?}");
+        assert!(figure(s, g, variant, "max ms") >= figure(s, g, variant, "p50 ms"));
+    }
+    // The flood is blocked outright: the publish path closes or the session ends.
+    assert_eq!(figure(s, g, "flood", "blocked"), 1.0, "{s:#?}");
+    assert!(figure(s, g, "all", "observations") > 0.0);
+    assert!(figure(s, g, "all", "findings") > 0.0);
+    assert!(figure(s, g, "all", "broker RSS MiB") > 0.0);
+    let target = report
+        .targets
+        .iter()
+        .find(|t| t.target.starts_with("time to block"))
+        .expect("time-to-block target");
+    assert_eq!(target.met, None, "judged at 10,000 devices only");
 }

@@ -113,6 +113,25 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     pub trust_policy_rounds: u32,
 
+    /// Devices enrolled over EST (one multi-use token, a model profile with publish rates),
+    /// connected over MQTTS and publishing telemetry in the detect scenario.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(2..))]
+    pub detect_devices: u32,
+
+    /// Detect scenario: attacks, one after the other, each by a different device; even
+    /// rounds flood publishes, odd rounds scan foreign topics with SUBSCRIBE.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+    pub detect_rounds: u32,
+
+    /// Detect scenario: messages per second an attacker floods (QoS 0, its own telemetry
+    /// topic).
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub detect_flood_rate: u32,
+
+    /// Detect scenario: how often each device publishes its normal telemetry.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub detect_interval: Duration,
+
     /// Idle connections to open and hold in the idle scenario.
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub idle_connections: u32,
@@ -178,6 +197,10 @@ pub enum ScenarioArg {
     /// across every session, timed from the REST request to its answer (which comes after
     /// enforcement) and checked on the wire (Gatehouse with its trust gate only).
     Trust,
+    /// Detection and response on enrolled, publishing devices: an attacker floods or scans
+    /// on its open session, timed from its first malicious packet to the enforcement it
+    /// sees on that session (Gatehouse with its trust gate only).
+    Detect,
 }
 
 /// MQTT protocol version.
@@ -213,6 +236,7 @@ impl BenchArgs {
                 ScenarioArg::Idle,
                 ScenarioArg::Enroll,
                 ScenarioArg::Trust,
+                ScenarioArg::Detect,
             ]
         } else {
             self.scenario.clone()
@@ -288,7 +312,7 @@ mod tests {
     fn defaults_run_everything_against_both() {
         let cli = Cli::try_parse_from(["bench"]).expect("defaults parse");
         assert_eq!(cli.bench.target, TargetArg::Both);
-        assert_eq!(cli.bench.scenarios().len(), 8);
+        assert_eq!(cli.bench.scenarios().len(), 9);
         assert_eq!(
             cli.bench.qos_levels(),
             vec![QoS::AtMostOnce, QoS::AtLeastOnce]
@@ -346,6 +370,34 @@ mod tests {
         // A prober, a pinned device and an unpinned one at the least.
         assert!(Cli::try_parse_from(["bench", "--trust-devices", "2"]).is_err());
         assert!(Cli::try_parse_from(["bench", "--trust-rounds", "0"]).is_err());
+    }
+
+    #[test]
+    fn detect_sizes_parse() {
+        let cli = Cli::try_parse_from([
+            "bench",
+            "--scenario",
+            "detect",
+            "--detect-devices",
+            "500",
+            "--detect-rounds",
+            "4",
+            "--detect-interval",
+            "2s",
+        ])
+        .expect("parses");
+        assert_eq!(cli.bench.scenarios(), vec![ScenarioArg::Detect]);
+        assert_eq!(cli.bench.detect_devices, 500);
+        assert_eq!(cli.bench.detect_rounds, 4);
+        assert_eq!(cli.bench.detect_interval, Duration::from_secs(2));
+        assert_eq!(cli.bench.detect_flood_rate, 10_000);
+        let defaults = Cli::try_parse_from(["bench"]).expect("defaults parse");
+        assert_eq!(defaults.bench.detect_devices, 10_000);
+        assert_eq!(defaults.bench.detect_rounds, 20);
+        assert!(defaults.bench.scenarios().contains(&ScenarioArg::Detect));
+        // An attacker and a bystander at the least.
+        assert!(Cli::try_parse_from(["bench", "--detect-devices", "1"]).is_err());
+        assert!(Cli::try_parse_from(["bench", "--detect-rounds", "0"]).is_err());
     }
 
     #[test]

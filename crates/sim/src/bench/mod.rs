@@ -1,14 +1,14 @@
 //! `gatehouse bench`: the MQTT load generator that measures Gatehouse against Mosquitto on
 //! the same machine, in the same run, Gatehouse's trust gate against its static gate, and
-//! Gatehouse's EST enrollment and trust enforcement.
+//! Gatehouse's EST enrollment, trust enforcement, and detection's time to block.
 //!
 //! Each scenario starts a fresh broker per target (never two at once, so they do not share
 //! the two cores), runs against it with the same load generator, stops it, and prints one
 //! table with a row per broker and the Gatehouse/Mosquitto ratio (and, with `--target
 //! gates`, the trust-gate/static-gate ratio). Every broker trusts one CA created for the
-//! run, so every client certificate works against all of them. The enrollment and trust
-//! scenarios run on Gatehouse alone (Mosquitto has no EST server, no trust verdicts) and
-//! are judged against absolute goals instead.
+//! run, so every client certificate works against all of them. The enrollment, trust and
+//! detect scenarios run on Gatehouse alone (Mosquitto has no EST server, no trust verdicts,
+//! no detection) and are judged against absolute goals instead.
 
 mod args;
 mod broker;
@@ -33,7 +33,7 @@ pub use report::{Better, BrokerKind, Comparison, Figure, Report, Row, ScenarioRe
 use broker::{Binaries, Broker};
 use flow::Pace;
 use pki::BenchPki;
-use scenario::{Ctx, enroll, idle, messages, storm, trust};
+use scenario::{Ctx, detect, enroll, idle, messages, storm, trust};
 
 /// Runs the benchmark, prints its tables, and writes the JSON report if asked. Ctrl-C
 /// stops it; the brokers it started are killed either way.
@@ -70,8 +70,8 @@ pub async fn execute(args: BenchArgs) -> anyhow::Result<Report> {
         .collect();
     if targets.is_empty() {
         bail!(
-            "nothing to run: enrollment and trust are measured on Gatehouse only (--target \
-             gatehouse)"
+            "nothing to run: enrollment, trust and detection are measured on Gatehouse only \
+             (--target gatehouse)"
         );
     }
     let bins = Binaries {
@@ -123,7 +123,12 @@ pub async fn execute(args: BenchArgs) -> anyhow::Result<Report> {
             args.window
         );
     }
-    if scenarios.contains(&ScenarioArg::Enroll) || scenarios.contains(&ScenarioArg::Trust) {
+    if scenarios.iter().any(|s| {
+        matches!(
+            s,
+            ScenarioArg::Enroll | ScenarioArg::Trust | ScenarioArg::Detect
+        )
+    }) {
         println!(
             "enrollment client: EST over HTTP/1.1, a new TCP connection and full TLS handshake \
              per request (no session resumption); device keys made before timing"
@@ -200,19 +205,21 @@ fn targets(target: TargetArg) -> Vec<BrokerKind> {
     }
 }
 
-/// Whether `scenario` runs on `kind`: every scenario does, but enrollment and trust run on
-/// Gatehouse with its trust gate alone (Mosquitto has no EST server, and the static gate
-/// has no verdicts to change).
+/// Whether `scenario` runs on `kind`: every scenario does, but enrollment, trust and
+/// detection run on Gatehouse with its trust gate alone (Mosquitto has no EST server, and
+/// the static gate has no verdicts to change).
 fn runs_on(scenario: ScenarioArg, kind: BrokerKind) -> bool {
     match scenario {
-        ScenarioArg::Enroll | ScenarioArg::Trust => kind == BrokerKind::Gatehouse,
+        ScenarioArg::Enroll | ScenarioArg::Trust | ScenarioArg::Detect => {
+            kind == BrokerKind::Gatehouse
+        }
         _ => true,
     }
 }
 
 fn identities_needed(scenario: ScenarioArg, args: &BenchArgs) -> usize {
     match scenario {
-        ScenarioArg::All | ScenarioArg::Enroll | ScenarioArg::Trust => 0,
+        ScenarioArg::All | ScenarioArg::Enroll | ScenarioArg::Trust | ScenarioArg::Detect => 0,
         ScenarioArg::Throughput | ScenarioArg::Latency => 2 * args.pairs as usize,
         ScenarioArg::Fanin => args.fanin_publishers as usize + 1,
         ScenarioArg::Fanout => args.fanout_subscribers as usize + 1,
@@ -308,6 +315,7 @@ fn describe(scenario: ScenarioArg, args: &BenchArgs) -> (&'static str, String) {
             ),
         ),
         ScenarioArg::Trust => ("trust", trust::describe(args)),
+        ScenarioArg::Detect => ("detect", detect::describe(args)),
     }
 }
 
@@ -402,6 +410,7 @@ async fn run_on(
             ScenarioArg::Idle => rows.push(idle::run(ctx, &mut broker).await?),
             ScenarioArg::Enroll => rows.extend(enroll::run(ctx, &mut broker).await?),
             ScenarioArg::Trust => rows.extend(trust::run(ctx, &mut broker).await?),
+            ScenarioArg::Detect => rows.extend(detect::run(ctx, &mut broker).await?),
         }
         anyhow::Ok(())
     }
@@ -433,7 +442,7 @@ mod tests {
             assert!(runs_on(scenario, BrokerKind::GatehouseStatic));
             assert!(runs_on(scenario, BrokerKind::Mosquitto));
         }
-        for scenario in [ScenarioArg::Enroll, ScenarioArg::Trust] {
+        for scenario in [ScenarioArg::Enroll, ScenarioArg::Trust, ScenarioArg::Detect] {
             assert!(runs_on(scenario, BrokerKind::Gatehouse));
             assert!(!runs_on(scenario, BrokerKind::GatehouseStatic));
             assert!(!runs_on(scenario, BrokerKind::Mosquitto));

@@ -398,6 +398,13 @@ pub const TRUST_GATE_THROUGHPUT_SHARE: f64 = 0.90;
 /// every open session has been brought under the new set.
 pub const POLICY_CHANGE_GOAL_MS: f64 = 100.0;
 
+/// Longest p99, in milliseconds, from an attacker's first malicious packet to the
+/// enforcement it sees on its own session, with [`DETECT_GOAL_DEVICES`] devices connected.
+pub const DETECT_BLOCK_GOAL_MS: f64 = 250.0;
+
+/// Connected devices the time-to-block goal is stated for.
+pub const DETECT_GOAL_DEVICES: f64 = 10_000.0;
+
 /// The targets, judged from the scenario reports that were run.
 pub fn targets(reports: &[ScenarioReport], idle_goal: u32) -> Vec<Target> {
     use BrokerKind::{Gatehouse, GatehouseStatic, Mosquitto};
@@ -428,6 +435,15 @@ pub fn targets(reports: &[ScenarioReport], idle_goal: u32) -> Vec<Target> {
     let idle_held = find("idle").and_then(|r| r.figure(Gatehouse, "-", "held"));
     let enrollments = find("enroll").and_then(|r| r.figure(Gatehouse, "enroll", "ops/s"));
     let policy_ms = find("trust").and_then(|r| r.figure(Gatehouse, "policy", "max ms"));
+    let detect = |name: &str| find("detect").and_then(|r| r.figure(Gatehouse, "all", name));
+    let block_p99 = detect("p99 ms");
+    // Judged at the goal's size only, and missed when any round went unenforced.
+    let block_met = match (detect("devices"), detect("rounds"), detect("enforced")) {
+        (Some(devices), Some(rounds), Some(enforced)) if devices >= DETECT_GOAL_DEVICES => {
+            Some(enforced >= rounds && block_p99.is_some_and(|p| p < DETECT_BLOCK_GOAL_MS))
+        }
+        _ => None,
+    };
     vec![
         judge(
             "QoS 1 throughput >= Mosquitto's",
@@ -480,6 +496,12 @@ pub fn targets(reports: &[ScenarioReport], idle_goal: u32) -> Vec<Target> {
             gatehouse: policy_ms,
             mosquitto: Some(POLICY_CHANGE_GOAL_MS),
             met: policy_ms.map(|ms| ms < POLICY_CHANGE_GOAL_MS),
+        },
+        Target {
+            target: "time to block p99 ms < 250, 10,000 devices",
+            gatehouse: block_p99,
+            mosquitto: Some(DETECT_BLOCK_GOAL_MS),
+            met: block_met,
         },
     ]
 }

@@ -40,8 +40,8 @@ use crate::est::{
 pub(super) const TENANT: &str = "default";
 
 /// The manufacturer and model the enrollment token is for.
-const MANUFACTURER: &str = "bench-maker";
-const MODEL: &str = "bench-sensor";
+pub(super) const MANUFACTURER: &str = "bench-maker";
+pub(super) const MODEL: &str = "bench-sensor";
 
 /// Deadline for TCP + TLS, and again for one request's response.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);

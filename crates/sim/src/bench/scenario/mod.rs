@@ -1,6 +1,7 @@
 //! The scenarios, and what they share: how a client is pointed at a broker and how a set of
 //! publishers and subscribers is connected, run and measured.
 
+pub mod detect;
 pub mod enroll;
 pub mod idle;
 pub mod messages;
