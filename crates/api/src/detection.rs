@@ -14,6 +14,7 @@ mod routes;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use gatehouse_broker::Broker;
@@ -271,6 +272,8 @@ pub struct DetectionService {
     /// The last audit record this service has looked at (operator approvals and
     /// reversals written by the command line).
     audit_seen: Mutex<u64>,
+    /// A model profile changed: the engine reloads the profiles it has.
+    profiles_stale: AtomicBool,
     /// When timed actions were last checked for expiry.
     expiry_checked: Mutex<std::time::Instant>,
     http: actions::Notifier,
@@ -311,15 +314,18 @@ impl DetectionService {
             metrics,
             audit_seen: Mutex::new(head),
             expiry_checked: Mutex::new(std::time::Instant::now()),
+            profiles_stale: AtomicBool::new(false),
             http: actions::Notifier,
         });
         this.restore_bans();
         let observations = this.broker.tap().subscribe(this.settings.queue);
+        let (feed_tx, feed_rx) = std::sync::mpsc::sync_channel(64);
         let (tx, rx) = mpsc::channel::<Batch>(1024);
         let engine_side = Arc::clone(&this);
         std::thread::Builder::new()
             .name("gatehouse-detect".into())
-            .spawn(move || engine_side.run_engine(observations, tx))?;
+            .spawn(move || engine_side.run_engine(feed_rx, tx))?;
+        tokio::spawn(Self::forward(observations, feed_tx));
         let responder = Arc::clone(&this);
         tokio::spawn(async move { responder.run_responder(rx).await });
         Ok(this)
@@ -350,36 +356,71 @@ impl DetectionService {
         }
     }
 
-    /// The engine's loop, on its own thread: observations in, findings out. Time-driven
-    /// detectors run every `tick` of wall time.
-    fn run_engine(&self, mut rx: mpsc::Receiver<Observation>, tx: mpsc::Sender<Batch>) {
-        let mut engine = Engine::new(self.settings.detect.clone());
-        let mut models = ModelBook::default();
-        let mut out: Vec<Finding> = Vec::new();
-        let mut last_tick = std::time::Instant::now();
-        let mut buf: Vec<Observation> = Vec::with_capacity(256);
+    /// Moves observations from the tap's channel to the engine's thread in batches, so
+    /// the engine can wait for either an observation or its next tick. When the engine is
+    /// behind, this waits, the tap's channel fills, and the broker drops (and counts)
+    /// observations: it never waits itself.
+    async fn forward(
+        mut rx: mpsc::Receiver<Observation>,
+        feed: std::sync::mpsc::SyncSender<Vec<Observation>>,
+    ) {
         loop {
-            buf.clear();
-            // Block for the first, then take what else is queued.
-            match rx.blocking_recv() {
-                Some(o) => buf.push(o),
-                None => return,
-            }
-            while buf.len() < 256 {
+            let Some(first) = rx.recv().await else {
+                return;
+            };
+            let mut batch = Vec::with_capacity(64);
+            batch.push(first);
+            while batch.len() < 1024 {
                 match rx.try_recv() {
-                    Ok(o) => buf.push(o),
+                    Ok(o) => batch.push(o),
                     Err(_) => break,
                 }
             }
-            for o in &buf {
-                if let Some(id) = identity_of(o) {
-                    models.learn(&*self.registry, &mut engine, &id);
+            let mut pending = Some(batch);
+            while let Some(b) = pending.take() {
+                match feed.try_send(b) {
+                    Ok(()) => {}
+                    Err(std::sync::mpsc::TrySendError::Full(b)) => {
+                        pending = Some(b);
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                    Err(std::sync::mpsc::TrySendError::Disconnected(_)) => return,
                 }
-                engine.observe(o, &mut out);
             }
-            self.metrics.observations.inc_by(buf.len() as u64);
-            if last_tick.elapsed() >= self.settings.tick {
-                last_tick = std::time::Instant::now();
+        }
+    }
+
+    /// The engine's loop, on its own thread: observations in, findings out. Time-driven
+    /// detectors run every `tick` of wall time, with or without traffic.
+    fn run_engine(
+        &self,
+        feed: std::sync::mpsc::Receiver<Vec<Observation>>,
+        tx: mpsc::Sender<Batch>,
+    ) {
+        let mut engine = Engine::new(self.settings.detect.clone());
+        let mut models = ModelBook::default();
+        let mut out: Vec<Finding> = Vec::new();
+        let mut next_tick = std::time::Instant::now() + self.settings.tick;
+        loop {
+            let wait = next_tick.saturating_duration_since(std::time::Instant::now());
+            match feed.recv_timeout(wait) {
+                Ok(batch) => {
+                    if self.profiles_stale.swap(false, Ordering::AcqRel) {
+                        models.reload_profiles(&*self.registry, &mut engine);
+                    }
+                    for o in &batch {
+                        if let Some(id) = identity_of(o) {
+                            models.learn(&*self.registry, &mut engine, &id);
+                        }
+                        engine.observe(o, &mut out);
+                    }
+                    self.metrics.observations.inc_by(batch.len() as u64);
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+            }
+            if std::time::Instant::now() >= next_tick {
+                next_tick = std::time::Instant::now() + self.settings.tick;
                 engine.tick(SystemTime::now(), &mut out);
             }
             if !out.is_empty() {
@@ -519,6 +560,20 @@ struct ModelBook {
 const MODEL_BOOK_MAX: usize = 1_000_000;
 
 impl ModelBook {
+    /// Reads again the profile of every model the engine has (one changed).
+    fn reload_profiles(&mut self, registry: &dyn Registry, engine: &mut Engine) {
+        for model in &self.profiles {
+            match registry.latest_model_profile(model) {
+                Ok(Some(stored)) => match ModelProfile::parse(&stored.toml) {
+                    Ok(p) => engine.set_profile(profile_view(model, &p)),
+                    Err(e) => warn!(model = %model, error = %e, "stored profile does not parse"),
+                },
+                Ok(None) => {}
+                Err(e) => warn!(model = %model, error = %e, "reading the model profile failed"),
+            }
+        }
+    }
+
     fn learn(&mut self, registry: &dyn Registry, engine: &mut Engine, d: &DeviceRef) {
         if self.known.contains(d) {
             return;

@@ -861,7 +861,9 @@ for = "10m"
         None,
     )?;
     ensure!(s == 200 && v["state"] == "reversed", "unthrottle: {s} {v}");
-    // The profile's own rate still applies (5/s, burst 10): a few publishes pass.
+    // The flood's penalty also lowered its score; once that fades, nothing holds it back
+    // but its profile's own rate (5/s, burst 10).
+    wait_for_tier(&lab, "chatty", "trusted", Duration::from_secs(40)).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mut passed = 0;
     for _ in 0..3 {

@@ -437,6 +437,11 @@ impl DetectionService {
         let mut last = from;
         for r in &records {
             last = r.seq;
+            if r.action == "add_model_profile" || r.action == "add_model" {
+                self.profiles_stale
+                    .store(true, std::sync::atomic::Ordering::Release);
+                continue;
+            }
             if r.action == "unban"
                 && let Ok(addr) = r.subject.parse::<IpAddr>()
             {
