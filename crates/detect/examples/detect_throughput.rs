@@ -1,7 +1,8 @@
 //! Throughput of one detection engine on one thread.
 //!
 //! Feeds synthetic observations of a 10,000-device fleet (publishes with JSON telemetry,
-//! status publishes, subscriptions, connects, disconnects, a little hostile noise) through
+//! status publishes, subscriptions, connects, disconnects, refusals, and a little hostile
+//! traffic: a brute force, command injection, impossible readings) through
 //! one `Engine`, ticking once per simulated second, and prints observations per second,
 //! nanoseconds per observation at p50 and p99 (over batches), findings, and peak RSS.
 //!
@@ -149,12 +150,13 @@ fn main() {
     let mut batch: Vec<Observation> = Vec::with_capacity(BATCH);
     let mut out = Vec::new();
     let mut findings = 0usize;
+    let mut by_kind = std::collections::BTreeMap::new();
     let mut per_obs_ns: Vec<f64> = Vec::with_capacity(total / BATCH + 1);
     let mut busy = Duration::ZERO;
     let mut cpu_ns: u64 = 0;
     let mut cpu_known = true;
     let mut done = 0usize;
-    let mut kinds = [0usize; 6];
+    let mut kinds = [0usize; 7];
 
     while done < total {
         batch.clear();
@@ -222,18 +224,51 @@ fn main() {
                     identity: d.identity.clone(),
                     cause: DisconnectCause::ConnectionLost,
                 }
-            } else {
+            } else if roll < 999 {
                 kinds[5] += 1;
+                // Stray refusals from many addresses, and a brute force from one.
+                let addr = if roll == 998 {
+                    0xc000_0242
+                } else {
+                    0xc0a8_0000 + rng.below(4096) as u32
+                };
                 Observation::AuthFailure(AuthFailure {
                     at,
-                    peer: SocketAddr::new(
-                        IpAddr::V4(Ipv4Addr::from(0xc0a8_0000 + rng.below(4096) as u32)),
-                        50_000,
-                    ),
+                    peer: SocketAddr::new(IpAddr::V4(Ipv4Addr::from(addr)), 50_000),
                     identity: None,
                     client_id: None,
                     reason: "tls_unknown_ca".into(),
                 })
+            } else {
+                // A few compromised devices: commands to a neighbour, impossible readings.
+                kinds[6] += 1;
+                let bad = &devices[rng.below(8) as usize];
+                let victim = &devices[8 + rng.below(8) as usize];
+                if rng.below(2) == 0 {
+                    Observation::Publish(PublishObservation {
+                        at,
+                        session: 1,
+                        identity: bad.identity.clone(),
+                        topic: Arc::from(victim.cmd.as_str()),
+                        size: 17,
+                        payload: bytes::Bytes::from_static(br#"{"relay":"open"}"#),
+                        qos: 1,
+                        retain: false,
+                        allowed: true,
+                    })
+                } else {
+                    Observation::Publish(PublishObservation {
+                        at,
+                        session: 1,
+                        identity: bad.identity.clone(),
+                        topic: bad.telemetry.clone(),
+                        size: 40,
+                        payload: bytes::Bytes::from_static(br#"{"temp":412.5,"env":{"hum":45}}"#),
+                        qos: 1,
+                        retain: false,
+                        allowed: true,
+                    })
+                }
             };
             batch.push(obs);
         }
@@ -255,7 +290,9 @@ fn main() {
         busy += dt;
         per_obs_ns.push(dt.as_nanos() as f64 / n as f64);
         findings += out.len();
-        out.clear();
+        for f in out.drain(..) {
+            *by_kind.entry(f.kind).or_insert(0usize) += 1;
+        }
         done += n;
     }
 
@@ -268,8 +305,8 @@ fn main() {
     println!("detect_throughput: one Engine, one thread");
     println!("  devices            {n_devices} ({MODELS} models)");
     println!(
-        "  observations       {done} (publish telemetry {}, publish status {}, subscribe {}, connect {}, disconnect {}, auth failure {})",
-        kinds[0], kinds[1], kinds[2], kinds[3], kinds[4], kinds[5]
+        "  observations       {done} (publish telemetry {}, publish status {}, subscribe {}, connect {}, disconnect {}, auth failure {}, hostile publish {})",
+        kinds[0], kinds[1], kinds[2], kinds[3], kinds[4], kinds[5], kinds[6]
     );
     println!("  simulated time     {:.0} s", sim_ns as f64 / 1e9);
     println!("  engine time        {secs:.3} s");
@@ -291,7 +328,7 @@ fn main() {
         pct(0.99),
         per_obs_ns.len()
     );
-    println!("  findings           {findings}");
+    println!("  findings           {findings} {by_kind:?}");
     println!(
         "  state              {} devices, {} source addresses",
         engine.device_count(),
