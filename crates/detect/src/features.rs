@@ -108,14 +108,15 @@ impl Moments {
             return;
         }
         if self.n == 0 {
-            self.mean = x as f32;
+            self.mean = x.clamp(-f64::from(f32::MAX), f64::from(f32::MAX)) as f32;
             self.var = 0.0;
         } else {
             let mean = f64::from(self.mean);
             let diff = x - mean;
             let incr = alpha * diff;
             let var = (1.0 - alpha) * (f64::from(self.var) + diff * incr);
-            self.mean = (mean + incr) as f32;
+            let lim = f64::from(f32::MAX);
+            self.mean = (mean + incr).clamp(-lim, lim) as f32;
             self.var = var.clamp(0.0, f64::from(f32::MAX)) as f32;
         }
         self.n = self.n.saturating_add(1);
@@ -212,12 +213,17 @@ impl FieldStat {
         if !x.is_finite() {
             return;
         }
-        let x = x.clamp(-f64::from(f32::MAX), f64::from(f32::MAX)) as f32;
-        self.mean = if self.n == 0 {
+        // In f64, then clamped: readings at both ends of the f32 range must not overflow
+        // the difference.
+        let lim = f64::from(f32::MAX);
+        let x = x.clamp(-lim, lim);
+        let mean = if self.n == 0 {
             x
         } else {
-            self.mean + FIELD_ALPHA * (x - self.mean)
+            let m = f64::from(self.mean);
+            m + f64::from(FIELD_ALPHA) * (x - m)
         };
+        self.mean = mean.clamp(-lim, lim) as f32;
         self.n = self.n.saturating_add(1);
     }
 }
@@ -384,6 +390,18 @@ mod tests {
         assert!(!s.insert(0x1234_5678_9abc_def0));
         assert!(s.contains(0x1234_5678_9abc_def0));
         assert!(!s.contains(0x0fed_cba9_8765_4321));
+    }
+
+    #[test]
+    fn extreme_readings_keep_means_finite() {
+        let mut f = FieldStat::default();
+        let mut m = Moments::default();
+        for i in 0..100 {
+            let x = if i % 2 == 0 { 1e300 } else { -1e300 };
+            f.add(x);
+            m.add(x, 0.05);
+            assert!(f.mean.is_finite() && m.mean.is_finite() && m.var.is_finite());
+        }
     }
 
     #[test]

@@ -27,13 +27,16 @@ fn time() -> impl Strategy<Value = SystemTime> {
 }
 
 fn identity() -> impl Strategy<Value = Arc<Identity>> {
-    ("[a-z]{1,3}", "[a-zA-Z0-9._:-]{1,12}").prop_map(|(t, d)| {
+    let random = ("[a-z]{1,3}", "[a-zA-Z0-9._:-]{1,12}").prop_map(|(t, d)| {
         Arc::new(Identity {
             tenant: t.parse().unwrap(),
             device: d.parse().unwrap(),
             source: IdentitySource::Password,
         })
-    })
+    });
+    // Mostly a few devices, so their features see many observations.
+    let pool = prop::sample::select(vec!["s0", "s1", "s2", "s3"]).prop_map(ident);
+    prop_oneof![3 => pool, 1 => random]
 }
 
 fn addr() -> impl Strategy<Value = IpAddr> {
@@ -61,6 +64,9 @@ fn payload() -> impl Strategy<Value = Vec<u8>> {
                 .into_bytes()
         }),
         "[{}\\[\\]\":,0-9a-z.eE+-]{0,80}".prop_map(String::into_bytes),
+        // Readings at the ends of the number line, for the same few devices.
+        prop::sample::select(vec!["1e308", "-1e308", "3.4e38", "-3.4e38", "1e-320", "0"])
+            .prop_map(|v| format!(r#"{{"temp":{v},"env":{{"hum":{v}}}}}"#).into_bytes()),
     ]
 }
 
@@ -82,25 +88,33 @@ fn observation() -> impl Strategy<Value = Observation> {
         (
             time(),
             identity(),
-            topic(),
+            (topic(), any::<bool>()),
             any::<u32>(),
             payload(),
             any::<bool>(),
             any::<bool>()
         )
-            .prop_map(|(at, identity, topic, size, payload, retain, allowed)| {
-                Observation::Publish(PublishObservation {
-                    at,
-                    session: 1,
-                    identity,
-                    topic: Arc::from(topic.as_str()),
-                    size,
-                    payload: bytes::Bytes::from(payload),
-                    qos: 0,
-                    retain,
-                    allowed,
-                })
-            }),
+            .prop_map(
+                |(at, identity, (random_topic, own), size, payload, retain, allowed)| {
+                    // Often the device's own telemetry topic, whose payload fields are read.
+                    let topic = if own {
+                        format!("devices/{}/telemetry", identity.device)
+                    } else {
+                        random_topic
+                    };
+                    Observation::Publish(PublishObservation {
+                        at,
+                        session: 1,
+                        identity,
+                        topic: Arc::from(topic.as_str()),
+                        size,
+                        payload: bytes::Bytes::from(payload),
+                        qos: 0,
+                        retain,
+                        allowed,
+                    })
+                }
+            ),
         (time(), identity(), topic(), any::<bool>()).prop_map(|(at, identity, filter, allowed)| {
             Observation::Subscribe(SubscribeObservation {
                 at,
