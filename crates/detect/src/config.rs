@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Why a [`DetectConfig`] was refused.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -46,7 +46,7 @@ pub enum ConfigError {
 }
 
 /// The detection stage's configuration (`[detect]`).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DetectConfig {
     /// How long the same finding (same subject, same rule) stays quiet after it fired,
@@ -118,7 +118,7 @@ impl Default for DetectConfig {
 }
 
 /// A rule with no threshold of its own: it fires on the first occurrence.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Toggle {
     /// Whether the rule runs.
@@ -132,7 +132,7 @@ impl Default for Toggle {
 }
 
 /// How cohort baselines are learned.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CohortConfig {
     /// How often baselines are recomputed (in `tick`).
@@ -168,7 +168,7 @@ impl Default for CohortConfig {
 }
 
 /// `credential_brute_force`: authentication failures from one address or for one device.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BruteForceConfig {
     /// Whether the rule runs.
@@ -191,7 +191,7 @@ impl Default for BruteForceConfig {
 }
 
 /// `connect_flood`: connection attempts from one address, or sessions of one device.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ConnectFloodConfig {
     /// Whether the rule runs.
@@ -217,7 +217,7 @@ impl Default for ConnectFloodConfig {
 }
 
 /// `publish_flood`: a sustained publish rate well above what the profile states.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PublishFloodConfig {
     /// Whether the rule runs.
@@ -242,7 +242,7 @@ impl Default for PublishFloodConfig {
 }
 
 /// `slow_connection_dos`: many sessions with huge keep-alives that send nothing.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SlowConnectionConfig {
     /// Whether the rule runs.
@@ -269,7 +269,7 @@ impl Default for SlowConnectionConfig {
 }
 
 /// `malformed_packets`: protocol-error disconnects and malformed-packet refusals.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MalformedConfig {
     /// Whether the rule runs.
@@ -292,7 +292,7 @@ impl Default for MalformedConfig {
 }
 
 /// `topic_scanning`: many new topics outside the profile, or many refused operations.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TopicScanningConfig {
     /// Whether the rule runs.
@@ -315,7 +315,7 @@ impl Default for TopicScanningConfig {
 }
 
 /// `wildcard_harvesting`: subscriptions to `#`, `$SYS` or broad wildcards.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WildcardConfig {
     /// Whether the rule runs.
@@ -335,7 +335,7 @@ impl Default for WildcardConfig {
 }
 
 /// `beaconing`: periodic, low-variance empty sessions or publishes to odd topics.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BeaconingConfig {
     /// Whether the rule runs.
@@ -361,7 +361,7 @@ impl Default for BeaconingConfig {
 }
 
 /// `cloned_identity`: one device connecting from addresses that keep changing.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClonedIdentityConfig {
     /// Whether the rule runs.
@@ -386,7 +386,7 @@ impl Default for ClonedIdentityConfig {
 }
 
 /// `cohort_deviation`: robust z-scores against the model's cohort.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CohortDeviationConfig {
     /// Whether the detector runs.
@@ -408,7 +408,7 @@ impl Default for CohortDeviationConfig {
 }
 
 /// `burst`: the 1 s rate far above the device's own 60 s rate.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BurstConfig {
     /// Whether the detector runs.
@@ -566,6 +566,12 @@ mod tests {
         assert_eq!(c.publish_flood.max_rate, 200.0);
         assert_eq!(c.beaconing.min_period, Duration::from_secs(30));
         assert!(serde_json::from_str::<DetectConfig>(r#"{"cooldwn": "1m"}"#).is_err());
+        // What is written reads back the same.
+        let text = serde_json::to_string(&c).expect("serialize");
+        assert_eq!(
+            serde_json::from_str::<DetectConfig>(&text).expect("config"),
+            c
+        );
     }
 
     #[test]

@@ -1356,14 +1356,6 @@ impl Engine {
             }
         }
     }
-
-    /// Bytes of state the engine holds, roughly (tables and baselines, not the heap
-    /// behind device names).
-    pub fn approx_memory(&self) -> usize {
-        self.devices.capacity().min(self.devices.len()) * std::mem::size_of::<DeviceState>()
-            + self.peers.len() * std::mem::size_of::<PeerState>()
-            + self.models.len() * std::mem::size_of::<ModelState>()
-    }
 }
 
 /// The device's values of the cohort metrics it has enough samples for.

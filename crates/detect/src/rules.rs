@@ -44,7 +44,7 @@ impl Rule {
     }
 }
 
-/// Every rule and detector, in [`Rule`] order.
+/// Every rule and detector; findings carry the `name` as their `kind`.
 pub static RULES: [RuleInfo; RULE_COUNT] = [
     RuleInfo {
         name: "credential_brute_force",
