@@ -39,10 +39,6 @@ impl<V: Seen> Table<V> {
         self.slots.len()
     }
 
-    pub(crate) fn capacity(&self) -> usize {
-        self.cap
-    }
-
     pub(crate) fn find(&self, hash: u64, eq: impl Fn(&V) -> bool) -> Option<usize> {
         let (slots, hashes) = (&self.slots, &self.hashes);
         self.index
