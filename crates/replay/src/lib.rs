@@ -9,7 +9,7 @@
 //! stage's own `Engine`, driven by the recording's clock, so a figure printed here is the
 //! figure of the code that runs in production, not of a re-implementation of it. What
 //! this crate owns is reading untrusted recordings (pcap, pcapng, TCP reassembly, CSV)
-//! without panicking, and the arithmetic of the score, defined per unit in [`score`].
+//! without panicking, and the arithmetic of the score, defined per unit in [`mod@score`].
 
 pub mod capture;
 pub mod report;

@@ -7,7 +7,8 @@
 //! **Flagged.** A finding is about the units whose client address is its `peer` or whose
 //! devices include its `device`. It flags those of them that were open at some moment of
 //! `[at, at + hold]`: a unit with first time `first` and last time `last` is flagged when
-//! `first - hold <= at <= last`. `hold` defaults to the engine's cooldown, the time during
+//! `first - hold <= at <= last` (a flow the capture did not see close is open until the
+//! replay's last tick, see [`Unit::open`]). `hold` defaults to the engine's cooldown, the time during
 //! which the engine stays quiet about the same subject and rule because the finding
 //! stands. Findings are matched only to units of the recording they came from.
 //!

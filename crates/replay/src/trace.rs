@@ -12,7 +12,7 @@ use crate::capture::tcp::ReassemblyStats;
 /// One thing that is scored: a TCP flow of a capture, or a row of a telemetry file.
 ///
 /// A unit is flagged when a finding names its subject (its client address, or one of its
-/// devices) at a time between `first - hold` and `last` (see [`crate::score`]).
+/// devices) at a time between `first - hold` and `last` (see [`mod@crate::score`]).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Unit {
     /// Its class: `benign`/`normal` or an attack name.

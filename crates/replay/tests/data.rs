@@ -317,3 +317,38 @@ fn replaying_every_file_scores_every_unit_once() {
     let json = serde_json::to_value(&rep).expect("report serializes");
     assert!(json["score"]["classes"].is_array());
 }
+
+#[test]
+fn replaying_the_telemetry_files_scores_every_row_once() {
+    let mut replayed = Vec::new();
+    for (file, _, rows, _) in TELEMETRY {
+        let Some(p) = data(&format!("ton_iot/{file}")) else {
+            return;
+        };
+        let r =
+            replay_file(&p, &RecordingSpec::default(), &DetectConfig::default()).expect("replays");
+        assert_eq!(r.units.len() as u64, rows, "{file}");
+        assert!(r.units.iter().all(|u| !u.open && u.first == u.last));
+        replayed.push(r);
+    }
+    let rep = report(&replayed, std::time::Duration::from_secs(300));
+    let s = &rep.score;
+    let total: u64 = TELEMETRY.iter().map(|t| t.2).sum();
+    assert_eq!(s.classes.iter().map(|c| c.units).sum::<u64>(), total);
+    // normal, backdoor, ddos, injection, password, ransomware, scanning, xss
+    assert_eq!(s.classes.len(), 8);
+    let o = &s.overall;
+    assert_eq!(o.tp + o.fn_ + o.fp + o.tn, total);
+    assert_eq!(o.fp + o.tn, 3 * 35_000, "the normal rows are the negatives");
+    let normal = s
+        .classes
+        .iter()
+        .find(|c| c.class == "normal")
+        .expect("normal rows");
+    // One device per file, its normal rows first in time: one episode per file.
+    assert_eq!(normal.episodes, 3);
+    assert_eq!(
+        normal.ttd_median_secs, None,
+        "no time to detect for a negative class"
+    );
+}
