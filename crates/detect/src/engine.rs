@@ -204,18 +204,44 @@ fn num(v: f64) -> String {
     }
 }
 
-/// Whether an authentication failure's reason says the client sent something malformed.
-fn malformed_reason(reason: &str) -> bool {
-    [
-        "malformed",
-        "protocol",
-        "decode",
-        "packet",
-        "parse",
-        "invalid_connect",
-    ]
-    .iter()
-    .any(|w| reason.contains(w))
+/// What a refusal's reason says about the attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    /// Credentials that did not hold: counts towards `credential_brute_force`.
+    Credential,
+    /// Bytes that were not MQTT over TLS: counts towards `malformed_packets`.
+    Malformed,
+    /// The connection went away or was too slow (health checks, scanners, bad links).
+    Transport,
+    /// Valid credentials, refused by policy (a blocked device retrying).
+    Policy,
+    /// A live session of the identity would have been taken over too often.
+    Takeover,
+}
+
+/// Classifies a refusal by its reason (the broker's short machine-readable reasons; an
+/// unknown reason counts as a credential failure).
+fn refusal(reason: &str) -> Refusal {
+    match reason {
+        "not_tls" | "invalid_tls_message" | "first_packet_not_connect" => Refusal::Malformed,
+        "eof_during_handshake"
+        | "handshake_timeout"
+        | "connect_timeout"
+        | "io_error"
+        | "connect_rate_exceeded"
+        | "alert_received"
+        | "peer_incompatible"
+        | "handshake_error" => Refusal::Transport,
+        "gate_denied" => Refusal::Policy,
+        "takeover_rate_exceeded" => Refusal::Takeover,
+        r if ["malformed", "protocol_error", "decode", "packet", "parse"]
+            .iter()
+            .any(|w| r.contains(w)) =>
+        {
+            Refusal::Malformed
+        }
+        _ => Refusal::Credential,
+    }
 }
 
 /// Whether the topic is one of the platform's reserved topics the device publishes to.
@@ -995,34 +1021,8 @@ impl Engine {
         let churn_w = cfg.connect_flood.window.as_secs_f64();
         let churn = f.churn.add(now, churn_w, 1.0);
 
-        if ci.enabled && switches >= ci.switches && f.previous_peer.is_some() {
-            let sev = Severity::High;
-            if d.cooldowns.admit(Rule::ClonedIdentity, sev, now, cooldown) {
-                let prev = d
-                    .features
-                    .previous_peer
-                    .map_or_else(String::new, |a| a.to_string());
-                out.push(finding(
-                    Rule::ClonedIdentity,
-                    now,
-                    Subject {
-                        device: Some(&d.key),
-                        peer: Some(addr),
-                    },
-                    sev,
-                    confidence_for(switches / ci.switches),
-                    format!(
-                        "{} connected alternately from {prev} and {addr}: {switches:.0} switches in {:?}",
-                        d.key, ci.window
-                    ),
-                    &[
-                        ("address", addr.to_string()),
-                        ("previous_address", prev),
-                        ("switches", num(switches)),
-                        ("window", format!("{:?}", ci.window)),
-                    ],
-                ));
-            }
+        if let Some(prev) = f.previous_peer {
+            cloned_check(cfg, d, addr, prev, switches, now, out);
         }
 
         let cf = &cfg.connect_flood;
@@ -1073,12 +1073,17 @@ impl Engine {
         let cooldown = dur_ms(cfg.cooldown);
         let bf = &cfg.credential_brute_force;
         let bw = bf.window.as_secs_f64();
-        let malformed = malformed_reason(&a.reason);
+        let kind = refusal(&a.reason);
+        let credential = kind == Refusal::Credential;
         if let Some(p) = peers.get_mut(pi) {
             p.last_seen = p.last_seen.max(now);
             connect_attempt(cfg, p, now, cooldown, out);
-            let n = p.failures.add(now, bw, 1.0);
-            if bf.enabled && n >= bf.failures {
+            let n = if credential {
+                p.failures.add(now, bw, 1.0)
+            } else {
+                p.failures.get(now, bw)
+            };
+            if credential && bf.enabled && n >= bf.failures {
                 let sev = if n >= 10.0 * bf.failures {
                     Severity::Critical
                 } else {
@@ -1109,7 +1114,7 @@ impl Engine {
                     ));
                 }
             }
-            if malformed {
+            if kind == Refusal::Malformed {
                 malformed_event(
                     cfg,
                     &mut p.malformed,
@@ -1121,10 +1126,26 @@ impl Engine {
                 );
             }
         }
-        if let Some(d) = di.and_then(|i| devices.get_mut(i)) {
-            let f = &mut d.features;
-            f.touch(now);
-            f.auth_failures = f.auth_failures.saturating_add(1);
+        let Some(d) = di.and_then(|i| devices.get_mut(i)) else {
+            return;
+        };
+        let f = &mut d.features;
+        f.touch(now);
+        f.auth_failures = f.auth_failures.saturating_add(1);
+        if kind == Refusal::Takeover {
+            // Another holder of the identity tried to take the live session over.
+            let ci = &cfg.cloned_identity;
+            let cw = ci.window.as_secs_f64();
+            if let Some(cur) = f.peer
+                && cur != addr
+                && now.saturating_sub(f.session_at) <= dur_ms(ci.window)
+            {
+                let switches = f.address_switches.add(now, cw, 1.0);
+                cloned_check(cfg, d, addr, cur, switches, now, out);
+            }
+            return;
+        }
+        if credential {
             let n = f.recent_auth_failures.add(now, bw, 1.0);
             if bf.enabled && n >= bf.failures {
                 let sev = Severity::High;
@@ -1534,6 +1555,47 @@ fn reading(
         if z >= cfg.cohort_deviation.reading_z {
             push_deviation(cfg, d, now, &field.name, v, &b, z, out);
         }
+    }
+}
+
+/// Fires `cloned_identity` when the device's address switches reach the threshold.
+fn cloned_check(
+    cfg: &DetectConfig,
+    d: &mut DeviceState,
+    addr: IpAddr,
+    other: IpAddr,
+    switches: f64,
+    now: u64,
+    out: &mut Vec<Finding>,
+) {
+    let ci = &cfg.cloned_identity;
+    if !ci.enabled || switches < ci.switches {
+        return;
+    }
+    let sev = Severity::High;
+    if d.cooldowns
+        .admit(Rule::ClonedIdentity, sev, now, dur_ms(cfg.cooldown))
+    {
+        out.push(finding(
+            Rule::ClonedIdentity,
+            now,
+            Subject {
+                device: Some(&d.key),
+                peer: Some(addr),
+            },
+            sev,
+            confidence_for(switches / ci.switches),
+            format!(
+                "{} connected alternately from {other} and {addr}: {switches:.0} switches in {:?}",
+                d.key, ci.window
+            ),
+            &[
+                ("address", addr.to_string()),
+                ("previous_address", other.to_string()),
+                ("switches", num(switches)),
+                ("window", format!("{:?}", ci.window)),
+            ],
+        ));
     }
 }
 

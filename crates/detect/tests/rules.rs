@@ -812,3 +812,70 @@ fn the_engine_can_move_to_its_own_thread() {
     fn send<T: Send>() {}
     send::<Engine>();
 }
+
+#[test]
+fn credential_brute_force_stays_silent_on_health_checks_and_a_blocked_device_retrying() {
+    let lb = ip(3, 9);
+    let f = scenario(&["blocked"], |t| {
+        // A load balancer's TCP check every 2 s: the handshake never completes.
+        for i in 0..400 {
+            t.push(auth_failure(
+                f64::from(i) * 2.0,
+                lb,
+                "eof_during_handshake",
+                None,
+            ));
+        }
+        // A device the trust stage blocked, retrying every 3 s with a valid certificate.
+        for i in 0..250 {
+            t.push(auth_failure(
+                10.0 + f64::from(i) * 3.0,
+                ip(3, 10),
+                "gate_denied",
+                Some("blocked"),
+            ));
+        }
+    });
+    assert!(
+        of_kind(&f, "credential_brute_force").is_empty(),
+        "{}",
+        show(&f)
+    );
+}
+
+#[test]
+fn malformed_packets_fires_on_plain_bytes_at_the_tls_port() {
+    let scanner = ip(9, 5);
+    let f = scenario(&[], |t| {
+        for i in 0..8 {
+            t.push(auth_failure(100.0 + f64::from(i), scanner, "not_tls", None));
+        }
+    });
+    assert!(
+        fired_for_addr(&f, "malformed_packets", scanner),
+        "{}",
+        show(&f)
+    );
+    assert!(
+        of_kind(&f, "credential_brute_force").is_empty(),
+        "{}",
+        show(&f)
+    );
+}
+
+#[test]
+fn cloned_identity_fires_when_a_second_holder_is_refused_a_takeover() {
+    let (a, b) = (ip(5, 5), ip(5, 6));
+    let f = scenario(&["held"], |t| {
+        t.push(connect(100.0, "held", a, 60));
+        for i in 0..3 {
+            t.push(auth_failure(
+                110.0 + f64::from(i) * 5.0,
+                b,
+                "takeover_rate_exceeded",
+                Some("held"),
+            ));
+        }
+    });
+    assert!(fired_for(&f, "cloned_identity", "held"), "{}", show(&f));
+}
