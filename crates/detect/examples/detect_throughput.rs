@@ -330,9 +330,10 @@ fn main() {
     );
     println!("  findings           {findings} {by_kind:?}");
     println!(
-        "  state              {} devices, {} source addresses",
+        "  state              {} devices, {} source addresses; Features is {} bytes a device",
         engine.device_count(),
-        engine.source_count()
+        engine.source_count(),
+        std::mem::size_of::<gatehouse_detect::Features>()
     );
     match peak_rss_kib() {
         Some(kib) => println!(
