@@ -879,3 +879,51 @@ fn cloned_identity_fires_when_a_second_holder_is_refused_a_takeover() {
     });
     assert!(fired_for(&f, "cloned_identity", "held"), "{}", show(&f));
 }
+
+#[test]
+fn features_follow_what_the_device_does() {
+    let mut e = engine_for(DetectConfig::default(), 0, &["f1"]);
+    let mut out = Vec::new();
+    e.observe(&connect(0.0, "f1", ip(6, 9), 120), &mut out);
+    for i in 0..120 {
+        e.observe(
+            &publish(
+                1.0 + f64::from(i),
+                "f1",
+                "devices/f1/telemetry",
+                r#"{"temp":20.0,"env":{"hum":50}}"#,
+            ),
+            &mut out,
+        );
+    }
+    e.observe(&publish(121.5, "f1", "odd/topic", "x"), &mut out);
+    e.observe(&subscribe(122.0, "f1", "#", false), &mut out);
+    e.observe(
+        &disconnect(123.0, "f1", DisconnectCause::KeepAliveTimeout),
+        &mut out,
+    );
+    let f = e.features(&dev("f1")).unwrap();
+    assert_eq!(f.publishes, 121);
+    assert_eq!(f.connects, 1);
+    assert_eq!(f.keep_alive, 120);
+    assert_eq!(f.out_of_profile, 1);
+    assert_eq!(f.hash_subscriptions, 1);
+    assert_eq!(f.refused, 1);
+    assert_eq!(f.keep_alive_timeouts, 1);
+    assert_eq!(f.distinct_topics, 2);
+    assert_eq!(f.peer, Some(ip(6, 9)));
+    let t = f.rates.at;
+    let r60 = f.rates.msgs_at(gatehouse_detect::W60, t);
+    assert!((0.8..1.2).contains(&r60), "{r60}");
+    // 120 payloads of 30 bytes, then one of 1 byte weighted 0.05.
+    assert!(
+        (f64::from(f.size.mean) - 28.55).abs() < 0.01,
+        "{:?}",
+        f.size
+    );
+    assert!((f64::from(f.fields[0].mean) - 20.0).abs() < 1e-3);
+    assert!((f64::from(f.fields[1].mean) - 50.0).abs() < 1e-3);
+    assert!(f.is_finite());
+    e.forget(&dev("f1"));
+    assert!(e.features(&dev("f1")).is_none());
+}
