@@ -563,14 +563,7 @@ impl ModelBook {
     /// Reads again the profile of every model the engine has (one changed).
     fn reload_profiles(&mut self, registry: &dyn Registry, engine: &mut Engine) {
         for model in &self.profiles {
-            match registry.latest_model_profile(model) {
-                Ok(Some(stored)) => match ModelProfile::parse(&stored.toml) {
-                    Ok(p) => engine.set_profile(profile_view(model, &p)),
-                    Err(e) => warn!(model = %model, error = %e, "stored profile does not parse"),
-                },
-                Ok(None) => {}
-                Err(e) => warn!(model = %model, error = %e, "reading the model profile failed"),
-            }
+            load_profile(registry, engine, model);
         }
     }
 
@@ -593,16 +586,21 @@ impl ModelBook {
         let model = device.model.clone();
         if !self.profiles.contains(&model) {
             self.profiles.insert(model.clone());
-            match registry.latest_model_profile(&model) {
-                Ok(Some(stored)) => match ModelProfile::parse(&stored.toml) {
-                    Ok(p) => engine.set_profile(profile_view(&model, &p)),
-                    Err(e) => warn!(model = %model, error = %e, "stored profile does not parse"),
-                },
-                Ok(None) => {}
-                Err(e) => warn!(model = %model, error = %e, "reading the model profile failed"),
-            }
+            load_profile(registry, engine, &model);
         }
         engine.set_model(d, Some(model.as_str()));
+    }
+}
+
+/// Gives the engine the model's newest stored profile, if it has one that parses.
+fn load_profile(registry: &dyn Registry, engine: &mut Engine, model: &ModelId) {
+    match registry.latest_model_profile(model) {
+        Ok(Some(stored)) => match ModelProfile::parse(&stored.toml) {
+            Ok(p) => engine.set_profile(profile_view(model, &p)),
+            Err(e) => warn!(model = %model, error = %e, "stored profile does not parse"),
+        },
+        Ok(None) => {}
+        Err(e) => warn!(model = %model, error = %e, "reading the model profile failed"),
     }
 }
 

@@ -1028,12 +1028,7 @@ impl TrustService {
         } else {
             devices.sort();
             devices.dedup();
-            for d in devices {
-                match self.assess(&d, "registry change") {
-                    Ok(_) | Err(TrustError::NoDevice(_)) => {}
-                    Err(e) => return Err(e),
-                }
-            }
+            self.reassess(devices, "registry change")?;
         }
         self.expire_pins()?;
         self.follow_decay()?;
@@ -1045,8 +1040,13 @@ impl TrustService {
     fn follow_decay(&self) -> Result<(), TrustError> {
         let now = SystemTime::now();
         let due = self.decay_checks.lock().take_due(now);
-        for d in due {
-            match self.assess(&d, "behaviour penalties decayed") {
+        self.reassess(due, "behaviour penalties decayed")
+    }
+
+    /// Re-assesses each device (those no longer registered are skipped).
+    fn reassess(&self, devices: Vec<DeviceRef>, cause: &str) -> Result<(), TrustError> {
+        for d in devices {
+            match self.assess(&d, cause) {
                 Ok(_) | Err(TrustError::NoDevice(_)) => {}
                 Err(e) => return Err(e),
             }
@@ -1066,13 +1066,7 @@ impl TrustService {
             due.dedup();
             due
         };
-        for d in due {
-            match self.assess(&d, "pin expired") {
-                Ok(_) | Err(TrustError::NoDevice(_)) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
+        self.reassess(due, "pin expired")
     }
 }
 

@@ -66,19 +66,7 @@ async fn lab(extra: &str) -> Result<Lab> {
         format!("[detect]\ntick = \"100ms\"\n\n[trust.score]\nhalf_life = \"3s\"\n\n{extra}");
     let lab = Lab::start_with(&config).await?;
     lab.register_acme(gatehouse_pki::ManufacturerCa::new("Acme")?.cert_pem())?;
-    let file = lab.path("thermo.toml");
-    std::fs::write(&file, THERMO_PROFILE)?;
-    let data = format!("@{}", file.display());
-    let url = lab.url("/api/v1/models/thermo/profiles");
-    let (s, body) = lab.curl(&[
-        "-X",
-        "POST",
-        "-H",
-        "content-type: application/toml",
-        "--data-binary",
-        &data,
-        &url,
-    ])?;
+    let (s, body) = lab.upload_profile("thermo", THERMO_PROFILE)?;
     ensure!(s == 201, "profile: {s} {}", String::from_utf8_lossy(&body));
     Ok(lab)
 }
@@ -86,16 +74,7 @@ async fn lab(extra: &str) -> Result<Lab> {
 /// A thermostat enrolled with a token and connected over MQTT 5; returns its key and
 /// certificate files and its client.
 async fn thermostat(lab: &Lab, name: &str) -> Result<(std::path::PathBuf, std::path::PathBuf, V5)> {
-    let (s, v) = lab.api(
-        "POST",
-        "/api/v1/tokens",
-        Some(json!({ "tenant": "default", "model": "thermo", "max_uses": 1, "expires_in": 3600 })),
-    )?;
-    ensure!(s == 201, "token: {s} {v}");
-    let token = (
-        v["token"]["id"].as_str().context("token id")?.to_owned(),
-        v["secret"].as_str().context("token secret")?.to_owned(),
-    );
+    let token = lab.model_token("thermo")?;
     let (key, cert) = lab.enroll_with_token(name, &token)?;
     let tls = tls_from_files(lab, &key, &cert)?;
     let client = V5::connect_as(lab.gh.listeners.mqtts, tls, name).await?;
@@ -306,7 +285,7 @@ async fn scanning_device_is_quarantined() -> Result<()> {
         return Ok(());
     }
     let lab = lab("").await?;
-    let (_key, _cert, mut client) = thermostat(&lab, "scanner").await?;
+    let (_key, _cert, client) = thermostat(&lab, "scanner").await?;
     wait_for_tier(&lab, "scanner", "trusted", support::WAIT).await?;
     // Probing other devices' topics and the broker's.
     for i in 0..30 {
@@ -577,7 +556,7 @@ webhook = "soc"
         file.display().to_string()
     ))
     .await?;
-    let (_key, _cert, mut client) = thermostat(&lab, "probe").await?;
+    let (_key, _cert, client) = thermostat(&lab, "probe").await?;
     client
         .client
         .publish(
@@ -647,7 +626,7 @@ async fn operator_works_an_incident_from_the_command_line() -> Result<()> {
         return Ok(());
     }
     let lab = lab("").await?;
-    let (_key, _cert, mut client) = thermostat(&lab, "prober").await?;
+    let (_key, _cert, client) = thermostat(&lab, "prober").await?;
     wait_for_tier(&lab, "prober", "trusted", support::WAIT).await?;
     client.client.subscribe("$SYS/#", QoS::AtMostOnce).await?;
     for i in 0..20 {

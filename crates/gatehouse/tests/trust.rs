@@ -91,19 +91,7 @@ async fn fleet_lab() -> Result<Lab> {
         ("thermo", THERMO_PROFILE),
         ("controller", CONTROLLER_PROFILE),
     ] {
-        let file = lab.path(&format!("{model}.toml"));
-        std::fs::write(&file, profile)?;
-        let url = lab.url(&format!("/api/v1/models/{model}/profiles"));
-        let data = format!("@{}", file.display());
-        let (s, body) = lab.curl(&[
-            "-X",
-            "POST",
-            "-H",
-            "content-type: application/toml",
-            "--data-binary",
-            &data,
-            &url,
-        ])?;
+        let (s, body) = lab.upload_profile(model, profile)?;
         ensure!(
             s == 201,
             "profile of {model}: {s} {}",
@@ -113,24 +101,10 @@ async fn fleet_lab() -> Result<Lab> {
     Ok(lab)
 }
 
-/// A token of `model`; returns (id, secret).
-fn model_token(lab: &Lab, model: &str) -> Result<(String, String)> {
-    let (s, v) = lab.api(
-        "POST",
-        "/api/v1/tokens",
-        Some(json!({ "tenant": "default", "model": model, "max_uses": 1, "expires_in": 3600 })),
-    )?;
-    ensure!(s == 201, "token: {s} {v}");
-    Ok((
-        v["token"]["id"].as_str().context("token id")?.to_owned(),
-        v["secret"].as_str().context("token secret")?.to_owned(),
-    ))
-}
-
 /// A device of `model`, enrolled with a token and connected over MQTT 5. Returns its key
 /// file (to sign posture with) and its client.
 async fn device(lab: &Lab, name: &str, model: &str) -> Result<(std::path::PathBuf, V5)> {
-    let (key, cert) = lab.enroll_with_token(name, &model_token(lab, model)?)?;
+    let (key, cert) = lab.enroll_with_token(name, &lab.model_token(model)?)?;
     let tls = tls_from_files(lab, &key, &cert)?;
     let client = V5::connect_as(lab.gh.listeners.mqtts, tls, name).await?;
     Ok((key, client))

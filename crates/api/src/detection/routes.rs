@@ -79,6 +79,15 @@ fn json_of<T: serde::Serialize>(v: &T) -> ApiResult<Value> {
     serde_json::to_value(v).map_err(Problem::internal)
 }
 
+/// An optional query parameter, parsed; `what` names it in the error.
+fn optional<T: std::str::FromStr>(text: Option<&str>, what: &str) -> ApiResult<Option<T>> {
+    text.map(|t| {
+        t.parse()
+            .map_err(|_| Problem::invalid(format!("{t:?} is not {what}")))
+    })
+    .transpose()
+}
+
 fn incident_id(text: &str) -> ApiResult<IncidentId> {
     text.parse()
         .map_err(|_| Problem::invalid(format!("{text:?} is not an incident id")))
@@ -110,30 +119,12 @@ async fn list_incidents(
     State(s): State<ApiState>,
     Query(q): Query<IncidentQuery>,
 ) -> ApiResult<Json<Value>> {
-    let state = q
-        .state
-        .as_deref()
-        .map(|t| {
-            t.parse::<IncidentState>()
-                .map_err(|_| Problem::invalid(format!("unknown incident state {t:?}")))
-        })
-        .transpose()?;
-    let device = q
-        .device
-        .as_deref()
-        .map(|t| {
-            t.parse()
-                .map_err(|_| Problem::invalid(format!("{t:?} is not tenant/device")))
-        })
-        .transpose()?;
-    let tenant = q
-        .tenant
-        .as_deref()
-        .map(|t| {
-            t.parse()
-                .map_err(|_| Problem::invalid(format!("bad tenant {t:?}")))
-        })
-        .transpose()?;
+    let state = optional(
+        q.state.as_deref(),
+        "an incident state (open, acknowledged, resolved)",
+    )?;
+    let device = optional(q.device.as_deref(), "tenant/device")?;
+    let tenant = optional(q.tenant.as_deref(), "a tenant id")?;
     let filter = IncidentFilter {
         tenant,
         device,
@@ -260,23 +251,12 @@ async fn list_actions(
     State(s): State<ApiState>,
     Query(q): Query<ActionQuery>,
 ) -> ApiResult<Json<Value>> {
-    let state = q
-        .state
-        .as_deref()
-        .map(|t| {
-            t.parse::<ActionState>()
-                .map_err(|_| Problem::invalid(format!("unknown action state {t:?}")))
-        })
-        .transpose()?;
+    let state = optional(
+        q.state.as_deref(),
+        "an action state (pending_approval, done, failed, reversed, rejected)",
+    )?;
     let incident = q.incident.as_deref().map(incident_id).transpose()?;
-    let device = q
-        .device
-        .as_deref()
-        .map(|t| {
-            t.parse()
-                .map_err(|_| Problem::invalid(format!("{t:?} is not tenant/device")))
-        })
-        .transpose()?;
+    let device = optional(q.device.as_deref(), "tenant/device")?;
     let filter = ActionFilter {
         incident,
         state,

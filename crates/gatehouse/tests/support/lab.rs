@@ -242,6 +242,38 @@ impl Lab {
         Ok(format!("{:?}", again.refused().await?))
     }
 
+    /// Uploads a model profile (TOML) with curl; returns the status and the body.
+    pub fn upload_profile(&self, model: &str, toml: &str) -> Result<(u16, Vec<u8>)> {
+        let file = self.path(&format!("profile-{model}-{}.toml", rand_suffix()));
+        std::fs::write(&file, toml)?;
+        let data = format!("@{}", file.display());
+        let url = self.url(&format!("/api/v1/models/{model}/profiles"));
+        self.curl(&[
+            "-X",
+            "POST",
+            "-H",
+            "content-type: application/toml",
+            "--data-binary",
+            &data,
+            &url,
+        ])
+    }
+
+    /// A single-use enrollment token for a device of `model` in the default tenant;
+    /// returns (id, secret).
+    pub fn model_token(&self, model: &str) -> Result<(String, String)> {
+        let (s, v) = self.api(
+            "POST",
+            "/api/v1/tokens",
+            Some(json!({ "tenant": "default", "model": model, "max_uses": 1, "expires_in": 3600 })),
+        )?;
+        ensure!(s == 201, "token: {s} {v}");
+        Ok((
+            v["token"]["id"].as_str().context("token id")?.to_owned(),
+            v["secret"].as_str().context("token secret")?.to_owned(),
+        ))
+    }
+
     pub fn audit(&self) -> Result<Vec<Value>> {
         let (s, v) = self.api("GET", "/api/v1/audit?limit=1000", None)?;
         ensure!(s == 200, "audit: {s} {v}");
