@@ -965,9 +965,18 @@ impl Engine {
         let slow_ka = c.keep_alive == 0
             || Duration::from_secs(u64::from(c.keep_alive)) >= cfg.slow_connection_dos.keep_alive;
 
+        // A session counts towards the address's connection rate when its device had
+        // another session within the window (churn): a site behind one address whose
+        // devices all come back after a restart is not a flood. Refusals always count.
+        let churning = devices.get(di).is_some_and(|d| {
+            d.features.session_at != 0
+                && now.saturating_sub(d.features.session_at) <= dur_ms(cfg.connect_flood.window)
+        });
         if let Some(p) = peers.get_mut(pi) {
             p.last_seen = p.last_seen.max(now);
-            connect_attempt(cfg, p, now, cooldown, out);
+            if churning {
+                connect_attempt(cfg, p, now, cooldown, out);
+            }
             if slow_ka {
                 p.slow
                     .add(now, cfg.slow_connection_dos.window.as_secs_f64(), 1.0);

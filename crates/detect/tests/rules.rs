@@ -927,3 +927,24 @@ fn features_follow_what_the_device_does() {
     e.forget(&dev("f1"));
     assert!(e.features(&dev("f1")).is_none());
 }
+
+#[test]
+fn connect_flood_stays_silent_when_a_large_site_behind_one_address_comes_back() {
+    let nat = ip(3, 3);
+    let f = scenario(&[], |t| {
+        // 200 devices behind one address, all back within three seconds of a restart.
+        let mut rng = Rng::new(43);
+        for i in 0..200 {
+            let name = format!("site{i}");
+            let t0 = 400.0 + rng.range(0.0, 3.0);
+            t.push(connect(t0, &name, nat, 60));
+            t.push(publish(
+                t0 + 0.2,
+                &name,
+                &format!("devices/{name}/telemetry"),
+                r#"{"temp":21}"#,
+            ));
+        }
+    });
+    assert!(of_kind(&f, "connect_flood").is_empty(), "{}", show(&f));
+}
