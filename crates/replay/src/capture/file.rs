@@ -443,6 +443,22 @@ pub(crate) mod tests {
         }
         // A well-formed pcapng with no packets reads.
         assert_eq!(read_capture(&pcapng_head()[..], |_| {}).ok(), Some(0));
+        // The same in a big-endian section: the length is read in the section's order.
+        let mut be = Vec::new();
+        be.extend_from_slice(&SHB.to_be_bytes());
+        be.extend_from_slice(&28u32.to_be_bytes());
+        be.extend_from_slice(&BYTE_ORDER_LE.to_be_bytes());
+        be.extend_from_slice(&[0, 1, 0, 0]);
+        be.extend_from_slice(&(-1i64).to_be_bytes());
+        be.extend_from_slice(&28u32.to_be_bytes());
+        assert_eq!(read_capture(&be[..], |_| {}).ok(), Some(0));
+        be.extend_from_slice(&0x8000_0001u32.to_be_bytes());
+        be.extend_from_slice(&8u32.to_be_bytes());
+        be.extend_from_slice(&[0u8; 16]);
+        assert!(matches!(
+            read_capture(&be[..], |_| {}),
+            Err(CaptureError::Malformed { .. })
+        ));
     }
 
     #[test]
