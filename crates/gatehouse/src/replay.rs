@@ -61,7 +61,8 @@ pub struct ReplayArgs {
     /// Telemetry: the device model; by default from the file name.
     #[arg(long)]
     model: Option<String>,
-    /// Detection configuration: a TOML file of the `[detect]` settings (at top level).
+    /// Detection thresholds: a gatehouse configuration file (its `[detect.rules]`), or a TOML
+    /// file of those keys at top level. Default: the built-in defaults.
     #[arg(long, value_name = "FILE")]
     detect_config: Option<PathBuf>,
     /// How long a finding flags its subject's units after it is raised, e.g. 5m; default:
@@ -87,8 +88,20 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("reading {}", path.display()))?;
-            let config: DetectConfig =
+            let table: toml::Table =
                 toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+            // A gatehouse configuration file (it has a `[detect]` table): its
+            // `[detect.rules]`, defaults when absent; else the keys themselves.
+            let rules = match table.get("detect") {
+                Some(detect) => detect
+                    .get("rules")
+                    .cloned()
+                    .unwrap_or_else(|| toml::Value::Table(toml::Table::new())),
+                None => toml::Value::Table(table),
+            };
+            let config: DetectConfig = rules
+                .try_into()
+                .with_context(|| format!("reading the detection settings in {}", path.display()))?;
             config
                 .validate()
                 .with_context(|| format!("checking {}", path.display()))?;
