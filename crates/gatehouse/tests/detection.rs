@@ -647,11 +647,26 @@ async fn operator_works_an_incident_from_the_command_line() -> Result<()> {
     ensure!(!incidents.is_empty(), "{list:#}");
     let text = lab.gh.cli(&["incident", "list"]).await?;
     ensure!(text.contains("default/prober"), "{text}");
-    let scan = incidents
-        .iter()
-        .find(|i| i["kind"] == "topic_scanning" || i["kind"] == "wildcard_harvesting")
-        .with_context(|| format!("no probing incident: {list:#}"))?;
-    let id = id_text(&scan["id"]);
+    ensure!(
+        incidents
+            .iter()
+            .any(|i| i["kind"] == "topic_scanning" || i["kind"] == "wildcard_harvesting"),
+        "no probing incident: {list:#}"
+    );
+    // One quarantine, whichever probing incident came first: the device is not
+    // sanctioned twice for one bout of probing.
+    let actions: Value = serde_json::from_str(
+        &lab.gh
+            .cli(&["incident", "actions", "--state", "done", "--json"])
+            .await?,
+    )?;
+    let quarantines: Vec<&Value> = actions["actions"]
+        .as_array()
+        .map(|a| a.iter().filter(|a| a["kind"] == "quarantine").collect())
+        .unwrap_or_default();
+    ensure!(quarantines.len() == 1, "{actions:#}");
+    let quarantine = quarantines[0];
+    let id = id_text(&quarantine["incident"]);
     let shown = lab.gh.cli(&["incident", "show", &id]).await?;
     ensure!(
         shown.contains("timeline:") && shown.contains("quarantine") && shown.contains("evidence"),
@@ -662,23 +677,6 @@ async fn operator_works_an_incident_from_the_command_line() -> Result<()> {
         .await?;
 
     // Release the quarantine from the command line: the running server applies it.
-    let actions: Value = serde_json::from_str(
-        &lab.gh
-            .cli(&[
-                "incident",
-                "actions",
-                "--incident",
-                &id,
-                "--state",
-                "done",
-                "--json",
-            ])
-            .await?,
-    )?;
-    let quarantine = actions["actions"]
-        .as_array()
-        .and_then(|a| a.iter().find(|a| a["kind"] == "quarantine"))
-        .with_context(|| format!("{actions:#}"))?;
     let action = id_text(&quarantine["id"]);
     lab.gh
         .cli(&[

@@ -137,6 +137,34 @@ impl DetectionService {
                 return;
             }
         }
+        // A device already under the same sanction (from another incident: a scan that is
+        // also a wildcard harvest) is not sanctioned twice.
+        if let (Some(d), true) = (
+            &f.device,
+            matches!(kind, "quarantine" | "throttle" | "revoke"),
+        ) {
+            match self.registry.list_actions(&ActionFilter {
+                device: Some(d.clone()),
+                state: Some(ActionState::Done),
+                limit: usize::MAX,
+                ..ActionFilter::default()
+            }) {
+                Ok(existing) => {
+                    let now = now();
+                    if existing
+                        .iter()
+                        .any(|a| a.kind == kind && a.expires_at.is_none_or(|t| t > now))
+                    {
+                        self.metrics.action(kind, "skipped");
+                        return;
+                    }
+                }
+                Err(e) => {
+                    warn!(error = %e, "reading the device's actions failed: action not taken");
+                    return;
+                }
+            }
+        }
         let actor = format!("playbook:{}", plan.playbook);
         let expires_at = plan.action.duration().map(|d| {
             now() + time::Duration::seconds(i64::try_from(d.as_secs()).unwrap_or(i64::MAX / 4))
