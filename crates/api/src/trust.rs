@@ -216,6 +216,10 @@ pub struct TrustService {
     /// follows the score back up as the penalties fade.
     /// One check a device at most: its time in `decay_checks`, keyed by device.
     decay_checks: Mutex<DecayChecks>,
+    /// Devices outside the registry that have connected (a certificate the operator
+    /// issued by hand, a legacy password user): how they proved who they are, and the
+    /// pin a response put on them, if any. Held in memory: they have no registry row.
+    unregistered: Mutex<HashMap<DeviceRef, Unregistered>>,
     /// When each device's last posture report was processed.
     posture_seen: Mutex<HashMap<DeviceRef, std::time::Instant>>,
     metrics: TrustMetrics,
@@ -279,6 +283,16 @@ impl DecayChecks {
         due
     }
 }
+
+/// A device outside the registry that has connected.
+#[derive(Debug, Clone)]
+struct Unregistered {
+    identity: IdentityAssurance,
+    pin: Option<Pin>,
+}
+
+/// Devices outside the registry remembered at most (those with a pin are kept first).
+const MAX_UNREGISTERED: usize = 100_000;
 
 /// Most behaviour penalties kept in a device's facts.
 pub const MAX_BEHAVIOUR_PENALTIES: usize = 64;
@@ -465,6 +479,7 @@ impl TrustService {
             audit_seen: Mutex::new(head),
             pin_expiries: Mutex::new(BTreeMap::new()),
             decay_checks: Mutex::new(DecayChecks::default()),
+            unregistered: Mutex::new(HashMap::new()),
             posture_seen: Mutex::new(HashMap::new()),
             metrics,
         });
@@ -894,13 +909,35 @@ impl TrustService {
                 .detail(serde_json::json!({ "pin": p })),
             None => AuditEntry::new(now_utc(), actor, "unpin", d.to_string()),
         };
-        self.registry
-            .set_device_pin(d, value.as_ref(), &audit)
-            .map_err(|e| match e {
-                gatehouse_store::WriteError::NotFound { .. } => TrustError::NoDevice(d.clone()),
-                e => store(e),
-            })?;
-        self.assess(d, if pin.is_some() { "pin" } else { "unpin" })
+        match self.registry.set_device_pin(d, value.as_ref(), &audit) {
+            Ok(_) => self.assess(d, if pin.is_some() { "pin" } else { "unpin" }),
+            Err(gatehouse_store::WriteError::NotFound { .. }) => {
+                self.pin_unregistered(d, pin, &audit)
+            }
+            Err(e) => Err(store(e)),
+        }
+    }
+
+    /// Pins (or unpins) a device that has connected but is not in the registry: the pin
+    /// is held in memory, audited, and its provisional verdict recompiled at once.
+    fn pin_unregistered(
+        &self,
+        d: &DeviceRef,
+        pin: Option<&Pin>,
+        audit: &AuditEntry,
+    ) -> Result<Arc<Verdict>, TrustError> {
+        let identity = {
+            let mut seen = self.unregistered.lock();
+            let Some(entry) = seen.get_mut(d) else {
+                return Err(TrustError::NoDevice(d.clone()));
+            };
+            entry.pin = pin.cloned();
+            entry.identity
+        };
+        self.registry.append(audit).map_err(store)?;
+        let verdict = self.compile_unregistered(d, identity, self.epoch());
+        self.broker.reevaluate(Some(d));
+        Ok(verdict)
     }
 
     /// The device's trust: its assessment now, its facts and its verdict in force.
@@ -945,14 +982,50 @@ impl TrustService {
             IdentitySource::Password => IdentityAssurance::LegacyPassword,
             _ => IdentityAssurance::Token,
         };
+        {
+            let mut seen = self.unregistered.lock();
+            if seen.len() >= MAX_UNREGISTERED && !seen.contains_key(&d) {
+                // Forget those without a pin first: only a pin is state worth keeping.
+                seen.retain(|_, u| u.pin.is_some());
+            }
+            seen.entry(d.clone()).or_insert(Unregistered {
+                identity,
+                pin: None,
+            });
+        }
+        self.compile_unregistered(&d, identity, 0)
+    }
+
+    /// Compiles and installs the provisional verdict of a device outside the registry:
+    /// scored on its identity alone, with the fallback topics, under its pin if it has
+    /// one. Any verdict compiled from the registry (a later epoch) replaces it.
+    fn compile_unregistered(
+        &self,
+        d: &DeviceRef,
+        identity: IdentityAssurance,
+        epoch: u64,
+    ) -> Arc<Verdict> {
+        let pin = self.unregistered.lock().get(d).and_then(|u| u.pin.clone());
         let facts = Facts::new(identity);
-        let mut assessment = assess(&facts, &self.settings.score, None, SystemTime::now());
-        if self.settings.blocked.contains(&d) {
+        let mut assessment = assess(
+            &facts,
+            &self.settings.score,
+            pin.as_ref(),
+            SystemTime::now(),
+        );
+        if let Some(p) = assessment.pin.as_ref() {
+            self.pin_expiries
+                .lock()
+                .entry(p.expires_at)
+                .or_default()
+                .push(d.clone());
+        }
+        if self.settings.blocked.contains(d) {
             assessment.tier = Tier::Blocked;
         }
-        let (topics, profile_key) = self.settings.fallback_for(&d);
+        let (topics, profile_key) = self.settings.fallback_for(d);
         let attrs = DeviceAttrs {
-            device: d,
+            device: d.clone(),
             model: String::new(),
             tier: assessment.tier,
             score: assessment.score,
@@ -966,7 +1039,7 @@ impl TrustService {
             &topics,
             &profile_key,
             &engine,
-            0,
+            epoch,
             &self.cache,
         ));
         match self.table.install(Arc::clone(&verdict)) {
@@ -1015,6 +1088,12 @@ impl TrustService {
                 // runs the scan at join itself; they are not assessed a second time here.
                 "pin" | "unpin" | "revoke" | "reinstate" | "block" | "set_status" | "set_tags" => {
                     if let Ok(d) = e.subject.parse::<DeviceRef>() {
+                        if e.action == "unpin"
+                            && let Some(u) = self.unregistered.lock().get_mut(&d)
+                        {
+                            // A device outside the registry, released by another process.
+                            u.pin = None;
+                        }
                         devices.push(d);
                     }
                 }
@@ -1047,7 +1126,26 @@ impl TrustService {
     fn reassess(&self, devices: Vec<DeviceRef>, cause: &str) -> Result<(), TrustError> {
         for d in devices {
             match self.assess(&d, cause) {
-                Ok(_) | Err(TrustError::NoDevice(_)) => {}
+                Ok(_) => {}
+                Err(TrustError::NoDevice(_)) => {
+                    // Outside the registry: its provisional verdict, without an expired pin.
+                    let identity = {
+                        let mut seen = self.unregistered.lock();
+                        seen.get_mut(&d).map(|u| {
+                            if u.pin
+                                .as_ref()
+                                .is_some_and(|p| !p.is_active(SystemTime::now()))
+                            {
+                                u.pin = None;
+                            }
+                            u.identity
+                        })
+                    };
+                    if let Some(identity) = identity {
+                        self.compile_unregistered(&d, identity, self.epoch());
+                        self.broker.reevaluate(Some(&d));
+                    }
+                }
                 Err(e) => return Err(e),
             }
         }

@@ -851,3 +851,57 @@ for = "10m"
     ensure!(passed == 3, "only {passed} of 3 passed once released");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hand_issued_device_is_quarantined_and_released_too() -> Result<()> {
+    if skip() {
+        return Ok(());
+    }
+    // A certificate from `gatehouse ca issue`: the device is not in the registry.
+    let lab = lab("").await?;
+    let files = lab.gh.issue_files("manual").await?;
+    let tls = tls_from_files(&lab, &files.key, &files.cert)?;
+    let mut client = V5::connect_as(lab.gh.listeners.mqtts, tls, "manual").await?;
+    let own = |c: &mut V5| -> Result<()> {
+        c.client.try_publish(
+            "devices/manual/telemetry",
+            QoS::AtLeastOnce,
+            false,
+            b"21.5".to_vec(),
+        )?;
+        Ok(())
+    };
+    own(&mut client)?;
+    ensure!(client.puback().await?.reason == PubAckReason::Success);
+    for i in 0..20 {
+        client
+            .client
+            .subscribe(format!("devices/other-{i}/telemetry"), QoS::AtMostOnce)
+            .await?;
+    }
+    let quarantine = eventually(support::WAIT, "a quarantine done", || {
+        let (s, v) = lab.api("GET", "/api/v1/actions?state=done", None)?;
+        ensure!(s == 200, "actions: {s} {v}");
+        Ok(v["actions"]
+            .as_array()
+            .and_then(|a| a.iter().find(|a| a["kind"] == "quarantine").cloned()))
+    })
+    .await?;
+    own(&mut client)?;
+    ensure!(
+        client.puback().await?.reason == PubAckReason::NotAuthorized,
+        "quarantined: its own telemetry is refused"
+    );
+    let (s, v) = lab.api(
+        "POST",
+        &format!("/api/v1/actions/{}/reverse", id_text(&quarantine["id"])),
+        None,
+    )?;
+    ensure!(s == 200 && v["state"] == "reversed", "release: {s} {v}");
+    own(&mut client)?;
+    ensure!(
+        client.puback().await?.reason == PubAckReason::Success,
+        "released: its telemetry flows again"
+    );
+    Ok(())
+}
