@@ -312,6 +312,32 @@ fn wildcard_harvesting_stays_silent_on_wildcards_the_profile_covers() {
     );
 }
 
+#[test]
+fn wildcard_harvesting_holds_nothing_against_what_the_policy_grants_a_device_without_a_profile() {
+    // No model, no profile: the gate's static policy granted `lab/#` to this device.
+    let mut e = Engine::new(DetectConfig::default());
+    let mut out = Vec::new();
+    e.observe(&connect(10.0, "watcher", ip(4, 9), 30), &mut out);
+    e.observe(&subscribe(10.5, "watcher", "lab/#", true), &mut out);
+    e.observe(&subscribe(10.6, "watcher", "#", true), &mut out);
+    let h = of_kind(&out, "wildcard_harvesting");
+    assert!(
+        h.iter().all(|x| x.severity == Severity::Low),
+        "{}",
+        show(&out)
+    );
+    // Refused, the same filter is still probing.
+    let mut out = Vec::new();
+    e.observe(&subscribe(11.0, "watcher", "$SYS/#", false), &mut out);
+    assert!(
+        of_kind(&out, "wildcard_harvesting")
+            .iter()
+            .any(|x| x.severity == Severity::Medium),
+        "{}",
+        show(&out)
+    );
+}
+
 // === retained_poisoning ===
 
 #[test]
