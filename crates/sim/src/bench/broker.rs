@@ -63,7 +63,12 @@ pub struct Broker {
 
 impl Broker {
     /// Starts a broker of `kind` trusting the run's CA, and waits until it accepts TCP.
-    pub async fn start(kind: BrokerKind, bins: &Binaries, pki: &BenchPki) -> anyhow::Result<Self> {
+    pub async fn start(
+        kind: BrokerKind,
+        bins: &Binaries,
+        pki: &BenchPki,
+        detection: Detection,
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix(&format!("gatehouse-bench-{}-", kind.name()))
             .tempdir()
@@ -77,7 +82,14 @@ impl Broker {
             }
             BrokerKind::Gatehouse | BrokerKind::GatehouseStatic => {
                 let data_dir = dir.path().join("data");
-                let command = gatehouse_command(&bins.gatehouse, dir.path(), &data_dir, pki, kind)?;
+                let command = gatehouse_command(
+                    &bins.gatehouse,
+                    dir.path(),
+                    &data_dir,
+                    pki,
+                    kind,
+                    detection,
+                )?;
                 // Known once the broker has written listeners.json.
                 let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
                 (command, addr, Some(data_dir))
@@ -275,13 +287,50 @@ pub fn trust_gate(kind: BrokerKind) -> &'static str {
     }
 }
 
+/// How Gatehouse's detection is configured for a bench run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Detection {
+    /// The shipped rules, thresholds and playbooks (the detect scenario).
+    Defaults,
+    /// Every rule runs, but the flood and burst thresholds are lifted out of the load
+    /// generator's reach: a bench device sends thousands of messages a second, which any
+    /// fleet's rules would (rightly) call a flood and quarantine.
+    LoadGenerator,
+}
+
+/// The `[detect]` part of the configuration for `detection`.
+fn detect_toml(detection: Detection) -> &'static str {
+    match detection {
+        Detection::Defaults => "",
+        Detection::LoadGenerator => {
+            "[detect.rules.publish_flood]
+             max_rate = 1000000000.0
+             
+             [detect.rules.burst]
+             enabled = false
+             
+             [detect.rules.connect_flood]
+             per_source = 1000000000.0
+             per_device = 1000000000.0
+             
+"
+        }
+    }
+}
+
 /// Gatehouse's configuration file for `gatehouse serve --config`. Every bench device may
 /// publish and subscribe under `bench/`, as every client may on the Mosquitto side (which
 /// has no ACL); the gate still checks each publish and subscription: against the verdict
 /// of the device (`gate = "trust"`; the bench's own certificates name devices that are not
 /// registered, whose provisional verdicts come from the static policy), or against the
 /// static policy alone (`gate = "static-policy-only"`).
-pub fn gatehouse_toml(data_dir: &Path, mqtts: SocketAddr, https: SocketAddr, gate: &str) -> String {
+pub fn gatehouse_toml(
+    data_dir: &Path,
+    mqtts: SocketAddr,
+    https: SocketAddr,
+    gate: &str,
+    detection: Detection,
+) -> String {
     format!(
         "# Written by gatehouse bench.\n\
          data_dir = {data_dir:?}\n\
@@ -301,9 +350,11 @@ pub fn gatehouse_toml(data_dir: &Path, mqtts: SocketAddr, https: SocketAddr, gat
          [trust]\n\
          gate = {gate:?}\n\
          \n\
+         {detect}\
          [log]\n\
          level = \"warn\"\n",
         data_dir = data_dir.display().to_string(),
+        detect = detect_toml(detection),
     )
 }
 
@@ -313,13 +364,14 @@ fn gatehouse_command(
     data_dir: &Path,
     pki: &BenchPki,
     kind: BrokerKind,
+    detection: Detection,
 ) -> anyhow::Result<Command> {
     pki.copy_ca_to(&data_dir.join("ca"))?;
     let any_port = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
     let conf_path = dir.join("gatehouse.toml");
     std::fs::write(
         &conf_path,
-        gatehouse_toml(data_dir, any_port, any_port, trust_gate(kind)),
+        gatehouse_toml(data_dir, any_port, any_port, trust_gate(kind), detection),
     )?;
     let mut command = Command::new(bin);
     command.arg("serve").arg("--config").arg(conf_path);
@@ -380,6 +432,7 @@ mod tests {
             "127.0.0.1:1".parse().expect("addr"),
             "127.0.0.1:2".parse().expect("addr"),
             trust_gate(BrokerKind::Gatehouse),
+            Detection::LoadGenerator,
         );
         assert!(
             text.contains("data_dir = \"/tmp/x \\\"y\\\"/data\""),
@@ -399,6 +452,7 @@ mod tests {
                 "127.0.0.1:0".parse().expect("addr"),
                 "127.0.0.1:0".parse().expect("addr"),
                 trust_gate(kind),
+                Detection::LoadGenerator,
             )
         };
         let trust = at(BrokerKind::Gatehouse);

@@ -350,7 +350,15 @@ async fn run_on(
     rows: &mut Vec<Row>,
 ) -> anyhow::Result<()> {
     let args = &ctx.args;
-    let mut broker = Broker::start(kind, bins, &ctx.pki).await?;
+    // The load generators publish and connect far faster than any device of a fleet
+    // would: outside the detect scenario, the flood thresholds are lifted so the detection
+    // engine still runs (and costs what it costs) without quarantining the load.
+    let detection = if scenario == ScenarioArg::Detect {
+        broker::Detection::Defaults
+    } else {
+        broker::Detection::LoadGenerator
+    };
+    let mut broker = Broker::start(kind, bins, &ctx.pki, detection).await?;
     let result = async {
         match scenario {
             ScenarioArg::All => {}
