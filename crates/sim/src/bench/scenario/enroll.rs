@@ -673,6 +673,51 @@ async fn revoke_and_watch(
     })
 }
 
+/// Enrolls devices `0..n` over EST with `auth`, `concurrency` at a time, with the enroll
+/// scenario's machinery; notes the setup line in `setup` and returns the outcome, with its
+/// certificates in device order, and the devices' keys and CSRs (indexed by device).
+pub(super) async fn enroll_fleet(
+    ctx: &Ctx,
+    broker: &mut Broker,
+    server: &Server,
+    auth: &str,
+    n: usize,
+    concurrency: usize,
+    setup: &mut Vec<String>,
+) -> anyhow::Result<(Outcome, Vec<DeviceCsr>)> {
+    let keygen = Instant::now();
+    let csrs = generate_csrs((0..n).map(device_name).collect()).await?;
+    let keygen = keygen.elapsed();
+    let ops: Vec<Op> = csrs
+        .iter()
+        .enumerate()
+        .map(|(i, csr)| Op {
+            target: server.target(ctx, i, server.tls.clone()),
+            path: ENROLL_PATH,
+            auth: Some(auth.to_owned()),
+            body: Bytes::from(csr.est_body()),
+            device: csr.device.clone(),
+        })
+        .collect();
+    let mut enrolled = load(broker, ops, concurrency, n).await;
+    broker.check_alive()?;
+    let enroll_secs = enrolled.elapsed.as_secs_f64();
+    setup.push(format!(
+        "setup: {n} device keys and CSRs made in {:.1} s; {} of {n} devices enrolled over EST \
+         in {enroll_secs:.1} s ({:.0}/s){}",
+        keygen.as_secs_f64(),
+        enrolled.ok,
+        enrolled.ok as f64 / enroll_secs.max(1e-9),
+        if enrolled.errors.is_empty() {
+            String::new()
+        } else {
+            format!("; errors: {}", error_summary(&enrolled.errors))
+        }
+    ));
+    enrolled.certs.sort_by_key(|(i, _)| *i);
+    Ok((enrolled, csrs))
+}
+
 pub(super) fn error_summary(errors: &BTreeMap<String, (u64, String)>) -> String {
     errors
         .iter()

@@ -32,11 +32,10 @@ use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 
 use super::Ctx;
-use super::enroll::{ENROLL_PATH, Op, Server, TENANT, error_summary, generate_csrs, load, mib};
+use super::enroll::{Server, TENANT, enroll_fleet, error_summary, mib};
 use crate::bench::args::BenchArgs;
 use crate::bench::broker::Broker;
 use crate::bench::flow::now_ns;
-use crate::bench::pki::device_name;
 use crate::bench::report::{Figure, Row};
 use crate::bench::samples::{Samples, ms, percentile};
 use crate::client::{Client, ClientError, granted};
@@ -101,37 +100,9 @@ pub async fn run(ctx: &Ctx, broker: &mut Broker) -> anyhow::Result<Vec<Row>> {
         .await
         .context("creating the manufacturer, model and enrollment token over the REST API")?;
     let issuing = server.issuing_chain().await?;
-    let keygen = Instant::now();
-    let csrs = generate_csrs((0..n).map(device_name).collect()).await?;
-    let keygen = keygen.elapsed();
-    let ops: Vec<Op> = csrs
-        .iter()
-        .enumerate()
-        .map(|(i, csr)| Op {
-            target: server.target(ctx, i, server.tls.clone()),
-            path: ENROLL_PATH,
-            auth: Some(auth.clone()),
-            body: Bytes::from(csr.est_body()),
-            device: csr.device.clone(),
-        })
-        .collect();
-    let enrolled = load(broker, ops, concurrency, n).await;
-    broker.check_alive()?;
-    let enroll_secs = enrolled.elapsed.as_secs_f64();
-    setup.push(format!(
-        "setup: {n} device keys and CSRs made in {:.1} s; {} of {n} devices enrolled over EST \
-         in {enroll_secs:.1} s ({:.0}/s){}",
-        keygen.as_secs_f64(),
-        enrolled.ok,
-        enrolled.ok as f64 / enroll_secs.max(1e-9),
-        if enrolled.errors.is_empty() {
-            String::new()
-        } else {
-            format!("; errors: {}", error_summary(&enrolled.errors))
-        }
-    ));
-    let mut certs = enrolled.certs;
-    certs.sort_by_key(|(i, _)| *i);
+    let (enrolled, csrs) =
+        enroll_fleet(ctx, broker, &server, &auth, n, concurrency, &mut setup).await?;
+    let certs = enrolled.certs;
     ensure!(
         certs.len() >= 3,
         "only {} devices enrolled (a prober, a pinned and an unpinned device are needed); \
