@@ -103,6 +103,30 @@ pub struct IllegalTransition {
     pub to: &'static str,
 }
 
+/// `Display` and `FromStr` for a state enum through its `as_str` and `ALL`.
+macro_rules! text_enum {
+    ($t:ident) => {
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl FromStr for $t {
+            type Err = RespondParseError;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                Self::ALL
+                    .into_iter()
+                    .find(|v| v.as_str() == s)
+                    .ok_or_else(|| RespondParseError {
+                        what: stringify!($t),
+                        value: s.to_owned(),
+                    })
+            }
+        }
+    };
+}
+
 // === impl IncidentState ===
 
 impl IncidentState {
@@ -139,24 +163,7 @@ impl IncidentState {
     }
 }
 
-impl fmt::Display for IncidentState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for IncidentState {
-    type Err = RespondParseError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL
-            .into_iter()
-            .find(|v| v.as_str() == s)
-            .ok_or_else(|| RespondParseError {
-                what: "IncidentState",
-                value: s.to_owned(),
-            })
-    }
-}
+text_enum!(IncidentState);
 
 /// Where a response action is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -221,24 +228,7 @@ impl ActionState {
     }
 }
 
-impl fmt::Display for ActionState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for ActionState {
-    type Err = RespondParseError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL
-            .into_iter()
-            .find(|v| v.as_str() == s)
-            .ok_or_else(|| RespondParseError {
-                what: "ActionState",
-                value: s.to_owned(),
-            })
-    }
-}
+text_enum!(ActionState);
 
 /// Findings of one subject (a device, else a source address) and one kind, grouped.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
