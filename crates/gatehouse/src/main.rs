@@ -2,6 +2,7 @@
 
 mod auth;
 mod config;
+mod demo;
 mod https;
 mod registry_cli;
 mod replay;
@@ -44,6 +45,11 @@ enum Command {
     },
     /// Hash a legacy-listener password read from standard input, for `legacy.users`.
     Passwd,
+    /// The whole loop on this machine: a server in a temporary directory, a simulated
+    /// fleet that enrolls, runs and attacks, and a report of what was detected and done.
+    Demo(demo::DemoArgs),
+    /// Run the fleet simulator against a running server.
+    Sim(gatehouse_sim::fleet::cli::SimArgs),
     /// Benchmark Gatehouse against Mosquitto on this machine.
     Bench(gatehouse_sim::BenchArgs),
     /// Score the detectors on recorded, labelled traffic (pcap/pcapng captures, telemetry CSV).
@@ -172,6 +178,30 @@ fn main() -> anyhow::Result<()> {
                 .thread_name("gatehouse")
                 .build()?;
             rt.block_on(serve::run(settings))
+        }
+        Command::Demo(args) => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .thread_name("gatehouse")
+                .build()?;
+            rt.block_on(demo::run(args))
+        }
+        Command::Sim(args) => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| "warn".into()),
+                )
+                .with_writer(std::io::stderr)
+                .init();
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            let report = rt.block_on(gatehouse_sim::fleet::cli::run(args))?;
+            if !report.passed {
+                anyhow::bail!("the simulation failed: {}", report.failures.join("; "));
+            }
+            Ok(())
         }
         Command::Registry(command) => registry_cli::run(command, cli.config.as_deref()),
         Command::Replay(args) => replay::run(args),

@@ -49,6 +49,41 @@ fn server_names(extra: &[String]) -> (Vec<String>, Vec<IpAddr>) {
 
 /// Runs until SIGTERM or Ctrl-C, then shuts down gracefully.
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    let running = start(settings).await?;
+    wait_for_signal().await;
+    running.shutdown().await
+}
+
+/// A server started in this process: where it listens, and how to stop it.
+#[derive(Debug)]
+pub struct Running {
+    pub mqtts: std::net::SocketAddr,
+    pub https: std::net::SocketAddr,
+    pub mqtt: Option<std::net::SocketAddr>,
+    /// The CA bundle clients trust.
+    pub ca_file: std::path::PathBuf,
+    stop: watch::Sender<bool>,
+    broker: Broker,
+    listeners_file: std::path::PathBuf,
+}
+
+impl Running {
+    /// Stops the listeners and background work and saves the broker's state.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        info!("shutting down");
+        let _ = self.stop.send(true);
+        self.broker
+            .shutdown(Duration::from_secs(5))
+            .await
+            .context("saving broker state")?;
+        let _ = std::fs::remove_file(&self.listeners_file);
+        info!("stopped");
+        Ok(())
+    }
+}
+
+/// Starts every part of the server and returns once it listens.
+pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     std::fs::create_dir_all(&settings.data_dir)
         .with_context(|| format!("creating data directory {}", settings.data_dir.display()))?;
     let registry = open_registry(&settings)?;
@@ -227,17 +262,15 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     std::fs::write(&listeners_file, serde_json::to_vec_pretty(&listeners)?)
         .with_context(|| format!("writing {}", listeners_file.display()))?;
     info!(mqtts = %mqtts_addr, https = %https_addr, "Gatehouse is up");
-
-    wait_for_signal().await;
-    info!("shutting down");
-    let _ = stop_tx.send(true);
-    broker
-        .shutdown(Duration::from_secs(5))
-        .await
-        .context("saving broker state")?;
-    let _ = std::fs::remove_file(&listeners_file);
-    info!("stopped");
-    Ok(())
+    Ok(Running {
+        mqtts: mqtts_addr,
+        https: https_addr,
+        mqtt: plain_addr,
+        ca_file: settings.ca_dir().join("ca.crt"),
+        stop: stop_tx,
+        broker,
+        listeners_file,
+    })
 }
 
 /// A listening socket with `backlog` pending connections (the standard library's 128 drops
@@ -345,7 +378,7 @@ impl SessionControl for MqttsControl {
     }
 }
 
-async fn wait_for_signal() {
+pub async fn wait_for_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};

@@ -10,5 +10,6 @@
 pub mod bench;
 pub mod client;
 pub mod est;
+pub mod fleet;
 
 pub use bench::{BenchArgs, run};

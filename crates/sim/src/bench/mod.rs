@@ -27,7 +27,7 @@ use rustls_pki_types::ServerName;
 
 pub use args::{BenchArgs, MqttVersion, ScenarioArg, TargetArg, parse_duration};
 pub use broker::{MAX_INFLIGHT, MAX_QUEUED, MOSQUITTO_MAX_INFLIGHT};
-pub use machine::Machine;
+pub use machine::{Machine, raise_nofile_limit};
 pub use report::{Better, BrokerKind, Comparison, Figure, Report, Row, ScenarioReport, Target};
 
 use broker::{Binaries, Broker};

@@ -1,0 +1,164 @@
+//! `gatehouse demo`: the whole loop on this machine in one command. A server is started in
+//! this process on a temporary data directory, with its plain MQTT listener open for
+//! legacy devices; the fleet simulator enrolls a fleet against it, lets it run, turns a
+//! few devices into attackers, and reports what the server detected and did.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
+use gatehouse_sim::fleet::cli::FleetArgs;
+use gatehouse_sim::fleet::{self, Narrator, Target};
+use rustls_pki_types::ServerName;
+
+use crate::config::Settings;
+
+/// Options of `gatehouse demo`.
+#[derive(Debug, clap::Args)]
+pub struct DemoArgs {
+    /// Exit after the report (with status 1 if an attack went undetected or a benign
+    /// device was quarantined) instead of keeping the server up until Ctrl-C.
+    #[arg(long)]
+    pub once: bool,
+    /// Print the report as JSON on standard output (the narration stays on standard error).
+    #[arg(long)]
+    pub json: bool,
+    /// Keep the server's state in this directory instead of a temporary one.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub fleet: FleetArgs,
+}
+
+/// The demo server's configuration: every listener on a free loopback port, a plain MQTT
+/// listener with one legacy user (whose password nobody knows) for the brute force to
+/// hammer, and bans allowed on every loopback address but 127.0.0.0/24, where the benign
+/// devices live (the attackers come from 127.0.1.x).
+fn config_toml(data_dir: &Path, devices: usize) -> anyhow::Result<String> {
+    let mut secret = [0u8; 24];
+    getrandom::fill(&mut secret).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+    let hash = crate::auth::hash_password(&secret)?;
+    Ok(format!(
+        r#"# Written by gatehouse demo.
+data_dir = {data_dir:?}
+
+[listeners]
+mqtts = "127.0.0.1:0"
+https = "127.0.0.1:0"
+mqtt = "127.0.0.1:0"
+
+[limits]
+max_connections = {max_connections}
+
+[[legacy.users]]
+username = "meter-legacy-1"
+password_hash = "{hash}"
+
+[respond]
+never_ban = ["127.0.0.0/24", "::1"]
+
+[log]
+level = "info"
+"#,
+        data_dir = data_dir.display().to_string(),
+        max_connections = (devices + 1000).max(100_000),
+    ))
+}
+
+/// Server logs go to a file in the demo's directory, not over the narration.
+fn init_file_logging(path: &Path) -> anyhow::Result<()> {
+    let file = std::fs::File::create(path)
+        .with_context(|| format!("creating the log file {}", path.display()))?;
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_ansi(false)
+        .with_writer(std::sync::Mutex::new(file))
+        .init();
+    Ok(())
+}
+
+/// Runs the demo.
+pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    let temp;
+    let dir = match &args.data_dir {
+        Some(d) => {
+            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+            d.clone()
+        }
+        None => {
+            temp = tempfile::Builder::new()
+                .prefix("gatehouse-demo-")
+                .tempdir()
+                .context("creating a temporary directory")?;
+            temp.path().to_path_buf()
+        }
+    };
+    let narrator = Narrator::stderr();
+    let log = dir.join("gatehouse.log");
+    init_file_logging(&log)?;
+    let config = dir.join("gatehouse.toml");
+    std::fs::write(&config, config_toml(&dir.join("data"), args.fleet.devices)?)
+        .with_context(|| format!("writing {}", config.display()))?;
+    let settings = Settings::load(Some(&config))?;
+    narrator.say(format!(
+        "gatehouse demo: starting a server in {} (logs: {})",
+        dir.display(),
+        log.display()
+    ));
+    let server = crate::serve::start(settings).await?;
+    narrator.say(format!(
+        "server up: MQTTS {}, HTTPS {}, legacy MQTT {}",
+        server.mqtts,
+        server.https,
+        server
+            .mqtt
+            .map_or_else(|| "off".to_owned(), |a| a.to_string())
+    ));
+    let pem = std::fs::read_to_string(&server.ca_file)
+        .with_context(|| format!("reading {}", server.ca_file.display()))?;
+    let target = Target {
+        https: server.https,
+        mqtts: server.mqtts,
+        legacy: server.mqtt,
+        server_name: ServerName::try_from("localhost")
+            .context("server name")?
+            .to_owned(),
+        anchors: gatehouse_pki::load_certs_pem(&pem)?,
+    };
+    let opts = args.fleet.options(true, String::new())?;
+    let outcome = tokio::select! {
+        r = fleet::run(target, opts, &narrator) => r,
+        () = crate::serve::wait_for_signal() => Err(anyhow::anyhow!("interrupted")),
+    };
+    let report = match outcome {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = server.shutdown().await;
+            return Err(e);
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
+    } else {
+        write!(out, "\n{}", report.to_text())?;
+    }
+    drop(out);
+    if !args.once {
+        narrator.say(format!(
+            "\nThe server keeps running with the fleet's state: REST API https://localhost:{}/api/v1/incidents \
+             (trust {}), MQTTS localhost:{}. Ctrl-C stops it.",
+            server.https.port(),
+            server.ca_file.display(),
+            server.mqtts.port()
+        ));
+        crate::serve::wait_for_signal().await;
+    }
+    server.shutdown().await?;
+    if !report.passed {
+        bail!("the demo failed: {}", report.failures.join("; "));
+    }
+    Ok(())
+}

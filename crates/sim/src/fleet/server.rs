@@ -1,0 +1,156 @@
+//! Where the simulated fleet's server is, and the REST calls the simulator makes to it:
+//! registering the simulated manufacturer, models and claims, and reading back what the
+//! server made of the fleet (incidents, actions, trust).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use rustls::client::Resumption;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use serde_json::Value;
+
+use crate::est::{HttpsConnection, HttpsTarget};
+
+/// How long one REST exchange may take.
+const REST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The server under simulation.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The HTTPS listener (EST and REST).
+    pub https: SocketAddr,
+    /// The MQTTS listener.
+    pub mqtts: SocketAddr,
+    /// The plain MQTT listener for legacy devices, if it has one.
+    pub legacy: Option<SocketAddr>,
+    /// The name the server's certificates carry.
+    pub server_name: ServerName<'static>,
+    /// The CA certificates that anchor the server's certificates.
+    pub anchors: Vec<CertificateDer<'static>>,
+}
+
+impl Target {
+    /// The base URL devices enroll against.
+    pub fn https_url(&self) -> String {
+        let host = match &self.server_name {
+            ServerName::DnsName(d) => d.as_ref().to_owned(),
+            ServerName::IpAddress(ip) => match std::net::IpAddr::from(*ip) {
+                std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+                v4 => v4.to_string(),
+            },
+            _ => self.https.ip().to_string(),
+        };
+        format!("https://{host}:{}", self.https.port())
+    }
+
+    fn roots(&self) -> anyhow::Result<rustls::RootCertStore> {
+        let mut roots = rustls::RootCertStore::empty();
+        for a in &self.anchors {
+            roots
+                .add(a.clone())
+                .context("a CA certificate is not usable")?;
+        }
+        Ok(roots)
+    }
+
+    /// A TLS client configuration trusting the server's CA, presenting `identity` (a chain
+    /// and its key) if given.
+    pub fn client_tls(
+        &self,
+        identity: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+        alpn_http: bool,
+    ) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_protocol_versions(rustls::ALL_VERSIONS)?
+        .with_root_certificates(self.roots()?);
+        let mut config = match identity {
+            Some((chain, key)) => builder.with_client_auth_cert(chain, key)?,
+            None => builder.with_no_client_auth(),
+        };
+        config.resumption = Resumption::disabled();
+        if alpn_http {
+            config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        }
+        Ok(Arc::new(config))
+    }
+}
+
+/// The server's REST API, without a client certificate.
+#[derive(Debug, Clone)]
+pub struct Api {
+    target: HttpsTarget,
+}
+
+impl Api {
+    pub fn new(target: &Target) -> anyhow::Result<Self> {
+        Ok(Self {
+            target: HttpsTarget {
+                addr: target.https,
+                bind: None,
+                server_name: target.server_name.clone(),
+                tls: target.client_tls(None, true)?,
+                timeout: REST_TIMEOUT,
+            },
+        })
+    }
+
+    /// GET `path`, JSON; fails unless 200.
+    pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
+        let mut conn = HttpsConnection::connect(&self.target)
+            .await
+            .with_context(|| format!("GET {path}"))?;
+        let r = conn
+            .get(path)
+            .await
+            .with_context(|| format!("GET {path}"))?;
+        if r.status != 200 {
+            bail!(
+                "GET {path}: {} {}",
+                r.status,
+                String::from_utf8_lossy(&r.body).trim()
+            );
+        }
+        serde_json::from_slice(&r.body).with_context(|| format!("GET {path}: not JSON"))
+    }
+
+    /// POST `body` to `path`; fails unless the status is one of `ok`. Returns the status
+    /// and the JSON answer (`null` when the answer is empty or not JSON).
+    pub async fn post(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: Vec<u8>,
+        ok: &[u16],
+    ) -> anyhow::Result<(u16, Value)> {
+        let mut conn = HttpsConnection::connect(&self.target)
+            .await
+            .with_context(|| format!("POST {path}"))?;
+        let r = conn
+            .post(path, content_type, None, body)
+            .await
+            .with_context(|| format!("POST {path}"))?;
+        if !ok.contains(&r.status) {
+            bail!(
+                "POST {path}: {} {}",
+                r.status,
+                String::from_utf8_lossy(&r.body).trim()
+            );
+        }
+        Ok((
+            r.status,
+            serde_json::from_slice(&r.body).unwrap_or(Value::Null),
+        ))
+    }
+
+    /// POST JSON.
+    pub async fn post_json(&self, path: &str, body: &Value, ok: &[u16]) -> anyhow::Result<Value> {
+        Ok(self
+            .post(path, "application/json", serde_json::to_vec(body)?, ok)
+            .await?
+            .1)
+    }
+}
