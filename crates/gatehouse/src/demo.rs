@@ -13,6 +13,10 @@ use rustls_pki_types::ServerName;
 
 use crate::config::Settings;
 
+/// The demo's fleet unless `--devices` says otherwise: big enough for every model's
+/// cohort and every scenario, small enough to finish in seconds.
+const DEMO_DEVICES: usize = 200;
+
 /// Options of `gatehouse demo`.
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
@@ -95,12 +99,27 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             temp.path().to_path_buf()
         }
     };
+    // The server and the fleet share this process: two open files per device.
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+    let (nofile, _) = rlimit::getrlimit(rlimit::Resource::NOFILE).unwrap_or((0, 0));
+    let needed = 2 * args.fleet.devices_or(DEMO_DEVICES) as u64 + 512;
+    if !args.fleet.enroll_only && nofile > 0 && nofile < needed {
+        bail!(
+            "a demo of {} devices needs about {needed} open files in this process (the server's \
+             side and the device's side of each connection) but may open {nofile}: run fewer \
+             devices, or `gatehouse serve` and `gatehouse sim` as two processes",
+            args.fleet.devices_or(DEMO_DEVICES)
+        );
+    }
     let narrator = Narrator::stderr();
     let log = dir.join("gatehouse.log");
     init_file_logging(&log)?;
     let config = dir.join("gatehouse.toml");
-    std::fs::write(&config, config_toml(&dir.join("data"), args.fleet.devices)?)
-        .with_context(|| format!("writing {}", config.display()))?;
+    std::fs::write(
+        &config,
+        config_toml(&dir.join("data"), args.fleet.devices_or(DEMO_DEVICES))?,
+    )
+    .with_context(|| format!("writing {}", config.display()))?;
     let settings = Settings::load(Some(&config))?;
     narrator.say(format!(
         "gatehouse demo: starting a server in {} (logs: {})",
@@ -127,7 +146,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             .to_owned(),
         anchors: gatehouse_pki::load_certs_pem(&pem)?,
     };
-    let opts = args.fleet.options(true, String::new())?;
+    let opts = args.fleet.options(true, String::new(), DEMO_DEVICES)?;
     let outcome = tokio::select! {
         r = fleet::run(target, opts, &narrator) => r,
         () = crate::serve::wait_for_signal() => Err(anyhow::anyhow!("interrupted")),

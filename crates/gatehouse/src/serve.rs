@@ -84,6 +84,7 @@ impl Running {
 
 /// Starts every part of the server and returns once it listens.
 pub async fn start(settings: Settings) -> anyhow::Result<Running> {
+    check_open_file_limit(settings.broker.limits.max_connections);
     std::fs::create_dir_all(&settings.data_dir)
         .with_context(|| format!("creating data directory {}", settings.data_dir.display()))?;
     let registry = open_registry(&settings)?;
@@ -271,6 +272,25 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         broker,
         listeners_file,
     })
+}
+
+/// Every connection is an open file: raises the soft limit to the hard one, and says so
+/// when even that is below what `limits.max_connections` promises (connections beyond it
+/// then fail to be accepted).
+fn check_open_file_limit(max_connections: usize) {
+    if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
+        warn!(error = %e, "could not raise the open-file limit");
+    }
+    let (soft, hard) = rlimit::getrlimit(rlimit::Resource::NOFILE).unwrap_or((0, 0));
+    let needed = max_connections as u64 + 1024;
+    if max_connections > 0 && soft > 0 && soft < needed {
+        warn!(
+            open_files = soft,
+            hard_limit = hard,
+            max_connections,
+            "the open-file limit is below limits.max_connections: raise it (ulimit -Hn, LimitNOFILE=) or lower max_connections"
+        );
+    }
 }
 
 /// A listening socket with `backlog` pending connections (the standard library's 128 drops

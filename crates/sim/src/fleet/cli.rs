@@ -39,9 +39,9 @@ pub struct SimArgs {
 /// What the fleet is and does (shared by `gatehouse sim` and `gatehouse demo`).
 #[derive(Debug, Clone, clap::Args)]
 pub struct FleetArgs {
-    /// Field devices (the operations console comes on top).
-    #[arg(long, default_value_t = 1000)]
-    pub devices: usize,
+    /// Field devices (the operations console comes on top) [default: 1000; demo: 200].
+    #[arg(long)]
+    pub devices: Option<usize>,
     /// Share of the devices that is compromised (at least one per scenario, at most half).
     #[arg(long, default_value_t = 0.02)]
     pub compromised: f64,
@@ -74,6 +74,10 @@ pub struct FleetArgs {
     /// list in the shared data when present, a built-in list otherwise).
     #[arg(long)]
     pub credentials: Option<PathBuf>,
+    /// Enroll the fleet over EST and stop there: the enrollment storm of a load run
+    /// (no sessions, so no open-file limit on the fleet's size).
+    #[arg(long)]
+    pub enroll_only: bool,
     /// Tenant that claims the fleet.
     #[arg(long, default_value = "sim")]
     pub tenant: String,
@@ -93,12 +97,24 @@ fn parse_scenario(s: &str) -> Result<Scenario, String> {
 }
 
 impl FleetArgs {
-    /// The fleet options for a server reached over loopback (`loopback`) or not.
-    pub fn options(&self, loopback: bool, run_id: String) -> anyhow::Result<FleetOptions> {
+    /// Field devices asked for, or `default`.
+    pub fn devices_or(&self, default: usize) -> usize {
+        self.devices.unwrap_or(default)
+    }
+
+    /// The fleet options for a server reached over loopback (`loopback`) or not, with
+    /// `default_devices` unless `--devices` was given.
+    pub fn options(
+        &self,
+        loopback: bool,
+        run_id: String,
+        default_devices: usize,
+    ) -> anyhow::Result<FleetOptions> {
+        let devices = self.devices_or(default_devices);
         if !(0.0..=0.5).contains(&self.compromised) {
             bail!("--compromised is a share between 0 and 0.5");
         }
-        if self.devices == 0 || self.devices > 1_000_000 {
+        if devices == 0 || devices > 1_000_000 {
             bail!("--devices must be between 1 and 1,000,000");
         }
         let credentials = self.credentials.clone().or_else(|| {
@@ -107,9 +123,9 @@ impl FleetArgs {
         });
         let sources = self
             .source_addrs
-            .unwrap_or_else(|| (self.devices / 2000 + 1).max(8));
+            .unwrap_or_else(|| (devices / 2000 + 1).max(8));
         Ok(FleetOptions {
-            devices: self.devices,
+            devices,
             compromised: self.compromised,
             scenarios: if self.scenarios.is_empty() {
                 report::ALL.to_vec()
@@ -135,6 +151,7 @@ impl FleetArgs {
             },
             commands_per_sec: self.commands_per_sec,
             credentials,
+            enroll_only: self.enroll_only,
             ..FleetOptions::default()
         })
     }
@@ -199,7 +216,7 @@ pub async fn run(args: SimArgs) -> anyhow::Result<FleetReport> {
         anchors,
     };
     let loopback = mqtts.ip().is_loopback();
-    let opts = args.fleet.options(loopback, run_id())?;
+    let opts = args.fleet.options(loopback, run_id(), 1000)?;
     let narrator = Narrator::stderr();
     if !loopback {
         narrator.say(

@@ -93,6 +93,8 @@ pub struct FleetOptions {
     pub commands_per_sec: f64,
     /// A `username,password` CSV of the credentials a brute force tries.
     pub credentials: Option<PathBuf>,
+    /// Enroll the fleet and stop there (the enrollment storm of a load run).
+    pub enroll_only: bool,
 }
 
 impl Default for FleetOptions {
@@ -113,6 +115,7 @@ impl Default for FleetOptions {
             attacker_addrs: Vec::new(),
             commands_per_sec: 5.0,
             credentials: None,
+            enroll_only: false,
         }
     }
 }
@@ -208,7 +211,18 @@ pub async fn run(
     narrator: &Narrator,
 ) -> anyhow::Result<FleetReport> {
     let started = Instant::now();
-    crate::bench::raise_nofile_limit();
+    let (nofile, _) = crate::bench::raise_nofile_limit();
+    let needed = opts.devices as u64 + 256;
+    if !opts.enroll_only && nofile > 0 && nofile < needed {
+        bail!(
+            "{} devices need {} open connections in this process, but it may open only \
+             {nofile} files (its hard limit; raising it needs CAP_SYS_RESOURCE or a higher \
+             `ulimit -Hn`). Run fewer devices per process, or --enroll-only for an \
+             enrollment storm",
+            opts.devices,
+            opts.devices + 1
+        );
+    }
     let api = Api::new(&target)?;
     let run_id = opts.run_id.clone();
     let plan = plan(opts.devices, opts.compromised, &opts.scenarios, &run_id);
@@ -285,7 +299,8 @@ pub async fn run(
     let idevid_devices: Vec<usize> = (0..n)
         .filter(|i| plan.kinds[*i].enroll_via() == models::EnrollVia::Idevid)
         .collect();
-    for chunk in idevid_devices.chunks(5000) {
+    // The API takes bodies of at most 64 KiB: 500 claims a request.
+    for chunk in idevid_devices.chunks(500) {
         let serials: Vec<Value> = chunk
             .iter()
             .map(|i| json!({ "serial": plan.ids[*i], "expected_model": model_id(plan.kinds[*i]) }))
@@ -444,6 +459,14 @@ pub async fn run(
     if enrolled.is_empty() {
         report.judge();
         bail!("no device enrolled{}", first_error(&enroll_errors));
+    }
+    if opts.enroll_only {
+        report.compromised = 0;
+        report.benign = n;
+        report.load.process_rss_mib = process_rss_mib();
+        report.elapsed_secs = started.elapsed().as_secs_f64();
+        report.judge();
+        return Ok(report);
     }
 
     // Sessions.

@@ -257,6 +257,10 @@ impl FleetReport {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
+        if self.scenarios.is_empty() {
+            let _ = writeln!(o, "\nelapsed {:.1} s (enrollment only)", self.elapsed_secs);
+            return o;
+        }
         let _ = writeln!(o, "\nAttacks");
         for s in &self.scenarios {
             let ttb = s.time_to_block_ms.map_or("not blocked".to_owned(), |ms| {
