@@ -83,6 +83,8 @@ struct Server {
     https: String,
     mqtts: std::net::SocketAddr,
     ca: PathBuf,
+    /// An API token of the admin operator `e2e`.
+    token: String,
     _child: Child,
 }
 
@@ -137,14 +139,27 @@ impl Server {
                 .map(str::to_owned)
                 .with_context(|| format!("listeners.json has no {k}: {json}"))
         };
-        Ok(Self {
+        let mut server = Self {
             https: format!("https://{}", field("https")?),
             mqtts: field("mqtts")?.parse()?,
             ca: PathBuf::from(field("ca")?),
             config,
             dir,
+            token: String::new(),
             _child: child,
-        })
+        };
+        server
+            .cli(&["admin", "create", "e2e", "--role", "admin", "--json"])
+            .await?;
+        let out = server
+            .cli(&["admin", "token", "e2e", "--label", "e2e", "--json"])
+            .await?;
+        let v: serde_json::Value = serde_json::from_str(&out)?;
+        server.token = v["token"]
+            .as_str()
+            .context("admin token printed no token")?
+            .to_owned();
+        Ok(server)
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -195,7 +210,8 @@ impl Server {
             .connect(ServerName::try_from("127.0.0.1")?, tcp)
             .await?;
         let request = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            self.token,
             body.len()
         );
         tls.write_all(request.as_bytes()).await?;

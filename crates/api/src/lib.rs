@@ -10,12 +10,16 @@
 //! handed to the handlers as [`ConnInfo`], and EST verifies it against the manufacturer CAs
 //! (IDevID) or the local CA (renewal) on every request.
 //!
-//! Until operator authentication exists the API has no login: it listens on loopback by
-//! default, and its actions are audited as `api:<peer address>`.
+//! Everything under `/api/v1` but the login needs an operator ([`auth`]): an API token or
+//! a dashboard session, a role that allows the route, and a tenant that the operator may
+//! see. Every change is audited as `operator:<name>`.
 
+mod audit_scope;
+pub mod auth;
 pub mod detection;
 pub mod est;
 mod metrics;
+mod operators;
 mod problem;
 pub mod rest;
 mod revocation;
@@ -37,6 +41,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::debug;
 
+pub use auth::{Auth, AuthSettings, Principal};
 pub use detection::{
     ActionError, AddrRange, DetectionMetrics, DetectionService, DetectionSettings,
     SeverityPenalties,
@@ -98,6 +103,8 @@ pub struct ApiState {
     pub trust: Option<Arc<TrustService>>,
     /// Detection and response; `None` where detection is off.
     pub detection: Option<Arc<detection::DetectionService>>,
+    /// Operators, sessions and API tokens.
+    pub auth: Arc<Auth>,
 }
 
 impl std::fmt::Debug for ApiState {
@@ -118,12 +125,20 @@ pub struct ConnInfo {
 
 /// EST, CRLs and the REST API, with the body limit applied.
 pub fn router(state: ApiState, limits: HttpLimits) -> Router {
-    Router::new()
-        .merge(est::routes())
-        .merge(revocation::routes())
+    let operator_routes = Router::new()
         .merge(rest::routes())
         .merge(trust::routes::routes())
         .merge(detection::routes())
+        .merge(operators::routes())
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
+        ));
+    Router::new()
+        .merge(est::routes())
+        .merge(revocation::routes())
+        .merge(rest::public_routes())
+        .merge(operator_routes)
         .with_state(state)
         .layer(DefaultBodyLimit::max(limits.max_body))
         .layer(axum::middleware::from_fn(

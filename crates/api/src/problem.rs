@@ -26,7 +26,8 @@ pub(crate) struct ProblemBody {
 pub(crate) struct ProblemDetail {
     /// The HTTP status.
     status: u16,
-    /// Stable code: `bad_request`, `not_found`, `conflict`, `invalid`, `internal`.
+    /// Stable code: `bad_request`, `unauthorized`, `forbidden`, `not_found`, `conflict`,
+    /// `invalid`, `too_many_requests`, `internal`.
     code: String,
     /// What went wrong.
     message: String,
@@ -36,6 +37,21 @@ impl Problem {
     /// 400.
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(400, "bad_request", message)
+    }
+
+    /// 401: no credentials, or credentials not accepted.
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(401, "unauthorized", message)
+    }
+
+    /// 403: authenticated, but not allowed.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(403, "forbidden", message)
+    }
+
+    /// 429.
+    pub fn too_many_requests(message: impl Into<String>) -> Self {
+        Self::new(429, "too_many_requests", message)
     }
 
     /// 404.

@@ -2,8 +2,9 @@
 //! from these handlers and types.
 //!
 //! Every error is a [`Problem`] body. Lists of devices are paged with an opaque `cursor`.
-//! Every change is written with its audit record in one transaction; the actor is
-//! `api:<client address>` until operator authentication exists.
+//! Every change is written with its audit record in one transaction; the actor is the
+//! operator of the request's token or session (`operator:<name>`), and every handler checks
+//! that the operator may see the tenant of what it reads or changes ([`crate::auth`]).
 
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
@@ -22,7 +23,7 @@ use time::OffsetDateTime;
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
 use crate::problem::ProblemBody;
-use crate::{ApiState, ConnInfo, Problem};
+use crate::{ApiState, Principal, Problem};
 
 type ApiResult<T> = Result<T, Problem>;
 
@@ -53,21 +54,57 @@ type ApiResult<T> = Result<T, Problem>;
         audit_records,
         audit_verify
     ),
-    components(schemas(ProblemBody))
+    components(schemas(ProblemBody)),
+    modifiers(&SecuritySchemes),
+    security(("bearer" = []), ("session" = []))
 )]
 struct ApiDoc;
+
+/// The two ways to authenticate: an API token, or the dashboard's session cookie (with
+/// its CSRF token in `X-CSRF-Token` on changes).
+struct SecuritySchemes;
+
+impl utoipa::Modify for SecuritySchemes {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{
+            ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme,
+        };
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("An API token, gha_<id>_<secret>"))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "session",
+            SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::with_description(
+                crate::auth::SESSION_COOKIE,
+                "The dashboard session, from POST /api/v1/session/login",
+            ))),
+        );
+    }
+}
 
 /// The OpenAPI document, JSON.
 pub fn openapi_json() -> String {
     let mut doc = ApiDoc::openapi();
     doc.merge(<crate::trust::routes::TrustDoc as OpenApi>::openapi());
     doc.merge(<crate::detection::DetectionDoc as OpenApi>::openapi());
+    doc.merge(<crate::operators::OperatorsDoc as OpenApi>::openapi());
     doc.to_pretty_json().unwrap_or_else(|_| "{}".to_owned())
+}
+
+/// Routes anyone may call: the OpenAPI document.
+pub(crate) fn public_routes() -> Router<ApiState> {
+    Router::new().route("/api/openapi.json", get(openapi))
 }
 
 pub(crate) fn routes() -> Router<ApiState> {
     Router::new()
-        .route("/api/openapi.json", get(openapi))
         .route("/api/v1/tenants", get(list_tenants).post(create_tenant))
         .route(
             "/api/v1/manufacturers",
@@ -95,10 +132,6 @@ pub(crate) fn routes() -> Router<ApiState> {
 
 async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], openapi_json()).into_response()
-}
-
-pub(crate) fn actor(conn: &ConnInfo) -> String {
-    format!("api:{}", conn.peer.ip())
 }
 
 fn now() -> OffsetDateTime {
@@ -157,12 +190,16 @@ struct NewTenantDto {
 /// List tenants.
 #[utoipa::path(get, path = "/api/v1/tenants", tag = "registry",
     responses((status = 200, body = Vec<TenantDto>)))]
-async fn list_tenants(State(s): State<ApiState>) -> ApiResult<Json<Vec<TenantDto>>> {
+async fn list_tenants(
+    State(s): State<ApiState>,
+    Extension(who): Extension<Principal>,
+) -> ApiResult<Json<Vec<TenantDto>>> {
     blocking(move || {
         Ok(Json(
             s.registry
                 .list_tenants()?
                 .into_iter()
+                .filter(|t| who.sees(&t.id))
                 .map(Into::into)
                 .collect(),
         ))
@@ -176,16 +213,17 @@ async fn list_tenants(State(s): State<ApiState>) -> ApiResult<Json<Vec<TenantDto
         (status = 422, body = ProblemBody)))]
 async fn create_tenant(
     State(s): State<ApiState>,
-    Extension(conn): Extension<ConnInfo>,
+    Extension(who): Extension<Principal>,
     Json(body): Json<NewTenantDto>,
 ) -> ApiResult<(StatusCode, Json<TenantDto>)> {
+    who.require_unscoped()?;
     let id = parse("tenant", &body.id, TenantId::new)?;
     let name = if body.display_name.is_empty() {
         body.id.clone()
     } else {
         body.display_name
     };
-    let audit = AuditEntry::new(now(), actor(&conn), "create_tenant", id.to_string());
+    let audit = AuditEntry::new(now(), who.actor(), "create_tenant", id.to_string());
     blocking(move || {
         let t = s.registry.create_tenant(&id, &name, &audit)?;
         Ok((StatusCode::CREATED, Json(t.into())))
@@ -259,9 +297,10 @@ async fn list_manufacturers(State(s): State<ApiState>) -> ApiResult<Json<Vec<Man
         (status = 422, body = ProblemBody)))]
 async fn create_manufacturer(
     State(s): State<ApiState>,
-    Extension(conn): Extension<ConnInfo>,
+    Extension(who): Extension<Principal>,
     Json(body): Json<NewManufacturerDto>,
 ) -> ApiResult<(StatusCode, Json<ManufacturerDto>)> {
+    who.require_unscoped()?;
     let id = parse("manufacturer", &body.id, ManufacturerId::new)?;
     if body.idevid_ca_pems.is_empty() {
         return Err(Problem::invalid(
@@ -282,7 +321,7 @@ async fn create_manufacturer(
         idevid_ca_pems: body.idevid_ca_pems,
         model_mapping: ModelRule::format_list(&rules),
     };
-    let audit = AuditEntry::new(now(), actor(&conn), "add_manufacturer", id.to_string());
+    let audit = AuditEntry::new(now(), who.actor(), "add_manufacturer", id.to_string());
     blocking(move || {
         let m = s.registry.add_manufacturer(&m, &audit)?;
         Ok((StatusCode::CREATED, Json(m.into())))
@@ -347,9 +386,10 @@ async fn list_models(State(s): State<ApiState>) -> ApiResult<Json<Vec<ModelDto>>
         (status = 409, body = ProblemBody)))]
 async fn create_model(
     State(s): State<ApiState>,
-    Extension(conn): Extension<ConnInfo>,
+    Extension(who): Extension<Principal>,
     Json(body): Json<NewModelDto>,
 ) -> ApiResult<(StatusCode, Json<ModelDto>)> {
+    who.require_unscoped()?;
     let m = NewModel {
         id: parse("model", &body.id, ModelId::new)?,
         manufacturer: parse("manufacturer", &body.manufacturer, ManufacturerId::new)?,
@@ -359,7 +399,7 @@ async fn create_model(
             body.display_name
         },
     };
-    let audit = AuditEntry::new(now(), actor(&conn), "add_model", m.id.to_string());
+    let audit = AuditEntry::new(now(), who.actor(), "add_model", m.id.to_string());
     blocking(move || {
         let m = s.registry.add_model(&m, &audit)?;
         Ok((StatusCode::CREATED, Json(m.into())))
@@ -381,10 +421,11 @@ struct ProfileVersionDto {
         (status = 422, body = ProblemBody)))]
 async fn add_profile(
     State(s): State<ApiState>,
-    Extension(conn): Extension<ConnInfo>,
+    Extension(who): Extension<Principal>,
     Path(model): Path<String>,
     body: String,
 ) -> ApiResult<(StatusCode, Json<ProfileVersionDto>)> {
+    who.require_unscoped()?;
     let model = parse("model", &model, ModelId::new)?;
     let profile = gatehouse_trust::profile::ModelProfile::parse(&body)
         .map_err(|e| Problem::invalid(format!("invalid profile: {e}")))?;
@@ -394,7 +435,7 @@ async fn add_profile(
             profile.model()
         )));
     }
-    let audit = AuditEntry::new(now(), actor(&conn), "add_model_profile", model.to_string());
+    let audit = AuditEntry::new(now(), who.actor(), "add_model_profile", model.to_string());
     blocking(move || {
         let registered = s
             .registry
@@ -446,11 +487,12 @@ struct ClaimsAddedDto {
     responses((status = 200, body = ClaimsAddedDto), (status = 409, body = ProblemBody)))]
 async fn add_claims(
     State(s): State<ApiState>,
-    Extension(conn): Extension<ConnInfo>,
+    Extension(who): Extension<Principal>,
     Path(tenant): Path<String>,
     Json(body): Json<NewClaimsDto>,
 ) -> ApiResult<Json<ClaimsAddedDto>> {
     let tenant = parse("tenant", &tenant, TenantId::new)?;
+    who.check_tenant(&tenant, || format!("tenant {tenant}"))?;
     let manufacturer = parse("manufacturer", &body.manufacturer, ManufacturerId::new)?;
     let mut claims = Vec::with_capacity(body.serials.len());
     for c in body.serials {
@@ -467,7 +509,7 @@ async fn add_claims(
             expected_model,
         });
     }
-    let audit = AuditEntry::new(now(), actor(&conn), "add_claims", tenant.to_string())
+    let audit = AuditEntry::new(now(), who.actor(), "add_claims", tenant.to_string())
         .detail(json!({ "manufacturer": manufacturer.as_str(), "count": claims.len() }));
     blocking(move || {
         let added = s
@@ -579,14 +621,15 @@ struct DeviceQuery {
     responses((status = 200, body = DevicePageDto), (status = 400, body = ProblemBody)))]
 async fn list_devices(
     State(s): State<ApiState>,
+    Extension(who): Extension<Principal>,
     Query(q): Query<DeviceQuery>,
 ) -> ApiResult<Json<DevicePageDto>> {
     let filter =
         DeviceFilter {
-            tenant: match q.tenant {
+            tenant: who.narrow(match q.tenant {
                 Some(t) => Some(parse("tenant", &t, TenantId::new)?),
                 None => None,
-            },
+            })?,
             status: match q.status.as_deref() {
                 None => None,
                 Some(st) => Some(serde_json::from_value::<DeviceStatus>(json!(st)).map_err(
@@ -623,9 +666,11 @@ pub(crate) fn device_ref(tenant: &str, device: &str) -> ApiResult<DeviceRef> {
     responses((status = 200, body = DeviceDetailDto), (status = 404, body = ProblemBody)))]
 async fn get_device(
     State(s): State<ApiState>,
+    Extension(who): Extension<Principal>,
     Path((tenant, device)): Path<(String, String)>,
 ) -> ApiResult<Json<DeviceDetailDto>> {
     let d = device_ref(&tenant, &device)?;
+    who.check_tenant(&d.tenant, || format!("device {d}"))?;
     blocking(move || {
         let device = s
             .registry
@@ -676,14 +721,15 @@ fn reason(r: Option<&str>) -> ApiResult<RevocationReason> {
     responses((status = 200, body = RevokedDto), (status = 404, body = ProblemBody)))]
 async fn revoke_device(
     State(s): State<ApiState>,
-    Extension(conn): Extension<ConnInfo>,
+    Extension(who): Extension<Principal>,
     Path((tenant, device)): Path<(String, String)>,
     body: Option<Json<RevokeDto>>,
 ) -> ApiResult<Json<RevokedDto>> {
     let d = device_ref(&tenant, &device)?;
+    who.check_tenant(&d.tenant, || format!("device {d}"))?;
     let body = body.map(|Json(b)| b).unwrap_or_default();
     let why = reason(body.reason.as_deref())?;
-    let audit = AuditEntry::new(now(), actor(&conn), "revoke", d.to_string())
+    let audit = AuditEntry::new(now(), who.actor(), "revoke", d.to_string())
         .reason(
             body.comment
                 .unwrap_or_else(|| "revoked through the API".to_owned()),
@@ -710,11 +756,12 @@ async fn revoke_device(
     responses((status = 200, body = DeviceDto), (status = 404, body = ProblemBody)))]
 async fn reinstate_device(
     State(s): State<ApiState>,
-    Extension(conn): Extension<ConnInfo>,
+    Extension(who): Extension<Principal>,
     Path((tenant, device)): Path<(String, String)>,
 ) -> ApiResult<Json<DeviceDto>> {
     let d = device_ref(&tenant, &device)?;
-    let audit = AuditEntry::new(now(), actor(&conn), "reinstate", d.to_string())
+    who.check_tenant(&d.tenant, || format!("device {d}"))?;
+    let audit = AuditEntry::new(now(), who.actor(), "reinstate", d.to_string())
         .reason("reinstated through the API: may enroll again");
     blocking(move || {
         let dev = s
@@ -744,9 +791,10 @@ struct BatchDto {
     responses((status = 200, body = RevokedDto), (status = 422, body = ProblemBody)))]
 async fn revoke_batch(
     State(s): State<ApiState>,
-    Extension(conn): Extension<ConnInfo>,
+    Extension(who): Extension<Principal>,
     Json(body): Json<BatchDto>,
 ) -> ApiResult<Json<RevokedDto>> {
+    who.require_unscoped()?;
     let manufacturer = parse("manufacturer", &body.manufacturer, ManufacturerId::new)?;
     let scope = match (body.serial_from, body.serial_to) {
         (None, None) => BatchScope::Manufacturer(manufacturer.clone()),
@@ -762,17 +810,12 @@ async fn revoke_batch(
         }
     };
     let why = reason(body.reason.as_deref())?;
-    let audit = AuditEntry::new(
-        now(),
-        actor(&conn),
-        "revoke_batch",
-        manufacturer.to_string(),
-    )
-    .reason(
-        body.comment
-            .unwrap_or_else(|| "batch revoked through the API".to_owned()),
-    )
-    .detail(json!({ "scope": format!("{scope:?}"), "reason": body.reason }));
+    let audit = AuditEntry::new(now(), who.actor(), "revoke_batch", manufacturer.to_string())
+        .reason(
+            body.comment
+                .unwrap_or_else(|| "batch revoked through the API".to_owned()),
+        )
+        .detail(json!({ "scope": format!("{scope:?}"), "reason": body.reason }));
     blocking(move || {
         let done = s.registry.revoke_batch(&scope, why, now(), &audit)?;
         let disconnected = s
@@ -850,7 +893,7 @@ struct NewTokenDto {
         (status = 422, body = ProblemBody)))]
 async fn create_token(
     State(s): State<ApiState>,
-    Extension(conn): Extension<ConnInfo>,
+    Extension(who): Extension<Principal>,
     Json(body): Json<NewTokenDto>,
 ) -> ApiResult<(StatusCode, Json<NewTokenSecretDto>)> {
     let lifetime = body.expires_in.unwrap_or(86_400);
@@ -864,9 +907,10 @@ async fn create_token(
         model: parse("model", &body.model, ModelId::new)?,
         max_uses: body.max_uses.unwrap_or(1),
         expires_at: now() + time::Duration::seconds(i64::try_from(lifetime).unwrap_or(86_400)),
-        created_by: actor(&conn),
+        created_by: who.actor(),
     };
-    let audit = AuditEntry::new(now(), actor(&conn), "create_token", t.tenant.to_string())
+    who.check_tenant(&t.tenant, || format!("tenant {}", t.tenant))?;
+    let audit = AuditEntry::new(now(), who.actor(), "create_token", t.tenant.to_string())
         .detail(json!({ "model": t.model.as_str(), "max_uses": t.max_uses }));
     blocking(move || {
         let (record, secret) = s.registry.create_token(&t, &audit)?;
@@ -891,9 +935,11 @@ struct TokenQuery {
     responses((status = 200, body = Vec<TokenDto>)))]
 async fn list_tokens(
     State(s): State<ApiState>,
+    Extension(who): Extension<Principal>,
     Query(q): Query<TokenQuery>,
 ) -> ApiResult<Json<Vec<TokenDto>>> {
     let tenant = parse("tenant", &q.tenant, TenantId::new)?;
+    who.check_tenant(&tenant, || format!("tenant {tenant}"))?;
     blocking(move || {
         Ok(Json(
             s.registry
@@ -912,12 +958,20 @@ async fn list_tokens(
     responses((status = 200, body = TokenDto), (status = 404, body = ProblemBody)))]
 async fn revoke_token(
     State(s): State<ApiState>,
-    Extension(conn): Extension<ConnInfo>,
+    Extension(who): Extension<Principal>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<TokenDto>> {
     let id = parse("token", &id, TokenId::new)?;
-    let audit = AuditEntry::new(now(), actor(&conn), "revoke_token", id.to_string());
-    blocking(move || Ok(Json(s.registry.revoke_token(&id, &audit)?.into()))).await
+    let audit = AuditEntry::new(now(), who.actor(), "revoke_token", id.to_string());
+    blocking(move || {
+        let token = s
+            .registry
+            .get_token(&id)?
+            .ok_or_else(|| Problem::not_found(format!("token {id} not found")))?;
+        who.check_tenant(&token.tenant, || format!("token {id}"))?;
+        Ok(Json(s.registry.revoke_token(&id, &audit)?.into()))
+    })
+    .await
 }
 
 // ---------------------------------------------------------------- audit
@@ -930,20 +984,25 @@ struct AuditQuery {
     limit: Option<usize>,
 }
 
-/// Audit records in order.
+/// Audit records in order. An operator bound to a tenant gets the records about that
+/// tenant's devices, tokens, claims, incidents, actions and operators only.
 #[utoipa::path(get, path = "/api/v1/audit", tag = "audit", params(AuditQuery),
     responses((status = 200, body = Vec<Object>)))]
 async fn audit_records(
     State(s): State<ApiState>,
+    Extension(who): Extension<Principal>,
     Query(q): Query<AuditQuery>,
 ) -> ApiResult<Json<Vec<serde_json::Value>>> {
     let from = q.from.unwrap_or(1);
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     blocking(move || {
-        let records = s
-            .registry
-            .audit_records(from, limit)
-            .map_err(Problem::internal)?;
+        let records = match &who.tenant {
+            None => s
+                .registry
+                .audit_records(from, limit)
+                .map_err(Problem::internal)?,
+            Some(own) => crate::audit_scope::records_of_tenant(&*s.registry, own, from, limit)?,
+        };
         Ok(Json(
             records
                 .iter()

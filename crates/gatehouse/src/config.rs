@@ -34,6 +34,7 @@ pub mod raw {
         pub trust: Trust,
         pub detect: Detect,
         pub respond: Respond,
+        pub api: Api,
         pub log: Log,
     }
 
@@ -52,6 +53,7 @@ pub mod raw {
                 trust: Trust::default(),
                 detect: Detect::default(),
                 respond: Respond::default(),
+                api: Api::default(),
                 log: Log::default(),
             }
         }
@@ -71,7 +73,7 @@ pub mod raw {
         fn default() -> Self {
             Self {
                 mqtts: SocketAddr::from(([0, 0, 0, 0], 8883)),
-                https: SocketAddr::from(([127, 0, 0, 1], 8443)),
+                https: SocketAddr::from(([0, 0, 0, 0], 8443)),
                 mqtt: None,
                 server_names: Vec::new(),
                 backlog: 1024,
@@ -344,6 +346,32 @@ pub mod raw {
 
     #[derive(Debug, Deserialize)]
     #[serde(deny_unknown_fields, default)]
+    pub struct Api {
+        #[serde(with = "humantime_serde")]
+        pub session_ttl: Duration,
+        pub max_failed_logins: u32,
+        #[serde(with = "humantime_serde")]
+        pub lockout: Duration,
+        pub logins_per_minute: u32,
+        #[serde(with = "humantime_serde")]
+        pub max_token_ttl: Duration,
+    }
+
+    impl Default for Api {
+        fn default() -> Self {
+            let d = gatehouse_api::AuthSettings::default();
+            Self {
+                session_ttl: d.session_ttl,
+                max_failed_logins: d.max_failed_logins,
+                lockout: d.lockout,
+                logins_per_minute: d.logins_per_minute,
+                max_token_ttl: d.max_token_ttl,
+            }
+        }
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields, default)]
     pub struct Log {
         pub level: String,
         pub format: LogFormat,
@@ -398,6 +426,8 @@ pub struct Settings {
     pub trust: TrustSettings,
     /// `[detect]` and `[respond]`; `None` when detection is off.
     pub detection: Option<gatehouse_api::DetectionSettings>,
+    /// `[api]`: operator sessions, logins and API tokens.
+    pub api: gatehouse_api::AuthSettings,
 }
 
 /// The topics of a device whose model has no profile: the static `[policy]` patterns, as
@@ -735,6 +765,23 @@ impl Settings {
         };
 
         let detection = detection_settings(raw.detect, raw.respond)?;
+        let api = &raw.api;
+        if api.session_ttl.is_zero() || api.session_ttl > Duration::from_secs(30 * 24 * 3600) {
+            bail!("api.session_ttl must be between 1s and 30days");
+        }
+        if api.logins_per_minute == 0 {
+            bail!("api.logins_per_minute must be at least 1");
+        }
+        if api.max_token_ttl.is_zero() {
+            bail!("api.max_token_ttl must be above zero");
+        }
+        let api = gatehouse_api::AuthSettings::new(
+            api.session_ttl,
+            api.max_failed_logins,
+            api.lockout,
+            api.logins_per_minute,
+            api.max_token_ttl,
+        );
 
         let data_dir = raw.data_dir;
         let save_interval = raw.persistence.save_interval;
@@ -762,6 +809,7 @@ impl Settings {
             ca,
             trust,
             detection,
+            api,
         })
     }
 

@@ -2,6 +2,10 @@
 //! this process on a temporary data directory, with its plain MQTT listener open for
 //! legacy devices; the fleet simulator enrolls a fleet against it, lets it run, turns a
 //! few devices into attackers, and reports what the server detected and did.
+//!
+//! The REST API requires an operator's API token: before the server starts, the demo
+//! creates the operator `demo` (role admin, no password) in the registry and a token for
+//! it, which the fleet uses and which is printed when the server stays up.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -9,13 +13,24 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, bail};
 use gatehouse_sim::fleet::cli::FleetArgs;
 use gatehouse_sim::fleet::{self, Narrator, Target};
+use gatehouse_store::{
+    AuditEntry, NewApiToken, NewOperator, OperatorName, OperatorStore as _, Role, SqliteStore,
+};
 use rustls_pki_types::ServerName;
+use serde_json::json;
+use time::OffsetDateTime;
 
 use crate::config::Settings;
 
 /// The demo's fleet unless `--devices` says otherwise: big enough for every model's
 /// cohort and every scenario, small enough to finish in seconds.
 const DEMO_DEVICES: usize = 200;
+
+/// The operator the demo creates for its REST calls.
+const DEMO_OPERATOR: &str = "demo";
+
+/// How long the demo's API token lives (the default of `gatehouse admin token`).
+const DEMO_TOKEN_LIFETIME: time::Duration = time::Duration::days(30);
 
 /// Options of `gatehouse demo`.
 #[derive(Debug, clap::Args)]
@@ -67,6 +82,61 @@ level = "info"
         data_dir = data_dir.display().to_string(),
         max_connections = (devices + 1000).max(100_000),
     ))
+}
+
+/// Creates the operator [`DEMO_OPERATOR`] (role admin, no password: it uses API tokens
+/// only) in the registry of `settings` unless it exists (a kept `--data-dir`), and a new
+/// API token for it; returns the token's text. Run before the server starts, so that the
+/// server's first start finds an operator and creates no `admin` with a password.
+fn demo_api_token(settings: &Settings) -> anyhow::Result<String> {
+    std::fs::create_dir_all(&settings.data_dir)
+        .with_context(|| format!("creating {}", settings.data_dir.display()))?;
+    let path = settings.db_path();
+    let store = SqliteStore::open(&path)
+        .with_context(|| format!("opening the registry {}", path.display()))?;
+    let name = OperatorName::new(DEMO_OPERATOR).context("the demo's operator name")?;
+    let entry = |action: &str| {
+        AuditEntry::new(OffsetDateTime::now_utc(), "system", action, DEMO_OPERATOR)
+            .reason("gatehouse demo")
+    };
+    let operator = match store.get_operator(&name)? {
+        Some(o) if o.disabled => bail!(
+            "the operator {DEMO_OPERATOR} in {} is disabled: enable it with `gatehouse \
+             admin enable {DEMO_OPERATOR}`, or use another --data-dir",
+            path.display()
+        ),
+        Some(o) => o,
+        None => store
+            .create_operator(
+                &NewOperator {
+                    name: name.clone(),
+                    role: Role::Admin,
+                    tenant: None,
+                    password_hash: None,
+                },
+                &entry("create_operator").detail(json!({ "role": Role::Admin })),
+            )
+            .with_context(|| format!("creating the operator {DEMO_OPERATOR}"))?,
+    };
+    let permissions = operator.role.permissions().to_vec();
+    let audit = entry("create_api_token");
+    let expires_at = audit.at + DEMO_TOKEN_LIFETIME;
+    let audit = audit.detail(json!({
+        "permissions": permissions,
+        "expires_at": expires_at.unix_timestamp(),
+    }));
+    let (_, text) = store
+        .create_api_token(
+            &NewApiToken {
+                operator: name,
+                label: "gatehouse demo".to_owned(),
+                permissions,
+                expires_at,
+            },
+            &audit,
+        )
+        .with_context(|| format!("creating an API token for {DEMO_OPERATOR}"))?;
+    Ok(text.expose().to_owned())
 }
 
 /// Server logs go to a file in the demo's directory, not over the narration.
@@ -121,6 +191,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     )
     .with_context(|| format!("writing {}", config.display()))?;
     let settings = Settings::load(Some(&config))?;
+    let api_token = demo_api_token(&settings)?;
     narrator.say(format!(
         "gatehouse demo: starting a server in {} (logs: {})",
         dir.display(),
@@ -145,6 +216,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             .context("server name")?
             .to_owned(),
         anchors: gatehouse_pki::load_certs_pem(&pem)?,
+        api_token: Some(api_token.clone()),
     };
     let opts = args.fleet.options(true, String::new(), DEMO_DEVICES)?;
     let outcome = tokio::select! {
@@ -167,11 +239,13 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     drop(out);
     if !args.once {
         narrator.say(format!(
-            "\nThe server keeps running with the fleet's state: REST API https://localhost:{}/api/v1/incidents \
-             (trust {}), MQTTS localhost:{}. Ctrl-C stops it.",
-            server.https.port(),
-            server.ca_file.display(),
-            server.mqtts.port()
+            "\nThe server keeps running with the fleet's state: REST API https://localhost:{port}/api/v1/incidents \
+             (trust {ca}), MQTTS localhost:{mqtts}. Ctrl-C stops it.\n\
+             The API takes the operator {DEMO_OPERATOR}'s token:\n\
+             \n    curl --cacert {ca} -H \"Authorization: Bearer {api_token}\" \\\n        https://localhost:{port}/api/v1/incidents\n",
+            port = server.https.port(),
+            ca = server.ca_file.display(),
+            mqtts = server.mqtts.port(),
         ));
         crate::serve::wait_for_signal().await;
     }

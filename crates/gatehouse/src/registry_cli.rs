@@ -6,6 +6,7 @@
 //! Each command prints text for people, or JSON with `--json`. A failure is one line on
 //! standard error and exit status 1.
 
+mod admin;
 mod audit;
 mod claim;
 mod device;
@@ -50,7 +51,11 @@ pub enum RegistryCommand {
     /// Incidents from detection, their timelines, and the operator's side of response:
     /// acknowledge, resolve, approve, reject, release, unban.
     Incident(Group<incident::Command>),
+    /// Operators (dashboard and API logins) and their API tokens.
+    Admin(Group<admin::Command>),
 }
+
+pub use admin::first_admin;
 
 /// One command group with the options every registry command takes.
 #[derive(Debug, Args)]
@@ -100,6 +105,7 @@ fn dispatch(command: RegistryCommand, config: Option<&Path>) -> Result<()> {
         RegistryCommand::Policy(g) => go!(g, policy::run),
         RegistryCommand::Audit(g) => go!(g, audit::run),
         RegistryCommand::Incident(g) => go!(g, incident::run),
+        RegistryCommand::Admin(g) => go!(g, admin::run),
     }
 }
 

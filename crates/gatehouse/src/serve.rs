@@ -87,7 +87,9 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     check_open_file_limit(settings.broker.limits.max_connections);
     std::fs::create_dir_all(&settings.data_dir)
         .with_context(|| format!("creating data directory {}", settings.data_dir.display()))?;
-    let registry = open_registry(&settings)?;
+    let store = open_registry(&settings)?;
+    crate::registry_cli::first_admin(&store)?;
+    let registry: Arc<dyn gatehouse_store::Registry> = store.clone();
 
     let https = bind(settings.https, settings.backlog)
         .with_context(|| format!("binding HTTPS on {}", settings.https))?;
@@ -228,6 +230,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
             metrics: api_metrics,
             trust: trust.clone(),
             detection: detection.clone(),
+            auth: Arc::new(gatehouse_api::Auth::new(store, settings.api)),
         },
         limits,
     )
@@ -307,7 +310,7 @@ fn bind(addr: std::net::SocketAddr, backlog: u32) -> std::io::Result<TcpListener
 }
 
 /// Opens the registry, creating the `default` tenant on first start.
-fn open_registry(settings: &Settings) -> anyhow::Result<Arc<dyn gatehouse_store::Registry>> {
+fn open_registry(settings: &Settings) -> anyhow::Result<Arc<SqliteStore>> {
     let path = settings.db_path();
     let store = SqliteStore::open(&path)
         .with_context(|| format!("opening the registry {}", path.display()))?;

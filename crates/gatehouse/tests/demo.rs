@@ -1,7 +1,8 @@
 //! `gatehouse demo --once --json` as the README runs it, on a small fleet: the real binary
 //! starts its own server, the simulated fleet enrolls over EST and connects over MQTTS,
 //! every attack scenario runs, and the report must show each detected and no benign
-//! device quarantined.
+//! device quarantined. The fleet's REST calls authenticate with the API token of the
+//! operator `demo`, which the demo creates before the server's first start.
 
 mod support;
 
@@ -9,6 +10,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use anyhow::{Context, Result, ensure};
+use gatehouse_store::{OperatorName, OperatorStore as _, Role, SqliteStore};
 use serde_json::Value;
 
 const SCENARIOS: [&str; 8] = [
@@ -76,5 +78,28 @@ fn demo_detects_every_attack_scenario_and_quarantines_no_benign_device() -> Resu
     ensure!(out.status.success(), "the demo exited with {}", out.status);
     // The narration went to standard error, the report alone to standard output.
     ensure!(stderr.contains("enrolling"), "no narration: {stderr}");
+    // The demo's operator existed before the server started: no `admin` with a password.
+    ensure!(
+        !stderr.contains("First start: created the operator"),
+        "the server created a first admin: {stderr}"
+    );
+    let store = SqliteStore::open(dir.path().join("data").join("gatehouse.db"))?;
+    let demo = store
+        .get_operator(&OperatorName::new("demo")?)?
+        .context("no operator demo in the registry")?;
+    ensure!(
+        demo.role == Role::Admin && !demo.has_password && !demo.disabled,
+        "{demo:?}"
+    );
+    ensure!(
+        store.count_operators()? == 1,
+        "{:?}",
+        store.list_operators(None)?
+    );
+    let tokens = store.list_api_tokens(Some(&demo.name))?;
+    ensure!(
+        tokens.len() == 1 && tokens[0].revoked_at.is_none(),
+        "{tokens:?}"
+    );
     Ok(())
 }

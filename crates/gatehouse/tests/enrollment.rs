@@ -869,9 +869,12 @@ async fn model_profiles_are_validated_before_they_are_stored() -> Result<()> {
         std::fs::write(&file, body)?;
         let data = format!("@{}", file.display());
         let url = lab.url("/api/v1/models/thermo/profiles");
+        let auth = lab.auth_header();
         let (s, bytes) = lab.curl(&[
             "-X",
             "POST",
+            "-H",
+            &auth,
             "-H",
             "content-type: application/toml",
             "--data-binary",

@@ -122,6 +122,7 @@ async fn legacy_users_get_in_on_the_plain_listener_and_wrong_passwords_do_not() 
              username = \"legacy-1\"\n\
              password_hash = '{hash}'\n"
         ),
+        no_operator: false,
     })
     .await?;
     let plain = gh

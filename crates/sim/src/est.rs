@@ -5,6 +5,11 @@
 //! HTTP/1.1 client connection: nothing is pooled or kept alive behind the caller's back, so
 //! a caller that opens a connection per request (as a device enrolling does) pays the full
 //! handshake every time, and can time the handshake and the request separately.
+//!
+//! A target may carry a default `Authorization` value (an operator's API token, see
+//! [`bearer_auth`]) that every request without one of its own sends: the REST API under
+//! `/api/v1` requires it. EST requests leave it out by using a target without one, and
+//! carry their own (`Basic`, for an enrollment token) or none.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -39,6 +44,10 @@ pub struct HttpsTarget {
     pub tls: Arc<rustls::ClientConfig>,
     /// Deadline for TCP and TLS together, and again for each request.
     pub timeout: Duration,
+    /// The `Authorization` value sent with every request that does not set one of its own
+    /// (`Bearer <API token>` for the REST API); `None` sends none. Leave it `None` on
+    /// targets used for EST, which authenticates devices differently.
+    pub authorization: Option<String>,
 }
 
 /// Why an HTTPS exchange failed.
@@ -89,6 +98,8 @@ pub struct HttpsConnection {
     sender: SendRequest<Full<Bytes>>,
     host: String,
     timeout: Duration,
+    /// The target's default `Authorization` value.
+    authorization: Option<String>,
 }
 
 // === impl HttpsConnection ===
@@ -120,10 +131,12 @@ impl HttpsConnection {
             sender,
             host: host_header(&target.server_name, target.addr.port()),
             timeout: target.timeout,
+            authorization: target.authorization.clone(),
         })
     }
 
-    /// Sends `POST path` with this body and reads the whole response.
+    /// Sends `POST path` with this body and reads the whole response. `authorization`, when
+    /// given, is sent instead of the target's default.
     pub async fn post(
         &mut self,
         path: &str,
@@ -141,7 +154,8 @@ impl HttpsConnection {
         .await
     }
 
-    /// Sends `PUT path` with this body and reads the whole response.
+    /// Sends `PUT path` with this body (and the target's default `Authorization`) and reads
+    /// the whole response.
     pub async fn put(
         &mut self,
         path: &str,
@@ -152,13 +166,15 @@ impl HttpsConnection {
             .await
     }
 
-    /// Sends `GET path` and reads the whole response.
+    /// Sends `GET path` (with the target's default `Authorization`) and reads the whole
+    /// response.
     pub async fn get(&mut self, path: &str) -> Result<HttpsResponse, HttpsError> {
         self.request(Method::GET, path, None, None, Bytes::new())
             .await
     }
 
-    /// Sends `DELETE path` and reads the whole response.
+    /// Sends `DELETE path` (with the target's default `Authorization`) and reads the whole
+    /// response.
     pub async fn delete(&mut self, path: &str) -> Result<HttpsResponse, HttpsError> {
         self.request(Method::DELETE, path, None, None, Bytes::new())
             .await
@@ -179,7 +195,7 @@ impl HttpsConnection {
         if let Some(content_type) = content_type {
             request = request.header(CONTENT_TYPE, content_type);
         }
-        if let Some(auth) = authorization {
+        if let Some(auth) = authorization.or(self.authorization.as_deref()) {
             request = request.header(AUTHORIZATION, auth);
         }
         self.send(request.body(Full::new(body))?).await
@@ -222,6 +238,12 @@ async fn tcp_connect(addr: SocketAddr, bind: Option<IpAddr>) -> io::Result<TcpSt
 /// An `Authorization: Basic` value: base64 of `user:password` (EST's token credential).
 pub fn basic_auth(user: &str, password: &str) -> String {
     format!("Basic {}", STANDARD.encode(format!("{user}:{password}")))
+}
+
+/// An `Authorization: Bearer` value for an operator's API token (`gha_<id>_<secret>`, from
+/// `gatehouse admin token`): what the REST API under `/api/v1` requires.
+pub fn bearer_auth(token: &str) -> String {
+    format!("Bearer {token}")
 }
 
 /// A device's key and its certificate signing request.
@@ -397,6 +419,145 @@ mod tests {
         assert_eq!(pkcs7_certificates(&[0x30, 0x00]), None);
         assert_eq!(pkcs7_certificates(b"not der"), None);
     }
+
+    /// A one-connection HTTPS server on loopback that answers each request with its
+    /// `Authorization` header as the body (`-` when there is none); returns the target that
+    /// reaches it, with `authorization` as its default.
+    async fn echo_authorization(authorization: Option<&str>) -> HttpsTarget {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
+            .expect("a certificate");
+        let der = cert.cert.der().clone();
+        let key = rustls_pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(vec![der.clone()], key)
+            .expect("server config");
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(der).expect("root");
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+        tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.expect("accept");
+            let mut tls = acceptor.accept(tcp).await.expect("handshake");
+            let mut seen = Vec::new();
+            loop {
+                let mut buf = [0u8; 4096];
+                let n = tls.read(&mut buf).await.unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                seen.extend_from_slice(&buf[..n]);
+                // Answers each complete request (its head and Content-Length body) in turn.
+                while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head = String::from_utf8_lossy(&seen[..end]).into_owned();
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse().unwrap_or(0))
+                        })
+                        .unwrap_or(0);
+                    if seen.len() < end + 4 + length {
+                        break;
+                    }
+                    seen.drain(..end + 4 + length);
+                    let auth = head
+                        .lines()
+                        .find_map(|l| {
+                            let (name, value) = l.split_once(':')?;
+                            name.eq_ignore_ascii_case("authorization")
+                                .then(|| value.trim().to_owned())
+                        })
+                        .unwrap_or_else(|| "-".to_owned());
+                    let response = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{auth}",
+                        auth.len()
+                    );
+                    if tls.write_all(response.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        HttpsTarget {
+            addr,
+            bind: None,
+            server_name: ServerName::try_from("localhost").expect("name"),
+            tls: Arc::new(client),
+            timeout: Duration::from_secs(10),
+            authorization: authorization.map(str::to_owned),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_targets_authorization_goes_with_requests_that_set_none() {
+        let bearer = bearer_auth("gha_at-1_s3cret");
+        assert_eq!(bearer, "Bearer gha_at-1_s3cret");
+        let target = echo_authorization(Some(&bearer)).await;
+        let mut conn = HttpsConnection::connect(&target).await.expect("connect");
+        let body = |r: HttpsResponse| String::from_utf8_lossy(&r.body).into_owned();
+        assert_eq!(body(conn.get("/api/v1/x").await.expect("get")), bearer);
+        assert_eq!(
+            body(conn.delete("/api/v1/x").await.expect("delete")),
+            bearer
+        );
+        assert_eq!(
+            body(
+                conn.put("/api/v1/x", "application/json", "{}")
+                    .await
+                    .expect("put")
+            ),
+            bearer
+        );
+        assert_eq!(
+            body(
+                conn.post("/api/v1/x", "application/json", None, "{}")
+                    .await
+                    .expect("post")
+            ),
+            bearer
+        );
+        // A request's own value (EST's Basic) goes instead of the default.
+        let basic = basic_auth("tok-1", "s3cret");
+        assert_eq!(
+            body(
+                conn.post(ENROLL, PKCS10, Some(&basic), "MAMCAQE=")
+                    .await
+                    .expect("post")
+            ),
+            basic
+        );
+    }
+
+    #[tokio::test]
+    async fn a_target_without_authorization_sends_none() {
+        let target = echo_authorization(None).await;
+        let mut conn = HttpsConnection::connect(&target).await.expect("connect");
+        let r = conn.get("/.well-known/est/cacerts").await.expect("get");
+        assert_eq!(r.status, 200);
+        assert_eq!(&r.body[..], b"-");
+        let r = conn
+            .post(ENROLL, PKCS10, None, "MAMCAQE=")
+            .await
+            .expect("post");
+        assert_eq!(&r.body[..], b"-");
+    }
+
+    const ENROLL: &str = "/.well-known/est/simpleenroll";
 
     #[test]
     fn base64_bodies_with_line_breaks_decode() {

@@ -464,6 +464,8 @@ pub struct ActionFilter {
     pub state: Option<ActionState>,
     /// Only actions on this device.
     pub device: Option<DeviceRef>,
+    /// Only actions on this tenant's devices.
+    pub tenant: Option<TenantId>,
     /// Only actions whose `expires_at` is at or before this time (the timed actions due
     /// for reversal, with `state: Some(Done)`).
     pub expires_by: Option<OffsetDateTime>,

@@ -26,6 +26,7 @@ mod error;
 mod hex;
 mod incident;
 mod model;
+mod operator;
 pub mod sqlite;
 mod traits;
 
@@ -35,5 +36,6 @@ pub use error::{
 };
 pub use incident::*;
 pub use model::*;
+pub use operator::*;
 pub use sqlite::SqliteStore;
-pub use traits::{AuditLog, Registry};
+pub use traits::{AuditLog, OperatorStore, Registry};

@@ -10,6 +10,7 @@ use crate::audit::{AuditEntry, AuditRecord, VerifyError, VerifyReport};
 use crate::error::{AuditError, ReadError, TokenEnrollError, TokenError, WriteError};
 use crate::incident::*;
 use crate::model::*;
+use crate::operator::*;
 
 /// The append-only, hash-chained audit log.
 pub trait AuditLog: Send + Sync {
@@ -342,4 +343,78 @@ pub trait Registry: AuditLog {
     fn remove_ban(&self, addr: IpAddr, audit: &AuditEntry) -> Result<Ban, WriteError>;
     /// The bans still in force at `now` (`until > now`), by address.
     fn list_bans(&self, now: OffsetDateTime) -> Result<Vec<Ban>, ReadError>;
+}
+
+/// Operators, their API tokens and dashboard sessions. Every change is written with its
+/// audit record in one transaction, like the [`Registry`]'s.
+pub trait OperatorStore: AuditLog {
+    /// Creates an operator; its tenant, if any, must exist.
+    fn create_operator(&self, o: &NewOperator, audit: &AuditEntry) -> Result<Operator, WriteError>;
+    /// An operator.
+    fn get_operator(&self, name: &OperatorName) -> Result<Option<Operator>, ReadError>;
+    /// Operators, by name; those of `tenant` only when given (all-tenant operators are not
+    /// listed then).
+    fn list_operators(&self, tenant: Option<&TenantId>) -> Result<Vec<Operator>, ReadError>;
+    /// How many operators exist.
+    fn count_operators(&self) -> Result<u64, ReadError>;
+    /// An operator's password hash (PHC string), if it has a password.
+    fn password_hash(&self, name: &OperatorName) -> Result<Option<String>, ReadError>;
+    /// Sets an operator's password hash and ends its sessions.
+    fn set_password(
+        &self,
+        name: &OperatorName,
+        hash: &str,
+        audit: &AuditEntry,
+    ) -> Result<Operator, WriteError>;
+    /// Disables or enables an operator; disabling ends its sessions.
+    fn set_operator_disabled(
+        &self,
+        name: &OperatorName,
+        disabled: bool,
+        audit: &AuditEntry,
+    ) -> Result<Operator, WriteError>;
+    /// Counts a failed login; at `max_failures` in a row, logins are refused for `lockout`.
+    fn login_failed(
+        &self,
+        name: &OperatorName,
+        max_failures: u32,
+        lockout: std::time::Duration,
+        audit: &AuditEntry,
+    ) -> Result<Operator, WriteError>;
+    /// A successful login: clears the failure count and starts a session lasting `ttl`
+    /// from `audit.at`. Expired sessions are removed on the way.
+    fn login_succeeded(
+        &self,
+        name: &OperatorName,
+        ttl: std::time::Duration,
+        audit: &AuditEntry,
+    ) -> Result<(SessionKey, WebSession), WriteError>;
+    /// The live session with this cookie value at `now`.
+    fn session(
+        &self,
+        key: &SessionKey,
+        now: OffsetDateTime,
+    ) -> Result<Option<WebSession>, ReadError>;
+    /// Ends a session (logout). Ending an unknown session is not an error.
+    fn end_session(&self, key: &SessionKey, audit: &AuditEntry) -> Result<(), WriteError>;
+    /// Creates an API token; its scope must be within its operator's role. The token's
+    /// text is returned here and never again.
+    fn create_api_token(
+        &self,
+        t: &NewApiToken,
+        audit: &AuditEntry,
+    ) -> Result<(ApiToken, ApiTokenText), WriteError>;
+    /// Checks a token a client sent: its secret (in constant time), its state, and its
+    /// operator's.
+    fn check_api_token(
+        &self,
+        text: &ApiTokenText,
+        now: OffsetDateTime,
+    ) -> Result<Result<(ApiToken, Operator), ApiTokenRefusal>, ReadError>;
+    /// A token, without its secret.
+    fn get_api_token(&self, id: &str) -> Result<Option<ApiToken>, ReadError>;
+    /// Tokens, newest first; `operator`'s only when given.
+    fn list_api_tokens(&self, operator: Option<&OperatorName>) -> Result<Vec<ApiToken>, ReadError>;
+    /// Revokes a token.
+    fn revoke_api_token(&self, id: &str, audit: &AuditEntry) -> Result<ApiToken, WriteError>;
 }

@@ -16,8 +16,8 @@ use utoipa::{IntoParams, OpenApi, ToSchema};
 
 use super::{ActionError, DetectionService};
 use crate::problem::ProblemBody;
-use crate::rest::{actor, blocking};
-use crate::{ApiState, ConnInfo, Problem};
+use crate::rest::blocking;
+use crate::{ApiState, Principal, Problem};
 
 type ApiResult<T> = Result<T, Problem>;
 
@@ -88,6 +88,36 @@ fn optional<T: std::str::FromStr>(text: Option<&str>, what: &str) -> ApiResult<O
     .transpose()
 }
 
+/// The incident, if it exists and the operator may see its tenant (404 otherwise).
+fn visible_incident(
+    s: &ApiState,
+    who: &Principal,
+    id: IncidentId,
+) -> ApiResult<gatehouse_store::IncidentDetail> {
+    let missing = || Problem::not_found(format!("no incident {id}"));
+    let detail = s.registry.get_incident(id)?.ok_or_else(missing)?;
+    match &detail.incident.tenant {
+        Some(t) if who.sees(t) => Ok(detail),
+        None if who.tenant.is_none() => Ok(detail),
+        _ => Err(missing()),
+    }
+}
+
+/// The action, if it exists and the operator may see its device's tenant (404 otherwise).
+fn visible_action(
+    s: &ApiState,
+    who: &Principal,
+    id: ActionId,
+) -> ApiResult<gatehouse_store::StoredAction> {
+    let missing = || Problem::not_found(format!("no action {id}"));
+    let action = s.registry.get_action(id)?.ok_or_else(missing)?;
+    match &action.device {
+        Some(d) if who.sees(&d.tenant) => Ok(action),
+        None if who.tenant.is_none() => Ok(action),
+        _ => Err(missing()),
+    }
+}
+
 fn incident_id(text: &str) -> ApiResult<IncidentId> {
     text.parse()
         .map_err(|_| Problem::invalid(format!("{text:?} is not an incident id")))
@@ -117,6 +147,7 @@ pub(crate) struct IncidentQuery {
     responses((status = 200, body = Object), (status = 422, body = ProblemBody)))]
 async fn list_incidents(
     State(s): State<ApiState>,
+    Extension(who): Extension<Principal>,
     Query(q): Query<IncidentQuery>,
 ) -> ApiResult<Json<Value>> {
     let state = optional(
@@ -124,7 +155,11 @@ async fn list_incidents(
         "an incident state (open, acknowledged, resolved)",
     )?;
     let device = optional(q.device.as_deref(), "tenant/device")?;
-    let tenant = optional(q.tenant.as_deref(), "a tenant id")?;
+    let tenant = who.narrow(optional(q.tenant.as_deref(), "a tenant id")?)?;
+    if let Some(d) = &device {
+        let d: &gatehouse_types::DeviceRef = d;
+        who.check_tenant(&d.tenant, || format!("device {d}"))?;
+    }
     let filter = IncidentFilter {
         tenant,
         device,
@@ -143,13 +178,14 @@ async fn list_incidents(
 #[utoipa::path(get, path = "/api/v1/incidents/{id}", tag = "incidents",
     params(("id" = String, Path)),
     responses((status = 200, body = Object), (status = 404, body = ProblemBody)))]
-async fn get_incident(State(s): State<ApiState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+async fn get_incident(
+    State(s): State<ApiState>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
     let id = incident_id(&id)?;
     blocking(move || {
-        let detail = s
-            .registry
-            .get_incident(id)?
-            .ok_or_else(|| Problem::not_found(format!("no incident {id}")))?;
+        let detail = visible_incident(&s, &who, id)?;
         Ok(Json(json_of(&detail)?))
     })
     .await
@@ -166,7 +202,7 @@ pub(crate) struct NoteDto {
 
 async fn transition(
     s: ApiState,
-    conn: ConnInfo,
+    who: Principal,
     id: String,
     to: IncidentState,
     body: Option<Json<NoteDto>>,
@@ -176,8 +212,9 @@ async fn transition(
     if note.as_ref().is_some_and(|n| n.len() > 2048) {
         return Err(Problem::invalid("the note is longer than 2048 bytes"));
     }
-    let by = actor(&conn);
+    let by = who.actor();
     blocking(move || {
+        visible_incident(&s, &who, id)?;
         let mut audit = AuditEntry::new(
             time::OffsetDateTime::now_utc(),
             &by,
@@ -211,11 +248,11 @@ async fn transition(
     responses((status = 200, body = Object), (status = 404, body = ProblemBody), (status = 409, body = ProblemBody)))]
 async fn acknowledge_incident(
     State(s): State<ApiState>,
-    Extension(conn): Extension<ConnInfo>,
+    Extension(who): Extension<Principal>,
     Path(id): Path<String>,
     body: Option<Json<NoteDto>>,
 ) -> ApiResult<Json<Value>> {
-    transition(s, conn, id, IncidentState::Acknowledged, body).await
+    transition(s, who, id, IncidentState::Acknowledged, body).await
 }
 
 /// Resolve an incident. A later finding of the same kind on the same subject opens a new
@@ -225,11 +262,11 @@ async fn acknowledge_incident(
     responses((status = 200, body = Object), (status = 404, body = ProblemBody), (status = 409, body = ProblemBody)))]
 async fn resolve_incident(
     State(s): State<ApiState>,
-    Extension(conn): Extension<ConnInfo>,
+    Extension(who): Extension<Principal>,
     Path(id): Path<String>,
     body: Option<Json<NoteDto>>,
 ) -> ApiResult<Json<Value>> {
-    transition(s, conn, id, IncidentState::Resolved, body).await
+    transition(s, who, id, IncidentState::Resolved, body).await
 }
 
 /// Filters of the action list.
@@ -249,6 +286,7 @@ pub(crate) struct ActionQuery {
     responses((status = 200, body = Object), (status = 422, body = ProblemBody)))]
 async fn list_actions(
     State(s): State<ApiState>,
+    Extension(who): Extension<Principal>,
     Query(q): Query<ActionQuery>,
 ) -> ApiResult<Json<Value>> {
     let state = optional(
@@ -257,10 +295,15 @@ async fn list_actions(
     )?;
     let incident = q.incident.as_deref().map(incident_id).transpose()?;
     let device = optional(q.device.as_deref(), "tenant/device")?;
+    if let Some(d) = &device {
+        let d: &gatehouse_types::DeviceRef = d;
+        who.check_tenant(&d.tenant, || format!("device {d}"))?;
+    }
     let filter = ActionFilter {
         incident,
         state,
         device,
+        tenant: who.tenant.clone(),
         ..ActionFilter::default()
     };
     blocking(move || {
@@ -276,13 +319,17 @@ async fn list_actions(
     responses((status = 200, body = Object), (status = 404, body = ProblemBody), (status = 409, body = ProblemBody)))]
 async fn approve_action(
     State(s): State<ApiState>,
-    Extension(conn): Extension<ConnInfo>,
+    Extension(who): Extension<Principal>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
     let id = action_id(&id)?;
     let svc = service(&s)?;
-    let by = actor(&conn);
-    blocking(move || Ok(Json(json_of(&svc.approve(id, &by)?)?))).await
+    let by = who.actor();
+    blocking(move || {
+        visible_action(&s, &who, id)?;
+        Ok(Json(json_of(&svc.approve(id, &by)?)?))
+    })
+    .await
 }
 
 /// Reject an action waiting for approval: it is not carried out.
@@ -291,18 +338,15 @@ async fn approve_action(
     responses((status = 200, body = Object), (status = 404, body = ProblemBody), (status = 409, body = ProblemBody)))]
 async fn reject_action(
     State(s): State<ApiState>,
-    Extension(conn): Extension<ConnInfo>,
+    Extension(who): Extension<Principal>,
     Path(id): Path<String>,
     body: Option<Json<NoteDto>>,
 ) -> ApiResult<Json<Value>> {
     let id = action_id(&id)?;
     let note = body.and_then(|Json(b)| b.note);
-    let by = actor(&conn);
+    let by = who.actor();
     blocking(move || {
-        let stored = s
-            .registry
-            .get_action(id)?
-            .ok_or_else(|| Problem::not_found(format!("no action {id}")))?;
+        let stored = visible_action(&s, &who, id)?;
         if stored.state != ActionState::PendingApproval {
             return Err(Problem::conflict(format!(
                 "action {id} is {}, not waiting for approval",
@@ -334,21 +378,29 @@ async fn reject_action(
     responses((status = 200, body = Object), (status = 404, body = ProblemBody), (status = 409, body = ProblemBody)))]
 async fn reverse_action(
     State(s): State<ApiState>,
-    Extension(conn): Extension<ConnInfo>,
+    Extension(who): Extension<Principal>,
     Path(id): Path<String>,
     body: Option<Json<NoteDto>>,
 ) -> ApiResult<Json<Value>> {
     let id = action_id(&id)?;
     let svc = service(&s)?;
     let note = body.and_then(|Json(b)| b.note);
-    let by = actor(&conn);
-    blocking(move || Ok(Json(json_of(&svc.reverse(id, &by, note.as_deref())?)?))).await
+    let by = who.actor();
+    blocking(move || {
+        visible_action(&s, &who, id)?;
+        Ok(Json(json_of(&svc.reverse(id, &by, note.as_deref())?)?))
+    })
+    .await
 }
 
 /// Source addresses banned now.
 #[utoipa::path(get, path = "/api/v1/bans", tag = "incidents",
     responses((status = 200, body = Object)))]
-async fn list_bans(State(s): State<ApiState>) -> ApiResult<Json<Value>> {
+async fn list_bans(
+    State(s): State<ApiState>,
+    Extension(who): Extension<Principal>,
+) -> ApiResult<Json<Value>> {
+    who.check_unscoped(|| "bans".to_owned())?;
     blocking(move || {
         let bans = s.registry.list_bans(time::OffsetDateTime::now_utc())?;
         Ok(Json(json!({ "bans": json_of(&bans)? })))
@@ -362,13 +414,14 @@ async fn list_bans(State(s): State<ApiState>) -> ApiResult<Json<Value>> {
     responses((status = 200, body = Object), (status = 404, body = ProblemBody)))]
 async fn delete_ban(
     State(s): State<ApiState>,
-    Extension(conn): Extension<ConnInfo>,
+    Extension(who): Extension<Principal>,
     Path(addr): Path<String>,
 ) -> ApiResult<Json<Value>> {
     let addr: IpAddr = addr
         .parse()
         .map_err(|_| Problem::invalid(format!("{addr:?} is not an IP address")))?;
-    let by = actor(&conn);
+    who.check_unscoped(|| format!("ban of {addr}"))?;
+    let by = who.actor();
     blocking(move || {
         let audit = AuditEntry::new(
             time::OffsetDateTime::now_utc(),

@@ -14,8 +14,8 @@ use utoipa::{OpenApi, ToSchema};
 
 use super::{TrustError, TrustService};
 use crate::problem::ProblemBody;
-use crate::rest::{actor, blocking, device_ref};
-use crate::{ApiState, ConnInfo, Problem};
+use crate::rest::{blocking, device_ref};
+use crate::{ApiState, Principal, Problem};
 
 type ApiResult<T> = Result<T, Problem>;
 
@@ -70,9 +70,11 @@ fn service(s: &ApiState) -> ApiResult<std::sync::Arc<TrustService>> {
     responses((status = 200, body = Object), (status = 404, body = ProblemBody)))]
 async fn get_trust(
     State(s): State<ApiState>,
+    Extension(who): Extension<Principal>,
     Path((tenant, device)): Path<(String, String)>,
 ) -> ApiResult<Json<serde_json::Value>> {
     let d = device_ref(&tenant, &device)?;
+    who.check_tenant(&d.tenant, || format!("device {d}"))?;
     let svc = service(&s)?;
     blocking(move || {
         let view = svc.view(&d)?;
@@ -136,13 +138,14 @@ fn humantime_duration(text: &str) -> ApiResult<Duration> {
         (status = 422, body = ProblemBody)))]
 async fn put_pin(
     State(s): State<ApiState>,
-    Extension(conn): Extension<ConnInfo>,
+    Extension(who): Extension<Principal>,
     Path((tenant, device)): Path<(String, String)>,
     Json(dto): Json<PinDto>,
 ) -> ApiResult<Json<serde_json::Value>> {
     let d = device_ref(&tenant, &device)?;
+    who.check_tenant(&d.tenant, || format!("device {d}"))?;
     let svc = service(&s)?;
-    let by = actor(&conn);
+    let by = who.actor();
     let pin = pin_from(&dto, &by)?;
     blocking(move || {
         svc.pin(&d, Some(&pin), &by)?;
@@ -159,12 +162,13 @@ async fn put_pin(
     responses((status = 200, body = Object), (status = 404, body = ProblemBody)))]
 async fn delete_pin(
     State(s): State<ApiState>,
-    Extension(conn): Extension<ConnInfo>,
+    Extension(who): Extension<Principal>,
     Path((tenant, device)): Path<(String, String)>,
 ) -> ApiResult<Json<serde_json::Value>> {
     let d = device_ref(&tenant, &device)?;
+    who.check_tenant(&d.tenant, || format!("device {d}"))?;
     let svc = service(&s)?;
-    let by = actor(&conn);
+    let by = who.actor();
     blocking(move || {
         svc.pin(&d, None, &by)?;
         serde_json::to_value(svc.view(&d)?)
@@ -227,11 +231,12 @@ async fn get_policies(State(s): State<ApiState>) -> ApiResult<Json<PolicySetDto>
     responses((status = 200, body = PolicySetDto), (status = 422, body = ProblemBody)))]
 async fn put_policies(
     State(s): State<ApiState>,
-    Extension(conn): Extension<ConnInfo>,
+    Extension(who): Extension<Principal>,
     Json(dto): Json<PolicyTextDto>,
 ) -> ApiResult<(StatusCode, Json<PolicySetDto>)> {
+    who.require_unscoped()?;
     let svc = service(&s)?;
-    let by = actor(&conn);
+    let by = who.actor();
     blocking(move || {
         let version = svc.set_policies(&dto.text, &by)?;
         let engine = svc.engine();

@@ -71,11 +71,29 @@ impl Lab {
         Ok((status, bytes))
     }
 
-    /// A JSON API call.
+    /// A JSON API call as the admin `tester`.
     pub fn api(&self, method: &str, path: &str, body: Option<Value>) -> Result<(u16, Value)> {
+        let token = self.gh.token.clone();
+        self.api_as(&token, method, path, body)
+    }
+
+    /// The `Authorization` header of the admin `tester`, for curl's `-H`.
+    pub fn auth_header(&self) -> String {
+        format!("authorization: Bearer {}", self.gh.token)
+    }
+
+    /// A JSON API call with this API token.
+    pub fn api_as(
+        &self,
+        token: &str,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<(u16, Value)> {
         let url = self.url(path);
+        let auth = format!("authorization: Bearer {token}");
         let data;
-        let mut args = vec!["-X", method, url.as_str()];
+        let mut args = vec!["-X", method, url.as_str(), "-H", auth.as_str()];
         if let Some(b) = body {
             data = b.to_string();
             args.extend([
@@ -248,9 +266,12 @@ impl Lab {
         std::fs::write(&file, toml)?;
         let data = format!("@{}", file.display());
         let url = self.url(&format!("/api/v1/models/{model}/profiles"));
+        let auth = self.auth_header();
         self.curl(&[
             "-X",
             "POST",
+            "-H",
+            &auth,
             "-H",
             "content-type: application/toml",
             "--data-binary",

@@ -34,6 +34,44 @@ use tokio::process::{Child, Command};
 /// small and shared, and these are correctness tests, not timing tests.
 pub const WAIT: Duration = Duration::from_secs(15);
 
+/// The API token of the operator `tester` (admin) in this configuration's data directory:
+/// created with the binary's `admin create` and `admin token` on first use, then read
+/// back from `tester.token`.
+async fn tester_token(config: &Path) -> Result<String> {
+    let file = config.with_file_name("tester.token");
+    if let Ok(t) = std::fs::read_to_string(&file) {
+        return Ok(t.trim().to_owned());
+    }
+    let run = |args: &'static [&'static str]| {
+        let config = config.to_path_buf();
+        async move {
+            let out = Command::new(binary())
+                .arg("--config")
+                .arg(&config)
+                .args(args)
+                .stdin(Stdio::null())
+                .output()
+                .await
+                .with_context(|| format!("running gatehouse {args:?}"))?;
+            ensure!(
+                out.status.success(),
+                "gatehouse {args:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            serde_json::from_slice::<serde_json::Value>(&out.stdout)
+                .with_context(|| format!("gatehouse {args:?} printed no JSON"))
+        }
+    };
+    run(&["admin", "create", "tester", "--role", "admin", "--json"]).await?;
+    let v = run(&["admin", "token", "tester", "--label", "tests", "--json"]).await?;
+    let token = v["token"]
+        .as_str()
+        .context("admin token printed no token")?
+        .to_owned();
+    std::fs::write(&file, &token).context("saving the tester token")?;
+    Ok(token)
+}
+
 /// The binary under test.
 pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_gatehouse")
@@ -55,6 +93,8 @@ pub struct Options {
     pub plain: bool,
     /// Extra TOML appended to the file (must not repeat `[listeners]` or `[log]`).
     pub extra: String,
+    /// Start with no operator at all (no `tester`), as a new user's first start.
+    pub no_operator: bool,
 }
 
 impl Options {
@@ -63,6 +103,7 @@ impl Options {
         Self {
             plain: false,
             extra: extra.to_owned(),
+            no_operator: false,
         }
     }
 }
@@ -85,6 +126,9 @@ pub struct Gatehouse {
     child: Option<Child>,
     options: Options,
     pub listeners: Listeners,
+    /// An API token of the operator `tester` (role admin, every tenant), created with
+    /// `gatehouse admin` before the first start.
+    pub token: String,
     generation: u32,
 }
 
@@ -121,6 +165,11 @@ impl Gatehouse {
         let config = config_text(&data, &options);
         let config_path = data.join("gatehouse.toml");
         std::fs::write(&config_path, &config).context("writing the configuration")?;
+        let token = if options.no_operator {
+            String::new()
+        } else {
+            tester_token(&config_path).await?
+        };
         let listeners_file = data.join("listeners.json");
         let _ = std::fs::remove_file(&listeners_file);
         let log = std::fs::File::create(data.join(format!("server-{generation}.log")))
@@ -162,6 +211,7 @@ impl Gatehouse {
             child: Some(child),
             options,
             listeners,
+            token,
             generation,
         })
     }

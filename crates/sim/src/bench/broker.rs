@@ -2,6 +2,10 @@
 //! each with a fresh temporary directory, and killed when dropped (also on error and
 //! Ctrl-C, through `kill_on_drop`). Gatehouse binds port 0 and reports where it listens in
 //! `<data_dir>/listeners.json`; Mosquitto is given a port the kernel just handed out.
+//!
+//! Before Gatehouse serves, the same binary creates an operator (`bench`, role admin) and
+//! an API token for it in the fresh data directory (`gatehouse admin create` and
+//! `gatehouse admin token`): the scenarios that call the REST API send that token.
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -34,6 +38,12 @@ pub const MAX_QUEUED: u32 = 1000;
 /// How long a broker may take to accept TCP connections after it is started.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// How long one `gatehouse admin` command may take (it hashes a password).
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The operator the bench creates in Gatehouse's registry for its REST calls.
+pub const BENCH_OPERATOR: &str = "bench";
+
 /// Where the brokers' binaries are.
 #[derive(Debug, Clone)]
 pub struct Binaries {
@@ -54,6 +64,8 @@ pub struct Broker {
     https: Option<SocketAddr>,
     /// Gatehouse's data directory.
     data_dir: Option<PathBuf>,
+    /// The API token of the bench's operator, for Gatehouse's REST API.
+    api_token: Option<String>,
     log: PathBuf,
     // Removed when the broker is dropped (after the child, declared above it).
     _dir: TempDir,
@@ -74,15 +86,15 @@ impl Broker {
             .tempdir()
             .context("creating the broker's temporary directory")?;
         let log = dir.path().join("broker.log");
-        let (mut command, addr, data_dir) = match kind {
+        let (mut command, addr, data_dir, api_token) = match kind {
             BrokerKind::Mosquitto => {
                 let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
                 let command = mosquitto_command(&bins.mosquitto, dir.path(), addr, pki)?;
-                (command, addr, None)
+                (command, addr, None, None)
             }
             BrokerKind::Gatehouse | BrokerKind::GatehouseStatic => {
                 let data_dir = dir.path().join("data");
-                let command = gatehouse_command(
+                let (command, conf) = gatehouse_command(
                     &bins.gatehouse,
                     dir.path(),
                     &data_dir,
@@ -90,9 +102,12 @@ impl Broker {
                     kind,
                     detection,
                 )?;
+                let token = gatehouse_api_token(&bins.gatehouse, &conf)
+                    .await
+                    .context("creating the bench's operator and API token in Gatehouse")?;
                 // Known once the broker has written listeners.json.
                 let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
-                (command, addr, Some(data_dir))
+                (command, addr, Some(data_dir), Some(token))
             }
         };
         let log_file = std::fs::File::create(&log)?;
@@ -118,6 +133,7 @@ impl Broker {
             addr,
             https: None,
             data_dir,
+            api_token,
             log,
             _dir: dir,
         };
@@ -144,6 +160,12 @@ impl Broker {
     /// Mosquitto.
     pub fn data_dir(&self) -> Option<&Path> {
         self.data_dir.as_deref()
+    }
+
+    /// The API token of the bench's operator (role admin) for Gatehouse's REST API, sent
+    /// as `Authorization: Bearer <token>`; `None` for Mosquitto.
+    pub fn api_token(&self) -> Option<&str> {
+        self.api_token.as_deref()
     }
 
     /// Its process id.
@@ -358,6 +380,8 @@ pub fn gatehouse_toml(
     )
 }
 
+/// Writes Gatehouse's configuration and CA; returns the `serve` command and the
+/// configuration file's path.
 fn gatehouse_command(
     bin: &Path,
     dir: &Path,
@@ -365,7 +389,7 @@ fn gatehouse_command(
     pki: &BenchPki,
     kind: BrokerKind,
     detection: Detection,
-) -> anyhow::Result<Command> {
+) -> anyhow::Result<(Command, PathBuf)> {
     pki.copy_ca_to(&data_dir.join("ca"))?;
     let any_port = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
     let conf_path = dir.join("gatehouse.toml");
@@ -374,8 +398,76 @@ fn gatehouse_command(
         gatehouse_toml(data_dir, any_port, any_port, trust_gate(kind), detection),
     )?;
     let mut command = Command::new(bin);
-    command.arg("serve").arg("--config").arg(conf_path);
-    Ok(command)
+    command.arg("serve").arg("--config").arg(&conf_path);
+    Ok((command, conf_path))
+}
+
+/// Creates the operator [`BENCH_OPERATOR`] (role admin) and an API token for it in the
+/// registry of the Gatehouse configured by `conf`, with the binary's own CLI, before the
+/// server starts; returns the token.
+async fn gatehouse_api_token(bin: &Path, conf: &Path) -> anyhow::Result<String> {
+    gatehouse_admin(
+        bin,
+        conf,
+        &["create", BENCH_OPERATOR, "--role", "admin", "--json"],
+    )
+    .await?;
+    let answer = gatehouse_admin(
+        bin,
+        conf,
+        &[
+            "token",
+            BENCH_OPERATOR,
+            "--label",
+            "gatehouse bench",
+            "--json",
+        ],
+    )
+    .await?;
+    token_from_json(&answer)
+}
+
+/// Runs `gatehouse --config <conf> admin <args>`; returns its standard output, or fails
+/// with its standard error.
+async fn gatehouse_admin(bin: &Path, conf: &Path, args: &[&str]) -> anyhow::Result<Vec<u8>> {
+    let what = format!("gatehouse admin {}", args.join(" "));
+    let output = tokio::time::timeout(
+        ADMIN_TIMEOUT,
+        Command::new(bin)
+            .arg("--config")
+            .arg(conf)
+            .arg("admin")
+            .args(args)
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("`{what}` did not finish within {ADMIN_TIMEOUT:?}"))?
+    .with_context(|| format!("running `{what}` ({})", bin.display()))?;
+    if !output.status.success() {
+        bail!(
+            "`{what}` failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(output.stdout)
+}
+
+/// The token in the JSON `gatehouse admin token --json` prints.
+fn token_from_json(stdout: &[u8]) -> anyhow::Result<String> {
+    let answer: serde_json::Value = serde_json::from_slice(stdout).with_context(|| {
+        format!(
+            "`gatehouse admin token --json` printed no JSON: {}",
+            String::from_utf8_lossy(stdout).trim()
+        )
+    })?;
+    answer["token"]
+        .as_str()
+        .filter(|t| !t.is_empty())
+        .map(str::to_owned)
+        .context("`gatehouse admin token --json` printed no token")
 }
 
 fn running_as_root() -> bool {
@@ -486,6 +578,22 @@ mod tests {
                 "127.0.0.1:40002".parse().expect("addr")
             ))
         );
+    }
+
+    #[test]
+    fn api_tokens_are_read_from_the_admin_json() {
+        let printed = br#"{
+  "token": "gha_at-0a1b_s3cret",
+  "record": { "id": "at-0a1b", "operator": "bench" },
+  "note": "The token is shown only this once."
+}"#;
+        assert_eq!(
+            token_from_json(printed).expect("a token"),
+            "gha_at-0a1b_s3cret"
+        );
+        assert!(token_from_json(b"created API token").is_err());
+        assert!(token_from_json(br#"{"token": ""}"#).is_err());
+        assert!(token_from_json(br#"{"record": {}}"#).is_err());
     }
 
     #[test]

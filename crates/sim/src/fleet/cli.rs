@@ -29,6 +29,10 @@ pub struct SimArgs {
     /// The CA bundle that anchors the server's certificates (`gatehouse ca path`).
     #[arg(long)]
     pub ca: PathBuf,
+    /// An API token of an admin operator (`gha_…`), for the REST API: create one on the
+    /// server's host with `gatehouse admin token NAME`.
+    #[arg(long, env = "GATEHOUSE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     #[command(flatten)]
     pub fleet: FleetArgs,
     /// Print the report as JSON on standard output.
@@ -185,6 +189,25 @@ fn host_port(url: &str) -> anyhow::Result<(String, u16)> {
     }
 }
 
+/// The API token as given: surrounding whitespace and a copied `Bearer ` prefix dropped;
+/// `None` when empty.
+fn api_token(given: Option<&str>) -> anyhow::Result<Option<String>> {
+    let Some(token) = given.map(str::trim) else {
+        return Ok(None);
+    };
+    let token = token.strip_prefix("Bearer ").map_or(token, str::trim_start);
+    if token.is_empty() {
+        return Ok(None);
+    }
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        bail!(
+            "--token (or GATEHOUSE_TOKEN) is not an API token: it has spaces or characters \
+             outside printable ASCII (expected gha_<id>_<secret> from `gatehouse admin token`)"
+        );
+    }
+    Ok(Some(token.to_owned()))
+}
+
 /// A short random run id.
 fn run_id() -> String {
     let mut b = [0u8; 3];
@@ -195,6 +218,7 @@ fn run_id() -> String {
 /// Runs `gatehouse sim`.
 pub async fn run(args: SimArgs) -> anyhow::Result<FleetReport> {
     let (host, port) = host_port(&args.server)?;
+    let api_token = api_token(args.token.as_deref())?;
     let https = resolve(&format!("{host}:{port}")).await?;
     let mqtts = resolve(args.mqtt.as_deref().unwrap_or(&format!("{host}:8883"))).await?;
     let legacy = match &args.legacy {
@@ -214,10 +238,17 @@ pub async fn run(args: SimArgs) -> anyhow::Result<FleetReport> {
         legacy,
         server_name,
         anchors,
+        api_token,
     };
     let loopback = mqtts.ip().is_loopback();
     let opts = args.fleet.options(loopback, run_id(), 1000)?;
     let narrator = Narrator::stderr();
+    if target.api_token.is_none() {
+        narrator.say(
+            "no --token (or GATEHOUSE_TOKEN): the server's REST API will refuse the \
+             simulator; create a token with `gatehouse admin token NAME`",
+        );
+    }
     if !loopback {
         narrator.say(
             "the server is not on this machine: attackers connect from this host's address, \
@@ -252,5 +283,51 @@ mod tests {
             ("::1".into(), 9443)
         );
         assert!(host_port("http://x:1").is_err());
+    }
+
+    #[test]
+    fn api_tokens_are_trimmed_and_checked() {
+        assert_eq!(api_token(None).expect("ok"), None);
+        assert_eq!(api_token(Some("  ")).expect("ok"), None);
+        assert_eq!(
+            api_token(Some(" gha_at-1_s3cret\n"))
+                .expect("ok")
+                .as_deref(),
+            Some("gha_at-1_s3cret")
+        );
+        assert_eq!(
+            api_token(Some("Bearer gha_at-1_s3cret"))
+                .expect("ok")
+                .as_deref(),
+            Some("gha_at-1_s3cret")
+        );
+        assert!(api_token(Some("gha_at 1_s3cret")).is_err());
+        assert!(api_token(Some("gha_at-1_s3crét")).is_err());
+    }
+
+    #[test]
+    fn the_token_comes_from_the_option_or_the_environment() {
+        use clap::Parser as _;
+        #[derive(Debug, clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            sim: SimArgs,
+        }
+        let cli = Cli::try_parse_from([
+            "sim",
+            "--server",
+            "https://localhost:8443",
+            "--ca",
+            "ca.crt",
+            "--token",
+            "gha_at-1_s3cret",
+        ])
+        .expect("parses");
+        assert_eq!(cli.sim.token.as_deref(), Some("gha_at-1_s3cret"));
+        let arg = <Cli as clap::CommandFactory>::command()
+            .get_arguments()
+            .find(|a| a.get_id() == "token")
+            .map(|a| a.get_env().map(|e| e.to_os_string()));
+        assert_eq!(arg, Some(Some("GATEHOUSE_TOKEN".into())));
     }
 }

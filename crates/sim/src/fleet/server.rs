@@ -1,6 +1,7 @@
 //! Where the simulated fleet's server is, and the REST calls the simulator makes to it:
 //! registering the simulated manufacturer, models and claims, and reading back what the
-//! server made of the fleet (incidents, actions, trust).
+//! server made of the fleet (incidents, actions, trust). The REST API requires an
+//! operator's API token (`Authorization: Bearer gha_…`), which the [`Target`] carries.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,7 +12,7 @@ use rustls::client::Resumption;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde_json::Value;
 
-use crate::est::{HttpsConnection, HttpsTarget};
+use crate::est::{HttpsConnection, HttpsResponse, HttpsTarget, bearer_auth};
 
 /// How long one REST exchange may take.
 const REST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -29,6 +30,9 @@ pub struct Target {
     pub server_name: ServerName<'static>,
     /// The CA certificates that anchor the server's certificates.
     pub anchors: Vec<CertificateDer<'static>>,
+    /// The operator's API token (`gha_<id>_<secret>`, from `gatehouse admin token`) the
+    /// REST calls authenticate with; without one the server answers them 401.
+    pub api_token: Option<String>,
 }
 
 impl Target {
@@ -79,13 +83,15 @@ impl Target {
     }
 }
 
-/// The server's REST API, without a client certificate.
+/// The server's REST API, without a client certificate, authenticated with the target's
+/// API token.
 #[derive(Debug, Clone)]
 pub struct Api {
     target: HttpsTarget,
 }
 
 impl Api {
+    /// The REST API of `target`, with its API token if it has one.
     pub fn new(target: &Target) -> anyhow::Result<Self> {
         Ok(Self {
             target: HttpsTarget {
@@ -94,8 +100,36 @@ impl Api {
                 server_name: target.server_name.clone(),
                 tls: target.client_tls(None, true)?,
                 timeout: REST_TIMEOUT,
+                authorization: target.api_token.as_deref().map(bearer_auth),
             },
         })
+    }
+
+    /// Fails with what to do about it when the server refused the call's credentials
+    /// (401) or their scope (403).
+    fn check_auth(&self, call: &str, r: &HttpsResponse) -> anyhow::Result<()> {
+        let answer = String::from_utf8_lossy(&r.body);
+        let answer = answer.trim();
+        match (r.status, self.target.authorization.is_some()) {
+            (401, false) => bail!(
+                "{call}: 401 {answer}\nThe server's REST API requires an operator's API \
+                 token: pass --token (or set GATEHOUSE_TOKEN); create one on the server's \
+                 host with `gatehouse admin token NAME` (and the operator first with \
+                 `gatehouse admin create NAME --role admin`)"
+            ),
+            (401, true) => bail!(
+                "{call}: 401 {answer}\nThe server refused the API token (unknown, expired or \
+                 revoked, or its operator is disabled): create a new one with \
+                 `gatehouse admin token NAME` and pass it with --token"
+            ),
+            (403, true) => bail!(
+                "{call}: 403 {answer}\nThe API token lacks a permission the simulator needs: \
+                 it registers tenants, manufacturers and models, so it needs an admin's \
+                 token with every permission (`gatehouse admin token NAME` for an operator \
+                 of role admin, without --scope)"
+            ),
+            _ => Ok(()),
+        }
     }
 
     /// GET `path`, JSON; fails unless 200.
@@ -107,6 +141,7 @@ impl Api {
             .get(path)
             .await
             .with_context(|| format!("GET {path}"))?;
+        self.check_auth(&format!("GET {path}"), &r)?;
         if r.status != 200 {
             bail!(
                 "GET {path}: {} {}",
@@ -133,6 +168,7 @@ impl Api {
             .post(path, content_type, None, body)
             .await
             .with_context(|| format!("POST {path}"))?;
+        self.check_auth(&format!("POST {path}"), &r)?;
         if !ok.contains(&r.status) {
             bail!(
                 "POST {path}: {} {}",

@@ -5,6 +5,7 @@
 //! write lock first and never fails half-way on a lock upgrade; several processes or
 //! stores on the same file wait up to [`BUSY_TIMEOUT`] for each other.
 
+mod operators;
 mod respond;
 mod schema;
 

@@ -646,6 +646,7 @@ pub(super) fn list_actions(
          AND (?2 IS NULL OR state = ?2) \
          AND (?3 IS NULL OR (tenant = ?3 AND device = ?4)) \
          AND (?5 IS NULL OR (expires_at IS NOT NULL AND expires_at <= ?5)) \
+         AND (?7 IS NULL OR tenant = ?7) \
          ORDER BY id LIMIT ?6"
     ))?;
     let rows = st.query_map(
@@ -655,7 +656,8 @@ pub(super) fn list_actions(
             filter.device.as_ref().map(|d| d.tenant.as_str()),
             filter.device.as_ref().map(|d| d.device.as_str()),
             filter.expires_by.map(secs),
-            limit(filter.limit)
+            limit(filter.limit),
+            filter.tenant.as_ref().map(TenantId::as_str)
         ],
         action_row,
     )?;

@@ -211,6 +211,40 @@ CREATE TABLE bans (
     created_at INTEGER NOT NULL
 ) STRICT;
 "#,
+    // 5: operators, their API tokens and their dashboard sessions.
+    r#"
+CREATE TABLE operators (
+    name          TEXT PRIMARY KEY,
+    role          TEXT NOT NULL CHECK (role IN ('admin', 'operator', 'analyst', 'auditor')),
+    tenant        TEXT REFERENCES tenants(id),      -- NULL: every tenant
+    password_hash TEXT,                             -- argon2id PHC string; NULL: tokens only
+    created_at    INTEGER NOT NULL,
+    disabled      INTEGER NOT NULL DEFAULT 0,
+    failed_logins INTEGER NOT NULL DEFAULT 0,
+    locked_until  INTEGER
+) STRICT;
+
+CREATE TABLE api_tokens (
+    id          TEXT PRIMARY KEY,
+    operator    TEXT NOT NULL REFERENCES operators(name),
+    label       TEXT NOT NULL,
+    secret_hash BLOB NOT NULL,                      -- SHA-256 of the secret's text
+    permissions TEXT NOT NULL,                      -- JSON array of permission names
+    created_at  INTEGER NOT NULL,
+    expires_at  INTEGER NOT NULL,
+    revoked_at  INTEGER
+) STRICT;
+CREATE INDEX api_tokens_by_operator ON api_tokens (operator);
+
+CREATE TABLE web_sessions (
+    key_hash   BLOB PRIMARY KEY,                    -- SHA-256 of the cookie's value
+    operator   TEXT NOT NULL REFERENCES operators(name),
+    csrf       TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL
+) STRICT;
+CREATE INDEX web_sessions_by_expiry ON web_sessions (expires_at);
+"#,
 ];
 
 /// The schema version this build writes.

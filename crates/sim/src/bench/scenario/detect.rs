@@ -308,7 +308,7 @@ pub async fn run(ctx: &Ctx, broker: &mut Broker) -> anyhow::Result<Vec<Row>> {
 
 /// Posts the profile of [`profile_toml`] for the bench's model.
 async fn upload_profile(server: &Server) -> anyhow::Result<()> {
-    let mut conn = HttpsConnection::connect(&server.plain_target()).await?;
+    let mut conn = HttpsConnection::connect(&server.api_target()).await?;
     let path = format!("/api/v1/models/{MODEL}/profiles");
     let response = conn
         .post(&path, "application/toml", None, profile_toml().into_bytes())
@@ -603,7 +603,7 @@ async fn detect_counters(server: &Server) -> anyhow::Result<DetectCounters> {
 
 /// The device's tier in force and whether it is pinned, from the trust API.
 async fn trust_of(server: &Server, device: &str) -> anyhow::Result<(Option<String>, bool)> {
-    let mut conn = HttpsConnection::connect(&server.plain_target()).await?;
+    let mut conn = HttpsConnection::connect(&server.api_target()).await?;
     let response = conn
         .get(&format!("/api/v1/devices/{TENANT}/{device}/trust"))
         .await?;
@@ -619,7 +619,7 @@ async fn trust_of(server: &Server, device: &str) -> anyhow::Result<(Option<Strin
 
 /// The kinds of the incidents recorded about the device.
 async fn incident_kinds(server: &Server, device: &str) -> anyhow::Result<Vec<String>> {
-    let mut conn = HttpsConnection::connect(&server.plain_target()).await?;
+    let mut conn = HttpsConnection::connect(&server.api_target()).await?;
     let response = conn
         .get(&format!("/api/v1/incidents?device={TENANT}/{device}"))
         .await?;

@@ -5,7 +5,7 @@
 //! revocation to the disconnection, then try to come back with the revoked certificate.
 //!
 //! The registry objects (a manufacturer, a model, the token) are created through the REST
-//! API first. Every device's key and CSR are made before the clock starts: key generation
+//! API first, with the bench operator's API token (see [`Broker::api_token`]). Every device's key and CSR are made before the clock starts: key generation
 //! is the device's work, not the server's.
 
 use std::collections::BTreeMap;
@@ -32,8 +32,8 @@ use crate::bench::report::{Figure, Row};
 use crate::bench::samples::{Samples, ms, percentile};
 use crate::client::{Client, ConnectOptions};
 use crate::est::{
-    DeviceCsr, HttpsConnection, HttpsResponse, HttpsTarget, PKCS10, basic_auth, decode_base64,
-    names_device, pkcs7_certificates,
+    DeviceCsr, HttpsConnection, HttpsResponse, HttpsTarget, PKCS10, basic_auth, bearer_auth,
+    decode_base64, names_device, pkcs7_certificates,
 };
 
 /// The tenant the devices enroll into (it exists from the first start).
@@ -175,6 +175,8 @@ pub(super) struct Server {
     roots: Arc<RootCertStore>,
     /// Server authentication only: what a device enrolling with a token uses.
     pub(super) tls: Arc<rustls::ClientConfig>,
+    /// `Authorization` of the REST calls: `Bearer <the bench operator's API token>`.
+    api_auth: String,
 }
 
 impl Server {
@@ -189,6 +191,9 @@ impl Server {
         let pem = std::fs::read_to_string(&bundle)
             .with_context(|| format!("reading the CA bundle {}", bundle.display()))?;
         let anchors = gatehouse_pki::load_certs_pem(&pem)?;
+        let token = broker
+            .api_token()
+            .context("the broker has no API token for its REST API")?;
         let mut roots = RootCertStore::empty();
         for anchor in &anchors {
             roots.add(anchor.clone())?;
@@ -202,10 +207,12 @@ impl Server {
             server_name: ctx.server_name.clone(),
             roots: Arc::new(roots),
             tls: Arc::new(tls),
+            api_auth: bearer_auth(token),
         })
     }
 
-    /// The HTTPS listener reached from connection `i`'s source address with `tls`.
+    /// The HTTPS listener reached from connection `i`'s source address with `tls`, for EST:
+    /// no default `Authorization`.
     pub(super) fn target(
         &self,
         ctx: &Ctx,
@@ -219,7 +226,8 @@ impl Server {
         }
     }
 
-    /// The HTTPS listener, without a client certificate, from any source address.
+    /// The HTTPS listener, without a client certificate, from any source address, for the
+    /// public endpoints (EST, `/metrics`): no default `Authorization`.
     pub(super) fn plain_target(&self) -> HttpsTarget {
         HttpsTarget {
             addr: self.https,
@@ -227,7 +235,22 @@ impl Server {
             server_name: self.server_name.clone(),
             tls: self.tls.clone(),
             timeout: REQUEST_TIMEOUT,
+            authorization: None,
         }
+    }
+
+    /// The HTTPS listener for the REST API under `/api/v1`: like
+    /// [`plain_target`](Self::plain_target), with the bench operator's API token.
+    pub(super) fn api_target(&self) -> HttpsTarget {
+        HttpsTarget {
+            authorization: Some(self.api_auth.clone()),
+            ..self.plain_target()
+        }
+    }
+
+    /// The `Authorization` value of REST calls made over another target.
+    pub(super) fn api_auth(&self) -> &str {
+        &self.api_auth
     }
 
     /// A TLS configuration presenting a device's certificate (with the issuing CAs) and key.
@@ -274,14 +297,15 @@ impl Server {
         }
     }
 
-    /// A REST call without a client certificate; fails unless the status is `expect`.
+    /// A REST call without a client certificate, with the API token; fails unless the
+    /// status is `expect`.
     async fn rest(
         &self,
         path: &str,
         body: &serde_json::Value,
         expect: u16,
     ) -> anyhow::Result<serde_json::Value> {
-        let mut conn = HttpsConnection::connect(&self.plain_target()).await?;
+        let mut conn = HttpsConnection::connect(&self.api_target()).await?;
         let response = conn
             .post(path, "application/json", None, serde_json::to_vec(body)?)
             .await?;
@@ -594,7 +618,7 @@ async fn revoke_and_watch(
             .post(
                 &format!("/api/v1/devices/{TENANT}/{device}/revoke"),
                 "application/json",
-                None,
+                Some(server.api_auth()),
                 body,
             )
             .await?;

@@ -651,7 +651,7 @@ async fn timed(
     path: &str,
     body: Option<serde_json::Value>,
 ) -> anyhow::Result<Timed> {
-    let mut conn = HttpsConnection::connect(&server.plain_target()).await?;
+    let mut conn = HttpsConnection::connect(&server.api_target()).await?;
     let body = body.map(|b| serde_json::to_vec(&b)).transpose()?;
     let sent_ns = now_ns();
     let started = Instant::now();
