@@ -16,6 +16,7 @@
 
 mod audit_scope;
 pub mod auth;
+mod dashboard;
 pub mod detection;
 pub mod est;
 mod metrics;
@@ -138,6 +139,7 @@ pub fn router(state: ApiState, limits: HttpLimits) -> Router {
         .merge(est::routes())
         .merge(revocation::routes())
         .merge(rest::public_routes())
+        .merge(dashboard::routes())
         .merge(operator_routes)
         .with_state(state)
         .layer(DefaultBodyLimit::max(limits.max_body))

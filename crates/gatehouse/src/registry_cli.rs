@@ -14,6 +14,7 @@ mod incident;
 mod manufacturer;
 mod model;
 mod policy;
+mod remote;
 mod tenant;
 mod token;
 
@@ -72,9 +73,53 @@ struct Common {
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
-    /// Who the audit log names for changes (default: operator:$USER).
+    /// Who the audit log names for changes (default: operator:$USER). Local only: a
+    /// remote server names the token's operator.
     #[arg(long, global = true, value_name = "WHO")]
     actor: Option<String>,
+    /// Talk to this server's REST API (`https://host:8443`) instead of opening the local
+    /// data directory.
+    #[arg(long, global = true, env = "GATEHOUSE_SERVER", value_name = "URL")]
+    server: Option<String>,
+    /// The operator's API token for --server (`gatehouse admin token NAME` prints one).
+    #[arg(
+        long,
+        global = true,
+        env = "GATEHOUSE_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    token: Option<String>,
+    /// The CA bundle that signs the server's certificate, for --server (default: the local
+    /// data directory's ca/ca.crt).
+    #[arg(long, global = true, env = "GATEHOUSE_CA", value_name = "FILE")]
+    ca: Option<std::path::PathBuf>,
+}
+
+impl Common {
+    /// The remote server to use, if --server was given.
+    fn remote(&self, settings: &Settings) -> Result<Option<remote::Remote>> {
+        let Some(server) = &self.server else {
+            return Ok(None);
+        };
+        let token = self.token.clone().context(
+            "--server needs an API token: --token or GATEHOUSE_TOKEN \
+             (create one on the server's host with `gatehouse admin token NAME`)",
+        )?;
+        anyhow::ensure!(
+            self.actor.is_none(),
+            "--actor is for local commands; a remote server audits the token's operator"
+        );
+        Ok(Some(remote::Remote {
+            server: server.clone(),
+            token: token.trim().to_owned(),
+            ca: self
+                .ca
+                .clone()
+                .unwrap_or_else(|| settings.ca_dir().join("ca.crt")),
+            json: self.json,
+        }))
+    }
 }
 
 /// Runs a registry command. Errors are printed as one line and end the process with
@@ -89,6 +134,9 @@ pub fn run(command: RegistryCommand, config: Option<&Path>) -> Result<()> {
 
 fn dispatch(command: RegistryCommand, config: Option<&Path>) -> Result<()> {
     let settings = Settings::load(config)?;
+    if let Some(remote) = common_of(&command).remote(&settings)? {
+        return remote::run(command, &remote);
+    }
     macro_rules! go {
         ($group:expr, $run:path) => {{
             let ctx = Ctx::open(&settings, $group.common)?;
@@ -106,6 +154,21 @@ fn dispatch(command: RegistryCommand, config: Option<&Path>) -> Result<()> {
         RegistryCommand::Audit(g) => go!(g, audit::run),
         RegistryCommand::Incident(g) => go!(g, incident::run),
         RegistryCommand::Admin(g) => go!(g, admin::run),
+    }
+}
+
+fn common_of(command: &RegistryCommand) -> &Common {
+    match command {
+        RegistryCommand::Tenant(g) => &g.common,
+        RegistryCommand::Manufacturer(g) => &g.common,
+        RegistryCommand::Model(g) => &g.common,
+        RegistryCommand::Claim(g) => &g.common,
+        RegistryCommand::Device(g) => &g.common,
+        RegistryCommand::Token(g) => &g.common,
+        RegistryCommand::Policy(g) => &g.common,
+        RegistryCommand::Audit(g) => &g.common,
+        RegistryCommand::Incident(g) => &g.common,
+        RegistryCommand::Admin(g) => &g.common,
     }
 }
 

@@ -147,9 +147,28 @@ pub enum Reason {
     PrivilegeWithdrawn,
 }
 
+impl Status {
+    /// The name the REST API takes.
+    pub(super) fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Revoked => "revoked",
+            Self::Blocked => "blocked",
+        }
+    }
+}
+
 // === impl Reason ===
 
 impl Reason {
+    /// The name the REST API takes (RFC 5280's, in snake case).
+    pub(super) fn api_name(self) -> String {
+        serde_json::to_value(self.to_store())
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_else(|| "unspecified".to_owned())
+    }
+
     fn to_store(self) -> RevocationReason {
         match self {
             Self::Unspecified => RevocationReason::Unspecified,
