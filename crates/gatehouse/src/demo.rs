@@ -139,6 +139,33 @@ fn demo_api_token(settings: &Settings) -> anyhow::Result<String> {
     Ok(text.expose().to_owned())
 }
 
+/// Gives the operator [`DEMO_OPERATOR`] a new generated password for the dashboard;
+/// returns it.
+fn demo_password(settings: &Settings) -> anyhow::Result<String> {
+    let path = settings.db_path();
+    let store = SqliteStore::open(&path)
+        .with_context(|| format!("opening the registry {}", path.display()))?;
+    let password =
+        gatehouse_api::auth::random_password().map_err(|p| anyhow::anyhow!(p.message))?;
+    let hash =
+        gatehouse_api::auth::hash_password(&password).map_err(|p| anyhow::anyhow!(p.message))?;
+    let name = OperatorName::new(DEMO_OPERATOR).context("the demo's operator name")?;
+    store
+        .set_password(
+            &name,
+            &hash,
+            &AuditEntry::new(
+                OffsetDateTime::now_utc(),
+                "system",
+                "set_password",
+                DEMO_OPERATOR,
+            )
+            .reason("gatehouse demo: the dashboard's login"),
+        )
+        .with_context(|| format!("setting the password of {DEMO_OPERATOR}"))?;
+    Ok(password)
+}
+
 /// Server logs go to a file in the demo's directory, not over the narration.
 fn init_file_logging(path: &Path) -> anyhow::Result<()> {
     let file = std::fs::File::create(path)
@@ -192,6 +219,12 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     .with_context(|| format!("writing {}", config.display()))?;
     let settings = Settings::load(Some(&config))?;
     let api_token = demo_api_token(&settings)?;
+    // Kept running, the server is there to be looked at: the dashboard needs a password.
+    let password = if args.once {
+        None
+    } else {
+        Some(demo_password(&settings)?)
+    };
     narrator.say(format!(
         "gatehouse demo: starting a server in {} (logs: {})",
         dir.display(),
@@ -242,7 +275,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             "\nThe server keeps running with the fleet's state: REST API https://localhost:{port}/api/v1/incidents \
              (trust {ca}), MQTTS localhost:{mqtts}. Ctrl-C stops it.\n\
              The API takes the operator {DEMO_OPERATOR}'s token:\n\
-             \n    curl --cacert {ca} -H \"Authorization: Bearer {api_token}\" \\\n        https://localhost:{port}/api/v1/incidents\n",
+             \n    curl --cacert {ca} -H \"Authorization: Bearer {api_token}\" \\\n        https://localhost:{port}/api/v1/incidents\n\n\
+             Dashboard: https://localhost:{port}/ui/ (the certificate is from the demo's own CA, {ca}) \
+             — log in as {DEMO_OPERATOR} with the password {password}\n",
+            password = password.as_deref().unwrap_or("-"),
             port = server.https.port(),
             ca = server.ca_file.display(),
             mqtts = server.mqtts.port(),
