@@ -15,35 +15,13 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail, ensure};
 use fantoccini::{Client, ClientBuilder, Locator};
 use rumqttc::v5::mqttbytes::QoS;
-use serde_json::{Value, json};
+use serde_json::json;
 use support::clients::V5;
 use support::lab::*;
 use tokio::process::{Child, Command};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
-
-const THERMO_PROFILE: &str = r#"
-manufacturer = "acme"
-model = "thermo"
-
-[firmware]
-current = "2.4.1"
-supported = ["2.4.1"]
-
-[[topics]]
-pattern = "devices/{device}/telemetry"
-direction = "publish"
-kind = "telemetry"
-rate = "5/s"
-burst = 10
-payload = "json"
-
-[[topics]]
-pattern = "devices/{device}/commands/+"
-direction = "subscribe"
-kind = "command"
-"#;
 
 fn skip() -> bool {
     let have = Path::new(CHROMIUM).exists() && Path::new(CHROMEDRIVER).exists() && tools();
@@ -175,15 +153,6 @@ async fn log_in(browser: &Client, base: &str, name: &str, password: &str) -> Res
     }
 }
 
-async fn operator(lab: &Lab, name: &str, role: &str) -> Result<String> {
-    let out = lab
-        .gh
-        .cli(&["admin", "create", name, "--role", role, "--json"])
-        .await?;
-    let v: Value = serde_json::from_str(&out)?;
-    Ok(v["password"].as_str().context("password")?.to_owned())
-}
-
 fn tier(lab: &Lab, device: &str) -> Result<String> {
     let (s, v) = lab.api(
         "GET",
@@ -230,8 +199,8 @@ async fn operator_releases_a_quarantined_device_from_the_dashboard() -> Result<(
     }
     wait_tier(&lab, "cam-1", |t| t == "quarantined").await?;
 
-    let ops = operator(&lab, "ops", "operator").await?;
-    let auditor = operator(&lab, "audit", "auditor").await?;
+    let ops = lab.create_operator("ops", "operator", None).await?;
+    let auditor = lab.create_operator("audit", "auditor", None).await?;
     let base = lab.url("");
     let driver = Driver::start().await?;
     let browser = driver.browser().await?;

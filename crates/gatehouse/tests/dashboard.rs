@@ -18,28 +18,6 @@ use serde_json::{Value, json};
 use support::clients::V5;
 use support::lab::*;
 
-const THERMO_PROFILE: &str = r#"
-manufacturer = "acme"
-model = "thermo"
-
-[firmware]
-current = "2.4.1"
-supported = ["2.4.1"]
-
-[[topics]]
-pattern = "devices/{device}/telemetry"
-direction = "publish"
-kind = "telemetry"
-rate = "5/s"
-burst = 10
-payload = "json"
-
-[[topics]]
-pattern = "devices/{device}/commands/+"
-direction = "subscribe"
-kind = "command"
-"#;
-
 const CSP: &str = "default-src 'self'; img-src 'self' data:; style-src 'self'; \
                    script-src 'self'; frame-ancestors 'none'; form-action 'self'";
 
@@ -140,17 +118,6 @@ fn post_form(lab: &Lab, jar: Option<&Path>, path: &str, fields: &[(&str, &str)])
         ]);
     }
     request(lab, jar, true, &extra, path)
-}
-
-/// Creates an operator with the CLI; returns its password.
-async fn operator(lab: &Lab, name: &str, role: &str, tenant: Option<&str>) -> Result<String> {
-    let mut args = vec!["admin", "create", name, "--role", role, "--json"];
-    if let Some(t) = tenant {
-        args.extend(["--tenant", t]);
-    }
-    let out = lab.gh.cli(&args).await?;
-    let v: Value = serde_json::from_str(&out)?;
-    Ok(v["password"].as_str().context("password")?.to_owned())
 }
 
 /// Logs in with the form into a fresh jar; returns the jar.
@@ -318,7 +285,7 @@ async fn pages_need_a_session_and_the_login_form_checks_the_password() -> Result
         js.status
     );
 
-    let password = operator(&lab, "alice", "operator", None).await?;
+    let password = lab.create_operator("alice", "operator", None).await?;
 
     // A wrong password: the form again, a generic error, no cookie.
     let jar = lab.path("wrong.jar");
@@ -445,8 +412,8 @@ async fn quarantined_device_page_says_why_and_release_reverses_the_quarantine() 
     }
     wait_for_tier(&lab, "scanner", "quarantined").await?;
 
-    let ops = operator(&lab, "ops", "operator", None).await?;
-    let analyst = operator(&lab, "ann", "analyst", None).await?;
+    let ops = lab.create_operator("ops", "operator", None).await?;
+    let analyst = lab.create_operator("ann", "analyst", None).await?;
     let jar = login(&lab, "ops", &ops)?;
 
     // The overview counts the fleet by tier.
@@ -620,7 +587,9 @@ async fn tenant_operator_gets_404_for_another_tenants_device_page() -> Result<()
     lab.enroll_with_token("red-1", &lab.token("red", 1, 3600)?)?;
     lab.enroll_with_token("blue-1", &lab.token("blue", 1, 3600)?)?;
 
-    let password = operator(&lab, "red-op", "operator", Some("red")).await?;
+    let password = lab
+        .create_operator("red-op", "operator", Some("red"))
+        .await?;
     let jar = login(&lab, "red-op", &password)?;
     let own = get(&lab, Some(&jar), "/ui/devices/red/red-1")?;
     ensure!(

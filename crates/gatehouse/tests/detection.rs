@@ -18,35 +18,6 @@ use support::clients::V5;
 use support::lab::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// A thermostat: JSON telemetry at a few messages a second, a temperature field with a
-/// range, commands in.
-const THERMO_PROFILE: &str = r#"
-manufacturer = "acme"
-model = "thermo"
-
-[firmware]
-current = "2.4.1"
-supported = ["2.4.1"]
-
-[[topics]]
-pattern = "devices/{device}/telemetry"
-direction = "publish"
-kind = "telemetry"
-rate = "5/s"
-burst = 10
-payload = "json"
-
-[[topics.fields]]
-name = "temp"
-min = -40.0
-max = 85.0
-
-[[topics]]
-pattern = "devices/{device}/commands/+"
-direction = "subscribe"
-kind = "command"
-"#;
-
 fn skip() -> bool {
     if tools() && support::have_program("mosquitto_pub", &["--help"]) {
         return false;

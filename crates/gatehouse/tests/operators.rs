@@ -17,28 +17,6 @@ use support::clients::V5;
 use support::lab::*;
 use support::{Gatehouse, Options};
 
-const THERMO_PROFILE: &str = r#"
-manufacturer = "acme"
-model = "thermo"
-
-[firmware]
-current = "2.4.1"
-supported = ["2.4.1"]
-
-[[topics]]
-pattern = "devices/{device}/telemetry"
-direction = "publish"
-kind = "telemetry"
-rate = "5/s"
-burst = 10
-payload = "json"
-
-[[topics]]
-pattern = "devices/{device}/commands/+"
-direction = "subscribe"
-kind = "command"
-"#;
-
 fn skip() -> bool {
     if tools() {
         return false;
@@ -49,18 +27,6 @@ fn skip() -> bool {
     );
     eprintln!("skipped: curl or openssl is missing");
     true
-}
-
-/// Creates an operator with the CLI and an API token for it; returns the token.
-async fn operator(lab: &Lab, name: &str, role: &str, tenant: Option<&str>) -> Result<String> {
-    let mut args = vec!["admin", "create", name, "--role", role, "--json"];
-    if let Some(t) = tenant {
-        args.extend(["--tenant", t]);
-    }
-    lab.gh.cli(&args).await?;
-    let out = lab.gh.cli(&["admin", "token", name, "--json"]).await?;
-    let v: Value = serde_json::from_str(&out)?;
-    Ok(v["token"].as_str().context("no token")?.to_owned())
 }
 
 fn status(lab: &Lab, token: &str, method: &str, path: &str, body: Option<Value>) -> Result<u16> {
@@ -200,9 +166,15 @@ async fn other_tenant_gets_404() -> Result<()> {
     ensure!(s == 200, "{s} {v}");
     let action_id = v["actions"][0]["id"].to_string();
 
-    let red_op = operator(&lab, "red-op", "operator", Some("red")).await?;
-    let red_audit = operator(&lab, "red-audit", "auditor", Some("red")).await?;
-    let red_analyst = operator(&lab, "red-analyst", "analyst", Some("red")).await?;
+    let red_op = lab
+        .operator_token("red-op", "operator", Some("red"))
+        .await?;
+    let red_audit = lab
+        .operator_token("red-audit", "auditor", Some("red"))
+        .await?;
+    let red_analyst = lab
+        .operator_token("red-analyst", "analyst", Some("red"))
+        .await?;
 
     // Reads of blue's objects by red's operator: not found, as if they did not exist.
     for path in [
@@ -407,22 +379,13 @@ fn with_session(
     Ok((s, serde_json::from_slice(&out).unwrap_or(Value::Null)))
 }
 
-async fn operator_with_password(lab: &Lab, name: &str, role: &str) -> Result<String> {
-    let out = lab
-        .gh
-        .cli(&["admin", "create", name, "--role", role, "--json"])
-        .await?;
-    let v: Value = serde_json::from_str(&out)?;
-    Ok(v["password"].as_str().context("password")?.to_owned())
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn session_cookie_is_hardened_and_changes_need_the_csrf_token() -> Result<()> {
     if skip() {
         return Ok(());
     }
     let lab = Lab::start().await?;
-    let password = operator_with_password(&lab, "alice", "operator").await?;
+    let password = lab.create_operator("alice", "operator", None).await?;
     let jar = lab.path("alice.jar");
     let (s, head, v) = login(&lab, &jar, "alice", &password)?;
     ensure!(s == 200, "login: {s} {v}");
@@ -503,7 +466,7 @@ async fn repeated_failed_logins_lock_the_account() -> Result<()> {
         "[api]\nmax_failed_logins = 3\nlockout = \"1h\"\nlogins_per_minute = 100\n",
     )
     .await?;
-    let password = operator_with_password(&lab, "bob", "analyst").await?;
+    let password = lab.create_operator("bob", "analyst", None).await?;
     let jar = lab.path("bob.jar");
     for _ in 0..3 {
         let (s, _, v) = login(&lab, &jar, "bob", "wrong-password-123")?;
@@ -635,7 +598,9 @@ async fn cli_works_a_remote_server_with_an_operators_token() -> Result<()> {
     }
     lab.enroll_with_token("red-1", &lab.token("red", 1, 3600)?)?;
     lab.enroll_with_token("blue-1", &lab.token("blue", 1, 3600)?)?;
-    let red_op = operator(&lab, "red-op", "operator", Some("red")).await?;
+    let red_op = lab
+        .operator_token("red-op", "operator", Some("red"))
+        .await?;
 
     let (ok, out, err) = remote_cli(&lab, Some(&red_op), &["device", "list", "--json"])?;
     ensure!(ok, "device list: {err}");

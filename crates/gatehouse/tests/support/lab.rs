@@ -11,6 +11,35 @@ use serde_json::{Value, json};
 use super::clients::V5;
 use super::{Gatehouse, have_program};
 
+/// A thermostat's profile: JSON telemetry at a few messages a second with a temperature
+/// field and its range, commands in.
+pub const THERMO_PROFILE: &str = r#"
+manufacturer = "acme"
+model = "thermo"
+
+[firmware]
+current = "2.4.1"
+supported = ["2.4.1"]
+
+[[topics]]
+pattern = "devices/{device}/telemetry"
+direction = "publish"
+kind = "telemetry"
+rate = "5/s"
+burst = 10
+payload = "json"
+
+[[topics.fields]]
+name = "temp"
+min = -40.0
+max = 85.0
+
+[[topics]]
+pattern = "devices/{device}/commands/+"
+direction = "subscribe"
+kind = "command"
+"#;
+
 pub fn tools() -> bool {
     have_program("curl", &["--version"]) && have_program("openssl", &["version"])
 }
@@ -374,4 +403,35 @@ pub fn tls_from_files(
         &[lab.gh.ca_der()?],
         Some(&issued),
     )?)
+}
+
+/// Operators, made with the binary's `admin` commands as an admin on the host would.
+impl Lab {
+    /// Creates an operator (bound to `tenant` when given); returns its generated password.
+    pub async fn create_operator(
+        &self,
+        name: &str,
+        role: &str,
+        tenant: Option<&str>,
+    ) -> Result<String> {
+        let mut args = vec!["admin", "create", name, "--role", role, "--json"];
+        if let Some(t) = tenant {
+            args.extend(["--tenant", t]);
+        }
+        let v: Value = serde_json::from_str(&self.gh.cli(&args).await?)?;
+        Ok(v["password"].as_str().context("no password")?.to_owned())
+    }
+
+    /// Creates an operator and an API token for it; returns the token.
+    pub async fn operator_token(
+        &self,
+        name: &str,
+        role: &str,
+        tenant: Option<&str>,
+    ) -> Result<String> {
+        self.create_operator(name, role, tenant).await?;
+        let v: Value =
+            serde_json::from_str(&self.gh.cli(&["admin", "token", name, "--json"]).await?)?;
+        Ok(v["token"].as_str().context("no token")?.to_owned())
+    }
 }
