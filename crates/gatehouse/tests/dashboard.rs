@@ -10,9 +10,9 @@
 mod support;
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use rumqttc::v5::mqttbytes::QoS;
 use serde_json::{Value, json};
 use support::clients::V5;
@@ -157,41 +157,6 @@ fn check_security_headers(a: &Answer, what: &str) -> Result<()> {
         );
     }
     Ok(())
-}
-
-async fn eventually<T>(
-    within: Duration,
-    what: &str,
-    mut check: impl FnMut() -> Result<Option<T>>,
-) -> Result<T> {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(v) = check()? {
-            return Ok(v);
-        }
-        if Instant::now() > deadline {
-            bail!("{what}: not within {within:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn trust(lab: &Lab, name: &str) -> Result<Value> {
-    let (s, v) = lab.api(
-        "GET",
-        &format!("/api/v1/devices/default/{name}/trust"),
-        None,
-    )?;
-    ensure!(s == 200, "trust of {name}: {s} {v}");
-    Ok(v)
-}
-
-async fn wait_for_tier(lab: &Lab, name: &str, tier: &str) -> Result<Value> {
-    eventually(support::WAIT, &format!("{name} becoming {tier}"), || {
-        let v = trust(lab, name)?;
-        Ok((v["assessment"]["tier"] == tier && v["verdict"]["tier"] == tier).then_some(v))
-    })
-    .await
 }
 
 /// A lab with manufacturer `acme`, the thermostat model and its profile, detection
@@ -401,8 +366,9 @@ async fn quarantined_device_page_says_why_and_release_reverses_the_quarantine() 
     let lab = lab().await?;
     let _calm = thermostat(&lab, "calm").await?;
     let scanner = thermostat(&lab, "scanner").await?;
-    wait_for_tier(&lab, "calm", "trusted").await?;
-    wait_for_tier(&lab, "scanner", "trusted").await?;
+    lab.wait_for_tier("calm", "trusted", support::WAIT).await?;
+    lab.wait_for_tier("scanner", "trusted", support::WAIT)
+        .await?;
     // Probing other devices' command topics: a topic_scanning incident, quarantined.
     for i in 0..30 {
         scanner
@@ -410,7 +376,8 @@ async fn quarantined_device_page_says_why_and_release_reverses_the_quarantine() 
             .subscribe(format!("devices/victim-{i}/commands/set"), QoS::AtMostOnce)
             .await?;
     }
-    wait_for_tier(&lab, "scanner", "quarantined").await?;
+    lab.wait_for_tier("scanner", "quarantined", support::WAIT)
+        .await?;
 
     let ops = lab.create_operator("ops", "operator", None).await?;
     let analyst = lab.create_operator("ann", "analyst", None).await?;
@@ -515,7 +482,7 @@ async fn quarantined_device_page_says_why_and_release_reverses_the_quarantine() 
         a.status
     );
     ensure!(
-        trust(&lab, "scanner")?["assessment"]["tier"] == "quarantined",
+        lab.trust("scanner")?["assessment"]["tier"] == "quarantined",
         "still quarantined after refused releases"
     );
 
@@ -535,7 +502,7 @@ async fn quarantined_device_page_says_why_and_release_reverses_the_quarantine() 
         a.body
     );
     let after = eventually(Duration::from_secs(40), "scanner out of quarantine", || {
-        let v = trust(&lab, "scanner")?;
+        let v = lab.trust("scanner")?;
         let out = v["assessment"]["pin"].is_null()
             && v["assessment"]["tier"] != "quarantined"
             && v["verdict"]["tier"] != "quarantined";

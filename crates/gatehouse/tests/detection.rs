@@ -10,7 +10,7 @@ mod support;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::PubAckReason;
 use serde_json::{Value, json};
@@ -50,46 +50,6 @@ async fn thermostat(lab: &Lab, name: &str) -> Result<(std::path::PathBuf, std::p
     let tls = tls_from_files(lab, &key, &cert)?;
     let client = V5::connect_as(lab.gh.listeners.mqtts, tls, name).await?;
     Ok((key, cert, client))
-}
-
-fn trust(lab: &Lab, name: &str) -> Result<Value> {
-    let (s, v) = lab.api(
-        "GET",
-        &format!("/api/v1/devices/default/{name}/trust"),
-        None,
-    )?;
-    ensure!(s == 200, "trust of {name}: {s} {v}");
-    Ok(v)
-}
-
-/// Waits until `check` returns a value, polling; fails with the last state after `within`.
-async fn eventually<T>(
-    within: Duration,
-    what: &str,
-    mut check: impl FnMut() -> Result<Option<T>>,
-) -> Result<T> {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(v) = check()? {
-            return Ok(v);
-        }
-        if Instant::now() > deadline {
-            bail!("{what}: not within {within:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn wait_for_tier(lab: &Lab, name: &str, tier: &str, within: Duration) -> Result<Value> {
-    let mut last = Value::Null;
-    let r = eventually(within, &format!("{name} becoming {tier}"), || {
-        let v = trust(lab, name)?;
-        let done = v["assessment"]["tier"] == tier && v["verdict"]["tier"] == tier;
-        last = v.clone();
-        Ok(done.then_some(v))
-    })
-    .await;
-    r.with_context(|| format!("last trust view: {last:#}"))
 }
 
 /// The incidents about a device.
@@ -153,7 +113,8 @@ async fn flooding_device_is_quarantined_then_released_and_its_trust_recovers() -
         publish_acked(&mut client, "flooder").await? == PubAckReason::Success,
         "a normal publish is allowed"
     );
-    wait_for_tier(&lab, "flooder", "trusted", support::WAIT).await?;
+    lab.wait_for_tier("flooder", "trusted", support::WAIT)
+        .await?;
 
     // A profile of 5 messages a second; the device sends thousands.
     let started = Instant::now();
@@ -168,7 +129,9 @@ async fn flooding_device_is_quarantined_then_released_and_its_trust_recovers() -
             )
             .await?;
     }
-    let v = wait_for_tier(&lab, "flooder", "quarantined", support::WAIT).await?;
+    let v = lab
+        .wait_for_tier("flooder", "quarantined", support::WAIT)
+        .await?;
     eprintln!("quarantined {:?} after the flood began", started.elapsed());
     ensure!(v["assessment"]["pin"]["tier"] == "quarantined", "{v:#}");
 
@@ -227,7 +190,8 @@ async fn flooding_device_is_quarantined_then_released_and_its_trust_recovers() -
     )?;
     ensure!(s == 200 && v["state"] == "resolved", "resolve: {s} {v}");
 
-    wait_for_tier(&lab, "flooder", "trusted", Duration::from_secs(40)).await?;
+    lab.wait_for_tier("flooder", "trusted", Duration::from_secs(40))
+        .await?;
     let reason = publish_acked(&mut client, "flooder").await?;
     ensure!(
         reason == PubAckReason::Success,
@@ -257,7 +221,8 @@ async fn scanning_device_is_quarantined() -> Result<()> {
     }
     let lab = lab("").await?;
     let (_key, _cert, client) = thermostat(&lab, "scanner").await?;
-    wait_for_tier(&lab, "scanner", "trusted", support::WAIT).await?;
+    lab.wait_for_tier("scanner", "trusted", support::WAIT)
+        .await?;
     // Probing other devices' topics and the broker's.
     for i in 0..30 {
         client
@@ -265,7 +230,8 @@ async fn scanning_device_is_quarantined() -> Result<()> {
             .subscribe(format!("devices/victim-{i}/commands/set"), QoS::AtMostOnce)
             .await?;
     }
-    wait_for_tier(&lab, "scanner", "quarantined", support::WAIT).await?;
+    lab.wait_for_tier("scanner", "quarantined", support::WAIT)
+        .await?;
     let detail = incident_of(&lab, "scanner", "topic_scanning").await?;
     ensure!(
         detail["incident"]["technique"].as_str().is_some(),
@@ -304,14 +270,17 @@ async fn brute_forcing_device_is_quarantined() -> Result<()> {
     }
     let lab = lab("").await?;
     let (key, cert, _client) = thermostat(&lab, "guesser").await?;
-    wait_for_tier(&lab, "guesser", "trusted", support::WAIT).await?;
+    lab.wait_for_tier("guesser", "trusted", support::WAIT)
+        .await?;
     // The device tries to log in as others: its certificate, other client ids. Every
     // attempt is refused (client id differs from the certificate's device).
     for i in 0..15 {
         let out = mosquitto_pub(&lab, &key, &cert, &format!("admin-{i}"), "127.0.0.1")?;
         ensure!(!out.status.success(), "a wrong client id must be refused");
     }
-    let v = wait_for_tier(&lab, "guesser", "quarantined", support::WAIT).await?;
+    let v = lab
+        .wait_for_tier("guesser", "quarantined", support::WAIT)
+        .await?;
     ensure!(
         v["assessment"]["factors"]
             .as_array()
@@ -598,7 +567,8 @@ async fn operator_works_an_incident_from_the_command_line() -> Result<()> {
     }
     let lab = lab("").await?;
     let (_key, _cert, client) = thermostat(&lab, "prober").await?;
-    wait_for_tier(&lab, "prober", "trusted", support::WAIT).await?;
+    lab.wait_for_tier("prober", "trusted", support::WAIT)
+        .await?;
     client.client.subscribe("$SYS/#", QoS::AtMostOnce).await?;
     for i in 0..20 {
         client
@@ -606,7 +576,8 @@ async fn operator_works_an_incident_from_the_command_line() -> Result<()> {
             .subscribe(format!("devices/other-{i}/telemetry"), QoS::AtMostOnce)
             .await?;
     }
-    wait_for_tier(&lab, "prober", "quarantined", support::WAIT).await?;
+    lab.wait_for_tier("prober", "quarantined", support::WAIT)
+        .await?;
 
     // The incidents, as the command line shows them.
     let list: Value = serde_json::from_str(
@@ -670,7 +641,8 @@ async fn operator_works_an_incident_from_the_command_line() -> Result<()> {
         "{}",
         String::from_utf8_lossy(&again.stderr)
     );
-    wait_for_tier(&lab, "prober", "trusted", Duration::from_secs(40)).await?;
+    lab.wait_for_tier("prober", "trusted", Duration::from_secs(40))
+        .await?;
     lab.gh
         .cli(&["incident", "resolve", &id, "--note", "released"])
         .await?;
@@ -726,7 +698,7 @@ async fn cloned_certificate_is_detected() -> Result<()> {
             .and_then(|a| a.iter().find(|a| a["kind"] == "revoke").cloned()))
     })
     .await?;
-    let status: Value = trust(&lab, "twin")?;
+    let status: Value = lab.trust("twin")?;
     ensure!(
         status["verdict"]["tier"] != "blocked",
         "nothing is revoked before the approval: {status:#}"
@@ -811,7 +783,8 @@ for = "10m"
     ensure!(s == 200 && v["state"] == "reversed", "unthrottle: {s} {v}");
     // The flood's penalty also lowered its score; once that fades, nothing holds it back
     // but its profile's own rate (5/s, burst 10).
-    wait_for_tier(&lab, "chatty", "trusted", Duration::from_secs(40)).await?;
+    lab.wait_for_tier("chatty", "trusted", Duration::from_secs(40))
+        .await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mut passed = 0;
     for _ in 0..3 {

@@ -150,32 +150,6 @@ async fn report_posture(
     Ok(())
 }
 
-fn trust(lab: &Lab, name: &str) -> Result<Value> {
-    let (s, v) = lab.api(
-        "GET",
-        &format!("/api/v1/devices/default/{name}/trust"),
-        None,
-    )?;
-    ensure!(s == 200, "trust of {name}: {s} {v}");
-    Ok(v)
-}
-
-/// Waits until the device's tier is `tier`; returns its trust view.
-async fn wait_for_tier(lab: &Lab, name: &str, tier: &str) -> Result<Value> {
-    let deadline = std::time::Instant::now() + support::WAIT;
-    loop {
-        let v = trust(lab, name)?;
-        if v["assessment"]["tier"] == tier && v["verdict"]["tier"] == tier {
-            return Ok(v);
-        }
-        ensure!(
-            std::time::Instant::now() < deadline,
-            "{name} never became {tier}: {v:#}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 async fn suback_code(client: &mut V5, filter: &str) -> Result<SubscribeReasonCode> {
     client.client.subscribe(filter, QoS::AtLeastOnce).await?;
     let codes = client.suback().await?;
@@ -202,7 +176,7 @@ async fn outdated_firmware_starts_restricted_and_current_firmware_makes_it_trust
     let (key, mut thermo) = device(&lab, "thermo-1", "thermo").await?;
 
     // Before any posture: scored on what is known, and that is visible.
-    let first = trust(&lab, "thermo-1")?;
+    let first = lab.trust("thermo-1")?;
     ensure!(
         factor_names(&first)
             .iter()
@@ -219,7 +193,9 @@ async fn outdated_firmware_starts_restricted_and_current_firmware_makes_it_trust
         json!({ "firmware": "2.3.0", "services": ["ssh"], "default_credentials": "changed" }),
     )
     .await?;
-    let restricted = wait_for_tier(&lab, "thermo-1", "restricted").await?;
+    let restricted = lab
+        .wait_for_tier("thermo-1", "restricted", support::WAIT)
+        .await?;
     ensure!(
         factor_names(&restricted)
             .iter()
@@ -258,7 +234,7 @@ async fn outdated_firmware_starts_restricted_and_current_firmware_makes_it_trust
     .await?;
     // One report per second is processed; the first one may still hold the slot.
     let deadline = std::time::Instant::now() + support::WAIT;
-    while trust(&lab, "thermo-1")?["assessment"]["tier"] != "trusted" {
+    while lab.trust("thermo-1")?["assessment"]["tier"] != "trusted" {
         ensure!(std::time::Instant::now() < deadline, "never trusted");
         tokio::time::sleep(Duration::from_millis(300)).await;
         report_posture(
@@ -270,7 +246,8 @@ async fn outdated_firmware_starts_restricted_and_current_firmware_makes_it_trust
         )
         .await?;
     }
-    wait_for_tier(&lab, "thermo-1", "trusted").await?;
+    lab.wait_for_tier("thermo-1", "trusted", support::WAIT)
+        .await?;
     let code = suback_code(&mut thermo, "devices/thermo-1/commands/+").await?;
     ensure!(
         matches!(code, SubscribeReasonCode::Success(_)),
@@ -330,7 +307,7 @@ async fn forged_posture_is_refused_and_audited() -> Result<()> {
         ensure!(std::time::Instant::now() < deadline, "forgery not refused");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let v = trust(&lab, "thermo-1")?;
+    let v = lab.trust("thermo-1")?;
     ensure!(
         factor_names(&v)
             .iter()
@@ -348,7 +325,8 @@ async fn quarantining_a_trusted_device_stops_delivery_on_its_open_subscription()
     let lab = fleet_lab().await?;
     let (_key, mut thermo) = device(&lab, "thermo-1", "thermo").await?;
     let (_ckey, mut controller) = device(&lab, "ctl-1", "controller").await?;
-    wait_for_tier(&lab, "thermo-1", "trusted").await?;
+    lab.wait_for_tier("thermo-1", "trusted", support::WAIT)
+        .await?;
     let code = suback_code(&mut thermo, "devices/thermo-1/commands/+").await?;
     ensure!(matches!(code, SubscribeReasonCode::Success(_)), "{code:?}");
 
@@ -417,7 +395,8 @@ async fn pin_overrides_the_score_and_expires() -> Result<()> {
     }
     let lab = fleet_lab().await?;
     let (_key, mut thermo) = device(&lab, "thermo-1", "thermo").await?;
-    wait_for_tier(&lab, "thermo-1", "trusted").await?;
+    lab.wait_for_tier("thermo-1", "trusted", support::WAIT)
+        .await?;
 
     let (s, v) = lab.api(
         "PUT",
@@ -431,7 +410,9 @@ async fn pin_overrides_the_score_and_expires() -> Result<()> {
     ensure!(code == SubscribeReasonCode::NotAuthorized, "{code:?}");
 
     // The pin expires on its own: the tier follows the score again.
-    let v = wait_for_tier(&lab, "thermo-1", "trusted").await?;
+    let v = lab
+        .wait_for_tier("thermo-1", "trusted", support::WAIT)
+        .await?;
     ensure!(v["assessment"]["pin"].is_null(), "{v:#}");
     let code = suback_code(&mut thermo, "devices/thermo-1/commands/+").await?;
     ensure!(matches!(code, SubscribeReasonCode::Success(_)), "{code:?}");
@@ -455,7 +436,8 @@ async fn invalid_policy_set_is_refused_and_a_valid_one_reaches_open_sessions() -
     }
     let lab = fleet_lab().await?;
     let (_key, mut thermo) = device(&lab, "thermo-1", "thermo").await?;
-    wait_for_tier(&lab, "thermo-1", "trusted").await?;
+    lab.wait_for_tier("thermo-1", "trusted", support::WAIT)
+        .await?;
     let (s, before) = lab.api("GET", "/api/v1/policies", None)?;
     ensure!(s == 200 && before["version"] == 0, "{s} {before}");
 
@@ -488,7 +470,7 @@ async fn invalid_policy_set_is_refused_and_a_valid_one_reaches_open_sessions() -
         reason == Some(rumqttc::v5::mqttbytes::v5::DisconnectReasonCode::NotAuthorized),
         "{reason:?}"
     );
-    let v = trust(&lab, "thermo-1")?;
+    let v = lab.trust("thermo-1")?;
     let explanation = v["verdict"]["explanation"].to_string();
     ensure!(explanation.contains("no-thermostats"), "{explanation}");
     Ok(())
@@ -502,7 +484,8 @@ async fn publishes_over_the_topic_rate_or_outside_the_verdict_are_dropped_with_0
     }
     let lab = fleet_lab().await?;
     let (_key, mut thermo) = device(&lab, "thermo-1", "thermo").await?;
-    wait_for_tier(&lab, "thermo-1", "trusted").await?;
+    lab.wait_for_tier("thermo-1", "trusted", support::WAIT)
+        .await?;
     // `status` allows 2 a minute, in a burst of 2: the third and later are dropped.
     let mut reasons = Vec::new();
     for i in 0..6 {

@@ -435,3 +435,55 @@ impl Lab {
         Ok(v["token"].as_str().context("no token")?.to_owned())
     }
 }
+
+/// Waits until `check` returns a value, polling; fails naming `what` after `within`.
+pub async fn eventually<T>(
+    within: std::time::Duration,
+    what: &str,
+    mut check: impl FnMut() -> Result<Option<T>>,
+) -> Result<T> {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Some(v) = check()? {
+            return Ok(v);
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() <= deadline,
+            "{what}: not within {within:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// Devices' trust, through the REST API as the admin `tester`.
+impl Lab {
+    /// The trust view of device `name` of the default tenant.
+    pub fn trust(&self, name: &str) -> Result<Value> {
+        let (s, v) = self.api(
+            "GET",
+            &format!("/api/v1/devices/default/{name}/trust"),
+            None,
+        )?;
+        ensure!(s == 200, "trust of {name}: {s} {v}");
+        Ok(v)
+    }
+
+    /// Waits until the device's assessed tier and its verdict in force are both `tier`;
+    /// returns its trust view, or fails with the last one after `within`.
+    pub async fn wait_for_tier(
+        &self,
+        name: &str,
+        tier: &str,
+        within: std::time::Duration,
+    ) -> Result<Value> {
+        let mut last = Value::Null;
+        let r = eventually(within, &format!("{name} becoming {tier}"), || {
+            let v = self.trust(name)?;
+            let done = v["assessment"]["tier"] == tier && v["verdict"]["tier"] == tier;
+            last = v.clone();
+            Ok(done.then_some(v))
+        })
+        .await;
+        r.with_context(|| format!("last trust view: {last:#}"))
+    }
+}
