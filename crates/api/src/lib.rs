@@ -19,6 +19,7 @@ pub mod auth;
 mod dashboard;
 pub mod detection;
 pub mod est;
+pub mod fleet_history;
 mod metrics;
 mod operators;
 mod problem;
@@ -106,6 +107,9 @@ pub struct ApiState {
     pub detection: Option<Arc<detection::DetectionService>>,
     /// Operators, sessions and API tokens.
     pub auth: Arc<Auth>,
+    /// Message counters and mean scores over the last day, for the dashboard; `None`
+    /// where nothing samples them.
+    pub history: Option<Arc<fleet_history::FleetHistory>>,
 }
 
 impl std::fmt::Debug for ApiState {

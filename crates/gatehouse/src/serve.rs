@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use arc_swap::ArcSwap;
+use gatehouse_api::fleet_history::{self, FleetHistory};
 use gatehouse_api::{
     ApiMetrics, ApiState, DetectionMetrics, DetectionService, HttpLimits, RevocationSync,
     SessionControl, TrustMetrics, TrustService,
@@ -25,6 +26,9 @@ use crate::config::raw::GateMode;
 
 /// Validity of the server certificate issued at each start.
 const SERVER_CERT_VALIDITY: Duration = Duration::from_secs(90 * 24 * 3600);
+
+/// How often the dashboard's message rate and score trend are sampled.
+const HISTORY_SAMPLE: Duration = Duration::from_secs(15);
 
 fn server_names(extra: &[String]) -> (Vec<String>, Vec<IpAddr>) {
     let mut dns = vec!["localhost".to_owned()];
@@ -217,6 +221,19 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     }
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    let history = Arc::new(FleetHistory::new(HISTORY_SAMPLE));
+    {
+        let broker = broker.clone();
+        fleet_history::spawn_sampler(
+            history.clone(),
+            registry.clone(),
+            Arc::new(move || {
+                let m = broker.metrics();
+                (m.messages_in.get(), m.messages_out.get())
+            }),
+            stop_rx.clone(),
+        );
+    }
     let limits = HttpLimits::new(
         settings.enrollment.max_request_body,
         settings.broker.limits.tls_handshake_timeout,
@@ -231,6 +248,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
             trust: trust.clone(),
             detection: detection.clone(),
             auth: Arc::new(gatehouse_api::Auth::new(store, settings.api)),
+            history: Some(history.clone()),
         },
         limits,
     )

@@ -72,8 +72,25 @@ fn open_incidents(
     })?)
 }
 
-fn live_value(f: &Fleet, open: usize) -> Value {
+/// Messages a second in and out over the last sample interval, as shown: broker-wide, so
+/// only to operators who see every tenant.
+fn rates(s: &ApiState, who: &Who) -> (String, String) {
+    let rate = who
+        .p
+        .tenant
+        .is_none()
+        .then(|| s.history.as_ref().and_then(|h| h.message_rate()))
+        .flatten();
+    match rate {
+        Some((i, o)) => (format!("{i:.1}"), format!("{o:.1}")),
+        None => ("—".to_owned(), "—".to_owned()),
+    }
+}
+
+fn live_value(f: &Fleet, open: usize, rates: (String, String)) -> Value {
     json!({
+        "messages_in": rates.0,
+        "messages_out": rates.1,
         "devices": f.total(),
         "trusted": f.of(Tier::Trusted),
         "restricted": f.of(Tier::Restricted),
@@ -95,10 +112,11 @@ pub(crate) async fn live(State(s): State<ApiState>, headers: HeaderMap) -> Respo
     };
     let tenant = who.p.tenant.clone();
     let registry = s.registry.clone();
+    let rates = rates(&s, &who);
     let r = tokio::task::spawn_blocking(move || {
         let f = fleet(&*registry, tenant.as_ref())?;
         let open = open_incidents(&*registry, tenant.as_ref())?.len();
-        Ok::<_, Problem>(live_value(&f, open))
+        Ok::<_, Problem>(live_value(&f, open, rates))
     })
     .await;
     match r {
@@ -118,6 +136,13 @@ pub(crate) async fn page(State(s): State<ApiState>, who: Who) -> PageResult {
         Ok((f, open))
     })
     .await?;
+    let msg_rates = rates(&s, &who);
+    let trend = s
+        .history
+        .as_ref()
+        .map(|h| h.score_trend(who.p.tenant.as_ref()))
+        .unwrap_or_default();
+    let every = s.history.as_ref().map_or(0, |h| h.every().as_secs());
     let body = html! {
         section aria-labelledby="tiers-h" {
             h2 #tiers-h { "Devices by tier" }
@@ -147,6 +172,18 @@ pub(crate) async fn page(State(s): State<ApiState>, who: Who) -> PageResult {
         section aria-labelledby="hist-h" {
             h2 #hist-h { "Trust score distribution" }
             (histogram(&f.bands))
+        }
+        section aria-labelledby="trend-h" {
+            h2 #trend-h { "Score trend" }
+            (trend_chart(&trend))
+            @if who.p.tenant.is_none() {
+                p {
+                    "Messages: "
+                    span.big data-live="messages_in" { (msg_rates.0) } " /s in, "
+                    span.big data-live="messages_out" { (msg_rates.1) } " /s out"
+                    span.muted { " (the whole broker, over the last " (every) " s)" }
+                }
+            }
         }
         section aria-labelledby="inc-h" {
             h2 #inc-h { "Open incidents" }
@@ -206,6 +243,60 @@ pub(crate) fn incident_table(list: &[Incident]) -> Markup {
                     }
                 }
             }
+        }
+    }
+}
+
+/// The mean trust score over the last day as an inline SVG line, with a text alternative.
+fn trend_chart(points: &[(i64, f64)]) -> Markup {
+    const W: f64 = 460.0;
+    const H: f64 = 160.0;
+    const LEFT: f64 = 40.0;
+    const BOTTOM: f64 = 24.0;
+    const TOP: f64 = 10.0;
+    if points.len() < 2 {
+        return html! {
+            p.muted { "The trend of the fleet's mean score appears once it has been sampled twice (every few seconds since the server started)." }
+        };
+    }
+    let (t0, t1) = (points[0].0, points[points.len() - 1].0);
+    let span = (t1 - t0).max(1) as f64;
+    let x = |t: i64| LEFT + (t - t0) as f64 / span * (W - LEFT);
+    let y = |v: f64| TOP + (100.0 - v.clamp(0.0, 100.0)) / 100.0 * (H - TOP - BOTTOM);
+    let path = points
+        .iter()
+        .map(|(t, v)| format!("{:.1},{:.1}", x(*t), y(*v)))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let (lo, hi) = points
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(lo, hi), (_, v)| {
+            (lo.min(*v), hi.max(*v))
+        });
+    let now = points[points.len() - 1].1;
+    let secs = t1 - t0;
+    let over = match secs {
+        0..120 => format!("{secs} seconds"),
+        120..7200 => format!("{} minutes", secs / 60),
+        _ => format!("{} hours", secs / 3600),
+    };
+    let desc = format!(
+        "Mean trust score over the last {over}: between {lo:.1} and {hi:.1}, now {now:.1}."
+    );
+
+    html! {
+        figure.chart {
+            svg role="img" aria-labelledby="trend-title trend-desc"
+                viewBox={ "0 0 " (W) " " (H) } width="100%" preserveAspectRatio="xMidYMid meet" {
+                title #trend-title { "Mean trust score over time" }
+                desc #trend-desc { (desc) }
+                line.axis x1=(LEFT) y1=(H - BOTTOM) x2=(W) y2=(H - BOTTOM) {}
+                line.axis x1=(LEFT) y1=(TOP) x2=(LEFT) y2=(H - BOTTOM) {}
+                text.tick x=(LEFT - 6.0) y=(TOP + 4.0) text-anchor="end" { "100" }
+                text.tick x=(LEFT - 6.0) y=(H - BOTTOM) text-anchor="end" { "0" }
+                polyline.trend points=(path) {}
+            }
+            figcaption { (desc) }
         }
     }
 }
@@ -283,6 +374,22 @@ fn histogram(bands: &[usize; 10]) -> Markup {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn trend_has_a_text_alternative() {
+        let s = trend_chart(&[(0, 90.0), (600, 70.0), (1200, 80.0)]).into_string();
+        assert!(
+            s.contains("last 20 minutes: between 70.0 and 90.0, now 80.0"),
+            "{s}"
+        );
+        assert!(s.contains("<polyline"), "{s}");
+        assert!(!s.contains("style="), "{s}");
+        assert!(
+            trend_chart(&[(0, 90.0)])
+                .into_string()
+                .contains("appears once")
+        );
+    }
 
     #[test]
     fn histogram_has_a_text_alternative() {
