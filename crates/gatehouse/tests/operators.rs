@@ -620,6 +620,44 @@ async fn cli_works_a_remote_server_with_an_operators_token() -> Result<()> {
     ensure!(!ok && err.contains("--token"), "{err}");
     let (ok, _, err) = remote_cli(&lab, Some("gha_x_y"), &["device", "list"])?;
     ensure!(!ok && err.contains("refused the token"), "{err}");
+    // An admin's token registers a model with its profile and reads the policy set; the
+    // tenant's operator may not replace the policies.
+    let admin = lab.gh.token.clone();
+    let profile = lab.path("remote-profile.toml");
+    std::fs::write(
+        &profile,
+        THERMO_PROFILE.replace("\"thermo\"", "\"thermo2\""),
+    )?;
+    let profile = profile.to_str().context("path")?;
+    let (ok, out, err) = remote_cli(
+        &lab,
+        Some(&admin),
+        &[
+            "model",
+            "add",
+            "thermo2",
+            "--manufacturer",
+            "acme",
+            "--profile",
+            profile,
+        ],
+    )?;
+    ensure!(ok, "model add: {out} {err}");
+    let (ok, out, err) = remote_cli(&lab, Some(&admin), &["model", "list", "--json"])?;
+    ensure!(ok && out.contains("thermo2"), "model list: {out} {err}");
+    let (ok, out, err) = remote_cli(&lab, Some(&admin), &["policy", "show"])?;
+    ensure!(
+        ok && out.contains("policy set version"),
+        "policy show: {out} {err}"
+    );
+    let policies = lab.path("remote-policies.cedar");
+    std::fs::write(&policies, "")?;
+    let (ok, _, err) = remote_cli(
+        &lab,
+        Some(&red_op),
+        &["policy", "set", policies.to_str().context("path")?],
+    )?;
+    ensure!(!ok && err.contains("403"), "{err}");
     // The server audited the revoke under the token's operator.
     ensure!(
         lab.audit()?.iter().any(|r| r["action"] == "revoke"

@@ -168,7 +168,7 @@ fn show(ctx: &Ctx, manufacturer: &ManufacturerId, serial: &str) -> Result<()> {
 }
 
 /// Claims from `--serial` flags.
-fn from_flags(serials: &[String]) -> Result<Vec<NewClaim>> {
+pub(super) fn from_flags(serials: &[String]) -> Result<Vec<NewClaim>> {
     let mut out: Vec<NewClaim> = Vec::new();
     for s in serials {
         let serial = s.trim();
@@ -186,7 +186,7 @@ fn from_flags(serials: &[String]) -> Result<Vec<NewClaim>> {
 /// Reads a claims file: one serial per line, or `serial,model`. Blank lines, `#` comments
 /// and a header line (`serial` or `serial,model`) are skipped; fields may be quoted. A
 /// serial listed twice is kept once, unless the two lines name different models.
-fn parse_claims(text: &str) -> Result<Vec<NewClaim>, String> {
+pub(super) fn parse_claims(text: &str) -> Result<Vec<NewClaim>, String> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut out: Vec<(usize, NewClaim)> = Vec::new();
     let mut first = true;

@@ -3,9 +3,10 @@
 //! `GATEHOUSE_TOKEN`) instead of opening a local data directory, so the server decides
 //! what the token's operator may see and do, and audits it under that operator's name.
 //!
-//! Devices, incidents, actions, bans, tenants, enrollment tokens and the audit log's tail
-//! and verification are served this way; the rest (manufacturers, models, claims, policy
-//! files, audit export) name the command to run on the server's host.
+//! Devices, incidents, actions, bans, tenants, enrollment tokens, manufacturers (list,
+//! add), models (list, add, profile upload), claims (add), the policy set (show, validate,
+//! set) and the audit log's tail and verification are served this way; the rest name the
+//! command to run on the server's host.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -16,7 +17,10 @@ use gatehouse_sim::est::{HttpsConnection, HttpsTarget};
 use rustls::pki_types::ServerName;
 use serde_json::{Value, json};
 
-use super::{RegistryCommand, audit, device, incident, table, tenant, token};
+use super::{
+    RegistryCommand, audit, claim, device, incident, manufacturer, model, policy, table, tenant,
+    token,
+};
 
 /// Where the server is and how to prove who we are.
 #[derive(Debug, Clone)]
@@ -78,15 +82,26 @@ impl Client {
 
     /// One request; the JSON answer, or the server's error message.
     async fn call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value> {
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        self.call_with(method, path, "application/json", body).await
+    }
+
+    /// One request with a body of `content_type`.
+    async fn call_with(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        body_bytes: String,
+    ) -> Result<Value> {
         let mut conn = HttpsConnection::connect(&self.target)
             .await
             .with_context(|| format!("connecting to {}", self.target.addr))?;
-        let body_bytes = body.map(|b| b.to_string()).unwrap_or_default();
         let r = match method {
             "GET" => conn.get(path).await,
             "DELETE" => conn.delete(path).await,
-            "PUT" => conn.put(path, "application/json", body_bytes).await,
-            _ => conn.post(path, "application/json", None, body_bytes).await,
+            "PUT" => conn.put(path, content_type, body_bytes).await,
+            _ => conn.post(path, content_type, None, body_bytes).await,
         }
         .with_context(|| format!("{method} {path}"))?;
         let v: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
@@ -173,10 +188,10 @@ pub fn run(command: RegistryCommand, remote: &Remote) -> Result<()> {
             RegistryCommand::Tenant(g) => run_tenant(&c, g.command).await,
             RegistryCommand::Token(g) => run_token(&c, g.command).await,
             RegistryCommand::Audit(g) => run_audit(&c, g.command).await,
-            RegistryCommand::Manufacturer(_) => Err(host_only("manufacturer")),
-            RegistryCommand::Model(_) => Err(host_only("model")),
-            RegistryCommand::Claim(_) => Err(host_only("claim")),
-            RegistryCommand::Policy(_) => Err(host_only("policy")),
+            RegistryCommand::Manufacturer(g) => run_manufacturer(&c, g.command).await,
+            RegistryCommand::Model(g) => run_model(&c, g.command).await,
+            RegistryCommand::Claim(g) => run_claim(&c, g.command).await,
+            RegistryCommand::Policy(g) => run_policy(&c, g.command).await,
             RegistryCommand::Admin(_) => Err(host_only("admin")),
         }
     })
@@ -570,6 +585,203 @@ async fn run_audit(c: &Client, cmd: audit::Command) -> Result<()> {
             })
         }
         A::Export { .. } => Err(host_only("audit export")),
+    }
+}
+
+fn read(path: &std::path::Path) -> Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+}
+
+async fn run_manufacturer(c: &Client, cmd: manufacturer::Command) -> Result<()> {
+    use manufacturer::Command as M;
+    match cmd {
+        M::List => {
+            let v = c.call("GET", "/api/v1/manufacturers", None).await?;
+            c.print(&v, |v| {
+                let rows: Vec<Vec<String>> = v
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .map(|m| {
+                                vec![
+                                    s(&m["id"]),
+                                    s(&m["display_name"]),
+                                    m["idevid_ca_pems"]
+                                        .as_array()
+                                        .map_or(0, Vec::len)
+                                        .to_string(),
+                                ]
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                table(&["MANUFACTURER", "NAME", "CAS"], &rows)
+            })
+        }
+        M::Add {
+            id,
+            cas,
+            name,
+            model_from,
+        } => {
+            let pems = cas.iter().map(|p| read(p)).collect::<Result<Vec<_>>>()?;
+            let v = c
+                .call(
+                    "POST",
+                    "/api/v1/manufacturers",
+                    Some(json!({
+                        "id": id.to_string(),
+                        "display_name": name.unwrap_or_default(),
+                        "idevid_ca_pems": pems,
+                        "model_rules": model_from,
+                    })),
+                )
+                .await?;
+            c.print(&v, |_| format!("manufacturer {id} registered"))
+        }
+        M::Show { .. } | M::SetCa { .. } => Err(host_only("manufacturer show|set-ca")),
+    }
+}
+
+async fn run_model(c: &Client, cmd: model::Command) -> Result<()> {
+    use model::Command as M;
+    match cmd {
+        M::List => {
+            let v = c.call("GET", "/api/v1/models", None).await?;
+            c.print(&v, |v| {
+                let rows: Vec<Vec<String>> = v
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .map(|m| {
+                                vec![s(&m["id"]), s(&m["manufacturer"]), s(&m["display_name"])]
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                table(&["MODEL", "MANUFACTURER", "NAME"], &rows)
+            })
+        }
+        M::Add {
+            id,
+            manufacturer,
+            name,
+            profile,
+        } => {
+            let v = c
+                .call(
+                    "POST",
+                    "/api/v1/models",
+                    Some(json!({
+                        "id": id.to_string(),
+                        "manufacturer": manufacturer.to_string(),
+                        "display_name": name.unwrap_or_default(),
+                    })),
+                )
+                .await?;
+            if let Some(p) = profile {
+                upload_profile(c, id.as_str(), &p).await?;
+            }
+            c.print(&v, |_| format!("model {id} registered"))
+        }
+        M::Profile { id, file } => {
+            let v = upload_profile(c, id.as_str(), &file).await?;
+            c.print(&v, |v| {
+                format!("model {id}: profile version {}", s(&v["version"]))
+            })
+        }
+    }
+}
+
+async fn upload_profile(c: &Client, model: &str, file: &std::path::Path) -> Result<Value> {
+    c.call_with(
+        "POST",
+        &format!("/api/v1/models/{model}/profiles"),
+        "application/toml",
+        read(file)?,
+    )
+    .await
+}
+
+async fn run_claim(c: &Client, cmd: claim::Command) -> Result<()> {
+    use claim::Command as C;
+    match cmd {
+        C::Add {
+            tenant,
+            manufacturer,
+            serials,
+            file,
+        } => {
+            let claims = match file {
+                Some(path) => claim::parse_claims(&read(&path)?)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
+                None => claim::from_flags(&serials)?,
+            };
+            let serials: Vec<Value> = claims
+                .iter()
+                .map(|c| {
+                    json!({
+                        "serial": c.serial,
+                        "expected_model": c.expected_model.as_ref().map(ToString::to_string),
+                    })
+                })
+                .collect();
+            let v = c
+                .call(
+                    "POST",
+                    &format!("/api/v1/tenants/{tenant}/claims"),
+                    Some(json!({ "manufacturer": manufacturer.to_string(), "serials": serials })),
+                )
+                .await?;
+            c.print(&v, |v| {
+                format!("{} serial(s) claimed for tenant {tenant}", s(&v["added"]))
+            })
+        }
+        C::Show { .. } => Err(host_only("claim show")),
+    }
+}
+
+async fn run_policy(c: &Client, cmd: policy::Command) -> Result<()> {
+    use policy::Command as P;
+    let text_of = |v: &Value| {
+        format!(
+            "policy set version {} ({} policies)\n\n{}",
+            s(&v["version"]),
+            v["policies"].as_array().map_or(0, Vec::len),
+            v["text"].as_str().unwrap_or("")
+        )
+    };
+    match cmd {
+        P::Show => {
+            let v = c.call("GET", "/api/v1/policies", None).await?;
+            c.print(&v, text_of)
+        }
+        P::Validate { file } => {
+            let v = c
+                .call(
+                    "POST",
+                    "/api/v1/policies/validate",
+                    Some(json!({ "text": read(&file)? })),
+                )
+                .await?;
+            c.print(&v, |v| {
+                format!(
+                    "valid: {} policies",
+                    v["policies"].as_array().map_or(0, Vec::len)
+                )
+            })
+        }
+        P::Set { file } => {
+            let v = c
+                .call(
+                    "PUT",
+                    "/api/v1/policies",
+                    Some(json!({ "text": read(&file)? })),
+                )
+                .await?;
+            c.print(&v, text_of)
+        }
+        P::Reset | P::History => Err(host_only("policy reset|history")),
     }
 }
 
