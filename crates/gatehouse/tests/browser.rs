@@ -3,7 +3,9 @@
 //! that detection quarantined, reads why, releases it; an auditor then finds the release in
 //! the audit log. A screenshot of each page, at desktop and phone widths, is saved under
 //! `target/tmp/screenshots/`. Skipped with a message when chromium or chromedriver is
-//! missing, except in CI (where `.ci/run` installs them).
+//! missing, except in CI (where `.ci/run` installs them). Each page is also checked for
+//! what keyboard and screen-reader users need: labelled controls, no tab-order jumps, named
+//! buttons and links, charts with a text alternative.
 
 mod support;
 
@@ -105,8 +107,48 @@ async fn shot(browser: &Client, name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Desktop and phone screenshots of the current page.
+/// What a keyboard and screen-reader user needs of the current page: every form control
+/// has a label, nothing jumps the tab order, every image-like chart has a text
+/// alternative, and the page has one main landmark.
+async fn check_accessible(browser: &Client, name: &str) -> Result<()> {
+    let problems = browser
+        .execute(
+            r#"
+            const out = [];
+            for (const el of document.querySelectorAll("input, select, textarea")) {
+              if (el.type === "hidden") continue;
+              const labelled = (el.labels && el.labels.length > 0)
+                || el.getAttribute("aria-label") || el.getAttribute("aria-labelledby");
+              if (!labelled) out.push("unlabelled " + el.outerHTML);
+            }
+            for (const el of document.querySelectorAll("[tabindex]")) {
+              if (Number(el.getAttribute("tabindex")) > 0) out.push("positive tabindex " + el.outerHTML);
+            }
+            for (const el of document.querySelectorAll("svg")) {
+              if (!el.querySelector("title") && el.getAttribute("aria-hidden") !== "true") {
+                out.push("svg without a title");
+              }
+            }
+            for (const el of document.querySelectorAll("button, a[href]")) {
+              if (!(el.textContent.trim() || el.getAttribute("aria-label"))) out.push("unnamed " + el.outerHTML);
+            }
+            if (document.querySelectorAll("main").length !== 1) out.push("not one <main>");
+            if (!document.documentElement.lang) out.push("no lang on <html>");
+            return out;
+            "#,
+            vec![],
+        )
+        .await?;
+    ensure!(
+        problems.as_array().is_some_and(Vec::is_empty),
+        "{name}: {problems:#}"
+    );
+    Ok(())
+}
+
+/// Desktop and phone screenshots of the current page, after checking it is accessible.
 async fn shots(browser: &Client, name: &str) -> Result<()> {
+    check_accessible(browser, name).await?;
     shot(browser, &format!("{name}-1280")).await?;
     browser.set_window_size(375, 812).await?;
     browser.refresh().await?;
@@ -122,6 +164,8 @@ async fn body_text(browser: &Client) -> Result<String> {
 
 async fn log_in(browser: &Client, base: &str, name: &str, password: &str) -> Result<()> {
     browser.goto(&format!("{base}/ui/login")).await?;
+    check_accessible(browser, "login").await?;
+    shot(browser, &format!("login-{name}")).await?;
     browser
         .find(Locator::Css("input[name=name]"))
         .await?
@@ -232,6 +276,18 @@ async fn operator_releases_a_quarantined_device_from_the_dashboard() -> Result<(
 
         browser.goto(&format!("{base}/ui/incidents")).await?;
         shots(&browser, "incidents").await?;
+        let incident = browser
+            .find(Locator::Css("a[href^='/ui/incidents/']"))
+            .await?
+            .attr("href")
+            .await?
+            .context("an incident link without href")?;
+        browser.goto(&format!("{base}{incident}")).await?;
+        shots(&browser, "incident").await?;
+        for page in ["devices", "models", "policies"] {
+            browser.goto(&format!("{base}/ui/{page}")).await?;
+            shots(&browser, page).await?;
+        }
 
         // The auditor reads the release in the audit log, with who did it.
         browser.delete_all_cookies().await?;
