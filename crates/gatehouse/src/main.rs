@@ -220,3 +220,16 @@ fn main() -> anyhow::Result<()> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every subcommand's arguments are consistent: no flag is claimed twice (a global
+    /// option shadowing a subcommand's own, say), which clap would otherwise report only
+    /// when that subcommand is first run.
+    #[test]
+    fn command_line_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
+}

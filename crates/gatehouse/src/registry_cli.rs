@@ -92,7 +92,12 @@ struct Common {
     token: Option<String>,
     /// The CA bundle that signs the server's certificate, for --server (default: the local
     /// data directory's ca/ca.crt).
-    #[arg(long, global = true, env = "GATEHOUSE_CA", value_name = "FILE")]
+    #[arg(
+        long = "server-ca",
+        global = true,
+        env = "GATEHOUSE_CA",
+        value_name = "FILE"
+    )]
     ca: Option<std::path::PathBuf>,
 }
 

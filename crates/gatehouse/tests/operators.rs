@@ -570,7 +570,7 @@ fn remote_cli(lab: &Lab, token: Option<&str>, args: &[&str]) -> Result<(bool, St
         .args(args)
         .arg("--server")
         .arg(&server)
-        .arg("--ca")
+        .arg("--server-ca")
         .arg(&lab.gh.listeners.ca)
         .env_remove("GATEHOUSE_TOKEN")
         .stdin(std::process::Stdio::null());
