@@ -152,6 +152,11 @@ pub struct CohortConfig {
     /// The same floor for message and byte rates, wider: devices of one model are often
     /// set to report at different intervals.
     pub min_relative_spread_rates: f64,
+    /// The smallest spread of a payload field's baseline, as a fraction of the width of
+    /// the range the profile declares for the field: when most of a fleet reports the same
+    /// value the MAD collapses to nothing, and without this floor a reading one step away
+    /// would be a huge outlier.
+    pub min_range_spread: f64,
 }
 
 impl Default for CohortConfig {
@@ -163,6 +168,7 @@ impl Default for CohortConfig {
             active_window: Duration::from_secs(600),
             min_relative_spread: 0.1,
             min_relative_spread_rates: 0.25,
+            min_range_spread: 0.02,
         }
     }
 }
@@ -228,6 +234,13 @@ pub struct PublishFloodConfig {
     pub max_rate: f64,
     /// Never fires below this rate (messages per second), whatever the profile says.
     pub min_rate: f64,
+    /// Fires for a source address when the devices behind it that each publish above
+    /// their own allowance (the profile's rate, at least `min_rate`) together exceed this
+    /// 10 s rate: a flood spread over many connections, each under the per-device limit.
+    pub per_source_rate: f64,
+    /// Fewest such devices behind the address, within the window, for the per-address
+    /// rule (one device alone is the per-device rule's business).
+    pub per_source_devices: u32,
 }
 
 impl Default for PublishFloodConfig {
@@ -237,6 +250,8 @@ impl Default for PublishFloodConfig {
             profile_factor: 5.0,
             max_rate: 200.0,
             min_rate: 5.0,
+            per_source_rate: 100.0,
+            per_source_devices: 3,
         }
     }
 }
@@ -386,6 +401,11 @@ impl Default for ClonedIdentityConfig {
 }
 
 /// `cohort_deviation`: robust z-scores against the model's cohort.
+///
+/// A value inside the range the profile declares for it (a field's `min`/`max`, the
+/// profile's rate for message rates) is the manufacturer's statement of normal: however
+/// odd it looks beside the cohort, its finding is `info` and costs no trust. Outside the
+/// range, severity comes from how far outside; without a range, from the z-score.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CohortDeviationConfig {
@@ -395,6 +415,12 @@ pub struct CohortDeviationConfig {
     pub z: f64,
     /// Robust z-score of a single reading that fires it (from the first message).
     pub reading_z: f64,
+    /// Consecutive deviating readings of one field (or message sizes) before a finding:
+    /// one odd reading is noise.
+    pub readings: u32,
+    /// Consecutive baseline refreshes at which a device's summary deviates before a
+    /// finding.
+    pub refreshes: u32,
 }
 
 impl Default for CohortDeviationConfig {
@@ -403,6 +429,8 @@ impl Default for CohortDeviationConfig {
             enabled: true,
             z: 8.0,
             reading_z: 12.0,
+            readings: 3,
+            refreshes: 2,
         }
     }
 }
@@ -476,6 +504,7 @@ impl DetectConfig {
         bounded("cohort.min_devices", usize_u64(c.min_devices), 3, 1 << 20)?;
         bounded("cohort.min_samples", u64::from(c.min_samples), 1, 1 << 20)?;
         for (field, value) in [
+            ("cohort.min_range_spread", c.min_range_spread),
             ("cohort.min_relative_spread", c.min_relative_spread),
             (
                 "cohort.min_relative_spread_rates",
@@ -503,6 +532,16 @@ impl DetectConfig {
         )?;
         positive("publish_flood.max_rate", self.publish_flood.max_rate)?;
         positive("publish_flood.min_rate", self.publish_flood.min_rate)?;
+        positive(
+            "publish_flood.per_source_rate",
+            self.publish_flood.per_source_rate,
+        )?;
+        bounded(
+            "publish_flood.per_source_devices",
+            u64::from(self.publish_flood.per_source_devices),
+            2,
+            u64::try_from(crate::engine::SOURCE_DEVICES).unwrap_or(u64::MAX),
+        )?;
         nonzero(
             "slow_connection_dos.keep_alive",
             self.slow_connection_dos.keep_alive,
@@ -539,6 +578,18 @@ impl DetectConfig {
         positive(
             "cohort_deviation.reading_z",
             self.cohort_deviation.reading_z,
+        )?;
+        bounded(
+            "cohort_deviation.readings",
+            u64::from(self.cohort_deviation.readings),
+            1,
+            255,
+        )?;
+        bounded(
+            "cohort_deviation.refreshes",
+            u64::from(self.cohort_deviation.refreshes),
+            1,
+            255,
         )?;
         positive("burst.factor", self.burst.factor)?;
         positive("burst.min_rate", self.burst.min_rate)?;

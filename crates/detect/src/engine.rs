@@ -16,7 +16,7 @@ use crate::cohort::{Baseline, M_BYTES, M_FIELD, M_RATE, M_SIZE, METRICS, Robust,
 use crate::config::{ConfigError, DetectConfig};
 use crate::features::{Decay, FIELD_SLOTS, Features, Intervals, W1, W10, W60};
 use crate::payload;
-use crate::profile::{Compiled, Field, Owner, ProfileView};
+use crate::profile::{Compiled, Field, Owner, Pattern, ProfileView, Range};
 use crate::rules::{RULE_COUNT, RULES, Rule, RuleInfo};
 use crate::table::{Seen, Table};
 
@@ -30,6 +30,41 @@ const TOPIC_CACHE: usize = 4;
 const SLOW_CHECK_MS: u64 = 5_000;
 /// No field group.
 const NO_FIELDS: u8 = u8::MAX;
+/// Devices remembered per source address for the per-address flood rule.
+pub(crate) const SOURCE_DEVICES: usize = 8;
+/// The window of the per-address publish rate, seconds (the 10 s of `publish_flood`).
+const SOURCE_FLOOD_WINDOW: f64 = 10.0;
+
+/// The last few devices seen doing something from one address, by hash, with when.
+#[derive(Debug, Clone, Copy, Default)]
+struct RecentDevices {
+    hash: [u64; SOURCE_DEVICES],
+    at: [u64; SOURCE_DEVICES],
+}
+
+impl RecentDevices {
+    /// Notes `hash` at `now`; answers how many devices were seen within `window` ms.
+    fn note(&mut self, hash: u64, now: u64, window: u64) -> usize {
+        let slot = match self.hash.iter().position(|h| *h == hash) {
+            Some(i) => i,
+            None => {
+                let (i, _) = self
+                    .at
+                    .iter()
+                    .enumerate()
+                    .min_by_key(|(_, t)| **t)
+                    .unwrap_or((0, &0));
+                i
+            }
+        };
+        self.hash[slot] = hash;
+        self.at[slot] = self.at[slot].max(now);
+        self.at
+            .iter()
+            .filter(|t| **t != 0 && now.saturating_sub(**t) <= window)
+            .count()
+    }
+}
 
 /// Milliseconds since the Unix epoch; times before it count as the epoch.
 fn ms(t: SystemTime) -> u64 {
@@ -97,6 +132,12 @@ struct DeviceState {
     features: Features,
     key: DeviceRef,
     cooldowns: Cooldowns,
+    /// Per cohort metric, consecutive readings (message sizes, field values) that
+    /// deviated from the baseline.
+    reading_streak: [u8; METRICS],
+    /// Per cohort metric, consecutive baseline refreshes at which the device's summary
+    /// deviated.
+    summary_streak: [u8; METRICS],
 }
 
 impl Seen for DeviceState {
@@ -113,6 +154,11 @@ struct PeerState {
     attempts: Decay,
     slow: Decay,
     malformed: Decay,
+    /// Publishes, over the flood window, of devices behind the address that publish
+    /// above their own allowance.
+    fast_publishes: Decay,
+    /// Those devices.
+    fast_devices: RecentDevices,
     cooldowns: Cooldowns,
 }
 
@@ -152,6 +198,22 @@ pub struct Engine {
     /// `Arc` before use.
     identity_cache: Vec<u32>,
     next_slow_check: u64,
+    /// Subscriptions the operator's policy grants every device.
+    grants_all: Box<[Pattern]>,
+    /// Subscriptions it grants particular devices.
+    grants: HashMap<DeviceRef, Box<[Pattern]>>,
+}
+
+/// What the operator's policy grants beyond the model profiles (the static policy's
+/// `policy.subscribe` and `[[policy.device]]` rules). A subscription a grant covers is
+/// the operator's decision, not a device probing: it is never `wildcard_harvesting` nor
+/// `exfiltration_broad_subscribe`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Grants {
+    /// Subscribe patterns granted to every device (`{device}` and `{tenant}` bound).
+    pub subscribe: Vec<gatehouse_types::TopicPattern>,
+    /// Subscribe patterns granted to particular devices.
+    pub devices: Vec<(DeviceRef, Vec<gatehouse_types::TopicPattern>)>,
 }
 
 /// The subject of a finding.
@@ -309,6 +371,19 @@ impl Engine {
             scratch: Vec::new(),
             identity_cache: vec![u32::MAX; IDENTITY_CACHE],
             next_slow_check: 0,
+            grants_all: Box::default(),
+            grants: HashMap::new(),
+        }
+    }
+
+    /// Replaces what the operator's policy grants (see [`Grants`]).
+    pub fn set_grants(&mut self, grants: &Grants) {
+        self.grants_all = grants.subscribe.iter().map(Pattern::new).collect();
+        self.grants = HashMap::new();
+        for (d, patterns) in &grants.devices {
+            let mut list: Vec<Pattern> = self.grants.remove(d).map(Vec::from).unwrap_or_default();
+            list.extend(patterns.iter().map(Pattern::new));
+            self.grants.insert(d.clone(), list.into());
         }
     }
 
@@ -377,6 +452,8 @@ impl Engine {
             for d in self.devices.iter_mut() {
                 if d.model == i {
                     d.features.fields = Default::default();
+                    d.reading_streak = [0; METRICS];
+                    d.summary_streak = [0; METRICS];
                 }
             }
         }
@@ -458,6 +535,8 @@ impl Engine {
                 slow_pending: false,
                 features: Features::default(),
                 cooldowns: Cooldowns::default(),
+                reading_streak: [0; METRICS],
+                summary_streak: [0; METRICS],
             },
         )
     }
@@ -498,6 +577,8 @@ impl Engine {
                 attempts: Decay::default(),
                 slow: Decay::default(),
                 malformed: Decay::default(),
+                fast_publishes: Decay::default(),
+                fast_devices: RecentDevices::default(),
                 cooldowns: Cooldowns::default(),
             },
         )
@@ -552,10 +633,17 @@ impl Engine {
         let i = self.identity_slot(&p.identity);
         self.session_spoke(i);
         let topic_hash = self.hasher.hash_one(&*p.topic);
+        let peer = self
+            .devices
+            .get(i)
+            .and_then(|d| d.features.peer)
+            .and_then(|a| self.find_peer(a));
         let Engine {
             cfg,
             devices,
             models,
+            peers,
+            hasher,
             ..
         } = self;
         let Some(d) = devices.get_mut(i) else {
@@ -757,6 +845,56 @@ impl Engine {
                 }
             }
         }
+        // publish_flood per source address: devices behind one address each above their
+        // own allowance, together far above what one device may send.
+        if cfg.publish_flood.enabled
+            && let Some(pe) = peer.and_then(|pi| peers.get_mut(pi))
+        {
+            let pf = &cfg.publish_flood;
+            let r10 = f.rates.msgs[W10];
+            let allowance = profile
+                .and_then(|c| c.max_rate)
+                .unwrap_or(0.0)
+                .max(pf.min_rate);
+            if r10 > allowance {
+                pe.last_seen = pe.last_seen.max(now);
+                let n = pe.fast_publishes.add(now, SOURCE_FLOOD_WINDOW, 1.0);
+                let hash = hasher.hash_one((tenant, device));
+                let window = (SOURCE_FLOOD_WINDOW * 1000.0) as u64;
+                let senders = pe.fast_devices.note(hash, now, window);
+                let rate = n / SOURCE_FLOOD_WINDOW;
+                let needed = usize::try_from(pf.per_source_devices).unwrap_or(usize::MAX);
+                if rate > pf.per_source_rate && senders >= needed {
+                    let sev = if rate > 4.0 * pf.per_source_rate {
+                        Severity::High
+                    } else {
+                        Severity::Medium
+                    };
+                    if pe.cooldowns.admit(Rule::PublishFlood, sev, now, cooldown) {
+                        out.push(finding(
+                            Rule::PublishFlood,
+                            now,
+                            Subject {
+                                device: None,
+                                peer: Some(pe.addr),
+                            },
+                            sev,
+                            confidence_for(rate / pf.per_source_rate),
+                            format!(
+                                "{} publishes {rate:.1} messages/s (10 s) from {senders} devices, each above its own rate, above {:.1} together",
+                                pe.addr, pf.per_source_rate
+                            ),
+                            &[
+                                ("rate_10s", num(rate)),
+                                ("limit", num(pf.per_source_rate)),
+                                ("devices", senders.to_string()),
+                                ("last_device", d.key.to_string()),
+                            ],
+                        ));
+                    }
+                }
+            }
+        }
         // burst: the 1 s rate far above the device's own 60 s rate.
         if cfg.burst.enabled {
             let r1 = f.rates.msgs[W1];
@@ -787,13 +925,31 @@ impl Engine {
         }
 
         let baseline = model.map(|m| &m.baseline);
-        // cohort_deviation on this one message's size, from the first message.
+        // cohort_deviation on message sizes, from the first message: a run of
+        // `cohort_deviation.readings` large ones.
         if cfg.cohort_deviation.enabled
             && let Some(b) = baseline.and_then(|b| b.metrics[M_SIZE])
         {
-            let z = b.z_above(f64::from(p.size));
-            if z >= cfg.cohort_deviation.reading_z {
-                push_deviation(cfg, d, now, "payload_size", f64::from(p.size), &b, z, out);
+            let size = f64::from(p.size);
+            let z = b.z_above(size);
+            if streak(
+                &mut d.reading_streak[M_SIZE],
+                z >= cfg.cohort_deviation.reading_z,
+                cfg.cohort_deviation.readings,
+            ) {
+                let sev = deviation_severity(size, Range::default(), z, deviation_threshold(cfg));
+                push_deviation(
+                    cfg,
+                    d,
+                    now,
+                    "payload_size",
+                    size,
+                    &b,
+                    z,
+                    sev,
+                    Range::default(),
+                    out,
+                );
             }
         }
 
@@ -821,6 +977,8 @@ impl Engine {
             cfg,
             devices,
             models,
+            grants_all,
+            grants,
             ..
         } = self;
         let Some(d) = devices.get_mut(i) else {
@@ -831,6 +989,10 @@ impl Engine {
             .and_then(|m| m.profile.as_ref());
         let (tenant, device) = (s.identity.tenant.as_str(), s.identity.device.as_str());
         let filter = unshared(&s.filter);
+        let granted = grants_all
+            .iter()
+            .chain(grants.get(&d.key).into_iter().flat_map(|g| g.iter()))
+            .any(|p| p.covers(filter, tenant, device));
         let cooldown = dur_ms(cfg.cooldown);
         let f = &mut d.features;
         f.touch(now);
@@ -838,6 +1000,9 @@ impl Engine {
             d.session = s.session;
         }
         let in_profile = profile.map(|c| c.may_subscribe(filter, tenant, device));
+        // Covered by the profile, or by what the operator's policy grants: or, without a
+        // profile, allowed by the gate, whose only source of grants then is the policy.
+        let covered = in_profile == Some(true) || granted || (in_profile.is_none() && s.allowed);
         let is_hash = filter == "#";
         let is_sys = filter == "$SYS" || filter.starts_with("$SYS/");
         let is_broad = !is_hash && !is_sys && broad(filter, cfg.wildcard_harvesting.broad_levels);
@@ -847,7 +1012,7 @@ impl Engine {
         if is_sys {
             f.sys_subscriptions = f.sys_subscriptions.saturating_add(1);
         }
-        if is_broad && in_profile != Some(true) {
+        if is_broad && !covered {
             f.broad_subscriptions = f.broad_subscriptions.saturating_add(1);
         }
 
@@ -879,14 +1044,8 @@ impl Engine {
             }
         }
 
-        if cfg.wildcard_harvesting.enabled
-            && (is_hash || is_sys || is_broad)
-            && in_profile != Some(true)
-        {
+        if cfg.wildcard_harvesting.enabled && (is_hash || is_sys || is_broad) && !covered {
             let sev = match (is_hash || is_sys, s.allowed) {
-                // Without a profile, what the gate allowed is what the operator's policy
-                // grants the device: recorded, not held against it.
-                (_, true) if in_profile.is_none() => Severity::Low,
                 (true, true) => Severity::High,
                 (true, false) | (false, true) => Severity::Medium,
                 (false, false) => Severity::Low,
@@ -923,6 +1082,7 @@ impl Engine {
         if cfg.exfiltration_broad_subscribe.enabled
             && let Some(c) = profile
             && in_profile == Some(false)
+            && !granted
             && c.reaches_others(filter, tenant, device)
         {
             let sev = if s.allowed {
@@ -1321,11 +1481,13 @@ impl Engine {
                 if !active {
                     continue;
                 }
-                let mut worst: Option<(usize, f64, f64)> = None;
+                let mut worst: Option<(usize, f64, f64, Severity, Range)> = None;
+                let mut judged = [false; METRICS];
                 for (k, value) in summary(f, now, cfg.cohort.min_samples) {
                     let Some(b) = m.baseline.metrics[k] else {
                         continue;
                     };
+                    judged[k] = true;
                     // Rates and sizes only count above the cohort (a quieter device is not
                     // a threat); field values count both ways.
                     let z = if k < M_FIELD {
@@ -1333,16 +1495,31 @@ impl Engine {
                     } else {
                         b.z(value)
                     };
-                    if z >= cfg.cohort_deviation.z && worst.is_none_or(|(_, _, w)| z > w) {
-                        worst = Some((k, value, z));
+                    if !streak(
+                        &mut d.summary_streak[k],
+                        z >= cfg.cohort_deviation.z,
+                        cfg.cohort_deviation.refreshes,
+                    ) {
+                        continue;
+                    }
+                    let range = metric_range(m.profile.as_ref(), k);
+                    let sev = deviation_severity(value, range, z, deviation_threshold(cfg));
+                    if worst.is_none_or(|(_, _, w, ws, _)| (sev, z) > (ws, w)) {
+                        worst = Some((k, value, z, sev, range));
                     }
                 }
-                if let Some((k, value, z)) = worst
+                // A metric without a value or baseline this time breaks its run.
+                for (run, judged) in d.summary_streak.iter_mut().zip(judged) {
+                    if !judged {
+                        *run = 0;
+                    }
+                }
+                if let Some((k, value, z, sev, range)) = worst
                     && let Some(b) = m.baseline.metrics[k]
                 {
                     let slots = m.profile.as_ref().map_or(&[][..], |c| &c.slot_names[..]);
                     let name = metric_name(k, slots).to_owned();
-                    push_deviation(cfg, d, now, &name, value, &b, z, out);
+                    push_deviation(cfg, d, now, &name, value, &b, z, sev, range, out);
                 }
             }
         }
@@ -1385,7 +1562,17 @@ impl Engine {
                 } else {
                     cfg.cohort.min_relative_spread
                 };
-                m.baseline.metrics[k] = Robust::of(values, cfg.cohort.min_devices, floor);
+                // A field's spread is at least a fraction of the range the profile
+                // declares for it.
+                let min_scale = if k >= M_FIELD {
+                    metric_range(m.profile.as_ref(), k)
+                        .width()
+                        .map_or(0.0, |w| w * cfg.cohort.min_range_spread)
+                } else {
+                    0.0
+                };
+                m.baseline.metrics[k] =
+                    Robust::of(values, cfg.cohort.min_devices, floor, min_scale);
             }
         }
     }
@@ -1564,8 +1751,16 @@ fn reading(
         && let Some(b) = baseline.and_then(|b| b.metrics[M_FIELD + usize::from(slot)])
     {
         let z = b.z(v);
-        if z >= cfg.cohort_deviation.reading_z {
-            push_deviation(cfg, d, now, &field.name, v, &b, z, out);
+        let k = M_FIELD + usize::from(slot);
+        if let Some(run) = d.reading_streak.get_mut(k)
+            && streak(
+                run,
+                z >= cfg.cohort_deviation.reading_z,
+                cfg.cohort_deviation.readings,
+            )
+        {
+            let sev = deviation_severity(v, field.range(), z, deviation_threshold(cfg));
+            push_deviation(cfg, d, now, &field.name, v, &b, z, sev, field.range(), out);
         }
     }
 }
@@ -1653,6 +1848,63 @@ fn check_beacon(
     }
 }
 
+/// Extends or breaks a run of deviations; whether it is now long enough for a finding.
+fn streak(run: &mut u8, deviates: bool, needed: u32) -> bool {
+    if deviates {
+        *run = run.saturating_add(1);
+        u32::from(*run) >= needed
+    } else {
+        *run = 0;
+        false
+    }
+}
+
+/// The z-score that makes a deviation `medium` when the profile gives no range (twice
+/// it, `high`).
+fn deviation_threshold(cfg: &DetectConfig) -> f64 {
+    cfg.cohort_deviation.z.min(cfg.cohort_deviation.reading_z)
+}
+
+/// The range the profile declares for a cohort metric: a field's `min`/`max`, the
+/// profile's total rate for the message rate; none for byte rates and sizes.
+fn metric_range(profile: Option<&Compiled>, k: usize) -> Range {
+    let Some(c) = profile else {
+        return Range::default();
+    };
+    match k {
+        M_RATE => Range {
+            min: c.max_rate.map(|_| 0.0),
+            max: c.max_rate,
+        },
+        M_BYTES | M_SIZE => Range::default(),
+        _ => c.slot_ranges.get(k - M_FIELD).copied().unwrap_or_default(),
+    }
+}
+
+/// How bad a deviation from the cohort is. Inside the range the profile declares, the
+/// value is what the manufacturer calls normal: `info`, whatever the cohort looks like
+/// (a cohort's spread can collapse; the manufacturer's statement does not). Outside it,
+/// by how far: `medium`, `high` beyond the range's own width. Without a declared range,
+/// by the z-score: `medium`, `high` at twice the threshold.
+fn deviation_severity(value: f64, range: Range, z: f64, thr: f64) -> Severity {
+    if range.declared() {
+        if range.contains(value) {
+            return Severity::Info;
+        }
+        let beyond = range.beyond(value);
+        return if range.width().is_some_and(|w| beyond > w) {
+            Severity::High
+        } else {
+            Severity::Medium
+        };
+    }
+    if z >= 2.0 * thr {
+        Severity::High
+    } else {
+        Severity::Medium
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn push_deviation(
     cfg: &DetectConfig,
@@ -1662,14 +1914,12 @@ fn push_deviation(
     value: f64,
     b: &Robust,
     z: f64,
+    sev: Severity,
+    range: Range,
     out: &mut Vec<Finding>,
 ) {
-    let thr = cfg.cohort_deviation.z.min(cfg.cohort_deviation.reading_z);
-    let sev = if z >= 2.0 * thr {
-        Severity::High
-    } else {
-        Severity::Medium
-    };
+    let thr = deviation_threshold(cfg);
+    let inside = range.declared() && range.contains(value);
     if d.cooldowns
         .admit(Rule::CohortDeviation, sev, now, dur_ms(cfg.cooldown))
     {
@@ -1683,10 +1933,17 @@ fn push_deviation(
             sev,
             confidence_for(z / thr),
             format!(
-                "{}'s {metric} {} is {z:.1} spreads from its cohort's median {}",
+                "{}'s {metric} {} is {z:.1} spreads from its cohort's median {}{}",
                 d.key,
                 num(value),
-                num(b.median)
+                num(b.median),
+                if inside {
+                    ", inside the profile's range"
+                } else if range.declared() {
+                    ", outside the profile's range"
+                } else {
+                    ""
+                }
             ),
             &[
                 ("metric", metric.to_owned()),
@@ -1695,6 +1952,9 @@ fn push_deviation(
                 ("scale", num(b.scale)),
                 ("z", num(z)),
                 ("cohort_devices", b.devices.to_string()),
+                ("min", range.min.map_or_else(|| "none".to_owned(), num)),
+                ("max", range.max.map_or_else(|| "none".to_owned(), num)),
+                ("inside_profile_range", inside.to_string()),
             ],
         ));
     }

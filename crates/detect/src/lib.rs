@@ -35,7 +35,7 @@ pub use config::{
     CohortDeviationConfig, ConfigError, ConnectFloodConfig, DetectConfig, MalformedConfig,
     PublishFloodConfig, SlowConnectionConfig, Toggle, TopicScanningConfig, WildcardConfig,
 };
-pub use engine::Engine;
+pub use engine::{Engine, Grants};
 pub use features::{
     Decay, FIELD_SLOTS, Features, FieldStat, Intervals, Moments, RATE_WINDOWS, Rates, TopicSketch,
     W1, W10, W60,

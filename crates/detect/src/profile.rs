@@ -195,7 +195,14 @@ pub(crate) struct Field {
 
 impl Field {
     pub(crate) fn contains(&self, v: f64) -> bool {
-        self.min.is_none_or(|m| v >= m) && self.max.is_none_or(|m| v <= m)
+        self.range().contains(v)
+    }
+
+    pub(crate) fn range(&self) -> Range {
+        Range {
+            min: self.min,
+            max: self.max,
+        }
     }
 }
 
@@ -214,7 +221,45 @@ pub(crate) struct Compiled {
     pub(crate) commands: Box<[Pattern]>,
     pub(crate) fields: Box<[TopicFields]>,
     pub(crate) slot_names: Box<[Box<str>]>,
+    /// Per slot, the range the profile declares for the field (the first declaration of
+    /// the name with a bound).
+    pub(crate) slot_ranges: Box<[Range]>,
     pub(crate) max_rate: Option<f64>,
+}
+
+/// A declared range; either end may be open.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub(crate) struct Range {
+    pub(crate) min: Option<f64>,
+    pub(crate) max: Option<f64>,
+}
+
+impl Range {
+    /// Whether the range says anything at all.
+    pub(crate) fn declared(&self) -> bool {
+        self.min.is_some() || self.max.is_some()
+    }
+
+    /// Whether `v` lies inside it.
+    pub(crate) fn contains(&self, v: f64) -> bool {
+        self.min.is_none_or(|m| v >= m) && self.max.is_none_or(|m| v <= m)
+    }
+
+    /// Its width, when both ends are declared.
+    pub(crate) fn width(&self) -> Option<f64> {
+        match (self.min, self.max) {
+            (Some(lo), Some(hi)) => Some((hi - lo).abs()),
+            _ => None,
+        }
+    }
+
+    /// How far outside it `v` lies (0 inside).
+    pub(crate) fn beyond(&self, v: f64) -> f64 {
+        self.min
+            .map_or(0.0, |lo| lo - v)
+            .max(self.max.map_or(0.0, |hi| v - hi))
+            .max(0.0)
+    }
 }
 
 // === impl Compiled ===
@@ -223,11 +268,13 @@ impl Compiled {
     pub(crate) fn new(view: &ProfileView) -> Self {
         let mut groups: Vec<(TopicPattern, Vec<Field>)> = Vec::new();
         let mut slot_names: Vec<Box<str>> = Vec::new();
+        let mut slot_ranges: Vec<Range> = Vec::new();
         for spec in &view.fields {
             let slot = match slot_names.iter().position(|n| **n == *spec.name) {
                 Some(i) => Some(i),
                 None if slot_names.len() < FIELD_SLOTS => {
                     slot_names.push(spec.name.as_str().into());
+                    slot_ranges.push(Range::default());
                     Some(slot_names.len() - 1)
                 }
                 None => None,
@@ -239,6 +286,11 @@ impl Compiled {
                 max: spec.max.filter(|v| v.is_finite()),
                 slot: slot.and_then(|s| u8::try_from(s).ok()),
             };
+            if let Some(r) = slot.and_then(|s| slot_ranges.get_mut(s))
+                && !r.declared()
+            {
+                *r = field.range();
+            }
             match groups.iter_mut().find(|(p, _)| *p == spec.topic) {
                 Some((_, fields)) if fields.len() < MAX_TOPIC_FIELDS => fields.push(field),
                 Some(_) => {}
@@ -257,6 +309,7 @@ impl Compiled {
                 })
                 .collect(),
             slot_names: slot_names.into(),
+            slot_ranges: slot_ranges.into(),
             max_rate: view.max_rate_per_sec.filter(|r| r.is_finite() && *r > 0.0),
         }
     }

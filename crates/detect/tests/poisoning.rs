@@ -74,3 +74,55 @@ fn twenty_percent_poisoned_devices_neither_hide_nor_frame() {
         }
     }
 }
+
+#[test]
+fn poisoned_minority_does_not_move_baseline() {
+    // A fleet whose honest devices all report the same temperature (a collapsed spread) and
+    // a fifth that report the top of the range together, to drag the median up and widen
+    // the spread so that a later lie would look normal.
+    const N: usize = 40;
+    const POISONED: usize = 8;
+    let end = 300.0;
+    let mut trace = Trace::default();
+    for i in 0..N {
+        let name = format!("s{i}");
+        let temp = if i >= N - POISONED { 84.0 } else { 21.0 };
+        let mut t = 0.05 * i as f64;
+        trace.push(connect(t, &name, ip(1, u8::try_from(i).unwrap()), 60));
+        while t < end {
+            t += 1.0;
+            trace.push(publish(
+                t,
+                &name,
+                &format!("devices/{name}/telemetry"),
+                &format!(r#"{{"temp":{temp},"env":{{"hum":45}}}}"#),
+            ));
+        }
+    }
+    let mut e = engine_for(DetectConfig::default(), N, &[]);
+    let findings = run(&mut e, trace);
+    let temp = e.baseline(MODEL).unwrap().metrics[3].unwrap();
+    assert!(
+        (temp.median - 21.0).abs() < 1e-9,
+        "the poisoned fifth moved the median: {temp:?}"
+    );
+    assert!(
+        temp.z(84.0) > 8.0,
+        "the poisoned fifth widened the spread until they look normal: {temp:?}"
+    );
+    for i in 0..N {
+        let name = format!("s{i}");
+        let flagged = fired_for(&findings, "cohort_deviation", &name);
+        if i >= N - POISONED {
+            assert!(flagged, "poisoned {name} hid:\n{}", show(&findings));
+        } else {
+            assert!(
+                !findings
+                    .iter()
+                    .any(|f| f.device.as_ref().is_some_and(|d| d.device.as_str() == name)),
+                "honest {name} was flagged:\n{}",
+                show(&findings)
+            );
+        }
+    }
+}

@@ -5,8 +5,8 @@
 mod common;
 
 use common::*;
-use gatehouse_detect::{DetectConfig, Engine};
-use gatehouse_types::{DisconnectCause, Severity};
+use gatehouse_detect::{DetectConfig, Engine, Grants};
+use gatehouse_types::{DisconnectCause, Severity, TopicPattern};
 
 const FLEET: usize = 12;
 const END: f64 = 900.0;
@@ -147,6 +147,106 @@ fn publish_flood_stays_silent_at_the_profile_rate() {
             ));
         }
     });
+    assert!(of_kind(&f, "publish_flood").is_empty(), "{}", show(&f));
+}
+
+/// `n` connections from `addr`, devices `{prefix}0`…, each publishing `per_conn` messages a
+/// second for `secs` seconds from `start`.
+fn flood_from_one_address(
+    t: &mut Trace,
+    prefix: &str,
+    addr: std::net::IpAddr,
+    n: usize,
+    per_conn: f64,
+    start: f64,
+    secs: f64,
+) {
+    for c in 0..n {
+        let name = format!("{prefix}{c}");
+        let t0 = start + 0.01 * c as f64;
+        t.push(connect(t0, &name, addr, 60));
+        let count = (per_conn * secs) as usize;
+        for i in 0..count {
+            t.push(publish(
+                t0 + 0.05 + i as f64 / per_conn,
+                &name,
+                &format!("devices/{name}/telemetry"),
+                r#"{"temp":21.0}"#,
+            ));
+        }
+    }
+}
+
+#[test]
+fn many_connections_flooding_together_are_one_flood() {
+    // MQTTset's malariados: 10 connections from one address, 3,120 publishes in 4 s, 78 a
+    // second each: every one under the per-device limit (200/s without a profile).
+    let attacker = ip(9, 20);
+    let mut trace = Trace::default();
+    benign_fleet(&mut trace, FLEET, 200.0, 7);
+    flood_from_one_address(&mut trace, "mal", attacker, 10, 78.0, 100.0, 4.0);
+    // Without a profile (as in a capture) and with the model's.
+    for with_profile in [false, true] {
+        let trace2 = Trace {
+            events: trace.events.clone(),
+        };
+        let extra: Vec<String> = (0..10).map(|c| format!("mal{c}")).collect();
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        let mut e = engine_for(
+            DetectConfig::default(),
+            FLEET,
+            if with_profile { &extra } else { &[] },
+        );
+        let f = run(&mut e, trace2);
+        let per_device = extra
+            .iter()
+            .filter(|d| fired_for(&f, "publish_flood", d))
+            .count();
+        assert!(
+            fired_for_addr(&f, "publish_flood", attacker),
+            "profile {with_profile}: the address's flood was not seen ({per_device} per-device findings):\n{}",
+            show(&f)
+        );
+        let by_address: Vec<_> = of_kind(&f, "publish_flood")
+            .into_iter()
+            .filter(|x| x.device.is_none())
+            .collect();
+        assert_eq!(by_address.len(), 1, "one flood, one finding: {}", show(&f));
+        assert_eq!(by_address[0].peer, Some(attacker));
+        // Nothing about the benign fleet.
+        assert!(
+            f.iter().all(|x| x.peer == Some(attacker)
+                || x.device
+                    .as_ref()
+                    .is_some_and(|d| d.device.as_str().starts_with("mal"))),
+            "{}",
+            show(&f)
+        );
+    }
+}
+
+#[test]
+fn many_devices_behind_one_address_at_their_own_rate_are_not_a_flood() {
+    // A site behind one NAT address: 60 devices, each at its profile's rate (2/s), 120/s
+    // together; and 10 devices of no model at 4/s each, under `min_rate`.
+    let site = ip(8, 1);
+    let mut trace = Trace::default();
+    for c in 0..60 {
+        let name = format!("s{c}");
+        let t0 = 1.0 + 0.013 * f64::from(c);
+        trace.push(connect(t0, &name, site, 60));
+        for i in 0..400 {
+            trace.push(publish(
+                t0 + 0.1 + f64::from(i) * 0.5,
+                &name,
+                &format!("devices/{name}/telemetry"),
+                r#"{"temp":21.0,"env":{"hum":45}}"#,
+            ));
+        }
+    }
+    flood_from_one_address(&mut trace, "slowpoke", site, 10, 4.0, 5.0, 150.0);
+    let mut e = engine_for(DetectConfig::default(), 60, &[]);
+    let f = run(&mut e, trace);
     assert!(of_kind(&f, "publish_flood").is_empty(), "{}", show(&f));
 }
 
@@ -320,9 +420,8 @@ fn wildcard_harvesting_holds_nothing_against_what_the_policy_grants_a_device_wit
     e.observe(&connect(10.0, "watcher", ip(4, 9), 30), &mut out);
     e.observe(&subscribe(10.5, "watcher", "lab/#", true), &mut out);
     e.observe(&subscribe(10.6, "watcher", "#", true), &mut out);
-    let h = of_kind(&out, "wildcard_harvesting");
     assert!(
-        h.iter().all(|x| x.severity == Severity::Low),
+        of_kind(&out, "wildcard_harvesting").is_empty(),
         "{}",
         show(&out)
     );
@@ -336,6 +435,72 @@ fn wildcard_harvesting_holds_nothing_against_what_the_policy_grants_a_device_wit
         "{}",
         show(&out)
     );
+}
+
+#[test]
+fn a_subscription_the_operators_policy_grants_is_never_wildcard_harvesting() {
+    // The README's example: `[[policy.device]] id = "dashboard"` granted
+    // `devices/+/telemetry/#`. The dashboard here is even a member of a model whose
+    // profile does not cover the filter: the operator's grant still decides.
+    let grants = Grants {
+        subscribe: vec![TopicPattern::new("devices/{device}/#").unwrap()],
+        devices: vec![(
+            dev("dashboard"),
+            vec![TopicPattern::new("devices/+/telemetry/#").unwrap()],
+        )],
+    };
+    for with_profile in [true, false] {
+        let mut e = if with_profile {
+            engine_for(DetectConfig::default(), 0, &["dashboard", "other"])
+        } else {
+            Engine::new(DetectConfig::default())
+        };
+        e.set_grants(&grants);
+        let mut out = Vec::new();
+        e.observe(&connect(10.0, "dashboard", ip(4, 10), 30), &mut out);
+        for (i, filter) in [
+            "devices/+/telemetry/#",
+            "devices/+/telemetry",
+            "devices/s1/telemetry/x",
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let t = 10.5 + 0.1 * i as f64;
+            e.observe(&subscribe(t, "dashboard", filter, true), &mut out);
+            e.observe(
+                &subscribe(t, "dashboard", &format!("$share/ops/{filter}"), true),
+                &mut out,
+            );
+        }
+        assert!(
+            of_kind(&out, "wildcard_harvesting").is_empty()
+                && of_kind(&out, "exfiltration_broad_subscribe").is_empty(),
+            "profile {with_profile}: {}",
+            show(&out)
+        );
+        // Beyond the grant, the same device is probing; another device with the same
+        // filter has no grant.
+        e.observe(&subscribe(12.0, "dashboard", "#", false), &mut out);
+        assert!(
+            fired_for(&out, "wildcard_harvesting", "dashboard"),
+            "{}",
+            show(&out)
+        );
+        if with_profile {
+            e.observe(&connect(13.0, "other", ip(4, 11), 30), &mut out);
+            e.observe(
+                &subscribe(13.5, "other", "devices/+/telemetry/#", true),
+                &mut out,
+            );
+            assert!(
+                fired_for(&out, "wildcard_harvesting", "other")
+                    || fired_for(&out, "exfiltration_broad_subscribe", "other"),
+                "{}",
+                show(&out)
+            );
+        }
+    }
 }
 
 // === retained_poisoning ===
@@ -585,6 +750,14 @@ fn cohort_deviation_fires_on_a_device_reporting_far_from_its_fleet() {
         "{}",
         show(&f)
     );
+    // Inside the profile's range: recorded for the analyst, held against no one.
+    assert!(
+        of_kind(&f, "cohort_deviation")
+            .iter()
+            .all(|x| x.severity <= Severity::Low),
+        "{}",
+        show(&f)
+    );
 }
 
 #[test]
@@ -597,15 +770,24 @@ fn cohort_deviation_judges_a_new_device_from_its_first_message() {
     assert!(e.baseline(MODEL).and_then(|b| b.metrics[3]).is_some());
     let mut out = Vec::new();
     e.observe(&connect(310.0, "newcomer", ip(6, 2), 60), &mut out);
-    e.observe(
-        &publish(
-            310.5,
-            "newcomer",
-            "devices/newcomer/telemetry",
-            r#"{"temp":80.0,"env":{"hum":45}}"#,
-        ),
-        &mut out,
-    );
+    // No learning period of its own: its first readings are judged against the cohort,
+    // and the third deviating one in a row (`cohort_deviation.readings`) is a finding.
+    for (i, t) in [310.5, 311.5, 312.5].into_iter().enumerate() {
+        assert!(
+            !fired_for(&out, "cohort_deviation", "newcomer"),
+            "one odd reading is noise, not a finding: {}",
+            show(&out)
+        );
+        e.observe(
+            &publish(
+                t,
+                "newcomer",
+                "devices/newcomer/telemetry",
+                &format!(r#"{{"temp":{}.0,"env":{{"hum":45}}}}"#, 80 - i),
+            ),
+            &mut out,
+        );
+    }
     assert!(
         fired_for(&out, "cohort_deviation", "newcomer"),
         "{}",
