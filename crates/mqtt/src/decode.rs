@@ -7,6 +7,8 @@
 //! session state (topic alias ranges, receive maximum, a second CONNECT, the direction
 //! a packet travels) are the broker's.
 
+use std::cell::Cell;
+
 use bytes::{Bytes, BytesMut};
 use gatehouse_types::{Topic, TopicError, TopicFilter};
 
@@ -275,6 +277,27 @@ pub enum DecodeError {
         code: u8,
     },
 
+    /// More User Properties in one packet (the CONNECT and its will counted together) than
+    /// the receiver accepts ([`DecodeLimits::max_user_properties`]). MQTT 5.0 sets no
+    /// such limit, so the packet is not malformed; it is too large for this receiver, as
+    /// with its Maximum Packet Size (§3.1.2.11.4, §4.13): Packet too large, 0x95. Refused
+    /// when the first property over the limit is read, before it is stored.
+    #[error("more than {max} user properties in one packet")]
+    TooManyUserProperties {
+        /// The limit that was exceeded.
+        max: usize,
+    },
+
+    /// The names and values of the User Properties of one packet (the CONNECT and its will
+    /// counted together) add up to more bytes than the receiver accepts
+    /// ([`DecodeLimits::max_user_property_bytes`]). Packet too large, 0x95, for the reason
+    /// given at [`DecodeError::TooManyUserProperties`].
+    #[error("user properties larger than {max} bytes in one packet")]
+    UserPropertiesTooLarge {
+        /// The limit that was exceeded, in bytes.
+        max: usize,
+    },
+
     /// A CONNACK with Session Present set and a failure reason code (§3.2.2.1.1
     /// [MQTT-3.2.2-6]; 3.1.1 [MQTT-3.2.2-4]). Protocol Error, 0x82.
     #[error("CONNACK sets session present with a failure reason code")]
@@ -316,7 +339,9 @@ impl DecodeError {
             | Self::MissingAuthenticationMethod
             | Self::InvalidReasonCode { .. }
             | Self::SessionPresentWithError => ReasonCode::PROTOCOL_ERROR,
-            Self::PacketTooLarge { .. } => ReasonCode::PACKET_TOO_LARGE,
+            Self::PacketTooLarge { .. }
+            | Self::TooManyUserProperties { .. }
+            | Self::UserPropertiesTooLarge { .. } => ReasonCode::PACKET_TOO_LARGE,
             Self::InvalidProtocolName | Self::UnsupportedProtocolLevel { .. } => {
                 ReasonCode::UNSUPPORTED_PROTOCOL_VERSION
             }
@@ -338,7 +363,55 @@ pub fn peek_frame(buf: &[u8], max_packet_size: u32) -> Result<Option<usize>, Dec
     Ok(frame_header(buf, max_packet_size)?.map(|(_, total)| total))
 }
 
-/// Decodes one packet from the front of `buf`.
+/// What one packet may cost the receiver beyond its wire size.
+///
+/// A User Property is five bytes on the wire at least and some fifty in memory (two
+/// strings and their place in a list), so a packet within the Maximum Packet Size can
+/// still ask for ten times its size: these limits refuse it while it is read, before
+/// anything is stored. Build with [`DecodeLimits::new`] and set the fields to change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DecodeLimits {
+    /// Largest frame accepted, fixed header included ([`DecodeError::PacketTooLarge`]).
+    pub max_packet_size: u32,
+    /// Most User Properties in one packet, the CONNECT and its will counted together
+    /// ([`DecodeError::TooManyUserProperties`]).
+    pub max_user_properties: usize,
+    /// Most bytes of User Property names and values in one packet, the CONNECT and its
+    /// will counted together ([`DecodeError::UserPropertiesTooLarge`]).
+    pub max_user_property_bytes: usize,
+}
+
+// === impl DecodeLimits ===
+
+impl DecodeLimits {
+    /// User Properties allowed in one packet by default.
+    pub const DEFAULT_MAX_USER_PROPERTIES: usize = 32;
+    /// Bytes of User Property names and values allowed in one packet by default.
+    pub const DEFAULT_MAX_USER_PROPERTY_BYTES: usize = 8 * 1024;
+
+    /// These limits with `max_packet_size` and the default User Property limits.
+    pub const fn new(max_packet_size: u32) -> Self {
+        Self {
+            max_packet_size,
+            max_user_properties: Self::DEFAULT_MAX_USER_PROPERTIES,
+            max_user_property_bytes: Self::DEFAULT_MAX_USER_PROPERTY_BYTES,
+        }
+    }
+}
+
+/// Decodes one packet from the front of `buf`, refusing frames longer than
+/// `max_packet_size` and User Properties beyond the defaults of [`DecodeLimits::new`].
+/// See [`decode_with`].
+pub fn decode(
+    buf: &mut BytesMut,
+    version: ProtocolVersion,
+    max_packet_size: u32,
+) -> Result<Option<Packet>, DecodeError> {
+    decode_with(buf, version, &DecodeLimits::new(max_packet_size))
+}
+
+/// Decodes one packet from the front of `buf`, within `limits`.
 ///
 /// Returns `Ok(None)`, leaving `buf` untouched, until a whole frame is there; then
 /// removes that frame from `buf` and returns its packet. `version` is the session's
@@ -348,23 +421,23 @@ pub fn peek_frame(buf: &[u8], max_packet_size: u32) -> Result<Option<usize>, Dec
 ///
 /// On error `buf` is left as it was, so the caller can still look at the offending frame
 /// (for instance with [`connect_protocol_level`]); the connection must then be closed.
-pub fn decode(
+pub fn decode_with(
     buf: &mut BytesMut,
     version: ProtocolVersion,
-    max_packet_size: u32,
+    limits: &DecodeLimits,
 ) -> Result<Option<Packet>, DecodeError> {
     let Some(&first) = buf.first() else {
         return Ok(None);
     };
     check_fixed_header(first, version)?;
-    let Some((header_len, total)) = frame_header(buf, max_packet_size)? else {
+    let Some((header_len, total)) = frame_header(buf, limits.max_packet_size)? else {
         return Ok(None);
     };
     if buf.len() < total {
         return Ok(None);
     }
     let frame = buf.split_to(total).freeze();
-    let result = decode_frame(&frame, header_len, version);
+    let result = decode_frame(&frame, header_len, version, limits);
     match result {
         Ok(packet) => Ok(Some(packet)),
         Err(e) => {
@@ -466,12 +539,19 @@ fn decode_frame(
     frame: &Bytes,
     header_len: usize,
     version: ProtocolVersion,
+    limits: &DecodeLimits,
 ) -> Result<Packet, DecodeError> {
     let first = frame.first().copied().unwrap_or_default();
+    let budget = UserPropertyBudget {
+        count: Cell::new(limits.max_user_properties),
+        bytes: Cell::new(limits.max_user_property_bytes),
+        limits,
+    };
     let mut r = Reader {
         frame,
         pos: header_len,
         end: frame.len(),
+        budget: &budget,
     };
     let v5 = version == ProtocolVersion::V5;
     let packet = match first >> 4 {
@@ -983,9 +1063,13 @@ fn read_properties(r: &mut Reader<'_>, kind: Kind) -> Result<Properties, DecodeE
             id::MAXIMUM_QOS => props.maximum_qos = Some(p.flag(pid)?),
             id::RETAIN_AVAILABLE => props.retain_available = Some(p.flag(pid)?),
             id::USER_PROPERTY => {
-                let name = p.string("user property name")?;
-                let value = p.string("user property value")?;
-                props.user_properties.push((name, value));
+                let name = p.str("user property name")?;
+                let value = p.str("user property value")?;
+                // Counted before anything is allocated for it.
+                p.budget.spend(name.len() + value.len())?;
+                props
+                    .user_properties
+                    .push((name.to_owned(), value.to_owned()));
             }
             id::MAXIMUM_PACKET_SIZE => match p.u32("maximum packet size")? {
                 0 => return Err(invalid),
@@ -1009,6 +1093,38 @@ fn read_properties(r: &mut Reader<'_>, kind: Kind) -> Result<Properties, DecodeE
     Ok(props)
 }
 
+/// What is left of one packet's User Property allowance.
+struct UserPropertyBudget<'l> {
+    count: Cell<usize>,
+    bytes: Cell<usize>,
+    limits: &'l DecodeLimits,
+}
+
+// === impl UserPropertyBudget ===
+
+impl UserPropertyBudget<'_> {
+    /// Takes one User Property of `len` bytes (name and value) from the allowance.
+    fn spend(&self, len: usize) -> Result<(), DecodeError> {
+        let count = self
+            .count
+            .get()
+            .checked_sub(1)
+            .ok_or(DecodeError::TooManyUserProperties {
+                max: self.limits.max_user_properties,
+            })?;
+        let bytes =
+            self.bytes
+                .get()
+                .checked_sub(len)
+                .ok_or(DecodeError::UserPropertiesTooLarge {
+                    max: self.limits.max_user_property_bytes,
+                })?;
+        self.count.set(count);
+        self.bytes.set(bytes);
+        Ok(())
+    }
+}
+
 // === impl Reader ===
 
 /// A cursor over part of a frame: the body of the packet, or one property block.
@@ -1016,6 +1132,8 @@ struct Reader<'a> {
     frame: &'a Bytes,
     pos: usize,
     end: usize,
+    /// Shared by every reader of one frame.
+    budget: &'a UserPropertyBudget<'a>,
 }
 
 impl<'a> Reader<'a> {
@@ -1122,6 +1240,7 @@ impl<'a> Reader<'a> {
             frame: self.frame,
             pos: start,
             end: start + len,
+            budget: self.budget,
         })
     }
 

@@ -25,7 +25,9 @@ mod property;
 mod reason;
 mod wire;
 
-pub use decode::{DecodeError, connect_protocol_level, decode, peek_frame};
+pub use decode::{
+    DecodeError, DecodeLimits, connect_protocol_level, decode, decode_with, peek_frame,
+};
 pub use encode::{EncodeError, encode, encoded_len};
 pub use gatehouse_types::matches as topic_matches;
 pub use packet::*;

@@ -1418,3 +1418,127 @@ fn every_error_message_is_readable() {
         "property 0x23 is not allowed in CONNECT"
     );
 }
+
+// === user property limits ===
+
+/// A 5.0 frame from its first byte and body, with a Remaining Length of any size.
+fn big_frame(first: u8, body: &[u8]) -> Vec<u8> {
+    let mut v = vec![first];
+    let mut len = BytesMut::new();
+    crate::wire::put_vbi(&mut len, body.len());
+    v.extend_from_slice(&len);
+    v.extend_from_slice(body);
+    v
+}
+
+/// A property block (length included) of `n` user properties `k` = `v`.
+fn user_properties(n: usize, k: &str, v: &str) -> Vec<u8> {
+    let mut props = Vec::new();
+    for _ in 0..n {
+        props.push(0x26);
+        props.extend(s(k));
+        props.extend(s(v));
+    }
+    let mut block = BytesMut::new();
+    crate::wire::put_vbi(&mut block, props.len());
+    block.extend_from_slice(&props);
+    block.to_vec()
+}
+
+fn limited(count: usize, bytes: usize) -> DecodeLimits {
+    let mut l = DecodeLimits::new(NO_LIMIT);
+    l.max_user_properties = count;
+    l.max_user_property_bytes = bytes;
+    l
+}
+
+fn decode_limited(bytes: &[u8], limits: &DecodeLimits) -> Result<Option<Packet>, DecodeError> {
+    let mut buf = BytesMut::from(bytes);
+    decode_with(&mut buf, V5, limits)
+}
+
+#[test]
+fn user_properties_up_to_the_limits_are_accepted() {
+    // 4 properties of 2 bytes each: exactly at both limits.
+    let body = cat(&[&s("t"), &user_properties(4, "k", "v")]);
+    let packet = decode_limited(&big_frame(0x30, &body), &limited(4, 8))
+        .expect("within the limits")
+        .expect("complete");
+    let Packet::Publish(p) = packet else {
+        panic!("not a PUBLISH")
+    };
+    assert_eq!(p.properties.user_properties.len(), 4);
+}
+
+#[test]
+fn too_many_user_properties_are_packet_too_large() {
+    let body = cat(&[&s("t"), &user_properties(5, "", "")]);
+    let e = decode_limited(&big_frame(0x30, &body), &limited(4, 1000)).expect_err("refused");
+    assert_eq!(e, DecodeError::TooManyUserProperties { max: 4 });
+    assert_eq!(e.reason_code().0, 0x95);
+}
+
+#[test]
+fn user_properties_over_the_byte_limit_are_packet_too_large() {
+    let body = cat(&[&s("t"), &user_properties(2, "name", "value")]);
+    let e = decode_limited(&big_frame(0x30, &body), &limited(100, 17)).expect_err("refused");
+    assert_eq!(e, DecodeError::UserPropertiesTooLarge { max: 17 });
+    assert_eq!(e.reason_code().0, 0x95);
+}
+
+#[test]
+fn connect_and_will_user_properties_count_together() {
+    // Three in the CONNECT and three in the will: six in one packet.
+    let connect = |will_props: usize| {
+        big_frame(
+            0x10,
+            &cat(&[
+                &s("MQTT"),
+                &[5, 0x06, 0, 60],
+                &user_properties(3, "k", "v"),
+                &s("c"),
+                &user_properties(will_props, "k", "v"),
+                &s("will/topic"),
+                &s("bye"),
+            ]),
+        )
+    };
+    let limits = limited(5, 1000);
+    assert!(matches!(decode_limited(&connect(2), &limits), Ok(Some(_))));
+    let e = decode_limited(&connect(3), &limits).expect_err("six is over five");
+    assert_eq!(e, DecodeError::TooManyUserProperties { max: 5 });
+}
+
+#[test]
+fn the_default_limits_refuse_a_connect_stuffed_with_user_properties() {
+    // ~780 KB of empty user properties: 156,000 of them, each 5 bytes on the wire and
+    // some 50 in memory. Refused at the 33rd.
+    let body = cat(&[
+        &s("MQTT"),
+        &[5, 0x02, 0, 60],
+        &user_properties(156_000, "", ""),
+        &s("c"),
+    ]);
+    let e =
+        decode_limited(&big_frame(0x10, &body), &DecodeLimits::new(NO_LIMIT)).expect_err("refused");
+    assert_eq!(
+        e,
+        DecodeError::TooManyUserProperties {
+            max: DecodeLimits::DEFAULT_MAX_USER_PROPERTIES
+        }
+    );
+    // Every packet type that carries properties is limited the same way.
+    for (first, body) in [
+        (
+            0x82u8,
+            cat(&[&[0, 1], &user_properties(33, "", ""), &s("t"), &[0]]),
+        ),
+        (0xA2, cat(&[&[0, 1], &user_properties(33, "", ""), &s("t")])),
+        (0x40, cat(&[&[0, 1, 0x10], &user_properties(33, "", "")])),
+        (0xE0, cat(&[&[0x00], &user_properties(33, "", "")])),
+    ] {
+        let e = decode_limited(&big_frame(first, &body), &DecodeLimits::new(NO_LIMIT))
+            .expect_err("refused");
+        assert_eq!(e.reason_code().0, 0x95, "{first:#x}: {e}");
+    }
+}
