@@ -14,6 +14,7 @@
 
 mod bucket;
 mod engine;
+pub mod limits;
 mod table;
 mod topic;
 mod verdict;
@@ -25,6 +26,7 @@ use serde::{Deserialize, Serialize};
 
 pub use bucket::TokenBucket;
 pub use engine::{DEFAULT_POLICIES, PolicyEngine, PolicyError, PolicySchema, SCHEMA};
+pub use limits::PolicyLimits;
 pub use table::{DeviceVerdict, PublishCheck, VerdictTable};
 pub use topic::{PatternError, bind, covers, intersects};
 pub use verdict::{

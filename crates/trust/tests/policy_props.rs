@@ -6,6 +6,19 @@ use std::time::{Duration, Instant};
 use gatehouse_trust::policy::{TokenBucket, covers, intersects};
 use gatehouse_types::matches;
 use proptest::prelude::*;
+use proptest::test_runner::FileFailurePersistence;
+
+/// 512 cases each; failures are kept in `proptest-regressions/policy_props.txt` (relative
+/// to the crate, where cargo runs integration tests) and replayed first on every run.
+fn config() -> ProptestConfig {
+    ProptestConfig {
+        cases: 512,
+        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(
+            "proptest-regressions/policy_props.txt",
+        ))),
+        ..ProptestConfig::default()
+    }
+}
 
 /// Levels filters and patterns are drawn from.
 fn level() -> impl Strategy<Value = String> {
@@ -59,7 +72,7 @@ fn levels(f: &str) -> usize {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(512))]
+    #![proptest_config(config())]
 
     /// `covers(p, f)` holds exactly when every topic `f` matches is matched by `p`.
     #[test]

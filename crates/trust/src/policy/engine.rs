@@ -1,8 +1,12 @@
 //! The policy set: parsed, named by `@id`, validated against the schema, swapped whole.
 
 use std::str::FromStr;
+use std::sync::OnceLock;
+use std::sync::mpsc::{self, SyncSender, TrySendError};
 
 use cedar_policy::{Authorizer, PolicyId, PolicySet, Schema, ValidationMode, Validator};
+
+use super::limits::{self, PolicyLimits};
 
 /// Why a schema or a policy set was refused. The problems are listed one per entry, each
 /// naming the policy it is about where there is one.
@@ -26,6 +30,12 @@ pub enum PolicyError {
     /// that is never linked would silently do nothing.
     #[error("policy set refused, templates are not supported: {}", .0.join(", "))]
     Templates(Vec<String>),
+    /// The text is larger or nests deeper than [`PolicyLimits`] allow; it was not parsed.
+    #[error("policy set refused before parsing: {0}")]
+    Limit(String),
+    /// Too many policy sets are waiting to be checked; try again.
+    #[error("policy set not checked: the policy checker is busy, try again")]
+    Busy,
 }
 
 fn list(problems: &[String]) -> String {
@@ -86,6 +96,7 @@ pub struct PolicyEngine {
     source: String,
     generation: u64,
     device_independent: bool,
+    limits: PolicyLimits,
 }
 
 impl PolicyEngine {
@@ -98,7 +109,19 @@ impl PolicyEngine {
             source: String::new(),
             generation: 0,
             device_independent: true,
+            limits: PolicyLimits::default(),
         }
+    }
+
+    /// The same engine, refusing texts beyond `limits` from now on.
+    pub fn with_limits(mut self, limits: PolicyLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// The size and depth limits policy texts are checked against.
+    pub fn limits(&self) -> PolicyLimits {
+        self.limits
     }
 
     /// Gatehouse's schema with the default policy set loaded.
@@ -158,52 +181,112 @@ impl PolicyEngine {
             .collect()
     }
 
-    /// Parses `text`, names each policy by its `@id` (or `policyN` by position when it has
-    /// none) and validates the set in strict mode.
+    /// Checks `text` against the limits, then parses and validates it on the policy
+    /// checker's thread (see [`on_checker_thread`]).
     fn check(&self, text: &str) -> Result<PolicySet, PolicyError> {
-        let parsed = PolicySet::from_str(text)
-            .map_err(|errs| PolicyError::Parse(errs.iter().map(|e| e.to_string()).collect()))?;
-        let templates: Vec<String> = parsed.templates().map(|t| t.id().to_string()).collect();
-        if !templates.is_empty() {
-            return Err(PolicyError::Templates(templates));
-        }
-        // `from_str` numbers policies in text order as `policy0`, `policy1`...; keep that
-        // order so that unnamed policies keep their position as their name.
-        let mut policies: Vec<_> = parsed.policies().cloned().collect();
-        policies.sort_by_key(|p| {
-            p.id()
-                .to_string()
-                .strip_prefix("policy")
-                .and_then(|n| n.parse::<usize>().ok())
-                .unwrap_or(usize::MAX)
-        });
-        let mut named = PolicySet::new();
-        let mut clashes = Vec::new();
-        for policy in policies {
-            let policy = match policy.annotation("id") {
-                Some(id) => policy.new_id(PolicyId::new(id)),
-                None => policy,
-            };
-            let id = policy.id().to_string();
-            if let Err(e) = named.add(policy) {
-                clashes.push(format!("policy `{id}`: {e}"));
-            }
-        }
-        if !clashes.is_empty() {
-            return Err(PolicyError::Ids(clashes));
-        }
-        let validation =
-            Validator::new(self.schema.clone()).validate(&named, ValidationMode::Strict);
-        if !validation.validation_passed() {
-            return Err(PolicyError::Invalid(
-                validation
-                    .validation_errors()
-                    .map(|e| e.to_string())
-                    .collect(),
-            ));
-        }
-        Ok(named)
+        limits::check(text, &self.limits).map_err(|e| PolicyError::Limit(e.to_string()))?;
+        let schema = self.schema.clone();
+        let text = text.to_owned();
+        on_checker_thread(move || parse_and_validate(&schema, &text))?
     }
+}
+
+/// How many policy sets may wait for the checker thread before more are refused as busy.
+const CHECKER_QUEUE: usize = 16;
+
+/// The checker thread's stack: far more than a text within the limits needs, so that even
+/// a gap in the depth estimate cannot overflow it.
+const CHECKER_STACK: usize = 64 * 1024 * 1024;
+
+type CheckJob = Box<dyn FnOnce() + Send>;
+
+/// Runs `job` on the one thread that parses policy text, with a large stack of its own,
+/// and waits for its answer. The queue in front of it is bounded: past it, `Busy`.
+fn on_checker_thread<T: Send + 'static>(
+    job: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, PolicyError> {
+    static CHECKER: OnceLock<Option<SyncSender<CheckJob>>> = OnceLock::new();
+    let sender = CHECKER.get_or_init(|| {
+        let (tx, rx) = mpsc::sync_channel::<CheckJob>(CHECKER_QUEUE);
+        std::thread::Builder::new()
+            .name("gatehouse-policy-check".into())
+            .stack_size(CHECKER_STACK)
+            .spawn(move || {
+                while let Ok(job) = rx.recv() {
+                    // A panic in the parser fails that one check (its answer channel
+                    // closes), not the thread.
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                }
+            })
+            .ok()
+            .map(|_| tx)
+    });
+    let Some(sender) = sender else {
+        // No thread could be started: check on the caller's, within the depth limit.
+        return Ok(job());
+    };
+    let (answer_tx, answer_rx) = mpsc::sync_channel(1);
+    let boxed: CheckJob = Box::new(move || {
+        let _ = answer_tx.send(job());
+    });
+    match sender.try_send(boxed) {
+        Ok(()) => {}
+        Err(TrySendError::Full(_)) => return Err(PolicyError::Busy),
+        Err(TrySendError::Disconnected(_)) => {
+            return Err(PolicyError::Parse(vec![
+                "the policy checker thread is gone".to_owned(),
+            ]));
+        }
+    }
+    answer_rx
+        .recv()
+        .map_err(|_| PolicyError::Parse(vec!["the policy checker failed on this text".to_owned()]))
+}
+
+/// Parses `text`, names each policy by its `@id` (or `policyN` by position when it has
+/// none) and validates the set in strict mode against `schema`.
+fn parse_and_validate(schema: &Schema, text: &str) -> Result<PolicySet, PolicyError> {
+    let parsed = PolicySet::from_str(text)
+        .map_err(|errs| PolicyError::Parse(errs.iter().map(|e| e.to_string()).collect()))?;
+    let templates: Vec<String> = parsed.templates().map(|t| t.id().to_string()).collect();
+    if !templates.is_empty() {
+        return Err(PolicyError::Templates(templates));
+    }
+    // `from_str` numbers policies in text order as `policy0`, `policy1`...; keep that
+    // order so that unnamed policies keep their position as their name.
+    let mut policies: Vec<_> = parsed.policies().cloned().collect();
+    policies.sort_by_key(|p| {
+        p.id()
+            .to_string()
+            .strip_prefix("policy")
+            .and_then(|n| n.parse::<usize>().ok())
+            .unwrap_or(usize::MAX)
+    });
+    let mut named = PolicySet::new();
+    let mut clashes = Vec::new();
+    for policy in policies {
+        let policy = match policy.annotation("id") {
+            Some(id) => policy.new_id(PolicyId::new(id)),
+            None => policy,
+        };
+        let id = policy.id().to_string();
+        if let Err(e) = named.add(policy) {
+            clashes.push(format!("policy `{id}`: {e}"));
+        }
+    }
+    if !clashes.is_empty() {
+        return Err(PolicyError::Ids(clashes));
+    }
+    let validation = Validator::new(schema.clone()).validate(&named, ValidationMode::Strict);
+    if !validation.validation_passed() {
+        return Err(PolicyError::Invalid(
+            validation
+                .validation_errors()
+                .map(|e| e.to_string())
+                .collect(),
+        ));
+    }
+    Ok(named)
 }
 
 /// Whether a policy's decisions can only depend on a device's class, not on which device

@@ -52,24 +52,33 @@ fn wild_first(filter: &str) -> bool {
 /// subscription stays within what is allowed. `a/+/c` is covered by `a/#`; `a/#` is not
 /// covered by `a/+` (nor by `a/+/#`, which does not match `a`).
 pub fn covers(pattern: &str, filter: &str) -> bool {
-    // `+/#` matches exactly what `#` matches: every topic not starting with `$` (`#` also
-    // matches a parent level, but at the first level there is none).
-    let pattern = if pattern == "+/#" { "#" } else { pattern };
     // A pattern that starts with a wildcard matches no `$` topic; a filter that starts with
     // `$` matches only `$` topics (and one that starts with a wildcard matches none).
     if wild_first(pattern) && filter.starts_with('$') {
         return false;
     }
-    let mut p = pattern.split('/');
-    let mut f = filter.split('/');
+    let p: Vec<&str> = pattern.split('/').collect();
+    let f: Vec<&str> = filter.split('/').collect();
+    let mut i = 0;
     loop {
-        match (p.next(), f.next()) {
+        match (p.get(i).copied(), f.get(i).copied()) {
             (Some("#"), _) => return true,
-            (Some("+"), Some(fl)) if fl != "#" => {}
-            (Some(pl), Some(fl)) if fl != "+" && fl != "#" && pl == fl => {}
+            (_, Some("#")) => {
+                // The filter matches its first `i` levels as a topic of their own (`#`
+                // matches the parent level) and every topic below them. Below them, the
+                // pattern must match any one or more levels: its rest is `#` or `+/#`.
+                // The parent itself is a topic unless it is nothing (`#` alone) or one
+                // empty level (`/#`); when it is one, only `#` matches it too.
+                let rest = &p[i.min(p.len())..];
+                let parent_is_a_topic = !(i == 0 || (i == 1 && f[0].is_empty()));
+                return rest == ["#"] || (!parent_is_a_topic && rest == ["+", "#"]);
+            }
+            (Some("+"), Some(_)) => {}
+            (Some(pl), Some(fl)) if fl != "+" && pl == fl => {}
             (None, None) => return true,
             _ => return false,
         }
+        i += 1;
     }
 }
 
@@ -140,6 +149,12 @@ mod tests {
         assert!(covers("+/#", "#"));
         assert!(covers("+/#", "+/#"));
         assert!(!covers("a/+/#", "a/#"));
+        // `/#` matches `/`, `/a`, `/a/b`...: its parent, one empty level, is no topic, so
+        // a pattern that needs one more level covers it (found by the property test).
+        assert!(covers("+/+/#", "/#"));
+        assert!(covers("/+/#", "/#"));
+        assert!(!covers("+/+/#", "a/#"));
+        assert!(!covers("+/+/+/#", "/#"));
     }
 
     #[test]
