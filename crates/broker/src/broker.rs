@@ -19,6 +19,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 use tracing::{debug, info, warn};
 
+use crate::budget::MemoryBudget;
 use crate::config::BrokerConfig;
 use crate::gate::{Decision, Gate, PublishContext};
 use crate::metrics::Metrics;
@@ -76,6 +77,8 @@ pub(crate) struct Inner {
     takeovers: Mutex<HashMap<DeviceRef, (Instant, u32)>>,
     sources: Mutex<HashMap<IpAddr, RateBucket>>,
     pub sanctions: crate::sanctions::Sanctions,
+    /// Bytes of messages held by every session together.
+    pub budget: Arc<MemoryBudget>,
     pub tap: Tap,
     pub metrics: Metrics,
     next_uid: AtomicU64,
@@ -163,6 +166,12 @@ impl Broker {
         auth: Arc<dyn Authenticator>,
     ) -> Result<Self, persist::PersistError> {
         let (shutdown, _) = watch::channel(false);
+        let metrics = Metrics::default();
+        metrics.show_limits(&config.limits);
+        let budget = Arc::new(MemoryBudget::new(
+            config.limits.message_memory_budget,
+            metrics.message_memory_used.clone(),
+        ));
         let inner = Arc::new(Inner {
             config,
             gate: ArcSwap::from_pointee(gate),
@@ -173,8 +182,9 @@ impl Broker {
             takeovers: Mutex::new(HashMap::new()),
             sources: Mutex::new(HashMap::new()),
             sanctions: crate::sanctions::Sanctions::default(),
+            budget,
             tap: Tap::new(),
-            metrics: Metrics::default(),
+            metrics,
             next_uid: AtomicU64::new(1),
             open_connections: AtomicUsize::new(0),
             connections_closed: Notify::new(),
@@ -514,6 +524,7 @@ impl Inner {
                     client_id.clone(),
                     identity.clone(),
                     connect.protocol,
+                    self.budget.clone(),
                 ));
                 sessions.insert(k.clone(), s.clone());
                 s
@@ -524,6 +535,7 @@ impl Inner {
                     client_id.clone(),
                     identity.clone(),
                     connect.protocol,
+                    self.budget.clone(),
                 ));
                 sessions.insert(k.clone(), s.clone());
                 s
@@ -560,7 +572,7 @@ impl Inner {
             if ours {
                 st.conn = None;
                 st.offline_since = Some(now);
-                st.pending.retain(|d| d.qos != QoS::AtMostOnce);
+                st.queue.retain_pending(|d| d.qos != QoS::AtMostOnce);
             }
             (ours, st.expiry)
         };
@@ -608,8 +620,7 @@ impl Inner {
         let subs: Vec<_> = {
             let mut st = session.state.lock();
             st.ended = true;
-            st.pending.clear();
-            st.inflight.clear();
+            st.queue.clear();
             st.subscriptions.drain().map(|(_, s)| s.filter).collect()
         };
         for f in subs {
@@ -639,15 +650,19 @@ impl Inner {
     }
 
     pub fn retain(&self, msg: Arc<Message>) {
-        if !self
-            .router
-            .retain(msg, self.config.limits.max_retained_messages)
-        {
+        if !self.router.retain(
+            msg,
+            self.config.limits.max_retained_messages,
+            self.config.limits.max_retained_bytes,
+        ) {
             Metrics::reason(&self.metrics.messages_dropped, "retained_store_full");
         }
         self.metrics
             .retained
             .set(self.router.retained_count() as i64);
+        self.metrics
+            .retained_bytes
+            .set(i64::try_from(self.router.retained_bytes()).unwrap_or(i64::MAX));
     }
 
     /// Routes a message to every matching subscription. `buf` is scratch space reused
@@ -661,7 +676,7 @@ impl Inner {
         // Several subscriptions of one session matching the same message make one delivery
         // with the highest QoS and every subscription identifier (MQTT 5.0 §3.3.4).
         buf.sort_unstable_by_key(|s| s.session.uid);
-        let max_queued = self.config.limits.max_queued_messages;
+        let limits = self.config.limits.queue();
         let mut i = 0;
         while i < buf.len() {
             let uid = buf[i].session.uid;
@@ -692,12 +707,10 @@ impl Inner {
             }
             if let Some(d) = delivery {
                 let session = &buf[i - 1].session;
-                match session.enqueue(d, max_queued) {
-                    Ok(()) => {}
-                    Err(Dropped::QueueFull) => {
-                        Metrics::reason(&self.metrics.messages_dropped, "queue_full")
-                    }
-                    Err(Dropped::OfflineQos0) => {}
+                if let Err(reason) = session.enqueue(d, limits).map_err(Dropped::reason)
+                    && let Some(reason) = reason
+                {
+                    Metrics::reason(&self.metrics.messages_dropped, reason);
                 }
             }
         }
@@ -744,7 +757,7 @@ impl Inner {
                 .values()
                 .map(|sub| sub.filter.match_filter().to_owned())
                 .collect();
-            st.pending.retain(|d| {
+            st.queue.retain_pending(|d| {
                 remaining
                     .iter()
                     .any(|f| gatehouse_mqtt::topic_matches(f, &d.msg.topic))
@@ -768,10 +781,7 @@ impl Inner {
         if tell {
             // MQTT 5 has no server-initiated UNSUBACK: a 5.0 client is told on its reserved
             // notice topic, which it receives without subscribing.
-            let _ = s.enqueue(
-                removal_notice(s, &denied),
-                self.config.limits.max_queued_messages,
-            );
+            let _ = s.enqueue(removal_notice(s, &denied), self.config.limits.queue());
         }
         info!(device = %s.identity.device, removed = denied.len(), "gate removed subscriptions");
         denied.len()
@@ -808,6 +818,12 @@ impl Inner {
             self.publish_will(&w.identity, w.msg);
         }
         self.router.expire_retained(now);
+        self.metrics
+            .retained
+            .set(self.router.retained_count() as i64);
+        self.metrics
+            .retained_bytes
+            .set(i64::try_from(self.router.retained_bytes()).unwrap_or(i64::MAX));
         self.sources
             .lock()
             .retain(|_, b| now.duration_since(b.last) < Duration::from_secs(60));
@@ -833,7 +849,12 @@ pub(crate) fn forwarded_properties(p: &Properties) -> Properties {
         payload_format_indicator: p.payload_format_indicator,
         content_type: p.content_type.clone(),
         response_topic: p.response_topic.clone(),
-        correlation_data: p.correlation_data.clone(),
+        // Its own allocation: a slice would pin the received frame while the message is
+        // queued or retained.
+        correlation_data: p
+            .correlation_data
+            .as_deref()
+            .map(bytes::Bytes::copy_from_slice),
         user_properties: p.user_properties.clone(),
         ..Properties::default()
     }

@@ -12,9 +12,9 @@ use std::time::{Duration, SystemTime};
 
 use bytes::BytesMut;
 use gatehouse_mqtt::{
-    Ack, ConnAck, Connect, DecodeError, Disconnect, Packet, Properties, ProtocolVersion, Publish,
-    QoS, ReasonCode, RetainHandling, SubAck, Subscribe, UnsubAck, Unsubscribe,
-    connect_protocol_level, decode, encode, encoded_len,
+    Ack, ConnAck, Connect, DecodeError, DecodeLimits, Disconnect, Packet, Properties,
+    ProtocolVersion, Publish, QoS, ReasonCode, RetainHandling, SubAck, Subscribe, UnsubAck,
+    Unsubscribe, connect_protocol_level, decode_with, encode, encoded_len,
 };
 use gatehouse_types::{
     AuthFailure, ConnectObservation, DeviceRef, DisconnectCause, Identity, Observation,
@@ -31,7 +31,7 @@ use crate::gate::{Decision, PublishContext};
 use crate::metrics::Metrics;
 use crate::router::SubRef;
 use crate::session::{
-    Control, ControlSlot, Delivery, Inflight, LiveConn, Message, Session, Subscription,
+    Control, ControlSlot, Delivery, Dropped, Inflight, LiveConn, Message, Session, Subscription,
 };
 
 /// Stop filling the write buffer past this; the rest waits in the session queue.
@@ -185,9 +185,9 @@ async fn read_connect<S: AsyncRead + AsyncWrite + Unpin>(
     peer: SocketAddr,
 ) -> Option<Box<Connect>> {
     let deadline = Instant::now() + inner.config.limits.connect_timeout;
-    let max = inner.config.limits.max_packet_size;
+    let limits = inner.config.limits.decode();
     loop {
-        match decode(rbuf, ProtocolVersion::V5, max) {
+        match decode_with(rbuf, ProtocolVersion::V5, &limits) {
             Ok(Some(Packet::Connect(c))) => return Some(c),
             Ok(Some(other)) => {
                 debug!(%peer, packet = other.packet_type(), "first packet is not CONNECT");
@@ -199,8 +199,16 @@ async fn read_connect<S: AsyncRead + AsyncWrite + Unpin>(
             Err(e) => {
                 let code = e.reason_code();
                 debug!(%peer, error = %e, "bad CONNECT");
-                Metrics::reason(&inner.metrics.refused, "malformed_connect");
-                auth_failure(inner, peer, None, None, "malformed_connect");
+                let reason = match e {
+                    DecodeError::TooManyUserProperties { .. }
+                    | DecodeError::UserPropertiesTooLarge { .. } => {
+                        "connect_user_properties_over_limit"
+                    }
+                    DecodeError::PacketTooLarge { .. } => "connect_too_large",
+                    _ => "malformed_connect",
+                };
+                Metrics::reason(&inner.metrics.refused, reason);
+                auth_failure(inner, peer, None, None, reason);
                 if code == ReasonCode::UNSUPPORTED_PROTOCOL_VERSION {
                     // 3.1.1-shaped CONNACK, return code 1: what any client can read.
                     write_and_close(stream, &[0x20, 0x02, 0x00, 0x01]).await;
@@ -348,7 +356,9 @@ where
             let msg = Message {
                 tenant: identity.tenant.as_str().into(),
                 topic: w.topic.as_str().into(),
-                payload: w.payload.clone(),
+                // Its own allocation: a slice would pin the whole CONNECT frame (and the
+                // read buffer around it) for as long as the will is kept.
+                payload: bytes::Bytes::copy_from_slice(&w.payload),
                 qos: w.qos,
                 retain: w.retain,
                 properties: forwarded_properties(&w.properties),
@@ -452,7 +462,7 @@ where
     let mut conn = Conn {
         tenant: identity.tenant.as_str().into(),
         device: DeviceRef::from(&*identity),
-        max_packet_in: limits.max_packet_size,
+        decode_limits: limits.decode(),
         alias_max: limits.topic_alias_maximum,
         inner: inner.clone(),
         conn_id,
@@ -467,6 +477,9 @@ where
     if attached.present {
         conn.resend_inflight();
     }
+    // Nothing of the CONNECT is needed any more: free it (and the frame its password
+    // slices) now rather than when the connection ends.
+    drop(connect);
     async move {
         debug!(
             session_present = attached.present,
@@ -500,7 +513,7 @@ struct Conn {
     aliases: HashMap<u16, Arc<str>>,
     will: Option<(Arc<Message>, u32)>,
     route_buf: Vec<SubRef>,
-    max_packet_in: u32,
+    decode_limits: DecodeLimits,
     alias_max: u16,
 }
 
@@ -627,7 +640,7 @@ impl Conn {
     /// Decodes and handles every whole packet in the read buffer.
     fn process(&mut self, rbuf: &mut BytesMut) -> Result<(), Close> {
         loop {
-            match decode(rbuf, self.version, self.max_packet_in) {
+            match decode_with(rbuf, self.version, &self.decode_limits) {
                 Ok(Some(p)) => self.handle(p)?,
                 Ok(None) => return Ok(()),
                 Err(e) => return Err(self.decode_error(&e)),
@@ -653,23 +666,30 @@ impl Conn {
             Packet::Publish(p) => self.on_publish(p),
             Packet::PubAck(a) => {
                 let mut st = self.session.state.lock();
-                if let Some(pos) = st.inflight.iter().position(|i| {
+                if let Some(pos) = st.queue.inflight().iter().position(|i| {
                     i.packet_id == a.packet_id && !i.released && i.delivery.qos == QoS::AtLeastOnce
                 }) {
-                    st.inflight.remove(pos);
+                    st.queue.remove_inflight(pos);
                 }
                 Ok(())
             }
             Packet::PubRec(a) => {
                 let found = {
                     let mut st = self.session.state.lock();
-                    match st.inflight.iter().position(|i| i.packet_id == a.packet_id) {
+                    match st
+                        .queue
+                        .inflight()
+                        .iter()
+                        .position(|i| i.packet_id == a.packet_id)
+                    {
                         Some(pos) if a.reason.is_error() => {
-                            st.inflight.remove(pos);
+                            st.queue.remove_inflight(pos);
                             None
                         }
                         Some(pos) => {
-                            st.inflight[pos].released = true;
+                            if let Some(i) = st.queue.inflight_mut(pos) {
+                                i.released = true;
+                            }
                             Some(true)
                         }
                         None => Some(false),
@@ -687,11 +707,12 @@ impl Conn {
             Packet::PubComp(a) => {
                 let mut st = self.session.state.lock();
                 if let Some(pos) = st
-                    .inflight
+                    .queue
+                    .inflight()
                     .iter()
                     .position(|i| i.packet_id == a.packet_id && i.released)
                 {
-                    st.inflight.remove(pos);
+                    st.queue.remove_inflight(pos);
                 }
                 Ok(())
             }
@@ -869,6 +890,18 @@ impl Conn {
                         .map(|s| std::time::Instant::now() + Duration::from_secs(u64::from(s))),
                     origin: self.session.uid,
                 });
+                // The broker's message memory is spent: a 5.0 client is told to come back
+                // later rather than have its message dropped on the way (3.1.1 has no way
+                // to refuse a PUBLISH; its deliveries that do not fit are dropped).
+                if p.qos != QoS::AtMostOnce
+                    && self.version == ProtocolVersion::V5
+                    && !inner.budget.admits_publish(msg.size())
+                {
+                    Metrics::reason(&inner.metrics.publishes_refused, "memory_budget");
+                    debug!(topic = %msg.topic, "publish refused: the message memory budget is spent");
+                    self.refuse_publish(p.qos, p.packet_id, ReasonCode::QUOTA_EXCEEDED);
+                    return Ok(());
+                }
                 if msg.retain {
                     inner.retain(msg.clone());
                 }
@@ -883,23 +916,12 @@ impl Conn {
             Decision::Deny(why) => {
                 inner.metrics.deny("publish");
                 debug!(topic = %topic, reason = %why, "publish denied");
-                let mut ack = Ack::success(p.packet_id);
-                ack.reason = if throttled {
+                let reason = if throttled {
                     ReasonCode::QUOTA_EXCEEDED
                 } else {
                     ReasonCode::NOT_AUTHORIZED
                 };
-                match p.qos {
-                    QoS::AtMostOnce => {}
-                    QoS::AtLeastOnce => self.send(&Packet::PubAck(ack)),
-                    QoS::ExactlyOnce => {
-                        if self.version == ProtocolVersion::V5 {
-                            // An error PUBREC ends the exchange: no PUBREL follows.
-                            self.session.state.lock().incoming_qos2.remove(&p.packet_id);
-                        }
-                        self.send(&Packet::PubRec(ack));
-                    }
-                }
+                self.refuse_publish(p.qos, p.packet_id, reason);
                 Ok(())
             }
             Decision::Disconnect(why) => {
@@ -910,6 +932,24 @@ impl Conn {
                     reason_string: Some(why.into_owned()),
                     will: true,
                 })
+            }
+        }
+    }
+
+    /// Answers a QoS 1 or 2 PUBLISH that was not taken (a QoS 0 one gets no answer).
+    /// `reason` reaches 5.0 clients only: a 3.1.1 acknowledgement has no reason code.
+    fn refuse_publish(&mut self, qos: QoS, packet_id: u16, reason: ReasonCode) {
+        let mut ack = Ack::success(packet_id);
+        ack.reason = reason;
+        match qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => self.send(&Packet::PubAck(ack)),
+            QoS::ExactlyOnce => {
+                if self.version == ProtocolVersion::V5 {
+                    // An error PUBREC ends the exchange: no PUBREL follows.
+                    self.session.state.lock().incoming_qos2.remove(&packet_id);
+                }
+                self.send(&Packet::PubRec(ack));
             }
         }
     }
@@ -1018,8 +1058,13 @@ impl Conn {
             properties: Properties::default(),
         }));
         for d in retained {
-            if self.session.enqueue(d, limits.max_queued_messages).is_err() {
-                Metrics::reason(&inner.metrics.messages_dropped, "queue_full");
+            if let Err(reason) = self
+                .session
+                .enqueue(d, limits.queue())
+                .map_err(Dropped::reason)
+                && let Some(reason) = reason
+            {
+                Metrics::reason(&inner.metrics.messages_dropped, reason);
             }
         }
         Ok(())
@@ -1076,7 +1121,8 @@ impl Conn {
         let now = std::time::Instant::now();
         let packets: Vec<Packet> = {
             let st = self.session.state.lock();
-            st.inflight
+            st.queue
+                .inflight()
                 .iter()
                 .map(|i| {
                     if i.released {
@@ -1102,13 +1148,13 @@ impl Conn {
         let mut st = self.session.state.lock();
         let window = window.min(usize::from(st.receive_max));
         while self.wbuf.len() < WRITE_HIGH_WATER {
-            let Some(front) = st.pending.front() else {
+            let Some(front) = st.queue.pending().front() else {
                 break;
             };
-            if front.qos != QoS::AtMostOnce && st.inflight.len() >= window {
+            if front.qos != QoS::AtMostOnce && st.queue.inflight().len() >= window {
                 break;
             }
-            let Some(d) = st.pending.pop_front() else {
+            let Some(d) = st.queue.pop_pending() else {
                 break;
             };
             if d.msg.expired(now) {
@@ -1131,7 +1177,7 @@ impl Conn {
             }
             m.messages_out.inc();
             if d.qos != QoS::AtMostOnce {
-                st.inflight.push_back(Inflight {
+                st.queue.push_inflight(Inflight {
                     packet_id,
                     delivery: d,
                     released: false,

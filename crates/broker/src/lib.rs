@@ -9,6 +9,7 @@
 //! not at its next reconnect. See `docs/broker.md` for the moving parts.
 
 mod broker;
+mod budget;
 mod config;
 mod connection;
 mod gate;

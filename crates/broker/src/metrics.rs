@@ -20,6 +20,13 @@ pub struct ActionLabel {
     pub action: &'static str,
 }
 
+/// Label for the configured limits.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabel {
+    /// The option's name in `[limits]`.
+    pub limit: &'static str,
+}
+
 /// The broker's metrics. Hot-path counters are plain atomics resolved once.
 #[derive(Debug, Clone, Default)]
 pub struct Metrics {
@@ -49,8 +56,17 @@ pub struct Metrics {
     pub messages_dropped: Family<ReasonLabel, Counter>,
     /// Retained messages held.
     pub retained: Gauge,
+    /// Bytes of the retained messages held.
+    pub retained_bytes: Gauge,
     /// Sessions held (online and offline).
     pub sessions: Gauge,
+    /// Bytes of messages held by all sessions, queued and inflight (charged against
+    /// `limits.message_memory_budget`).
+    pub message_memory_used: Gauge,
+    /// QoS 1 and 2 PUBLISH packets refused before routing, by reason.
+    pub publishes_refused: Family<ReasonLabel, Counter>,
+    /// The configured `[limits]` that are sizes and counts, by option name.
+    pub limits: Family<LimitLabel, Gauge>,
 }
 
 impl Metrics {
@@ -119,9 +135,29 @@ impl Metrics {
             self.retained.clone(),
         );
         r.register(
+            "gatehouse_retained_bytes",
+            "Bytes of the retained messages held",
+            self.retained_bytes.clone(),
+        );
+        r.register(
             "gatehouse_sessions",
             "Sessions held, online and offline",
             self.sessions.clone(),
+        );
+        r.register(
+            "gatehouse_message_memory_used_bytes",
+            "Bytes of messages held by all sessions, queued and inflight",
+            self.message_memory_used.clone(),
+        );
+        r.register(
+            "gatehouse_publishes_refused",
+            "QoS 1 and 2 PUBLISH packets refused before routing, by reason",
+            self.publishes_refused.clone(),
+        );
+        r.register(
+            "gatehouse_limit",
+            "The configured limits on sizes and counts, by option name",
+            self.limits.clone(),
         );
         let (emitted, dropped) = tap.counters();
         r.register(
@@ -134,6 +170,32 @@ impl Metrics {
             "Observations dropped because a tap subscriber was slow",
             dropped,
         );
+    }
+
+    /// Shows the configured limits on `gatehouse_limit`.
+    pub(crate) fn show_limits(&self, l: &crate::Limits) {
+        let as_i64 = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        for (limit, value) in [
+            ("max_packet_size", as_i64(l.max_packet_size as usize)),
+            ("max_topic_length", as_i64(l.max_topic_length)),
+            ("max_topic_levels", as_i64(l.max_topic_levels)),
+            (
+                "max_subscriptions_per_session",
+                as_i64(l.max_subscriptions_per_session),
+            ),
+            ("max_inflight", i64::from(l.max_inflight)),
+            ("max_queued_messages", as_i64(l.max_queued_messages)),
+            ("max_queued_bytes", as_i64(l.max_queued_bytes)),
+            ("message_memory_budget", as_i64(l.message_memory_budget)),
+            ("max_user_properties", as_i64(l.max_user_properties)),
+            ("max_user_property_bytes", as_i64(l.max_user_property_bytes)),
+            ("max_connections", as_i64(l.max_connections)),
+            ("max_retained_messages", as_i64(l.max_retained_messages)),
+            ("max_retained_bytes", as_i64(l.max_retained_bytes)),
+            ("topic_alias_maximum", i64::from(l.topic_alias_maximum)),
+        ] {
+            self.limits.get_or_create(&LimitLabel { limit }).set(value);
+        }
     }
 
     pub(crate) fn deny(&self, action: &'static str) {

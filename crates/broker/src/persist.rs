@@ -4,7 +4,6 @@
 //! and at shutdown; a crash loses at most the changes since the last save. Sessions with
 //! a zero expiry are not saved: they would end at the restart anyway.
 
-use std::collections::VecDeque;
 use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
@@ -147,10 +146,11 @@ pub(crate) fn snapshot(inner: &Inner) -> Snapshot {
             None => st.expiry,
         };
         let queue = st
-            .inflight
+            .queue
+            .inflight()
             .iter()
             .map(|i| &i.delivery)
-            .chain(st.pending.iter())
+            .chain(st.queue.pending().iter())
             .filter(|d| d.qos != QoS::AtMostOnce)
             .map(|d| SavedDelivery {
                 msg: save_msg(&d.msg, now),
@@ -249,6 +249,7 @@ pub(crate) fn load(inner: &Inner, path: &Path) -> Result<(), PersistError> {
             saved.client_id.into(),
             Arc::new(saved.identity),
             protocol,
+            inner.budget.clone(),
         ));
         let mut subs = Vec::new();
         {
@@ -256,16 +257,14 @@ pub(crate) fn load(inner: &Inner, path: &Path) -> Result<(), PersistError> {
             st.expiry = Duration::from_secs(saved.expiry_secs);
             st.offline_since = Some(now);
             st.incoming_qos2 = saved.incoming_qos2.into_iter().collect();
-            st.pending = saved
-                .queue
-                .into_iter()
-                .map(|d| Delivery {
+            for d in saved.queue {
+                st.queue.restore(Delivery {
                     msg: Arc::new(load_msg(d.msg, now)),
                     qos: QoS::from_u8(d.qos).unwrap_or(QoS::AtLeastOnce),
                     retain: d.retain,
                     sub_ids: d.sub_ids,
-                })
-                .collect::<VecDeque<_>>();
+                });
+            }
             for sub in saved.subscriptions {
                 let Ok(filter) = TopicFilter::new(sub.filter) else {
                     continue;

@@ -75,6 +75,8 @@ pub(crate) struct Router {
     trie: RwLock<HashMap<Box<str>, Node>>,
     retained: RwLock<HashMap<Box<str>, Retained>>,
     retained_count: std::sync::atomic::AtomicUsize,
+    /// [`Message::size`] of every retained message together.
+    retained_bytes: std::sync::atomic::AtomicUsize,
 }
 
 // === impl Router ===
@@ -149,23 +151,40 @@ impl Router {
 
     /// Stores (or, for an empty payload, clears) the retained message of a topic.
     /// Returns false when the store is full and the message was not kept.
-    pub fn retain(&self, msg: Arc<Message>, max: usize) -> bool {
+    /// Refused (false) when it would take the store past `max` messages or `max_bytes`.
+    pub fn retain(&self, msg: Arc<Message>, max: usize, max_bytes: usize) -> bool {
         let mut all = self.retained.write();
         let tenant = all.entry(msg.tenant.as_ref().into()).or_default();
         if msg.payload.is_empty() {
-            if tenant.remove(&msg.topic).is_some() {
+            if let Some(old) = tenant.remove(&msg.topic) {
                 self.retained_count.fetch_sub(1, Ordering::Relaxed);
+                self.retained_bytes.fetch_sub(old.size(), Ordering::Relaxed);
             }
             return true;
         }
-        let exists = tenant.contains_key(&msg.topic);
-        if !exists && self.retained_count.load(Ordering::Relaxed) >= max {
+        let replaced = tenant.get(&msg.topic).map(|m| m.size());
+        if replaced.is_none() && self.retained_count.load(Ordering::Relaxed) >= max {
             return false;
         }
+        // The store is changed only under the write lock, so this is exact.
+        let bytes = self
+            .retained_bytes
+            .load(Ordering::Relaxed)
+            .saturating_sub(replaced.unwrap_or(0));
+        if bytes.saturating_add(msg.size()) > max_bytes {
+            return false;
+        }
+        self.retained_bytes
+            .store(bytes + msg.size(), Ordering::Relaxed);
         if tenant.insert(msg.topic.clone(), msg).is_none() {
             self.retained_count.fetch_add(1, Ordering::Relaxed);
         }
         true
+    }
+
+    /// Bytes of the retained messages held.
+    pub fn retained_bytes(&self) -> usize {
+        self.retained_bytes.load(Ordering::Relaxed)
     }
 
     /// The tenant's retained messages whose topic matches the (unshared) filter.
@@ -198,12 +217,20 @@ impl Router {
     pub fn expire_retained(&self, now: Instant) {
         let mut all = self.retained.write();
         let mut left = 0;
+        let mut freed = 0;
         for t in all.values_mut() {
-            t.retain(|_, m| !m.expired(now));
+            t.retain(|_, m| {
+                let keep = !m.expired(now);
+                if !keep {
+                    freed += m.size();
+                }
+                keep
+            });
             left += t.len();
         }
         all.retain(|_, t| !t.is_empty());
         self.retained_count.store(left, Ordering::Relaxed);
+        self.retained_bytes.fetch_sub(freed, Ordering::Relaxed);
     }
 }
 
@@ -279,6 +306,10 @@ mod tests {
             format!("d{uid}").into(),
             Arc::new(id),
             ProtocolVersion::V5,
+            Arc::new(crate::budget::MemoryBudget::new(
+                usize::MAX / 2,
+                prometheus_client::metrics::gauge::Gauge::default(),
+            )),
         ))
     }
 
@@ -351,5 +382,46 @@ mod tests {
         out.clear();
         r.targets("initech", "devices/d1/t", &mut out);
         assert!(out.is_empty());
+    }
+
+    fn retained(topic: &str, payload: usize, expires: Option<Instant>) -> Arc<Message> {
+        Arc::new(Message {
+            tenant: "t".into(),
+            topic: topic.into(),
+            payload: bytes::Bytes::from(vec![1u8; payload]),
+            qos: gatehouse_mqtt::QoS::AtMostOnce,
+            retain: true,
+            properties: gatehouse_mqtt::Properties::default(),
+            expires_at: expires,
+            origin: 0,
+        })
+    }
+
+    #[test]
+    fn the_retained_store_is_bounded_in_bytes() {
+        let r = Router::default();
+        let one = retained("a/1", 1000, None).size();
+        let max = 3 * one;
+        for i in 0..3 {
+            assert!(r.retain(retained(&format!("a/{i}"), 1000, None), 100, max));
+        }
+        assert_eq!(r.retained_bytes(), 3 * one);
+        assert!(!r.retain(retained("a/3", 1000, None), 100, max), "a fourth");
+        assert!(
+            !r.retain(retained("a/0", 1001, None), 100, max),
+            "a larger one"
+        );
+        assert!(
+            r.retain(retained("a/0", 999, None), 100, max),
+            "a smaller one"
+        );
+        assert!(r.retain(retained("a/1", 0, None), 100, max), "a clear");
+        assert_eq!(r.retained_count(), 2);
+        assert_eq!(r.retained_bytes(), 2 * one - 1);
+        let now = Instant::now();
+        assert!(r.retain(retained("a/9", 10, Some(now)), 100, max));
+        r.expire_retained(now);
+        assert_eq!(r.retained_bytes(), 2 * one - 1);
+        assert_eq!(r.retained_count(), 2);
     }
 }

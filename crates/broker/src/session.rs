@@ -15,6 +15,8 @@ use gatehouse_types::{DisconnectCause, Identity, TopicFilter};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
+use crate::budget::MemoryBudget;
+
 /// A message as the router carries it: shared by every delivery of it.
 #[derive(Debug)]
 pub(crate) struct Message {
@@ -32,9 +34,43 @@ pub(crate) struct Message {
     pub origin: u64,
 }
 
+/// What the broker charges for a message beyond its variable-length parts: the
+/// allocations around it and their bookkeeping.
+const MESSAGE_OVERHEAD: usize = 160;
+/// What a delivery (one message on its way to one session) costs beyond its message.
+const DELIVERY_OVERHEAD: usize = 64;
+
 impl Message {
     pub fn expired(&self, now: Instant) -> bool {
         self.expires_at.is_some_and(|t| t <= now)
+    }
+
+    /// The bytes this message holds: payload, topic, forwarded properties and overhead.
+    pub fn size(&self) -> usize {
+        let p = &self.properties;
+        let strings = |s: &Option<String>| s.as_ref().map_or(0, String::len);
+        let user: usize = p
+            .user_properties
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 2 * std::mem::size_of::<String>())
+            .sum();
+        MESSAGE_OVERHEAD
+            + self.payload.len()
+            + self.topic.len()
+            + self.tenant.len()
+            + strings(&p.content_type)
+            + strings(&p.response_topic)
+            + p.correlation_data.as_ref().map_or(0, bytes::Bytes::len)
+            + user
+    }
+}
+
+// === impl Delivery ===
+
+impl Delivery {
+    /// The bytes holding this delivery costs its session and the broker's budget.
+    pub fn cost(&self) -> usize {
+        self.msg.size() + DELIVERY_OVERHEAD + 4 * self.sub_ids.len()
     }
 }
 
@@ -115,12 +151,32 @@ pub(crate) struct LiveConn {
     pub control: Arc<ControlSlot>,
 }
 
+/// How much one session may hold, from the broker's limits.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct QueueLimits {
+    /// Deliveries queued beyond the inflight window.
+    pub messages: usize,
+    /// Bytes queued and inflight together.
+    pub bytes: usize,
+}
+
+/// A session's queued and inflight deliveries. Every delivery it holds is charged at its
+/// [`Delivery::cost`] to the session (limited by [`QueueLimits::bytes`]) and to the
+/// broker's [`MemoryBudget`]; it is released when the delivery leaves, or when the queue
+/// is dropped with its session.
+#[derive(Debug)]
+pub(crate) struct Queue {
+    pending: VecDeque<Delivery>,
+    inflight: VecDeque<Inflight>,
+    bytes: usize,
+    budget: Arc<MemoryBudget>,
+}
+
 #[derive(Debug)]
 pub(crate) struct SessionState {
     pub protocol: ProtocolVersion,
     pub subscriptions: HashMap<String, Subscription>,
-    pub pending: VecDeque<Delivery>,
-    pub inflight: VecDeque<Inflight>,
+    pub queue: Queue,
     pub next_packet_id: u16,
     pub incoming_qos2: HashSet<u16>,
     pub conn: Option<LiveConn>,
@@ -148,8 +204,143 @@ pub(crate) struct Session {
 /// Why a delivery was not queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Dropped {
+    /// The session holds `max_queued_messages` already.
     QueueFull,
+    /// The session holds `max_queued_bytes` already.
+    QueueBytes,
+    /// The broker's message memory budget is spent (for QoS 0: its QoS 0 share).
+    MemoryBudget,
+    /// QoS 0 is not kept for offline sessions.
     OfflineQos0,
+}
+
+// === impl Dropped ===
+
+impl Dropped {
+    /// The `reason` label of `gatehouse_messages_dropped`; `None` when not counted.
+    pub fn reason(self) -> Option<&'static str> {
+        match self {
+            Self::QueueFull => Some("queue_full"),
+            Self::QueueBytes => Some("session_queue_bytes"),
+            Self::MemoryBudget => Some("memory_budget"),
+            Self::OfflineQos0 => None,
+        }
+    }
+}
+
+// === impl Queue ===
+
+impl Queue {
+    pub fn new(budget: Arc<MemoryBudget>) -> Self {
+        Self {
+            pending: VecDeque::new(),
+            inflight: VecDeque::new(),
+            bytes: 0,
+            budget,
+        }
+    }
+
+    /// Deliveries waiting to be sent.
+    pub fn pending(&self) -> &VecDeque<Delivery> {
+        &self.pending
+    }
+
+    /// Deliveries sent and awaiting their acknowledgement.
+    pub fn inflight(&self) -> &VecDeque<Inflight> {
+        &self.inflight
+    }
+
+    /// Bytes held, queued and inflight.
+    #[cfg(test)]
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Takes a delivery in if the session's limits and the broker's budget allow. A
+    /// session holding nothing always takes one delivery within the session limit, so a
+    /// message as large as the largest packet can still reach it.
+    pub fn push(&mut self, d: Delivery, limits: QueueLimits) -> Result<(), Dropped> {
+        if self.pending.len() >= limits.messages {
+            return Err(Dropped::QueueFull);
+        }
+        let cost = d.cost();
+        if self.bytes > 0 && self.bytes.saturating_add(cost) > limits.bytes {
+            return Err(Dropped::QueueBytes);
+        }
+        if !self.budget.try_charge(cost, d.qos) {
+            return Err(Dropped::MemoryBudget);
+        }
+        self.bytes += cost;
+        self.pending.push_back(d);
+        Ok(())
+    }
+
+    /// Puts back a delivery restored from saved state, whatever the limits.
+    pub fn restore(&mut self, d: Delivery) {
+        let cost = d.cost();
+        self.budget.charge(cost);
+        self.bytes += cost;
+        self.pending.push_back(d);
+    }
+
+    /// Takes the next delivery out of the queue.
+    pub fn pop_pending(&mut self) -> Option<Delivery> {
+        let d = self.pending.pop_front()?;
+        self.give_back(d.cost());
+        Some(d)
+    }
+
+    /// Holds a delivery that was just sent until it is acknowledged. It was admitted when
+    /// it was queued, so it is charged whatever the limits now.
+    pub fn push_inflight(&mut self, i: Inflight) {
+        let cost = i.delivery.cost();
+        self.budget.charge(cost);
+        self.bytes += cost;
+        self.inflight.push_back(i);
+    }
+
+    pub fn inflight_mut(&mut self, pos: usize) -> Option<&mut Inflight> {
+        self.inflight.get_mut(pos)
+    }
+
+    pub fn remove_inflight(&mut self, pos: usize) -> Option<Inflight> {
+        let i = self.inflight.remove(pos)?;
+        self.give_back(i.delivery.cost());
+        Some(i)
+    }
+
+    /// Keeps only the queued deliveries `keep` approves.
+    pub fn retain_pending(&mut self, mut keep: impl FnMut(&Delivery) -> bool) {
+        let mut freed = 0;
+        self.pending.retain(|d| {
+            let k = keep(d);
+            if !k {
+                freed += d.cost();
+            }
+            k
+        });
+        self.give_back(freed);
+    }
+
+    /// Drops everything held.
+    pub fn clear(&mut self) {
+        self.pending.clear();
+        self.inflight.clear();
+        let held = std::mem::take(&mut self.bytes);
+        self.budget.release(held);
+    }
+
+    fn give_back(&mut self, cost: usize) {
+        let cost = cost.min(self.bytes);
+        self.bytes -= cost;
+        self.budget.release(cost);
+    }
+}
+
+impl Drop for Queue {
+    fn drop(&mut self) {
+        self.budget.release(self.bytes);
+    }
 }
 
 // === impl Session ===
@@ -160,6 +351,7 @@ impl Session {
         client_id: Arc<str>,
         identity: Arc<Identity>,
         protocol: ProtocolVersion,
+        budget: Arc<MemoryBudget>,
     ) -> Self {
         Self {
             uid,
@@ -168,8 +360,7 @@ impl Session {
             state: Mutex::new(SessionState {
                 protocol,
                 subscriptions: HashMap::new(),
-                pending: VecDeque::new(),
-                inflight: VecDeque::new(),
+                queue: Queue::new(budget),
                 next_packet_id: 1,
                 incoming_qos2: HashSet::new(),
                 conn: None,
@@ -185,7 +376,7 @@ impl Session {
 
     /// Queues a delivery and wakes the connection. QoS 0 messages are not kept for
     /// offline sessions.
-    pub fn enqueue(&self, delivery: Delivery, max_queued: usize) -> Result<(), Dropped> {
+    pub fn enqueue(&self, delivery: Delivery, limits: QueueLimits) -> Result<(), Dropped> {
         let mut st = self.state.lock();
         if st.ended {
             return Ok(());
@@ -194,10 +385,7 @@ impl Session {
         if !online && delivery.qos == QoS::AtMostOnce {
             return Err(Dropped::OfflineQos0);
         }
-        if st.pending.len() >= max_queued {
-            return Err(Dropped::QueueFull);
-        }
-        st.pending.push_back(delivery);
+        st.queue.push(delivery, limits)?;
         drop(st);
         if online {
             self.notify.notify_one();
@@ -218,9 +406,125 @@ impl SessionState {
         loop {
             let id = self.next_packet_id;
             self.next_packet_id = self.next_packet_id.checked_add(1).unwrap_or(1);
-            if !self.inflight.iter().any(|i| i.packet_id == id) {
+            if !self.queue.inflight().iter().any(|i| i.packet_id == id) {
                 return id;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prometheus_client::metrics::gauge::Gauge;
+
+    use super::*;
+
+    fn delivery(payload: usize, qos: QoS) -> Delivery {
+        let msg = Message {
+            tenant: "t".into(),
+            topic: "a/b".into(),
+            payload: bytes::Bytes::from(vec![0u8; payload]),
+            qos,
+            retain: false,
+            properties: Properties::default(),
+            expires_at: None,
+            origin: 0,
+        };
+        Delivery {
+            msg: Arc::new(msg),
+            qos,
+            retain: false,
+            sub_ids: Vec::new(),
+        }
+    }
+
+    fn budget(limit: usize) -> Arc<MemoryBudget> {
+        Arc::new(MemoryBudget::new(limit, Gauge::default()))
+    }
+
+    const ROOMY: QueueLimits = QueueLimits {
+        messages: 1000,
+        bytes: usize::MAX,
+    };
+
+    #[test]
+    fn a_session_queue_is_bounded_in_bytes_as_well_as_messages() {
+        let b = budget(usize::MAX / 2);
+        let mut q = Queue::new(b.clone());
+        let limits = QueueLimits {
+            messages: 1000,
+            bytes: 10_000,
+        };
+        let one = delivery(3000, QoS::AtLeastOnce).cost();
+        let mut taken = 0;
+        while q.push(delivery(3000, QoS::AtLeastOnce), limits).is_ok() {
+            taken += 1;
+        }
+        assert_eq!(taken, 10_000 / one);
+        assert_eq!(
+            q.push(delivery(3000, QoS::AtLeastOnce), limits),
+            Err(Dropped::QueueBytes)
+        );
+        assert!(q.bytes() <= limits.bytes);
+        assert_eq!(b.used(), q.bytes());
+
+        // An empty queue takes one message even larger than its limit.
+        let mut q = Queue::new(b.clone());
+        assert_eq!(q.push(delivery(50_000, QoS::AtLeastOnce), limits), Ok(()));
+        assert_eq!(
+            q.push(delivery(1, QoS::AtLeastOnce), limits),
+            Err(Dropped::QueueBytes)
+        );
+    }
+
+    #[test]
+    fn bytes_follow_a_delivery_from_queue_to_inflight_to_acknowledgement() {
+        let b = budget(usize::MAX / 2);
+        let mut q = Queue::new(b.clone());
+        let d = delivery(500, QoS::AtLeastOnce);
+        let cost = d.cost();
+        q.push(d, ROOMY).unwrap();
+        let d = q.pop_pending().unwrap();
+        q.push_inflight(Inflight {
+            packet_id: 1,
+            delivery: d,
+            released: false,
+        });
+        assert_eq!((q.bytes(), b.used()), (cost, cost));
+        q.push(delivery(100, QoS::AtMostOnce), ROOMY).unwrap();
+        q.retain_pending(|d| d.qos != QoS::AtMostOnce);
+        assert_eq!(b.used(), cost);
+        q.remove_inflight(0).unwrap();
+        assert_eq!((q.bytes(), b.used()), (0, 0));
+
+        // Whatever a dropped queue held is given back.
+        q.push(delivery(100, QoS::AtLeastOnce), ROOMY).unwrap();
+        q.restore(delivery(100, QoS::AtLeastOnce));
+        assert!(b.used() > 0);
+        drop(q);
+        assert_eq!(b.used(), 0);
+    }
+
+    #[test]
+    fn the_broker_budget_drops_qos0_first() {
+        let one = delivery(1000, QoS::AtMostOnce).cost();
+        let b = budget(4 * one);
+        let mut q = Queue::new(b.clone());
+        for _ in 0..3 {
+            q.push(delivery(1000, QoS::AtMostOnce), ROOMY).unwrap();
+        }
+        assert_eq!(
+            q.push(delivery(1000, QoS::AtMostOnce), ROOMY),
+            Err(Dropped::MemoryBudget),
+            "QoS 0 stops at three quarters"
+        );
+        q.push(delivery(1000, QoS::AtLeastOnce), ROOMY).unwrap();
+        assert_eq!(
+            q.push(delivery(1000, QoS::ExactlyOnce), ROOMY),
+            Err(Dropped::MemoryBudget)
+        );
+        assert!(b.used() <= 4 * one);
+        q.clear();
+        assert_eq!(b.used(), 0);
     }
 }

@@ -104,6 +104,10 @@ pub mod raw {
         pub max_subscriptions_per_session: usize,
         pub max_inflight: u16,
         pub max_queued_messages: usize,
+        pub max_queued_bytes: ByteSize,
+        pub message_memory_budget: ByteSize,
+        pub max_user_properties: usize,
+        pub max_user_property_bytes: ByteSize,
         pub max_connections: usize,
         pub connect_rate_per_source: u32,
         pub takeovers_per_device_per_minute: u32,
@@ -116,6 +120,7 @@ pub mod raw {
         #[serde(with = "humantime_serde")]
         pub max_session_expiry: Duration,
         pub max_retained_messages: usize,
+        pub max_retained_bytes: ByteSize,
         pub topic_alias_maximum: u16,
         pub tap_payload_bytes: ByteSize,
     }
@@ -130,6 +135,10 @@ pub mod raw {
                 max_subscriptions_per_session: d.max_subscriptions_per_session,
                 max_inflight: d.max_inflight,
                 max_queued_messages: d.max_queued_messages,
+                max_queued_bytes: ByteSize::b(d.max_queued_bytes as u64),
+                message_memory_budget: ByteSize::b(d.message_memory_budget as u64),
+                max_user_properties: d.max_user_properties,
+                max_user_property_bytes: ByteSize::b(d.max_user_property_bytes as u64),
                 max_connections: d.max_connections,
                 connect_rate_per_source: d.connect_rate_per_source,
                 takeovers_per_device_per_minute: d.takeovers_per_device_per_minute,
@@ -138,6 +147,7 @@ pub mod raw {
                 max_keep_alive: Duration::from_secs(u64::from(d.max_keep_alive)),
                 max_session_expiry: d.max_session_expiry,
                 max_retained_messages: d.max_retained_messages,
+                max_retained_bytes: ByteSize::b(d.max_retained_bytes as u64),
                 topic_alias_maximum: d.topic_alias_maximum,
                 tap_payload_bytes: ByteSize::b(d.tap_payload_bytes as u64),
             }
@@ -615,6 +625,22 @@ impl Settings {
             .ok()
             .filter(|s| *s <= 65_536)
             .context("limits.tap_payload_bytes must be at most 64 KiB")?;
+        let bytes = |b: ByteSize| usize::try_from(b.as_u64()).unwrap_or(usize::MAX);
+        let max_queued_bytes = bytes(l.max_queued_bytes);
+        if max_queued_bytes < max_packet_size as usize {
+            bail!("limits.max_queued_bytes must be at least limits.max_packet_size");
+        }
+        let message_memory_budget = bytes(l.message_memory_budget);
+        if message_memory_budget < max_queued_bytes {
+            bail!("limits.message_memory_budget must be at least limits.max_queued_bytes");
+        }
+        if l.max_user_properties > 65_535 {
+            bail!("limits.max_user_properties must be at most 65535");
+        }
+        let max_user_property_bytes = bytes(l.max_user_property_bytes);
+        if max_user_property_bytes > max_packet_size as usize {
+            bail!("limits.max_user_property_bytes must be at most limits.max_packet_size");
+        }
         let limits = Limits {
             max_packet_size,
             max_topic_length: l.max_topic_length,
@@ -622,6 +648,10 @@ impl Settings {
             max_subscriptions_per_session: l.max_subscriptions_per_session,
             max_inflight: l.max_inflight,
             max_queued_messages: l.max_queued_messages,
+            max_queued_bytes,
+            message_memory_budget,
+            max_user_properties: l.max_user_properties,
+            max_user_property_bytes,
             max_connections: l.max_connections,
             connect_rate_per_source: l.connect_rate_per_source,
             takeovers_per_device_per_minute: l.takeovers_per_device_per_minute,
@@ -630,6 +660,7 @@ impl Settings {
             max_keep_alive,
             max_session_expiry: l.max_session_expiry,
             max_retained_messages: l.max_retained_messages,
+            max_retained_bytes: bytes(l.max_retained_bytes),
             topic_alias_maximum: l.topic_alias_maximum,
             tap_payload_bytes,
         };
@@ -913,6 +944,15 @@ mod tests {
     fn bad_values_are_explained() {
         for (text, needle) in [
             ("[limits]\nmax_inflight = 0", "max_inflight"),
+            ("[limits]\nmax_queued_bytes = \"64KiB\"", "max_queued_bytes"),
+            (
+                "[limits]\nmax_queued_bytes = \"64MiB\"\nmessage_memory_budget = \"32MiB\"",
+                "message_memory_budget",
+            ),
+            (
+                "[limits]\nmax_user_property_bytes = \"2MiB\"",
+                "max_user_property_bytes",
+            ),
             ("[limits]\nmax_packet_size = \"1GiB\"", "max_packet_size"),
             ("[policy]\npublish = [\"a/{dev}\"]", "policy.publish"),
             (

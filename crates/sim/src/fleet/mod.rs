@@ -759,10 +759,11 @@ pub async fn run(
         v
     };
     phase.finish(format!(
-        "{} of {} scenarios detected; {} benign devices quarantined",
+        "{} of {} scenarios detected; {} benign devices restricted or worse, {} with a finding above low",
         report.scenarios.iter().filter(|s| s.detected).count(),
         report.scenarios.len(),
-        report.benign_quarantined.len()
+        report.benign_restricted.len(),
+        report.benign_above_low.len()
     ));
 
     // Load figures, then stop.
@@ -1183,6 +1184,9 @@ async fn benign_outcome(
     }
     let incidents = api.get("/api/v1/incidents?limit=1000").await?;
     let mut with_findings: HashSet<String> = HashSet::new();
+    let mut above_low: HashSet<String> = HashSet::new();
+    // Per benign device, its incidents (`kind severity: summary`), worst first.
+    let mut incidents_of: HashMap<String, Vec<(u8, String)>> = HashMap::new();
     for inc in incidents["incidents"]
         .as_array()
         .cloned()
@@ -1191,7 +1195,20 @@ async fn benign_outcome(
         if let Some(d) = device_of(&inc)
             && benign_ids.contains(d.as_str())
         {
-            with_findings.insert(format!("{d} ({})", inc["kind"].as_str().unwrap_or("?")));
+            let kind = inc["kind"].as_str().unwrap_or("?");
+            let severity = inc["max_severity"].as_str().unwrap_or("?");
+            with_findings.insert(format!("{d} ({kind})"));
+            let rank = severity_rank(severity);
+            if rank > severity_rank("low") {
+                above_low.insert(format!("{d} ({kind} {severity})"));
+            }
+            incidents_of.entry(d).or_default().push((
+                rank,
+                format!(
+                    "{kind} {severity}: {}",
+                    inc["summary"].as_str().unwrap_or("")
+                ),
+            ));
         }
     }
     // Trust of every benign device, or an even sample.
@@ -1212,6 +1229,8 @@ async fn benign_outcome(
             (id, api.get(&path).await)
         });
     }
+    let mut restricted: HashSet<String> = HashSet::new();
+    let mut worst: Option<report::WorstBenign> = None;
     while let Some(done) = tasks.join_next().await {
         let Ok((id, r)) = done else { continue };
         let Ok(t) = r else {
@@ -1225,6 +1244,21 @@ async fn benign_outcome(
         if matches!(tier.as_str(), "quarantined" | "blocked") {
             quarantined.insert(id.clone());
         }
+        if matches!(tier.as_str(), "restricted" | "quarantined" | "blocked") {
+            restricted.insert(id.clone());
+        }
+        let score = t["assessment"]["score"].as_f64().unwrap_or(100.0);
+        if worst
+            .as_ref()
+            .is_none_or(|w| score < w.score || (score == w.score && id < w.device))
+        {
+            worst = Some(report::WorstBenign {
+                device: id.clone(),
+                tier: tier.clone(),
+                score,
+                why: why_of(&t, incidents_of.get(&id)),
+            });
+        }
         *report.benign_tiers.entry(tier).or_default() += 1;
         if let Some(score) = t["assessment"]["score"].as_f64() {
             let lo = ((score as u32) / 10 * 10).min(90);
@@ -1234,13 +1268,68 @@ async fn benign_outcome(
                 .or_default() += 1;
         }
     }
+    // Whatever an action quarantined, revoked or banned is cut off too.
+    restricted.extend(quarantined.iter().cloned());
+    let mut r: Vec<String> = restricted.into_iter().collect();
+    r.sort();
+    report.benign_restricted = r;
     let mut q: Vec<String> = quarantined.into_iter().collect();
     q.sort();
     report.benign_quarantined = q;
+    let mut a: Vec<String> = above_low.into_iter().collect();
+    a.sort();
+    report.benign_above_low = a;
+    // A worst device at full trust and without incidents is not worth naming.
+    report.worst_benign = worst.filter(|w| w.score < 100.0 || !w.why.is_empty());
     let mut f: Vec<String> = with_findings.into_iter().collect();
     f.sort();
     report.benign_with_findings = f;
     Ok(())
+}
+
+/// Order of incident severities, for "above low".
+fn severity_rank(s: &str) -> u8 {
+    match s {
+        "info" => 1,
+        "low" => 2,
+        "medium" => 3,
+        "high" => 4,
+        "critical" => 5,
+        _ => 0,
+    }
+}
+
+/// Why a device's trust is what it is: its largest penalties (from its assessment), then
+/// its incidents, worst first.
+fn why_of(trust: &Value, incidents: Option<&Vec<(u8, String)>>) -> Vec<String> {
+    let mut factors: Vec<(f64, String)> = trust["assessment"]["factors"]
+        .as_array()
+        .map(|list| {
+            list.iter()
+                .filter_map(|f| {
+                    let penalty = f["penalty"].as_f64()?;
+                    (penalty > 0.0).then(|| {
+                        (
+                            penalty,
+                            format!(
+                                "{} −{penalty:.0}: {}",
+                                f["name"].as_str().unwrap_or("?"),
+                                f["evidence"].as_str().unwrap_or("")
+                            ),
+                        )
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    factors.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let mut why: Vec<String> = factors.into_iter().map(|(_, s)| s).collect();
+    if let Some(list) = incidents {
+        let mut list = list.clone();
+        list.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+        why.extend(list.into_iter().map(|(_, s)| format!("incident {s}")));
+    }
+    why
 }
 
 #[cfg(test)]

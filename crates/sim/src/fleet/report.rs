@@ -144,6 +144,16 @@ pub struct Load {
     pub process_rss_mib: Option<f64>,
 }
 
+/// The benign device that fared worst: its trust and what took it down.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct WorstBenign {
+    pub device: String,
+    pub tier: String,
+    pub score: f64,
+    /// Its largest score penalties (`name −points: evidence`), then its incidents.
+    pub why: Vec<String>,
+}
+
 /// The whole run.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct FleetReport {
@@ -156,10 +166,18 @@ pub struct FleetReport {
     /// Trust score histogram of the benign devices, by tens (`"90-100"`).
     pub benign_scores: BTreeMap<String, usize>,
     pub scenarios: Vec<ScenarioResult>,
+    /// Benign devices restricted or worse: a tier below trusted (restricted, quarantined,
+    /// blocked), or quarantined, revoked or banned by an action. Any fails the run: for an
+    /// inline gate a false positive is a working device cut off.
+    pub benign_restricted: Vec<String>,
     /// Benign devices quarantined, blocked or revoked (by tier or by an action).
     pub benign_quarantined: Vec<String>,
+    /// Benign devices with an incident above `low` (`device (kind severity)`).
+    pub benign_above_low: Vec<String>,
     /// Benign devices with any incident.
     pub benign_with_findings: Vec<String>,
+    /// The benign device with the lowest trust score, and why.
+    pub worst_benign: Option<WorstBenign>,
     /// Benign devices that saw enforcement on the wire (subscriptions removed, session
     /// ended by the server).
     pub benign_enforced: Vec<String>,
@@ -171,7 +189,7 @@ pub struct FleetReport {
 
 impl FleetReport {
     /// Decides `passed` and `failures`: every scenario detected, no benign device
-    /// quarantined.
+    /// restricted or worse.
     pub fn judge(&mut self) {
         self.failures.clear();
         for s in &self.scenarios {
@@ -184,11 +202,26 @@ impl FleetReport {
                 ));
             }
         }
-        if !self.benign_quarantined.is_empty() {
+        let mut cut_off = self.benign_restricted.clone();
+        for q in &self.benign_quarantined {
+            if !cut_off.contains(q) {
+                cut_off.push(q.clone());
+            }
+        }
+        if !cut_off.is_empty() {
+            let worst = self.worst_benign.as_ref().map_or(String::new(), |w| {
+                format!(
+                    "; worst {} ({}, score {:.0}): {}",
+                    w.device,
+                    w.tier,
+                    w.score,
+                    w.why.first().map_or("no reason recorded", String::as_str)
+                )
+            });
             self.failures.push(format!(
-                "{} benign device(s) quarantined: {}",
-                self.benign_quarantined.len(),
-                shorten(&self.benign_quarantined, 10)
+                "{} benign device(s) restricted or worse: {}{worst}",
+                cut_off.len(),
+                shorten(&cut_off, 10)
             ));
         }
         if self.load.enrollment.count == 0 {
@@ -296,6 +329,16 @@ impl FleetReport {
         let _ = writeln!(o, "\nBenign devices");
         let _ = writeln!(
             o,
+            "  restricted or worse: {}{}",
+            self.benign_restricted.len(),
+            if self.benign_restricted.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", shorten(&self.benign_restricted, 10))
+            }
+        );
+        let _ = writeln!(
+            o,
             "  quarantined or blocked: {}{}",
             self.benign_quarantined.len(),
             if self.benign_quarantined.is_empty() {
@@ -306,7 +349,17 @@ impl FleetReport {
         );
         let _ = writeln!(
             o,
-            "  with findings: {}{}",
+            "  with a finding above low: {}{}",
+            self.benign_above_low.len(),
+            if self.benign_above_low.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", shorten(&self.benign_above_low, 10))
+            }
+        );
+        let _ = writeln!(
+            o,
+            "  with any finding: {}{}",
             self.benign_with_findings.len(),
             if self.benign_with_findings.is_empty() {
                 String::new()
@@ -319,11 +372,24 @@ impl FleetReport {
             "  enforcement seen on the wire: {}",
             self.benign_enforced.len()
         );
+        if let Some(w) = &self.worst_benign {
+            let _ = writeln!(
+                o,
+                "  worst: {} ({}, score {:.0}){}",
+                w.device,
+                w.tier,
+                w.score,
+                if w.why.is_empty() { "" } else { ":" }
+            );
+            for why in w.why.iter().take(4) {
+                let _ = writeln!(o, "      {why}");
+            }
+        }
         let _ = writeln!(o, "\nelapsed {:.1} s", self.elapsed_secs);
         if self.passed {
             let _ = writeln!(
                 o,
-                "PASS: every attack scenario was detected and no benign device was quarantined"
+                "PASS: every attack scenario was detected and no benign device was restricted"
             );
         } else {
             for f in &self.failures {
@@ -398,6 +464,59 @@ mod tests {
         r.judge();
         assert!(r.passed, "{:?}", r.failures);
         assert!(r.to_text().contains("PASS"));
+    }
+
+    #[test]
+    fn a_restricted_benign_device_fails_the_run_named_with_the_worst_and_why() {
+        let mut r = FleetReport {
+            scenarios: vec![result(Scenario::PublishFlood, true)],
+            load: Load {
+                enrollment: Latency {
+                    count: 10,
+                    ..Latency::default()
+                },
+                ..Load::default()
+            },
+            benign_above_low: vec!["PMP-000007 (cohort_deviation high)".into()],
+            ..FleetReport::default()
+        };
+        r.judge();
+        // A finding above low is counted and shown, but only restriction fails the run.
+        assert!(r.passed, "{:?}", r.failures);
+        assert!(
+            r.to_text()
+                .contains("with a finding above low: 1 (PMP-000007")
+        );
+
+        r.benign_restricted = vec!["PMP-000007".into()];
+        r.worst_benign = Some(WorstBenign {
+            device: "PMP-000007".into(),
+            tier: "restricted".into(),
+            score: 60.0,
+            why: vec!["cohort_deviation −40: volume_ml 0.400 is 16.3 spreads".into()],
+        });
+        r.judge();
+        assert!(!r.passed);
+        assert_eq!(r.failures.len(), 1, "{:?}", r.failures);
+        assert!(r.failures[0].contains("1 benign device(s) restricted or worse: PMP-000007"));
+        assert!(
+            r.failures[0].contains("cohort_deviation"),
+            "{:?}",
+            r.failures
+        );
+        let text = r.to_text();
+        assert!(
+            text.contains("restricted or worse: 1 (PMP-000007)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("worst: PMP-000007 (restricted, score 60)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("FAIL: 1 benign device(s) restricted"),
+            "{text}"
+        );
     }
 
     #[test]
