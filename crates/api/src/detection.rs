@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use gatehouse_broker::Broker;
-use gatehouse_detect::{DetectConfig, Engine, FieldSpec, ProfileView};
+use gatehouse_detect::{DetectConfig, Engine, FieldSpec, Grants, ProfileView};
 use gatehouse_respond::Playbooks;
 use gatehouse_store::{ModelId, Registry};
 use gatehouse_trust::profile::{Direction, ModelProfile, TopicKind};
@@ -97,6 +97,9 @@ pub struct DetectionSettings {
     /// Addresses a playbook never bans (the platform's own host, the operators' network):
     /// a ban of one is recorded as failed, with the reason.
     pub never_ban: Vec<AddrRange>,
+    /// What the operator's static policy grants (`policy.subscribe`, `[[policy.device]]`):
+    /// a subscription it covers is the operator's decision, never probing.
+    pub grants: Grants,
 }
 
 /// An address range, `addr/prefix` (a bare address is the whole length).
@@ -184,6 +187,7 @@ impl Default for DetectionSettings {
             max_findings_per_incident: 100,
             tick: Duration::from_secs(1),
             never_ban: AddrRange::loopback(),
+            grants: Grants::default(),
         }
     }
 }
@@ -398,6 +402,7 @@ impl DetectionService {
         tx: mpsc::Sender<Batch>,
     ) {
         let mut engine = Engine::new(self.settings.detect.clone());
+        engine.set_grants(&self.settings.grants);
         let mut models = ModelBook::default();
         let mut out: Vec<Finding> = Vec::new();
         let mut next_tick = std::time::Instant::now() + self.settings.tick;

@@ -529,6 +529,8 @@ fn detection_settings(
                     .map_err(|e| anyhow::anyhow!("respond.never_ban: {e}"))
             })
             .collect::<anyhow::Result<_>>()?,
+        // Filled from `[policy]` once it is read.
+        grants: gatehouse_detect::Grants::default(),
     }))
 }
 
@@ -795,7 +797,18 @@ impl Settings {
             score: gatehouse_trust::score::ScoreConfig::new(t.score).context("trust.score")?,
         };
 
-        let detection = detection_settings(raw.detect, raw.respond)?;
+        let mut detection = detection_settings(raw.detect, raw.respond)?;
+        if let Some(d) = &mut detection {
+            // What the static policy grants is the operator's decision, never probing.
+            d.grants = gatehouse_detect::Grants {
+                subscribe: policy.subscribe.clone(),
+                devices: policy
+                    .devices
+                    .iter()
+                    .map(|p| (p.device.clone(), p.subscribe.clone()))
+                    .collect(),
+            };
+        }
         let api = &raw.api;
         if api.session_ttl.is_zero() || api.session_ttl > Duration::from_secs(30 * 24 * 3600) {
             bail!("api.session_ttl must be between 1s and 30days");
