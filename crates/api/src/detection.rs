@@ -403,6 +403,8 @@ impl DetectionService {
     ) {
         let mut engine = Engine::new(self.settings.detect.clone());
         engine.set_grants(&self.settings.grants);
+        // Behind the live gate, what it allowed a device without a profile is the policy's.
+        engine.set_gate_grants(true);
         let mut models = ModelBook::default();
         let mut out: Vec<Finding> = Vec::new();
         let mut next_tick = std::time::Instant::now() + self.settings.tick;

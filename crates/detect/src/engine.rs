@@ -202,6 +202,8 @@ pub struct Engine {
     grants_all: Box<[Pattern]>,
     /// Subscriptions it grants particular devices.
     grants: HashMap<DeviceRef, Box<[Pattern]>>,
+    /// Whether what the gate allowed a device without a profile is the operator's grant.
+    gate_grants: bool,
 }
 
 /// What the operator's policy grants beyond the model profiles (the static policy's
@@ -373,7 +375,15 @@ impl Engine {
             next_slow_check: 0,
             grants_all: Box::default(),
             grants: HashMap::new(),
+            gate_grants: false,
         }
+    }
+
+    /// Whether an observation's `allowed`, for a device without a profile, is a grant of
+    /// the operator's policy: true behind a live gate, whose only grants for such a device
+    /// are the policy's; false (the default) for recorded traffic that passed no gate.
+    pub fn set_gate_grants(&mut self, yes: bool) {
+        self.gate_grants = yes;
     }
 
     /// Replaces what the operator's policy grants (see [`Grants`]).
@@ -979,6 +989,7 @@ impl Engine {
             models,
             grants_all,
             grants,
+            gate_grants,
             ..
         } = self;
         let Some(d) = devices.get_mut(i) else {
@@ -1001,8 +1012,10 @@ impl Engine {
         }
         let in_profile = profile.map(|c| c.may_subscribe(filter, tenant, device));
         // Covered by the profile, or by what the operator's policy grants: or, without a
-        // profile, allowed by the gate, whose only source of grants then is the policy.
-        let covered = in_profile == Some(true) || granted || (in_profile.is_none() && s.allowed);
+        // profile, allowed by a live gate, whose only source of grants then is the policy.
+        let covered = in_profile == Some(true)
+            || granted
+            || (*gate_grants && in_profile.is_none() && s.allowed);
         let is_hash = filter == "#";
         let is_sys = filter == "$SYS" || filter.starts_with("$SYS/");
         let is_broad = !is_hash && !is_sys && broad(filter, cfg.wildcard_harvesting.broad_levels);
@@ -1046,6 +1059,9 @@ impl Engine {
 
         if cfg.wildcard_harvesting.enabled && (is_hash || is_sys || is_broad) && !covered {
             let sev = match (is_hash || is_sys, s.allowed) {
+                // No profile, and no gate to say what the policy grants (a recording):
+                // recorded, not held against the device.
+                (_, true) if in_profile.is_none() => Severity::Low,
                 (true, true) => Severity::High,
                 (true, false) | (false, true) => Severity::Medium,
                 (false, false) => Severity::Low,

@@ -416,6 +416,7 @@ fn wildcard_harvesting_stays_silent_on_wildcards_the_profile_covers() {
 fn wildcard_harvesting_holds_nothing_against_what_the_policy_grants_a_device_without_a_profile() {
     // No model, no profile: the gate's static policy granted `lab/#` to this device.
     let mut e = Engine::new(DetectConfig::default());
+    e.set_gate_grants(true);
     let mut out = Vec::new();
     e.observe(&connect(10.0, "watcher", ip(4, 9), 30), &mut out);
     e.observe(&subscribe(10.5, "watcher", "lab/#", true), &mut out);
@@ -456,6 +457,7 @@ fn a_subscription_the_operators_policy_grants_is_never_wildcard_harvesting() {
             Engine::new(DetectConfig::default())
         };
         e.set_grants(&grants);
+        e.set_gate_grants(true);
         let mut out = Vec::new();
         e.observe(&connect(10.0, "dashboard", ip(4, 10), 30), &mut out);
         for (i, filter) in [
