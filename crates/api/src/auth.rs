@@ -13,11 +13,11 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use argon2::{Argon2, PasswordHash, PasswordVerifier};
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderMap, Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use gatehouse_pki::password::{self, Admission, PasswordChecks, Shed};
 use gatehouse_store::{
     ApiToken, ApiTokenText, AuditEntry, Operator, OperatorName, OperatorStore, Permission, Role,
     SessionKey, WebSession,
@@ -93,9 +93,8 @@ pub struct Auth {
     store: Arc<dyn OperatorStore>,
     settings: AuthSettings,
     attempts: Mutex<HashMap<IpAddr, (Instant, u32)>>,
-    /// Verified against when the operator is unknown, so that an unknown name costs what a
-    /// wrong password costs.
-    decoy: String,
+    /// The process-wide budget of password checks (shared with the legacy listener).
+    checks: Arc<PasswordChecks>,
 }
 
 impl std::fmt::Debug for Auth {
@@ -246,20 +245,47 @@ impl Principal {
 pub enum LoginRefusal {
     /// Too many attempts from this address.
     RateLimited,
+    /// Shed before any hashing: the server's budget of password checks is spent for now.
+    Shed(Shed),
     /// Wrong name or password, locked or disabled account.
     Refused,
 }
 
 impl Auth {
     /// The service over `store`.
-    pub fn new(store: Arc<dyn OperatorStore>, settings: AuthSettings) -> Self {
-        let decoy = hash_password("gatehouse-decoy-password").unwrap_or_default();
+    ///
+    /// `checks` bounds the password checks logins may run at once and per second; the
+    /// server shares one with its legacy MQTT listener.
+    pub fn new(
+        store: Arc<dyn OperatorStore>,
+        settings: AuthSettings,
+        checks: Arc<PasswordChecks>,
+    ) -> Self {
         Self {
             store,
             settings,
             attempts: Mutex::new(HashMap::new()),
-            decoy,
+            checks,
         }
+    }
+
+    /// The password-check budget logins draw on.
+    pub fn password_checks(&self) -> &Arc<PasswordChecks> {
+        &self.checks
+    }
+
+    /// Lets a login from `peer` go ahead, or refuses it before any work: the address's own
+    /// rate first, then the server's budget of password checks. Never blocks; call it on
+    /// the async side and hand the admission to [`Auth::login`] on a blocking thread.
+    pub fn admit_login(&self, peer: IpAddr) -> Result<Admission, LoginRefusal> {
+        if !self.allow_attempt(peer) {
+            tracing::warn!(%peer, "login rate limit reached");
+            return Err(LoginRefusal::RateLimited);
+        }
+        self.checks.admit().map_err(|shed| {
+            tracing::warn!(%peer, %shed, "login shed before the password check");
+            LoginRefusal::Shed(shed)
+        })
     }
 
     /// The store.
@@ -298,11 +324,13 @@ impl Auth {
 
     /// Checks a name and password and, when they are right and the account is usable,
     /// starts a session. Blocking (Argon2 and the store): call it off the async threads.
+    /// `admission` is the place [`Auth::admit_login`] gave this attempt in the budget.
     pub fn login(
         &self,
         name: &str,
         password: &str,
         peer: IpAddr,
+        admission: Admission,
     ) -> Result<Result<(SessionKey, WebSession, Operator), LoginRefusal>, Problem> {
         let now = OffsetDateTime::now_utc();
         let subject: String = name.chars().take(64).collect();
@@ -311,12 +339,8 @@ impl Auth {
                 .outcome("refused")
                 .reason(reason.to_owned())
         };
-        if !self.allow_attempt(peer) {
-            tracing::warn!(%peer, "login rate limit reached");
-            return Ok(Err(LoginRefusal::RateLimited));
-        }
         let Ok(op_name) = OperatorName::new(name) else {
-            let _ = verify_password(&self.decoy, password);
+            admission.verify_decoy(password.as_bytes());
             self.store
                 .append(&refused("no such operator"))
                 .map_err(Problem::internal)?;
@@ -325,13 +349,13 @@ impl Auth {
         let op = self.store.get_operator(&op_name)?;
         let hash = self.store.password_hash(&op_name)?;
         let (Some(op), Some(hash)) = (op, hash) else {
-            let _ = verify_password(&self.decoy, password);
+            admission.verify_decoy(password.as_bytes());
             self.store
                 .append(&refused("no such operator, or it has no password"))
                 .map_err(Problem::internal)?;
             return Ok(Err(LoginRefusal::Refused));
         };
-        let right = verify_password(&hash, password);
+        let right = admission.verify(&hash, password.as_bytes());
         if op.disabled {
             self.store
                 .append(&refused("operator disabled"))
@@ -436,23 +460,8 @@ pub fn csrf_matches(expected: &str, given: &str) -> bool {
 /// Hashes an operator's password: Argon2id with the crate's default cost, random salt,
 /// PHC string.
 pub fn hash_password(password: &str) -> Result<String, Problem> {
-    use argon2::password_hash::{PasswordHasher, SaltString, rand_core::OsRng};
-    let salt = SaltString::generate(&mut OsRng);
-    Argon2::default()
-        .hash_password(password.as_bytes(), &salt)
-        .map(|h| h.to_string())
+    password::hash_password(password.as_bytes())
         .map_err(|e| Problem::internal(format!("hashing a password: {e}")))
-}
-
-/// Checks a password against a PHC string.
-pub fn verify_password(hash: &str, password: &str) -> bool {
-    PasswordHash::new(hash)
-        .map(|h| {
-            Argon2::default()
-                .verify_password(password.as_bytes(), &h)
-                .is_ok()
-        })
-        .unwrap_or(false)
 }
 
 /// Shortest password accepted for an operator.
@@ -645,9 +654,9 @@ mod tests {
         let p = random_password().unwrap();
         assert_eq!(p.len(), 24);
         let h = hash_password(&p).unwrap();
-        assert!(verify_password(&h, &p));
-        assert!(!verify_password(&h, "wrong"));
-        assert!(!verify_password("not a hash", &p));
+        let checks = PasswordChecks::new(password::PasswordBudget::default());
+        assert!(checks.admit().unwrap().verify(&h, p.as_bytes()));
+        assert!(!checks.admit().unwrap().verify(&h, b"wrong"));
     }
 
     #[test]

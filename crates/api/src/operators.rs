@@ -20,6 +20,7 @@ use crate::auth::{self, LoginRefusal, Principal, Via};
 use crate::problem::ProblemBody;
 use crate::rest::blocking;
 use crate::{ApiState, ConnInfo, Problem};
+use gatehouse_pki::password::Shed;
 
 type ApiResult<T> = Result<T, Problem>;
 
@@ -109,7 +110,7 @@ pub(crate) struct SessionDto {
 #[utoipa::path(post, path = "/api/v1/session/login", tag = "operators", request_body = LoginDto,
     security(()),
     responses((status = 200, body = SessionDto), (status = 401, body = ProblemBody),
-        (status = 429, body = ProblemBody)))]
+        (status = 429, body = ProblemBody), (status = 503, body = ProblemBody)))]
 async fn login(
     State(s): State<ApiState>,
     Extension(conn): Extension<ConnInfo>,
@@ -120,7 +121,12 @@ async fn login(
     }
     let auth = s.auth.clone();
     let peer = auth::peer(&conn);
-    let outcome = blocking(move || auth.login(&body.name, &body.password, peer)).await?;
+    let outcome = match auth.admit_login(peer) {
+        Ok(admission) => {
+            blocking(move || auth.login(&body.name, &body.password, peer, admission)).await?
+        }
+        Err(refusal) => Err(refusal),
+    };
     match outcome {
         Ok((key, session, op)) => {
             let dto = SessionDto {
@@ -142,6 +148,12 @@ async fn login(
         }
         Err(LoginRefusal::RateLimited) => Err(Problem::too_many_requests(
             "too many login attempts from this address; wait a minute",
+        )),
+        Err(LoginRefusal::Shed(Shed::Rate)) => Err(Problem::too_many_requests(
+            "too many login attempts across the server; try again in a second",
+        )),
+        Err(LoginRefusal::Shed(_)) => Err(Problem::unavailable(
+            "the server is busy checking passwords; try again shortly",
         )),
         Err(LoginRefusal::Refused) => Err(Problem::unauthorized(
             "wrong name or password, or the account is locked or disabled",

@@ -27,7 +27,7 @@ pub(crate) struct ProblemDetail {
     /// The HTTP status.
     status: u16,
     /// Stable code: `bad_request`, `unauthorized`, `forbidden`, `not_found`, `conflict`,
-    /// `invalid`, `too_many_requests`, `internal`.
+    /// `invalid`, `too_many_requests`, `unavailable`, `internal`.
     code: String,
     /// What went wrong.
     message: String,
@@ -52,6 +52,11 @@ impl Problem {
     /// 429.
     pub fn too_many_requests(message: impl Into<String>) -> Self {
         Self::new(429, "too_many_requests", message)
+    }
+
+    /// 503: the server sheds this request for now (a budget is spent); try again.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(503, "unavailable", message)
     }
 
     /// 404.
@@ -94,7 +99,15 @@ impl IntoResponse for Problem {
                 message: self.message,
             },
         };
-        (status, Json(body)).into_response()
+        let mut res = (status, Json(body)).into_response();
+        if matches!(self.status, 429 | 503) {
+            // Both are "try again": say when.
+            res.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
+            );
+        }
+        res
     }
 }
 

@@ -30,8 +30,8 @@ use gatehouse_store::{
     ModelId, Registry,
 };
 use gatehouse_trust::policy::{
-    CompileCache, DeviceAttrs, PolicyEngine, PolicyError, ProfileTopics, Verdict, VerdictTable,
-    compile_shared,
+    CompileCache, DeviceAttrs, PolicyEngine, PolicyError, PolicyLimits, ProfileTopics, Verdict,
+    VerdictTable, compile_shared,
 };
 use gatehouse_trust::posture::{PostureError, PostureReport, SignedPosture};
 use gatehouse_trust::profile::ModelProfile;
@@ -89,6 +89,8 @@ pub struct TrustSettings {
     pub posture_interval: Duration,
     /// Posture reports waiting to be processed, at most; beyond, they are dropped.
     pub posture_queue: usize,
+    /// The size and depth a policy text may have before it is parsed.
+    pub policy_limits: PolicyLimits,
 }
 
 impl TrustSettings {
@@ -116,6 +118,7 @@ impl Default for TrustSettings {
             blocked: HashSet::new(),
             posture_interval: Duration::from_secs(1),
             posture_queue: 1024,
+            policy_limits: PolicyLimits::default(),
         }
     }
 }
@@ -455,7 +458,7 @@ impl TrustService {
         settings: TrustSettings,
         metrics: TrustMetrics,
     ) -> Result<Arc<Self>, TrustError> {
-        let mut engine = PolicyEngine::with_defaults();
+        let mut engine = PolicyEngine::with_defaults().with_limits(settings.policy_limits);
         if let Some(set) = registry.current_policy_set().map_err(store)? {
             // A stored set validated when it was stored; one that no longer does (the
             // schema changed) is an operator's problem to see, not a reason not to start.

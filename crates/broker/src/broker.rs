@@ -45,13 +45,22 @@ pub trait Authenticator: Send + Sync + 'static {
         conn: &rustls::ServerConnection,
     ) -> Result<(Identity, TlsFacts), AuthError>;
 
-    /// Identity from a user name and password on a plain listener.
-    fn identify_password(
+    /// Starts checking a user name and password from a plain listener. This part must not
+    /// block: it decides at once whether the check may run (a budget of expensive checks
+    /// sheds the excess here, before any work) and returns the check itself, which the
+    /// broker runs on a blocking thread so that hashing never stalls the async workers.
+    fn password_check(
         &self,
         username: Option<&str>,
         password: Option<&[u8]>,
-    ) -> Result<Identity, AuthError>;
+    ) -> Result<PasswordCheck, AuthError>;
 }
+
+/// The blocking half of a password check: the identity, or why not.
+pub type PasswordCheck = Box<dyn FnOnce() -> Result<Identity, AuthError> + Send + 'static>;
+
+/// The [`AuthError`] reason of a password check shed by the budget, before any work.
+pub const PASSWORD_CHECK_SHED: &str = "password_check_shed";
 
 /// A will waiting for its delay to pass.
 #[derive(Debug)]

@@ -5,6 +5,7 @@
 //! from the broker (a gate change, a revocation, a takeover, shutdown). Nothing here
 //! holds a lock across an await.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -256,17 +257,28 @@ where
             return;
         }
         Who::Password => {
-            match inner
+            let checked = match inner
                 .auth
-                .identify_password(connect.username.as_deref(), connect.password.as_deref())
+                .password_check(connect.username.as_deref(), connect.password.as_deref())
             {
+                // Hashing runs on a blocking thread, never on the async workers.
+                Ok(check) => tokio::task::spawn_blocking(check)
+                    .await
+                    .unwrap_or(Err(AuthError(Cow::Borrowed("password_check_failed")))),
+                Err(refused) => Err(refused),
+            };
+            match checked {
                 Ok(id) => (id, TlsFacts::default()),
                 Err(AuthError(reason)) => {
                     info!(%peer, %reason, "password authentication failed");
                     Metrics::reason(&inner.metrics.refused, &reason);
                     auth_failure(&inner, peer, None, Some(&connect.client_id), &reason);
-                    refuse_connect(&mut stream, version, ReasonCode::BAD_USER_NAME_OR_PASSWORD)
-                        .await;
+                    let code = if reason == crate::broker::PASSWORD_CHECK_SHED {
+                        ReasonCode::SERVER_BUSY
+                    } else {
+                        ReasonCode::BAD_USER_NAME_OR_PASSWORD
+                    };
+                    refuse_connect(&mut stream, version, code).await;
                     return;
                 }
             }

@@ -21,7 +21,7 @@ mod sanctions;
 mod session;
 mod tap;
 
-pub use broker::{AuthError, Authenticator, Broker};
+pub use broker::{AuthError, Authenticator, Broker, PASSWORD_CHECK_SHED, PasswordCheck};
 pub use config::{BrokerConfig, ClientIdPolicy, Limits};
 pub use gate::{
     AllowAll, Decision, DevicePolicy, Gate, PatternError, PublishContext, StaticPolicy,

@@ -35,6 +35,7 @@ pub mod raw {
         pub detect: Detect,
         pub respond: Respond,
         pub api: Api,
+        pub passwords: Passwords,
         pub log: Log,
     }
 
@@ -54,6 +55,7 @@ pub mod raw {
                 detect: Detect::default(),
                 respond: Respond::default(),
                 api: Api::default(),
+                passwords: Passwords::default(),
                 log: Log::default(),
             }
         }
@@ -238,16 +240,42 @@ pub mod raw {
         #[serde(with = "humantime_serde")]
         pub posture_interval: Duration,
         pub posture_queue: usize,
+        pub max_policy_size: ByteSize,
+        pub max_policy_depth: usize,
         pub score: gatehouse_trust::score::RawScoreConfig,
     }
 
     impl Default for Trust {
         fn default() -> Self {
+            let limits = gatehouse_trust::policy::PolicyLimits::default();
             Self {
                 gate: GateMode::Trust,
                 posture_interval: Duration::from_secs(1),
                 posture_queue: 1024,
+                max_policy_size: ByteSize::b(limits.max_bytes as u64),
+                max_policy_depth: limits.max_depth,
                 score: gatehouse_trust::score::RawScoreConfig::default(),
+            }
+        }
+    }
+
+    /// `[passwords]`: the one budget of Argon2 password checks (operators' logins and the
+    /// legacy listener's devices).
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields, default)]
+    pub struct Passwords {
+        pub concurrent_checks: usize,
+        pub queued_checks: usize,
+        pub checks_per_second: u32,
+    }
+
+    impl Default for Passwords {
+        fn default() -> Self {
+            let d = gatehouse_pki::password::PasswordBudget::default();
+            Self {
+                concurrent_checks: d.concurrent,
+                queued_checks: d.queue,
+                checks_per_second: d.per_second,
             }
         }
     }
@@ -438,6 +466,8 @@ pub struct Settings {
     pub detection: Option<gatehouse_api::DetectionSettings>,
     /// `[api]`: operator sessions, logins and API tokens.
     pub api: gatehouse_api::AuthSettings,
+    /// `[passwords]`: the budget of password checks.
+    pub passwords: gatehouse_pki::password::PasswordBudget,
 }
 
 /// The topics of a device whose model has no profile: the static `[policy]` patterns, as
@@ -542,6 +572,8 @@ pub struct TrustSettings {
     pub gate: raw::GateMode,
     pub posture_interval: Duration,
     pub posture_queue: usize,
+    /// Size and depth a policy text may have before it is parsed.
+    pub policy_limits: gatehouse_trust::policy::PolicyLimits,
     pub score: gatehouse_trust::score::ScoreConfig,
 }
 
@@ -702,7 +734,7 @@ impl Settings {
                 Some(t) => TenantId::new(t).context("legacy.users tenant")?,
                 None => TenantId::default(),
             };
-            argon2::PasswordHash::new(&u.password_hash)
+            gatehouse_pki::password::check_hash(&u.password_hash)
                 .map_err(|e| anyhow::anyhow!("legacy.users {}: password_hash: {e}", device))?;
             legacy_users.push(LegacyUser {
                 device,
@@ -790,10 +822,20 @@ impl Settings {
         if t.posture_queue == 0 {
             anyhow::bail!("trust.posture_queue must be at least 1");
         }
+        if !(1..=4096).contains(&t.max_policy_depth) {
+            bail!("trust.max_policy_depth must be between 1 and 4096");
+        }
+        if t.max_policy_size.as_u64() < 1024 || t.max_policy_size.as_u64() > 16 * 1024 * 1024 {
+            bail!("trust.max_policy_size must be between 1KiB and 16MiB");
+        }
         let trust = TrustSettings {
             gate: t.gate,
             posture_interval: t.posture_interval,
             posture_queue: t.posture_queue,
+            policy_limits: gatehouse_trust::policy::PolicyLimits {
+                max_bytes: usize::try_from(t.max_policy_size.as_u64()).unwrap_or(usize::MAX),
+                max_depth: t.max_policy_depth,
+            },
             score: gatehouse_trust::score::ScoreConfig::new(t.score).context("trust.score")?,
         };
 
@@ -827,6 +869,22 @@ impl Settings {
             api.max_token_ttl,
         );
 
+        let p = &raw.passwords;
+        if !(1..=64).contains(&p.concurrent_checks) {
+            bail!("passwords.concurrent_checks must be between 1 and 64");
+        }
+        if p.queued_checks > 4096 {
+            bail!("passwords.queued_checks must be at most 4096");
+        }
+        if p.checks_per_second == 0 {
+            bail!("passwords.checks_per_second must be at least 1");
+        }
+        let passwords = gatehouse_pki::password::PasswordBudget {
+            concurrent: p.concurrent_checks,
+            queue: p.queued_checks,
+            per_second: p.checks_per_second,
+        };
+
         let data_dir = raw.data_dir;
         let save_interval = raw.persistence.save_interval;
         Ok(Self {
@@ -854,6 +912,7 @@ impl Settings {
             trust,
             detection,
             api,
+            passwords,
         })
     }
 
@@ -872,6 +931,7 @@ impl Settings {
             blocked: self.policy.blocked.iter().cloned().collect(),
             posture_interval: self.trust.posture_interval,
             posture_queue: self.trust.posture_queue,
+            policy_limits: self.trust.policy_limits,
         }
     }
 

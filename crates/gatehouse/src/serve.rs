@@ -12,6 +12,7 @@ use gatehouse_api::{
     SessionControl, TrustMetrics, TrustService,
 };
 use gatehouse_broker::Broker;
+use gatehouse_pki::password::PasswordChecks;
 use gatehouse_pki::{ClientAuth, Enroller, IssuedCert, PublishedCrl, ServerTlsBuilder};
 use gatehouse_store::{AuditEntry, Registry, SqliteStore};
 use gatehouse_types::{DeviceRef, TenantId};
@@ -121,14 +122,21 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         .build()
         .context("building the HTTPS TLS configuration")?;
 
+    // One budget for every password check in the process: operators' logins and legacy
+    // devices' MQTT passwords.
+    let password_checks = PasswordChecks::new(settings.passwords);
     let broker = Broker::new(
         settings.broker.clone(),
         Arc::new(settings.policy.clone()),
-        Arc::new(GatehouseAuth::new(settings.legacy_users.clone())),
+        Arc::new(GatehouseAuth::new(
+            settings.legacy_users.clone(),
+            password_checks.clone(),
+        )),
     )
     .context("loading saved broker state")?;
     broker.start();
     let mut metrics_registry = MetricsRegistry::default();
+    metrics_registry.register_collector(Box::new(PasswordCheckMetrics(password_checks.clone())));
     broker
         .metrics()
         .register(&mut metrics_registry, broker.tap());
@@ -247,7 +255,11 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
             metrics: api_metrics,
             trust: trust.clone(),
             detection: detection.clone(),
-            auth: Arc::new(gatehouse_api::Auth::new(store, settings.api)),
+            auth: Arc::new(gatehouse_api::Auth::new(
+                store,
+                settings.api,
+                password_checks.clone(),
+            )),
             history: Some(history.clone()),
         },
         limits,
@@ -438,5 +450,55 @@ pub async fn wait_for_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// The password-check budget on `/metrics`: checks done, shed by cause, in flight, and the
+/// memory slots made (each 19 MiB, never more than `passwords.concurrent_checks`).
+#[derive(Debug)]
+struct PasswordCheckMetrics(Arc<PasswordChecks>);
+
+impl prometheus_client::collector::Collector for PasswordCheckMetrics {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::counter::ConstCounter;
+        use prometheus_client::metrics::gauge::ConstGauge;
+        let checks = &self.0;
+        let done = ConstCounter::new(checks.checked());
+        done.encode(encoder.encode_descriptor(
+            "gatehouse_password_checks",
+            "Argon2 password checks run (logins and legacy MQTT passwords)",
+            None,
+            done.metric_type(),
+        )?)?;
+        let (rate, busy) = checks.shed();
+        let mut family = encoder.encode_descriptor(
+            "gatehouse_password_checks_shed",
+            "Password checks refused before any work, by cause (rate: the per-second budget; busy: the bound on checks at once)",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        for (reason, n) in [("rate", rate), ("busy", busy)] {
+            let c = ConstCounter::new(n);
+            c.encode(family.encode_family(&[("reason", reason)])?)?;
+        }
+        let in_flight = ConstGauge::new(i64::try_from(checks.in_flight()).unwrap_or(i64::MAX));
+        in_flight.encode(encoder.encode_descriptor(
+            "gatehouse_password_checks_in_flight",
+            "Password checks running or waiting for a memory slot",
+            None,
+            in_flight.metric_type(),
+        )?)?;
+        let slots = ConstGauge::new(i64::try_from(checks.slots()).unwrap_or(i64::MAX));
+        slots.encode(encoder.encode_descriptor(
+            "gatehouse_password_check_slots",
+            "Memory slots of 19 MiB allocated for password checks",
+            None,
+            slots.metric_type(),
+        )?)?;
+        Ok(())
     }
 }

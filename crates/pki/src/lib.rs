@@ -39,6 +39,7 @@ mod identity;
 mod idevid;
 mod issued;
 mod kek;
+pub mod password;
 mod pem;
 mod pkcs7;
 mod secret;

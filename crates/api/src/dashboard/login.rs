@@ -66,7 +66,10 @@ pub(crate) async fn submit(
     let auth = s.auth.clone();
     let peer = auth::peer(&conn);
     let name = f.name.clone();
-    let outcome = blocking(move || auth.login(&name, &f.password, peer)).await?;
+    let outcome = match auth.admit_login(peer) {
+        Ok(admission) => blocking(move || auth.login(&name, &f.password, peer, admission)).await?,
+        Err(refusal) => Err(refusal),
+    };
     Ok(match outcome {
         Ok((key, _session, _op)) => {
             let cookie = auth::session_set_cookie(&key, s.auth.settings().session_ttl);
@@ -86,6 +89,16 @@ pub(crate) async fn submit(
         Err(LoginRefusal::Refused) => {
             layout::html(StatusCode::UNAUTHORIZED, login_form(Some(WRONG), &f.name))
         }
+        Err(LoginRefusal::Shed(shed)) => layout::html(
+            match shed {
+                gatehouse_pki::password::Shed::Rate => StatusCode::TOO_MANY_REQUESTS,
+                _ => StatusCode::SERVICE_UNAVAILABLE,
+            },
+            login_form(
+                Some("The server is busy checking logins. Try again in a moment."),
+                &f.name,
+            ),
+        ),
     })
 }
 

@@ -6,7 +6,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post, put};
 use axum::{Extension, Json, Router};
-use gatehouse_trust::policy::PolicyEngine;
+use gatehouse_trust::policy::{PolicyEngine, PolicyError, PolicyLimits};
 use gatehouse_trust::score::Pin;
 use gatehouse_types::Tier;
 use serde::{Deserialize, Serialize};
@@ -48,7 +48,7 @@ impl From<TrustError> for Problem {
     fn from(e: TrustError) -> Self {
         match e {
             TrustError::NoDevice(d) => Problem::not_found(format!("no device {d}")),
-            TrustError::Policy(p) => Problem::invalid(p.to_string()),
+            TrustError::Policy(p) => policy_problem(p),
             TrustError::Posture(p) => Problem::invalid(p),
             TrustError::Store(s) => Problem::internal(s),
         }
@@ -254,15 +254,33 @@ async fn put_policies(
 
 /// Validate a policy set against the schema without putting it in force.
 #[utoipa::path(post, path = "/api/v1/policies/validate", tag = "trust", request_body = PolicyTextDto,
-    responses((status = 200, body = PolicySetDto), (status = 422, body = ProblemBody)))]
-async fn validate_policies(Json(dto): Json<PolicyTextDto>) -> ApiResult<Json<PolicySetDto>> {
-    let mut engine = PolicyEngine::with_defaults();
-    engine
-        .load(&dto.text)
-        .map_err(|e| Problem::invalid(e.to_string()))?;
-    Ok(Json(PolicySetDto {
-        version: 0,
-        policies: sorted_ids(&engine),
-        text: dto.text,
-    }))
+    responses((status = 200, body = PolicySetDto), (status = 422, body = ProblemBody),
+        (status = 503, body = ProblemBody)))]
+async fn validate_policies(
+    State(s): State<ApiState>,
+    Json(dto): Json<PolicyTextDto>,
+) -> ApiResult<Json<PolicySetDto>> {
+    let limits = match &s.trust {
+        Some(svc) => svc.engine().limits(),
+        None => PolicyLimits::default(),
+    };
+    // Parsing blocks (on the policy checker's thread): not on an async worker.
+    blocking(move || {
+        let mut engine = PolicyEngine::with_defaults().with_limits(limits);
+        engine.load(&dto.text).map_err(policy_problem)?;
+        Ok(Json(PolicySetDto {
+            version: 0,
+            policies: sorted_ids(&engine),
+            text: dto.text,
+        }))
+    })
+    .await
+}
+
+/// A refused policy text: 503 when the checker is busy, else 422 with the reasons.
+fn policy_problem(e: PolicyError) -> Problem {
+    match e {
+        PolicyError::Busy => Problem::unavailable(e.to_string()),
+        other => Problem::invalid(other.to_string()),
+    }
 }

@@ -44,11 +44,11 @@ impl Authenticator for CertAuth {
         Ok((identity, gatehouse_pki::tls_facts(conn)))
     }
 
-    fn identify_password(
+    fn password_check(
         &self,
         _username: Option<&str>,
         _password: Option<&[u8]>,
-    ) -> Result<Identity, AuthError> {
+    ) -> Result<gatehouse_broker::PasswordCheck, AuthError> {
         Err(AuthError(Cow::Borrowed("passwords_not_accepted")))
     }
 }
@@ -64,6 +64,15 @@ pub struct TestBroker {
 impl TestBroker {
     /// Starts a broker with this configuration and gate.
     pub async fn start(config: BrokerConfig, gate: Arc<dyn Gate>) -> Result<Self> {
+        Self::start_with_auth(config, gate, Arc::new(CertAuth)).await
+    }
+
+    /// Starts a broker with this configuration, gate and authenticator.
+    pub async fn start_with_auth(
+        config: BrokerConfig,
+        gate: Arc<dyn Gate>,
+        auth: Arc<dyn Authenticator>,
+    ) -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let ca = LocalCa::load_or_create(&dir.path().join("ca"))?;
         let server = ca.issue_server(
@@ -75,7 +84,7 @@ impl TestBroker {
             .client_roots(&[ca.cert_der()])
             .client_auth(ClientAuth::Required)
             .build()?;
-        let broker = Broker::new(config, gate, Arc::new(CertAuth))?;
+        let broker = Broker::new(config, gate, auth)?;
         broker.start();
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
