@@ -167,11 +167,24 @@ async fn refuse_connect<S: AsyncWrite + Unpin>(
     version: ProtocolVersion,
     reason: ReasonCode,
 ) {
+    refuse_connect_because(stream, version, reason, None).await;
+}
+
+/// Refuses a CONNECT, telling a 5.0 client why in the CONNACK's reason string.
+async fn refuse_connect_because<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    version: ProtocolVersion,
+    reason: ReasonCode,
+    why: impl Into<Option<String>>,
+) {
     let mut out = BytesMut::new();
     let ack = Packet::ConnAck(ConnAck {
         session_present: false,
         reason,
-        properties: Properties::default(),
+        properties: Properties {
+            reason_string: why.into(),
+            ..Properties::default()
+        },
     });
     if encode(&ack, version, &mut out).is_ok() {
         write_and_close(stream, &out).await;
@@ -246,6 +259,35 @@ where
     };
     let version = connect.protocol;
 
+    // A 3.1.1 session without a client id cannot be resumed: it must be a clean one
+    // (3.1.1 §3.1.3 [MQTT-3.1.3-8]). Refused before any credential is checked.
+    if version == ProtocolVersion::V311 && connect.client_id.is_empty() && !connect.clean_start {
+        debug!(%peer, "empty client id without clean session");
+        Metrics::reason(
+            &inner.metrics.refused,
+            "empty_client_id_without_clean_session",
+        );
+        auth_failure(
+            &inner,
+            peer,
+            None,
+            None,
+            "empty_client_id_without_clean_session",
+        );
+        refuse_connect(
+            &mut stream,
+            version,
+            ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
+        )
+        .await;
+        return;
+    }
+    // The credential whose device id the client id must be, for the refusal's words.
+    let credential = match &who {
+        Who::Tls(_) => "the certificate",
+        Who::Password => "the user name",
+    };
+
     // Who is this?
     let (identity, tls) = match who {
         Who::Tls(Ok((id, facts))) => (id, facts),
@@ -297,7 +339,7 @@ where
     } else {
         match inner.config.client_id {
             ClientIdPolicy::RequireDeviceId => {
-                info!(%peer, device, client_id = %connect.client_id, "client id differs from the certificate's device id");
+                info!(%peer, device, client_id = %connect.client_id, "client id differs from the device id of {credential}");
                 Metrics::reason(&inner.metrics.refused, "client_id_mismatch");
                 auth_failure(
                     &inner,
@@ -306,10 +348,11 @@ where
                     Some(&connect.client_id),
                     "client_id_mismatch",
                 );
-                refuse_connect(
+                refuse_connect_because(
                     &mut stream,
                     version,
                     ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
+                    format!("the client id must be empty or the device id of {credential}"),
                 )
                 .await;
                 return;

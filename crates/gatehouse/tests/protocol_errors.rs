@@ -6,7 +6,7 @@ mod support;
 
 use std::time::Duration;
 
-use anyhow::{Result, ensure};
+use anyhow::{Context, Result, ensure};
 use rumqttc::v5::mqttbytes::QoS as Q5;
 use rumqttc::v5::mqttbytes::v5 as p5;
 use support::clients::{V4, V5};
@@ -264,6 +264,109 @@ async fn too_many_unreleased_qos2_messages_exceed_the_receive_maximum() -> Resul
         frames.last().and_then(|f| f.disconnect_reason()) == Some(0x93),
         "the 65th unreleased QoS 2 message was answered with {:?}",
         frames.last()
+    );
+    Ok(())
+}
+
+/// The reason string (property 0x1F) of a 5.0 CONNACK body, if it has one.
+fn connack_reason_string(body: &[u8]) -> Option<String> {
+    // Flags, reason code, then the property length (a one-byte varint here).
+    let len = usize::from(*body.get(2)?);
+    let mut props = body.get(3..3 + len)?;
+    while let Some((&id, rest)) = props.split_first() {
+        let n = usize::from(u16::from_be_bytes([*rest.first()?, *rest.get(1)?]));
+        let value = rest.get(2..2 + n)?;
+        if id == 0x1F {
+            return String::from_utf8(value.to_vec()).ok();
+        }
+        props = rest.get(2 + n..)?;
+    }
+    None
+}
+
+/// A 3.1.1 CONNECT with no client id and the clean session flag as given.
+fn connect_v311_without_client_id(clean_session: bool) -> Vec<u8> {
+    let mut body = raw::string("MQTT");
+    body.push(4);
+    body.push(if clean_session { 0x02 } else { 0x00 });
+    body.extend(60u16.to_be_bytes());
+    body.extend(raw::string(""));
+    raw::packet(0x10, &body)
+}
+
+#[tokio::test]
+async fn v311_empty_client_id_without_clean_session_is_identifier_rejected() -> Result<()> {
+    let gh = Gatehouse::start_default().await?;
+    let tls = gh.client_tls("nameless")?;
+
+    // MQTT-3.1.3-8: CONNACK return code 2 (identifier rejected), then the close.
+    let mut s = raw::tls(gh.listeners.mqtts, tls.clone()).await?;
+    raw::send(&mut s, &connect_v311_without_client_id(false)).await?;
+    let closed = raw::read_until_closed(&mut s, WAIT).await?;
+    let frames = closed.frames()?;
+    ensure!(
+        frames.iter().map(raw::Frame::connack).collect::<Vec<_>>() == [Some((false, 2))],
+        "answered with {frames:?}"
+    );
+
+    // With a clean session the empty id is fine: the device id is assigned.
+    let mut s = raw::tls(gh.listeners.mqtts, tls).await?;
+    raw::send(&mut s, &connect_v311_without_client_id(true)).await?;
+    let ack = raw::read_frame(&mut s).await?;
+    ensure!(ack.connack() == Some((false, 0)), "answered with {ack:?}");
+    gh.wait_metric(
+        "gatehouse_connections_refused_total{reason=\"empty_client_id_without_clean_session\"}",
+        1.0,
+    )
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn client_id_refusal_names_the_credential_used() -> Result<()> {
+    let hash = {
+        let mut child = tokio::process::Command::new(support::binary())
+            .arg("passwd")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()?;
+        let mut stdin = child.stdin.take().context("stdin")?;
+        tokio::io::AsyncWriteExt::write_all(&mut stdin, b"s3cret-meter\n").await?;
+        drop(stdin);
+        let out = child.wait_with_output().await?;
+        ensure!(out.status.success(), "gatehouse passwd failed");
+        String::from_utf8(out.stdout)?.trim().to_owned()
+    };
+    let gh = Gatehouse::start(Options {
+        plain: true,
+        extra: format!("[[legacy.users]]\nusername = \"legacy-1\"\npassword_hash = '{hash}'\n"),
+        no_operator: false,
+    })
+    .await?;
+
+    // A certificate for "meter-1", a client id of someone else.
+    let mut s = raw::tls(gh.listeners.mqtts, gh.client_tls("meter-1")?).await?;
+    raw::send(&mut s, &raw::connect_v5("meter-2")).await?;
+    let ack = raw::read_frame(&mut s).await?;
+    ensure!(ack.connack().map(|a| a.1) == Some(0x85), "{ack:?}");
+    let why = connack_reason_string(&ack.body).context("no reason string")?;
+    ensure!(why.contains("the certificate"), "{why:?}");
+
+    // The right password for "legacy-1", a client id of someone else: the refusal
+    // names the user name, not a certificate there is none of.
+    let plain = gh.listeners.mqtt.context("no plain listener")?;
+    let mut s = tokio::net::TcpStream::connect(plain).await?;
+    raw::send(
+        &mut s,
+        &raw::connect_v5_password("meter-2", "legacy-1", "s3cret-meter"),
+    )
+    .await?;
+    let ack = raw::read_frame(&mut s).await?;
+    ensure!(ack.connack().map(|a| a.1) == Some(0x85), "{ack:?}");
+    let why = connack_reason_string(&ack.body).context("no reason string")?;
+    ensure!(
+        why.contains("the user name") && !why.contains("certificate"),
+        "{why:?}"
     );
     Ok(())
 }
