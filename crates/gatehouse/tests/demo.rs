@@ -36,6 +36,11 @@ fn demo_detects_every_attack_scenario_and_quarantines_no_benign_device() -> Resu
     if mirai.exists() {
         cmd.arg("--credentials").arg(&mirai);
     } else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{} is absent, and CI must run the demo with it",
+            mirai.display()
+        );
         eprintln!(
             "note: {} is absent; the brute force uses the built-in list",
             mirai.display()
