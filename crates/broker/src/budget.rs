@@ -78,7 +78,8 @@ impl MemoryBudget {
         as_usize(self.used.get())
     }
 
-    /// Whether a new QoS 1 or 2 message of `cost` bytes may enter the broker now.
+    /// Whether a new QoS 1 or 2 message may enter the broker now: whether one delivery
+    /// of it, `cost` bytes, would still be taken.
     pub fn admits_publish(&self, cost: usize) -> bool {
         self.admits(self.used(), cost, QoS::AtLeastOnce)
     }

@@ -32,7 +32,8 @@ use crate::gate::{Decision, PublishContext};
 use crate::metrics::Metrics;
 use crate::router::SubRef;
 use crate::session::{
-    Control, ControlSlot, Delivery, Dropped, Inflight, LiveConn, Message, Session, Subscription,
+    Control, ControlSlot, DELIVERY_OVERHEAD, Delivery, Dropped, Inflight, LiveConn, Message,
+    Session, Subscription,
 };
 
 /// Stop filling the write buffer past this; the rest waits in the session queue.
@@ -950,7 +951,7 @@ impl Conn {
                 // to refuse a PUBLISH; its deliveries that do not fit are dropped).
                 if p.qos != QoS::AtMostOnce
                     && self.version == ProtocolVersion::V5
-                    && !inner.budget.admits_publish(msg.size())
+                    && !inner.budget.admits_publish(msg.size() + DELIVERY_OVERHEAD)
                 {
                     Metrics::reason(&inner.metrics.publishes_refused, "memory_budget");
                     debug!(topic = %msg.topic, "publish refused: the message memory budget is spent");

@@ -38,7 +38,7 @@ pub(crate) struct Message {
 /// allocations around it and their bookkeeping.
 const MESSAGE_OVERHEAD: usize = 160;
 /// What a delivery (one message on its way to one session) costs beyond its message.
-const DELIVERY_OVERHEAD: usize = 64;
+pub(crate) const DELIVERY_OVERHEAD: usize = 64;
 
 impl Message {
     pub fn expired(&self, now: Instant) -> bool {
