@@ -527,6 +527,13 @@ where
         version,
         wbuf,
         aliases: HashMap::new(),
+        out_aliases: OutAliases {
+            max: match version {
+                ProtocolVersion::V5 => connect.properties.topic_alias_maximum.unwrap_or(0),
+                ProtocolVersion::V311 => 0,
+            },
+            by_topic: HashMap::new(),
+        },
         will,
         route_buf: Vec::new(),
     };
@@ -555,6 +562,42 @@ where
     .await;
 }
 
+/// Bytes a Topic Alias property adds to a PUBLISH: its identifier and a two-byte value.
+const ALIAS_COST: usize = 3;
+
+/// Topic aliases from the broker to one client (MQTT 5.0 §3.3.2.3.4): topics are given
+/// the numbers 1, 2, … in the order they are first sent, up to the client's Topic Alias
+/// Maximum, and kept for the connection's life; later topics go in full. A topic is sent
+/// alone as its alias once the client has seen the two together.
+#[derive(Debug)]
+struct OutAliases {
+    /// The client's Topic Alias Maximum (0: none, the default and all of 3.1.1).
+    max: u16,
+    by_topic: HashMap<Arc<str>, u16>,
+}
+
+// === impl OutAliases ===
+
+impl OutAliases {
+    /// The alias to send with `topic`, and whether the client knows it already (the
+    /// topic may then be left out). None for a topic too short to gain from one.
+    fn pick(&self, topic: &Arc<str>) -> Option<(u16, bool)> {
+        if self.max == 0 || topic.len() <= ALIAS_COST {
+            return None;
+        }
+        if let Some(&a) = self.by_topic.get(topic) {
+            return Some((a, true));
+        }
+        let next = u16::try_from(self.by_topic.len() + 1).ok()?;
+        (next <= self.max).then_some((next, false))
+    }
+
+    /// Records that the client was sent `alias` with `topic`.
+    fn learn(&mut self, topic: &Arc<str>, alias: u16) {
+        self.by_topic.insert(topic.clone(), alias);
+    }
+}
+
 struct Conn {
     inner: Arc<Inner>,
     /// The identity's tenant: the topic space this connection publishes into.
@@ -567,6 +610,8 @@ struct Conn {
     version: ProtocolVersion,
     wbuf: BytesMut,
     aliases: HashMap<u16, Arc<str>>,
+    /// The aliases this connection gave its client for topics it sends.
+    out_aliases: OutAliases,
     will: Option<(Arc<Message>, u32)>,
     route_buf: Vec<SubRef>,
     decode_limits: DecodeLimits,
@@ -1222,7 +1267,14 @@ impl Conn {
             } else {
                 st.alloc_packet_id()
             };
-            let packet = Self::publish_packet(&d, packet_id, false, now);
+            let mut packet = Self::publish_packet(&d, packet_id, false, now);
+            let alias = self.out_aliases.pick(&d.msg.topic);
+            if let (Some((a, known)), Packet::Publish(p)) = (alias, &mut packet) {
+                p.properties.topic_alias = Some(a);
+                if known {
+                    p.topic.clear();
+                }
+            }
             if v5 && encoded_len(&packet, self.version) > st.max_packet as usize {
                 Metrics::reason(&m.messages_dropped, "exceeds_client_maximum_packet_size");
                 continue;
@@ -1230,6 +1282,15 @@ impl Conn {
             if let Err(e) = encode(&packet, self.version, &mut self.wbuf) {
                 warn!(error = %e, "could not encode a delivery");
                 continue;
+            }
+            // Only an alias the client has now seen with its topic may be used alone.
+            match alias {
+                Some((a, false)) => self.out_aliases.learn(&d.msg.topic, a),
+                Some((_, true)) => {
+                    m.topic_alias_bytes_saved
+                        .inc_by((d.msg.topic.len() - ALIAS_COST) as u64);
+                }
+                None => {}
             }
             m.messages_out.inc();
             if d.qos != QoS::AtMostOnce {

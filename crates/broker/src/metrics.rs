@@ -63,6 +63,8 @@ pub struct Metrics {
     /// Bytes of messages held by all sessions, queued and inflight (charged against
     /// `limits.message_memory_budget`).
     pub message_memory_used: Gauge,
+    /// Bytes not sent because a PUBLISH went out with a topic alias instead of its topic.
+    pub topic_alias_bytes_saved: Counter,
     /// QoS 1 and 2 PUBLISH packets refused before routing, by reason.
     pub publishes_refused: Family<ReasonLabel, Counter>,
     /// The configured `[limits]` that are sizes and counts, by option name.
@@ -148,6 +150,11 @@ impl Metrics {
             "gatehouse_message_memory_used_bytes",
             "Bytes of messages held by all sessions, queued and inflight",
             self.message_memory_used.clone(),
+        );
+        r.register(
+            "gatehouse_topic_alias_bytes_saved",
+            "Bytes not sent because a PUBLISH carried a topic alias instead of its topic",
+            self.topic_alias_bytes_saved.clone(),
         );
         r.register(
             "gatehouse_publishes_refused",
