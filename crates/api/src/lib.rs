@@ -145,6 +145,7 @@ pub fn router(state: ApiState, limits: HttpLimits) -> Router {
         .merge(rest::public_routes())
         .merge(dashboard::routes())
         .merge(operator_routes)
+        .fallback(no_such_route)
         .with_state(state)
         .layer(DefaultBodyLimit::max(limits.max_body))
         .layer(axum::middleware::from_fn(
@@ -152,6 +153,18 @@ pub fn router(state: ApiState, limits: HttpLimits) -> Router {
                 reject_declared_oversize(req, next, limits.max_body)
             },
         ))
+        // Outermost, so that every error under /api/ leaves in the one JSON shape.
+        .layer(axum::middleware::from_fn(problem::json_errors))
+}
+
+/// Any path no route serves: 404, in the API's error shape under `/api/`.
+async fn no_such_route(uri: axum::http::Uri) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if uri.path().starts_with("/api/") {
+        Problem::not_found(format!("no route {}", uri.path())).into_response()
+    } else {
+        axum::http::StatusCode::NOT_FOUND.into_response()
+    }
 }
 
 /// Answers 413 before reading a body whose declared length is over the limit, so a client

@@ -27,7 +27,8 @@ pub(crate) struct ProblemDetail {
     /// The HTTP status.
     status: u16,
     /// Stable code: `bad_request`, `unauthorized`, `forbidden`, `not_found`, `conflict`,
-    /// `invalid`, `too_many_requests`, `unavailable`, `internal`.
+    /// `invalid`, `too_many_requests`, `unavailable`, `method_not_allowed`,
+    /// `payload_too_large`, `unsupported_media_type`, `internal`.
     code: String,
     /// What went wrong.
     message: String,
@@ -143,4 +144,63 @@ impl From<tokio::task::JoinError> for Problem {
     fn from(e: tokio::task::JoinError) -> Self {
         Problem::internal(e)
     }
+}
+
+/// Gives every error under `/api/` the one JSON error body: the rejections of axum's
+/// extractors (a malformed JSON body, a missing content type, a bad path or query value,
+/// an unknown route or method) answer `text/plain` or nothing, which clients of the
+/// documented API cannot parse. Their text is kept as the message.
+pub(crate) async fn json_errors(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let api = req.uri().path().starts_with("/api/");
+    let res = next.run(req).await;
+    let status = res.status();
+    if !api || !(status.is_client_error() || status.is_server_error()) {
+        return res;
+    }
+    let is_json = res
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if is_json {
+        return res;
+    }
+    let (parts, body) = res.into_parts();
+    let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let text = text.trim();
+    let (code, fallback) = match status.as_u16() {
+        400 => ("bad_request", "the request is malformed"),
+        401 => ("unauthorized", "credentials are needed"),
+        403 => ("forbidden", "not allowed"),
+        404 => ("not_found", "no such resource"),
+        405 => ("method_not_allowed", "this method is not allowed here"),
+        409 => ("conflict", "conflict"),
+        413 => ("payload_too_large", "the request body is too large"),
+        415 => (
+            "unsupported_media_type",
+            "send the body as application/json",
+        ),
+        422 => ("invalid", "the request's values are invalid"),
+        429 => ("too_many_requests", "too many requests"),
+        503 => ("unavailable", "try again shortly"),
+        _ if status.is_server_error() => ("internal", "internal error; see the server log"),
+        _ => ("bad_request", "the request was refused"),
+    };
+    let message = if text.is_empty() || status.is_server_error() {
+        fallback.to_owned()
+    } else {
+        text.chars().take(500).collect()
+    };
+    let mut out = Problem::new(status.as_u16(), code, message).into_response();
+    // Keep what the original said beside its body (Allow on a 405, say).
+    for (name, value) in parts.headers.iter() {
+        if name != axum::http::header::CONTENT_TYPE && name != axum::http::header::CONTENT_LENGTH {
+            out.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    out
 }

@@ -95,7 +95,71 @@ pub fn openapi_json() -> String {
     doc.merge(<crate::trust::routes::TrustDoc as OpenApi>::openapi());
     doc.merge(<crate::detection::DetectionDoc as OpenApi>::openapi());
     doc.merge(<crate::operators::OperatorsDoc as OpenApi>::openapi());
+    document_common_errors(&mut doc);
     doc.to_pretty_json().unwrap_or_else(|_| "{}".to_owned())
+}
+
+/// Adds to every operation the errors any route can answer whatever it does, each with
+/// the one JSON error body: 400 (a malformed path, query or body), 401 and 403 where an
+/// operator is needed, 404 where the path names something, and 413, 415 and 422 where a
+/// JSON body is read (too large, not JSON, JSON of the wrong shape).
+fn document_common_errors(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::path::Operation;
+    use utoipa::openapi::security::SecurityRequirement;
+    use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+
+    let problem = |description: &str| {
+        ResponseBuilder::new()
+            .description(description)
+            .content(
+                "application/json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("ProblemBody")))
+                    .build(),
+            )
+            .build()
+    };
+    let add = |op: &mut Operation, status: &str, description: &str| {
+        op.responses
+            .responses
+            .entry(status.to_owned())
+            .or_insert_with(|| problem(description).into());
+    };
+    for (path, item) in doc.paths.paths.iter_mut() {
+        let named = path.contains('{');
+        for op in [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            add(op, "400", "The path, query or body is malformed");
+            let public = op
+                .security
+                .as_ref()
+                .is_some_and(|s| s.iter().all(|r| *r == SecurityRequirement::default()));
+            if !public {
+                add(
+                    op,
+                    "401",
+                    "No operator credentials, or they were not accepted",
+                );
+                add(op, "403", "The operator may not do this");
+            }
+            if named {
+                add(op, "404", "Nothing by that name (or in another tenant)");
+            }
+            if op.request_body.is_some() {
+                add(op, "413", "The body is over the size limit");
+                add(op, "415", "The body is not application/json");
+                add(op, "422", "The body's values are invalid");
+            }
+        }
+    }
 }
 
 /// Routes anyone may call: the OpenAPI document.

@@ -844,6 +844,11 @@ async fn openapi_document_is_valid_and_errors_share_one_shape() -> Result<()> {
             Some(json!({ "tenant": "default", "model": "none" })),
         ),
         ("POST", "/api/v1/devices/default/nobody/revoke", None),
+        // The extractors' own refusals: a wrong method, a route that does not exist, a
+        // body of the wrong shape.
+        ("DELETE", "/api/v1/tenants", None),
+        ("GET", "/api/v1/no-such-route", None),
+        ("POST", "/api/v1/tenants", Some(json!({ "id": 17 }))),
     ] {
         let (s, v) = lab.api(method, path, body)?;
         ensure!((400..500).contains(&s), "{method} {path}: {s} {v}");
@@ -854,6 +859,41 @@ async fn openapi_document_is_valid_and_errors_share_one_shape() -> Result<()> {
             "{method} {path}: {v}"
         );
     }
+    // A body that is not JSON at all, and one sent as another content type.
+    let url = lab.url("/api/v1/tenants");
+    let auth = lab.auth_header();
+    for extra in [
+        [
+            "-H",
+            "content-type: application/json",
+            "--data-binary",
+            "{not json",
+        ],
+        ["-H", "content-type: text/plain", "--data-binary", "{}"],
+    ] {
+        let mut args = vec!["-X", "POST", url.as_str(), "-H", auth.as_str()];
+        args.extend(extra);
+        let (s, body) = lab.curl(&args)?;
+        let v: serde_json::Value = serde_json::from_slice(&body)
+            .with_context(|| format!("{extra:?}: {s} {}", text(&body)))?;
+        ensure!(
+            matches!(s, 400 | 415) && v["error"]["status"] == s,
+            "{extra:?}: {s} {v}"
+        );
+    }
+    // Every operation lists the errors any route can give.
+    let op = &doc["paths"]["/api/v1/tenants"]["post"]["responses"];
+    for status in ["400", "401", "403", "413", "415", "422"] {
+        ensure!(
+            op.get(status).is_some(),
+            "POST /api/v1/tenants lacks {status}: {op}"
+        );
+    }
+    let login = &doc["paths"]["/api/v1/session/login"]["post"]["responses"];
+    ensure!(
+        login.get("401").is_some() && login.get("403").is_none(),
+        "{login}"
+    );
     Ok(())
 }
 

@@ -70,7 +70,7 @@ pub enum CsrError {
     #[error("the CSR's signature does not verify with its public key")]
     BadSignature,
     /// The key type or size is not allowed by the policy.
-    #[error("key not allowed: {0}")]
+    #[error("key type not allowed: {0}")]
     KeyNotAllowed(String),
     /// The CSR names another identity than the device being enrolled.
     #[error("the CSR names {named:?}, not the device being enrolled ({expected:?})")]
@@ -156,7 +156,8 @@ pub fn verify_csr(der: &[u8], policy: &CsrPolicy) -> Result<VerifiedCsr, CsrErro
             "trailing bytes after the request".to_owned(),
         ));
     }
-    csr.verify_signature().map_err(|_| CsrError::BadSignature)?;
+    // The key is judged before the signature: a key of a type we refuse (RSA-1024,
+    // secp256k1) is refused as such, not as a signature we cannot check.
     let info = &csr.certification_request_info;
     let spki = &info.subject_pki;
     let alg = &spki.algorithm.algorithm;
@@ -169,9 +170,14 @@ pub fn verify_csr(der: &[u8], policy: &CsrPolicy) -> Result<VerifiedCsr, CsrErro
         match curve {
             Some(c) if c == OID_EC_P256 => KeyKind::EcdsaP256,
             Some(c) if c == OID_NIST_EC_P384 => KeyKind::EcdsaP384,
-            _ => {
+            Some(c) => {
+                return Err(CsrError::KeyNotAllowed(format!(
+                    "ECDSA on the curve {c}, not P-256 or P-384"
+                )));
+            }
+            None => {
                 return Err(CsrError::KeyNotAllowed(
-                    "ECDSA on an unsupported curve".to_owned(),
+                    "ECDSA without a named curve".to_owned(),
                 ));
             }
         }
@@ -188,8 +194,17 @@ pub fn verify_csr(der: &[u8], policy: &CsrPolicy) -> Result<VerifiedCsr, CsrErro
         return Err(CsrError::KeyNotAllowed(format!("key algorithm {alg}")));
     };
     if !policy.allows(key_kind) {
-        return Err(CsrError::KeyNotAllowed(format!("{key_kind:?}")));
+        return Err(CsrError::KeyNotAllowed(
+            match (key_kind, policy.min_rsa_bits) {
+                (KeyKind::Rsa { bits }, Some(min)) => {
+                    format!("RSA-{bits}, shorter than the {min} bits required")
+                }
+                (KeyKind::Rsa { .. }, None) => "RSA keys are not accepted".to_owned(),
+                (other, _) => format!("{other:?} keys are not accepted"),
+            },
+        ));
     }
+    csr.verify_signature().map_err(|_| CsrError::BadSignature)?;
 
     let mut common_names = Vec::new();
     for cn in info.subject.iter_common_name() {

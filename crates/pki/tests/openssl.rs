@@ -333,3 +333,68 @@ async fn openssl_s_client_completes_mutual_tls() -> TestResult {
     assert_eq!(identity.to_string(), "acme/s-client-1");
     Ok(())
 }
+
+/// A CSR that openssl makes with a key of the given `-newkey` options, DER.
+fn openssl_csr(
+    dir: &Path,
+    newkey: &[&str],
+) -> Result<Vec<u8>, Box<dyn std::error::Error + Send + Sync>> {
+    let mut args = vec!["req", "-new"];
+    args.extend_from_slice(newkey);
+    args.extend_from_slice(&[
+        "-nodes",
+        "-keyout",
+        "k.pem",
+        "-subj",
+        "/CN=weak-1",
+        "-outform",
+        "DER",
+        "-out",
+        "csr.der",
+    ]);
+    let out = openssl(&args, dir)?;
+    assert!(
+        out.status.success(),
+        "openssl req: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(std::fs::read(dir.join("csr.der"))?)
+}
+
+#[test]
+fn csr_with_a_weak_or_unsupported_key_is_refused_for_its_key_type() -> TestResult {
+    use gatehouse_pki::{CsrError, CsrPolicy, verify_csr};
+    if !openssl_available() {
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let cases: [(&[&str], &str); 2] = [
+        (
+            &["-newkey", "rsa:1024"],
+            "RSA-1024, shorter than the 2048 bits required",
+        ),
+        (
+            &["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:secp256k1"],
+            "1.3.132.0.10",
+        ),
+    ];
+    for (newkey, why) in cases {
+        let der = openssl_csr(dir.path(), newkey)?;
+        match verify_csr(&der, &CsrPolicy::default()) {
+            Err(e @ CsrError::KeyNotAllowed(_)) => {
+                let text = e.to_string();
+                assert!(text.starts_with("key type not allowed"), "{text}");
+                assert!(text.contains(why), "{newkey:?}: {text}");
+            }
+            Err(other) => panic!("{newkey:?} refused for another reason: {other}"),
+            Ok(_) => panic!("{newkey:?} accepted"),
+        }
+    }
+    // A P-256 key from the same tool still passes.
+    let der = openssl_csr(
+        dir.path(),
+        &["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"],
+    )?;
+    verify_csr(&der, &CsrPolicy::default())?;
+    Ok(())
+}
