@@ -52,7 +52,12 @@ async fn same_device_id_in_two_tenants_does_not_share_topics() -> Result<()> {
     eavesdropper
         .subscribe("devices/pump-1/#", Q5::AtLeastOnce)
         .await?;
+    // acme's pump-1 subscribes to its own namespace, so it must get its message back: a
+    // broker that delivered nothing would not pass.
     let mut victim = V5::connect_as(tb.addr, acme, "pump-1").await?;
+    victim
+        .subscribe("devices/pump-1/#", Q5::AtLeastOnce)
+        .await?;
     victim
         .client
         .publish("devices/pump-1/secret", Q5::AtLeastOnce, false, "acme data")
@@ -62,9 +67,23 @@ async fn same_device_id_in_two_tenants_does_not_share_topics() -> Result<()> {
         ack.reason == rumqttc::v5::mqttbytes::v5::PubAckReason::Success,
         "{ack:?}"
     );
+    let got = victim.publish().await?;
+    ensure!(got.payload.as_ref() == b"acme data", "{got:?}");
+
+    // After acme's message was routed, globex's pump-1 publishes in its own namespace:
+    // that is the first (and only) message its subscription may see.
     eavesdropper
-        .no_publish_for(Duration::from_millis(500))
+        .client
+        .publish("devices/pump-1/own", Q5::AtLeastOnce, false, "globex data")
+        .await?;
+    let first = eavesdropper.publish().await?;
+    ensure!(
+        first.payload.as_ref() == b"globex data",
+        "another tenant's device received acme's message: {first:?}"
+    );
+    eavesdropper
+        .no_publish_for(Duration::from_millis(200))
         .await
-        .map_err(|e| anyhow::anyhow!("another tenant's device received acme's message: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("another tenant's device received more: {e}"))?;
     Ok(())
 }

@@ -289,6 +289,23 @@ impl Lab {
         Ok(format!("{:?}", again.refused().await?))
     }
 
+    /// A reconnect with `tls` is refused *because the certificate is revoked*: the client
+    /// fails, the server counts one more `certificate_revoked` handshake failure, and it
+    /// still answers (a crashed server also refuses every reconnect).
+    pub async fn reconnect_refused_as_revoked(
+        &self,
+        tls: std::sync::Arc<rustls::ClientConfig>,
+        device: &str,
+    ) -> Result<String> {
+        const SAMPLE: &str = "gatehouse_tls_failures_total{reason=\"certificate_revoked\"}";
+        let before = self.gh.metric(SAMPLE).await?;
+        let refused = self.reconnect_refused(tls, device).await?;
+        self.gh.wait_metric(SAMPLE, before + 1.0).await?;
+        let (status, body) = self.gh.https_get("/healthz").await?;
+        anyhow::ensure!(status == 200, "/healthz after the refusal: {status} {body}");
+        Ok(refused)
+    }
+
     /// Uploads a model profile (TOML) with curl; returns the status and the body.
     pub fn upload_profile(&self, model: &str, toml: &str) -> Result<(u16, Vec<u8>)> {
         let file = self.path(&format!("profile-{model}-{}.toml", rand_suffix()));
