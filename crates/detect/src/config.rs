@@ -157,6 +157,10 @@ pub struct CohortConfig {
     /// value the MAD collapses to nothing, and without this floor a reading one step away
     /// would be a huge outlier.
     pub min_range_spread: f64,
+    /// The smallest spread of the payload size baseline, bytes (and of the byte rate,
+    /// times the cohort's message rate): the same readings written with more digits are
+    /// tens of bytes longer, and that is not a deviation.
+    pub min_size_spread: f64,
 }
 
 impl Default for CohortConfig {
@@ -169,6 +173,7 @@ impl Default for CohortConfig {
             min_relative_spread: 0.1,
             min_relative_spread_rates: 0.25,
             min_range_spread: 0.02,
+            min_size_spread: 32.0,
         }
     }
 }
@@ -435,16 +440,24 @@ impl Default for CohortDeviationConfig {
     }
 }
 
-/// `burst`: the 1 s rate far above the device's own 60 s rate.
+/// `burst`: the 1 s rate far above the device's own cadence — its 60 s rate, the peaks it
+/// usually reaches, and the profile's rate.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BurstConfig {
     /// Whether the detector runs.
     pub enabled: bool,
-    /// Fires when the 1 s rate exceeds the 60 s rate times this.
+    /// Fires when the 1 s rate exceeds the device's usual rate times this.
     pub factor: f64,
     /// Never fires below this 1 s rate (messages per second).
     pub min_rate: f64,
+    /// How long a device without a profile is watched before its own cadence (the peaks
+    /// it reaches) is known and bursts are judged against it.
+    #[serde(with = "humantime_serde")]
+    pub learn: Duration,
+    /// Half-life of the device's remembered peak 1 s rate.
+    #[serde(with = "humantime_serde")]
+    pub memory: Duration,
 }
 
 impl Default for BurstConfig {
@@ -453,6 +466,8 @@ impl Default for BurstConfig {
             enabled: true,
             factor: 8.0,
             min_rate: 20.0,
+            learn: Duration::from_secs(600),
+            memory: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -514,6 +529,12 @@ impl DetectConfig {
             if !(value.is_finite() && (0.0..=1.0).contains(&value)) {
                 return Err(ConfigError::NotFraction { field, value });
             }
+        }
+        if !(c.min_size_spread.is_finite() && c.min_size_spread >= 0.0) {
+            return Err(ConfigError::NotPositive {
+                field: "cohort.min_size_spread",
+                value: c.min_size_spread,
+            });
         }
         positive(
             "credential_brute_force.failures",
@@ -593,6 +614,7 @@ impl DetectConfig {
         )?;
         positive("burst.factor", self.burst.factor)?;
         positive("burst.min_rate", self.burst.min_rate)?;
+        nonzero("burst.memory", self.burst.memory)?;
         Ok(())
     }
 }

@@ -32,6 +32,8 @@ const SLOW_CHECK_MS: u64 = 5_000;
 const NO_FIELDS: u8 = u8::MAX;
 /// Devices remembered per source address for the per-address flood rule.
 pub(crate) const SOURCE_DEVICES: usize = 8;
+/// How often a device's usual peak 1 s rate takes in the latest minute's, ms.
+const PEAK_MINUTE: u64 = 60_000;
 /// The window of the per-address publish rate, seconds (the 10 s of `publish_flood`).
 const SOURCE_FLOOD_WINDOW: f64 = 10.0;
 
@@ -138,6 +140,14 @@ struct DeviceState {
     /// Per cohort metric, consecutive baseline refreshes at which the device's summary
     /// deviated.
     summary_streak: [u8; METRICS],
+    /// The peak 1 s publish rate the device usually reaches (over past minutes, bursts
+    /// left out), decaying with `burst.memory`.
+    peak: f32,
+    /// When `peak` was last updated, ms since the Unix epoch.
+    peak_at: u64,
+    /// The highest 1 s rate of the current minute, folded into `peak` when it ends: a
+    /// rising rate is judged against the past, not against itself.
+    minute_peak: f32,
 }
 
 impl Seen for DeviceState {
@@ -547,6 +557,9 @@ impl Engine {
                 cooldowns: Cooldowns::default(),
                 reading_streak: [0; METRICS],
                 summary_streak: [0; METRICS],
+                peak: 0.0,
+                peak_at: 0,
+                minute_peak: 0.0,
             },
         )
     }
@@ -905,12 +918,34 @@ impl Engine {
                 }
             }
         }
-        // burst: the 1 s rate far above the device's own 60 s rate.
-        if cfg.burst.enabled {
-            let r1 = f.rates.msgs[W1];
-            if r1 >= cfg.burst.min_rate {
-                let base = rate60(f, now).max(0.1);
+        // burst: the 1 s rate far above the device's own cadence: its 60 s rate, the peaks
+        // it usually reaches, the profile's rate. A device without a profile has no known
+        // cadence until it has been watched for `burst.learn`.
+        let r1 = f.rates.msgs[W1];
+        let half_life = cfg.burst.memory.as_secs_f64().max(1e-3);
+        let decayed = |peak: f32, at: u64| {
+            f64::from(peak)
+                * (-(now.saturating_sub(at) as f64 / 1000.0) * std::f64::consts::LN_2 / half_life)
+                    .exp()
+        };
+        if now.saturating_sub(d.peak_at) >= PEAK_MINUTE {
+            d.peak = decayed(d.peak, d.peak_at).max(f64::from(d.minute_peak)) as f32;
+            d.peak_at = now;
+            d.minute_peak = 0.0;
+        }
+        let usual_peak = decayed(d.peak, d.peak_at);
+        let mut bursting = false;
+        let known = now.saturating_sub(f.first_seen) >= dur_ms(cfg.burst.learn);
+        let profile_rate = profile.and_then(|c| c.max_rate);
+        if cfg.burst.enabled && r1 >= cfg.burst.min_rate && (known || profile_rate.is_some()) {
+            {
+                let own = if known { usual_peak } else { 0.0 };
+                let base = rate60(f, now)
+                    .max(own)
+                    .max(profile_rate.unwrap_or(0.0))
+                    .max(0.1);
                 if r1 > cfg.burst.factor * base {
+                    bursting = true;
                     let sev = Severity::Low;
                     if d.cooldowns.admit(Rule::Burst, sev, now, cooldown) {
                         out.push(finding(
@@ -925,13 +960,18 @@ impl Engine {
                             ),
                             &[
                                 ("rate_1s", num(r1)),
-                                ("rate_60s", num(base)),
+                                ("usual_rate", num(base)),
+                                ("rate_60s", num(rate60(f, now))),
+                                ("usual_peak", num(own)),
                                 ("factor", num(cfg.burst.factor)),
                             ],
                         ));
                     }
                 }
             }
+        }
+        if !bursting {
+            d.minute_peak = d.minute_peak.max(r1 as f32);
         }
 
         let baseline = model.map(|m| &m.baseline);
@@ -1580,12 +1620,16 @@ impl Engine {
                 };
                 // A field's spread is at least a fraction of the range the profile
                 // declares for it.
-                let min_scale = if k >= M_FIELD {
-                    metric_range(m.profile.as_ref(), k)
+                // Sizes are at least `min_size_spread` apart, byte rates that times the
+                // cohort's message rate (computed just before).
+                let min_scale = match k {
+                    M_SIZE => cfg.cohort.min_size_spread,
+                    M_BYTES => m.baseline.metrics[M_RATE]
+                        .map_or(0.0, |r| r.median * cfg.cohort.min_size_spread),
+                    M_RATE => 0.0,
+                    _ => metric_range(m.profile.as_ref(), k)
                         .width()
-                        .map_or(0.0, |w| w * cfg.cohort.min_range_spread)
-                } else {
-                    0.0
+                        .map_or(0.0, |w| w * cfg.cohort.min_range_spread),
                 };
                 m.baseline.metrics[k] =
                     Robust::of(values, cfg.cohort.min_devices, floor, min_scale);

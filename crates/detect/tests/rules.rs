@@ -836,6 +836,51 @@ fn burst_stays_silent_on_a_backlog_after_reconnect() {
     assert!(of_kind(&f, "burst").is_empty(), "{}", show(&f));
 }
 
+/// A device of no model that logs a reading every 2 s and, every 15 minutes, a batch of
+/// `batch` readings within one second (TON_IoT's telemetry looks like this); then, at
+/// `spike_at`, `spike` readings within one second.
+fn batching_device(t: &mut Trace, name: &str, batch: u32, spike_at: f64, spike: u32) {
+    t.push(connect(0.0, name, ip(7, 1), 60));
+    let mut tt = 1.0;
+    while tt < 7200.0 {
+        t.push(publish(tt, name, "log/readings", r#"{"v":1}"#));
+        if (tt as u64) % 900 == 91 {
+            for i in 0..batch {
+                t.push(publish(
+                    tt + 0.1 + f64::from(i) * 0.8 / f64::from(batch),
+                    name,
+                    "log/readings",
+                    r#"{"v":1}"#,
+                ));
+            }
+        }
+        tt += 2.0;
+    }
+    for i in 0..spike {
+        t.push(publish(
+            spike_at + f64::from(i) / f64::from(spike),
+            name,
+            "log/readings",
+            r#"{"v":1}"#,
+        ));
+    }
+}
+
+#[test]
+fn burst_is_judged_against_the_devices_own_cadence() {
+    // Its batches of 50 are its cadence, from the first one on (before `burst.learn` a
+    // device without a profile has no known cadence to burst from).
+    let mut t = Trace::default();
+    batching_device(&mut t, "logger", 50, 7300.0, 0);
+    let f = run(&mut Engine::new(DetectConfig::default()), t);
+    assert!(of_kind(&f, "burst").is_empty(), "{}", show(&f));
+    // Ten times its usual peak is a burst.
+    let mut t = Trace::default();
+    batching_device(&mut t, "logger", 50, 7300.0, 600);
+    let f = run(&mut Engine::new(DetectConfig::default()), t);
+    assert!(fired_for(&f, "burst", "logger"), "{}", show(&f));
+}
+
 // === the engine ===
 
 #[test]

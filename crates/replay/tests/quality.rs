@@ -91,3 +91,43 @@ fn mqttset_every_attack_class_is_detected_and_no_benign_flow_flagged() {
     );
     eprintln!("{summary}");
 }
+
+const TELEMETRY: [&str; 3] = [
+    "Train_Test_IoT_Fridge.csv",
+    "Train_Test_IoT_Thermostat.csv",
+    "Train_Test_IoT_GPS_Tracker.csv",
+];
+
+#[test]
+fn ton_iot_normal_rows_are_left_alone() {
+    let mut paths = Vec::new();
+    for f in TELEMETRY {
+        let Some(p) = data(&format!("ton_iot/{f}")) else {
+            return;
+        };
+        paths.push(p);
+    }
+    let config = DetectConfig::default();
+    let replayed: Vec<_> = paths
+        .iter()
+        .map(|p| replay_file(p, &RecordingSpec::default(), &config).expect("replays"))
+        .collect();
+    for (hold, most) in [(config.cooldown, 0.01), (std::time::Duration::ZERO, 0.001)] {
+        let rep = report(&replayed, hold);
+        let normal = rep
+            .score
+            .classes
+            .iter()
+            .find(|c| c.class == "normal")
+            .expect("normal rows");
+        let summary = format!(
+            "hold {hold:?}: {} of {} normal rows flagged, kinds {:?}; findings {:?}",
+            normal.flagged, normal.units, normal.kinds, rep.score.findings_by_kind
+        );
+        eprintln!("{summary}");
+        assert!(
+            normal.fpr.is_some_and(|f| f <= most),
+            "false-positive rate above {most}: {summary}"
+        );
+    }
+}
