@@ -22,13 +22,32 @@ fn valid_csr() -> Vec<u8> {
     params.serialize_request(&key).expect("csr").der().to_vec()
 }
 
+/// The manufacturer whose root the IDevIDs below are checked against.
+fn acme() -> &'static ManufacturerCa {
+    static ACME: std::sync::OnceLock<ManufacturerCa> = std::sync::OnceLock::new();
+    ACME.get_or_init(|| ManufacturerCa::new("Acme").expect("ca"))
+}
+
 fn valid_cert() -> Vec<u8> {
-    let m = ManufacturerCa::new("Acme").expect("ca");
-    m.issue_idevid(&IdevidParams::new("SN-1", "thermo").with_model_uri("urn:acme:model:x"))
+    acme()
+        .issue_idevid(&IdevidParams::new("SN-1", "thermo").with_model_uri("urn:acme:model:x"))
         .expect("idevid")
         .cert_der()
         .expect("der")
         .to_vec()
+}
+
+/// Changes one to eight bytes of a valid structure, keeping its length: a tampered copy,
+/// never the original.
+fn tamper(base: Vec<u8>) -> impl Strategy<Value = Vec<u8>> {
+    let len = base.len();
+    prop::collection::vec((0..len, 1..=255u8), 1..8).prop_map(move |edits| {
+        let mut v = base.clone();
+        for (i, x) in edits {
+            v[i] ^= x;
+        }
+        v
+    })
 }
 
 /// Flips, truncates or overwrites bytes of a valid structure.
@@ -44,8 +63,22 @@ fn mutate(base: Vec<u8>) -> impl Strategy<Value = Vec<u8>> {
     })
 }
 
+/// 256 cases each; failures are kept in `proptest-regressions/untrusted_input.txt`
+/// (relative to the crate) and replayed first on every run.
+fn config() -> ProptestConfig {
+    ProptestConfig {
+        cases: 256,
+        failure_persistence: Some(Box::new(
+            proptest::test_runner::FileFailurePersistence::Direct(
+                "proptest-regressions/untrusted_input.txt",
+            ),
+        )),
+        ..ProptestConfig::default()
+    }
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(256))]
+    #![proptest_config(config())]
 
     #[test]
     fn arbitrary_bytes_never_panic_the_csr_parser(bytes in prop::collection::vec(any::<u8>(), 0..2048)) {
@@ -53,13 +86,22 @@ proptest! {
     }
 
     #[test]
-    fn damaged_csrs_are_refused_or_still_verify(bytes in mutate(valid_csr())) {
+    fn damaged_csrs_never_panic_the_parser(bytes in mutate(valid_csr())) {
+        let _ = verify_csr(&bytes, &CsrPolicy::default());
+    }
+
+    /// A tampered CSR is refused, or — where the change fell outside what is signed and
+    /// left valid DER (a byte of the signature's encoding that does not matter) — it still
+    /// asks for exactly the key and names its holder signed.
+    #[test]
+    fn tampered_csrs_are_refused_or_say_what_was_signed(
+        (original, bytes) in Just(valid_csr()).prop_flat_map(|o| (Just(o.clone()), tamper(o)))
+    ) {
+        let signed = verify_csr(&original, &CsrPolicy::default()).expect("the original verifies");
         if let Ok(csr) = verify_csr(&bytes, &CsrPolicy::default()) {
-            // Whatever survived verified its own signature: its names are checkable.
-            let _ = csr.check_names(
-                &gatehouse_types::TenantId::default(),
-                &gatehouse_types::DeviceId::new("dev-1").expect("id"),
-            );
+            prop_assert_eq!(csr.public_key_spki(), signed.public_key_spki());
+            prop_assert_eq!(csr.common_names(), signed.common_names());
+            prop_assert_eq!(csr.san_uris(), signed.san_uris());
         }
     }
 
@@ -68,9 +110,28 @@ proptest! {
         let der = CertificateDer::from(bytes.clone());
         let _ = identity_from_cert(&bytes);
         let _ = model_from_cert(&bytes, &[ModelRule::SanUriPrefix("urn:acme:model:".into())]);
-        let root = ManufacturerCa::new("Acme").expect("ca").cert_der();
-        let _ = verify_idevid(&[der], &[root], time::OffsetDateTime::now_utc());
+        let _ = verify_idevid(&[der], &[acme().cert_der()], time::OffsetDateTime::now_utc());
     }
+
+    /// An IDevID with any byte changed is refused by the very root that issued it.
+    #[test]
+    fn tampered_idevids_are_refused_by_their_own_root(bytes in tamper(valid_cert())) {
+        let der = CertificateDer::from(bytes);
+        prop_assert!(
+            verify_idevid(&[der], &[acme().cert_der()], time::OffsetDateTime::now_utc()).is_err()
+        );
+    }
+}
+
+#[test]
+fn an_untampered_idevid_verifies_against_its_root() {
+    let der = CertificateDer::from(valid_cert());
+    verify_idevid(
+        &[der],
+        &[acme().cert_der()],
+        time::OffsetDateTime::now_utc(),
+    )
+    .expect("the original IDevID verifies");
 }
 
 #[test]
