@@ -302,6 +302,13 @@ async fn forged_posture_is_refused_and_audited() -> Result<()> {
         let audit = lab.audit()?;
         if let Some(r) = audit.iter().find(|r| r["action"] == "refuse_posture") {
             ensure!(r["subject"] == "default/thermo-1", "{r}");
+            // Refused for its signature, not for its shape or anything else.
+            ensure!(
+                r["reason"]
+                    .as_str()
+                    .is_some_and(|why| why.contains("signature does not verify")),
+                "refused for another reason: {r}"
+            );
             break;
         }
         ensure!(std::time::Instant::now() < deadline, "forgery not refused");
