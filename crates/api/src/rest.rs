@@ -101,7 +101,8 @@ pub fn openapi_json() -> String {
 
 /// Adds to every operation the errors any route can answer whatever it does, each with
 /// the one JSON error body: 400 (a malformed path, query or body), 401 and 403 where an
-/// operator is needed, 404 where the path names something, and 413, 415 and 422 where a
+/// operator is needed, 404 and 422 where the path names something (nothing by that name,
+/// or not a valid name), 422 for query values out of range, and 413, 415 and 422 where a
 /// JSON body is read (too large, not JSON, JSON of the wrong shape).
 fn document_common_errors(doc: &mut utoipa::openapi::OpenApi) {
     use utoipa::openapi::path::Operation;
@@ -152,6 +153,14 @@ fn document_common_errors(doc: &mut utoipa::openapi::OpenApi) {
             }
             if named {
                 add(op, "404", "Nothing by that name (or in another tenant)");
+                add(op, "422", "A name in the path is not a valid id");
+            }
+            if op.parameters.as_ref().is_some_and(|p| !p.is_empty()) {
+                add(
+                    op,
+                    "422",
+                    "A query or path value is out of range or not valid",
+                );
             }
             if op.request_body.is_some() {
                 add(op, "413", "The body is over the size limit");
