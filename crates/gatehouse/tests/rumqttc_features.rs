@@ -206,8 +206,11 @@ async fn reconnecting_within_the_will_delay_cancels_the_will() -> Result<()> {
         o
     };
     let (first, _) = V5::connect(options()).await?;
+    // Reconnect once the server has seen the first connection close.
+    let open = gh.metric("gatehouse_connections_open").await?;
     drop(first);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    gh.wait_metric_at_most("gatehouse_connections_open", open - 1.0)
+        .await?;
     let (second, ack) = V5::connect(options()).await?;
     ensure!(ack.session_present, "the session was not resumed");
     watcher.no_publish_for(Duration::from_secs(3)).await?;

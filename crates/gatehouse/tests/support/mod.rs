@@ -418,6 +418,22 @@ impl Gatehouse {
         Ok(metric_value(&self.metrics().await?, sample))
     }
 
+    /// Waits until a metric sample falls to `at_most` (a connection the server has seen
+    /// close, say), instead of sleeping and hoping it has.
+    pub async fn wait_metric_at_most(&self, sample: &str, at_most: f64) -> Result<f64> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let v = self.metric(sample).await?;
+            if v <= at_most {
+                return Ok(v);
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("{sample} stayed at {v}, expected at most {at_most}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Waits until a metric sample reaches `at_least` (metrics are updated a little after
     /// the client has seen the effect).
     pub async fn wait_metric(&self, sample: &str, at_least: f64) -> Result<f64> {
