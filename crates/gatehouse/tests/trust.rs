@@ -408,7 +408,9 @@ async fn pin_overrides_the_score_and_expires() -> Result<()> {
     let (s, v) = lab.api(
         "PUT",
         "/api/v1/devices/default/thermo-1/pin",
-        Some(json!({ "tier": "restricted", "for": "2s", "reason": "maintenance window" })),
+        // Long enough that the SUBACK below comes back before it expires even on a
+        // loaded machine; short enough to see it expire within the wait.
+        Some(json!({ "tier": "restricted", "for": "6s", "reason": "maintenance window" })),
     )?;
     ensure!(s == 200, "pin: {s} {v}");
     ensure!(v["assessment"]["tier"] == "restricted", "{v:#}");
