@@ -20,7 +20,7 @@ use std::time::{Duration, SystemTime};
 use gatehouse_broker::Broker;
 use gatehouse_detect::{DetectConfig, Engine, FieldSpec, Grants, ProfileView};
 use gatehouse_respond::Playbooks;
-use gatehouse_store::{ModelId, Registry};
+use gatehouse_store::{ActionFilter, ActionState, IncidentFilter, ModelId, Registry};
 use gatehouse_trust::profile::{Direction, ModelProfile, TopicKind};
 use gatehouse_trust::score::BehaviourPenalty;
 use gatehouse_types::{DeviceRef, Finding, Observation, Severity};
@@ -322,6 +322,7 @@ impl DetectionService {
             http: actions::Notifier,
         });
         this.restore_bans();
+        this.restore_throttles();
         let observations = this.broker.tap().subscribe(this.settings.queue);
         let (feed_tx, feed_rx) = std::sync::mpsc::sync_channel(64);
         let (tx, rx) = mpsc::channel::<Batch>(1024);
@@ -343,6 +344,48 @@ impl DetectionService {
     /// The metrics.
     pub fn metrics(&self) -> &DetectionMetrics {
         &self.metrics
+    }
+
+    /// The throttles in force go back into the broker after a restart, for what is left of
+    /// each: like bans, they are a sanction the broker enforces beside the verdict, and a
+    /// restart must not lift them. (Quarantines and pins are the trust service's, and come
+    /// back with the facts.)
+    fn restore_throttles(&self) {
+        let now = time::OffsetDateTime::now_utc();
+        let filter = ActionFilter {
+            state: Some(ActionState::Done),
+            kind: Some("throttle".to_owned()),
+            expires_after: Some(now),
+            limit: IncidentFilter::MAX_LIMIT,
+            ..ActionFilter::default()
+        };
+        match self.registry.list_actions(&filter) {
+            Ok(actions) => {
+                if actions.len() >= IncidentFilter::MAX_LIMIT {
+                    warn!(
+                        restored = actions.len(),
+                        "more throttles are in force than are restored at once; the newest may be missing"
+                    );
+                }
+                for a in actions {
+                    let (Some(device), Some(until)) = (&a.device, a.expires_at) else {
+                        continue;
+                    };
+                    let Some(rate) = a.params.get("rate").and_then(serde_json::Value::as_f64)
+                    else {
+                        warn!(action = %a.id, "a stored throttle has no rate: not restored");
+                        continue;
+                    };
+                    let left = (until - now).max(time::Duration::ZERO);
+                    self.broker.throttle(
+                        device,
+                        rate,
+                        Duration::from_secs_f64(left.as_seconds_f64()),
+                    );
+                }
+            }
+            Err(e) => warn!(error = %e, "reading the throttles in force failed: none restored"),
+        }
     }
 
     /// The bans recorded in the registry go back into the broker (after a restart).

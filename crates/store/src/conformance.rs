@@ -1859,6 +1859,31 @@ pub fn actions<S: Registry>(make: impl Fn() -> S) {
     );
     assert_eq!(
         ids(ActionFilter {
+            state: Some(ActionState::Done),
+            expires_after: Some(at(0)),
+            ..Default::default()
+        }),
+        [ban],
+        "timed actions still in force"
+    );
+    assert!(
+        ids(ActionFilter {
+            state: Some(ActionState::Done),
+            expires_after: Some(at(1_000_000)),
+            ..Default::default()
+        })
+        .is_empty(),
+        "nothing is in force after every expiry"
+    );
+    assert_eq!(
+        ids(ActionFilter {
+            kind: Some("revoke".to_owned()),
+            ..Default::default()
+        }),
+        [revoke]
+    );
+    assert_eq!(
+        ids(ActionFilter {
             limit: 1,
             ..Default::default()
         }),

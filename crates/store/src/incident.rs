@@ -469,6 +469,11 @@ pub struct ActionFilter {
     /// Only actions whose `expires_at` is at or before this time (the timed actions due
     /// for reversal, with `state: Some(Done)`).
     pub expires_by: Option<OffsetDateTime>,
+    /// Only actions whose `expires_at` is after this time (timed actions still in force,
+    /// with `state: Some(Done)`: what a restart must put back).
+    pub expires_after: Option<OffsetDateTime>,
+    /// Only actions of this kind (`throttle`, `ban`...).
+    pub kind: Option<String>,
     /// At most this many (0 means [`IncidentFilter::DEFAULT_LIMIT`]; capped at
     /// [`IncidentFilter::MAX_LIMIT`]).
     pub limit: usize,

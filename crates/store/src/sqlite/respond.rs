@@ -647,6 +647,8 @@ pub(super) fn list_actions(
          AND (?3 IS NULL OR (tenant = ?3 AND device = ?4)) \
          AND (?5 IS NULL OR (expires_at IS NOT NULL AND expires_at <= ?5)) \
          AND (?7 IS NULL OR tenant = ?7) \
+         AND (?8 IS NULL OR (expires_at IS NOT NULL AND expires_at > ?8)) \
+         AND (?9 IS NULL OR kind = ?9) \
          ORDER BY id LIMIT ?6"
     ))?;
     let rows = st.query_map(
@@ -657,7 +659,9 @@ pub(super) fn list_actions(
             filter.device.as_ref().map(|d| d.device.as_str()),
             filter.expires_by.map(secs),
             limit(filter.limit),
-            filter.tenant.as_ref().map(TenantId::as_str)
+            filter.tenant.as_ref().map(TenantId::as_str),
+            filter.expires_after.map(secs),
+            filter.kind.as_deref()
         ],
         action_row,
     )?;
