@@ -40,9 +40,22 @@ async fn https(
     headers: &str,
     body: &str,
 ) -> Result<(u16, String)> {
+    https_to(gh.listeners.https, tls, host, method, path, headers, body).await
+}
+
+/// [`https`] to an address, for tasks that outlive a server.
+async fn https_to(
+    to: SocketAddr,
+    tls: &Arc<ClientConfig>,
+    host: u8,
+    method: &str,
+    path: &str,
+    headers: &str,
+    body: &str,
+) -> Result<(u16, String)> {
     let work = async {
-        let tcp = connect_from(host, gh.listeners.https).await?;
-        let name = ServerName::IpAddress(gh.listeners.https.ip().into());
+        let tcp = connect_from(host, to).await?;
+        let name = ServerName::IpAddress(to.ip().into());
         let mut stream = tokio_rustls::TlsConnector::from(tls.clone())
             .connect(name, tcp)
             .await?;
@@ -343,4 +356,114 @@ async fn password_flood_on_the_legacy_listener_does_not_delay_mtls_devices() -> 
         "no password was checked at all: {codes:?}"
     );
     still_serving(&gh, "mtls-after-flood").await
+}
+
+/// A DER PKCS#10 request for `device` (P-256, the device id as the CN).
+fn csr_for(device: &str) -> Result<Vec<u8>> {
+    let key = rcgen::KeyPair::generate()?;
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, device);
+    Ok(params.serialize_request(&key)?.der().to_vec())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_during_an_enrollment_and_revocation_storm_loses_no_acknowledged_record()
+-> Result<()> {
+    use std::sync::Mutex;
+    let lab = support::lab::Lab::start().await?;
+    lab.register_acme(gatehouse_pki::ManufacturerCa::new("Acme")?.cert_pem())?;
+    let (token_id, secret) = lab.token("default", 100_000, 3600)?;
+    let https_addr = lab.gh.listeners.https;
+    let est = gatehouse_agent::est::EstClient::new(
+        &format!("https://{https_addr}"),
+        vec![lab.gh.ca_der()?],
+    )?;
+    let tls = lab.gh.anonymous_tls()?;
+    let auth = format!("Authorization: Bearer {}\r\n", lab.gh.token);
+    let enrolled: Arc<Mutex<Vec<String>>> = Arc::default();
+    let revoked: Arc<Mutex<Vec<String>>> = Arc::default();
+
+    // Four enrolling devices' worth of load, and one operator revoking what enrolled.
+    let mut storm = Vec::new();
+    for worker in 0..4 {
+        let (est, token_id, secret, enrolled) = (
+            est.clone(),
+            token_id.clone(),
+            secret.clone(),
+            enrolled.clone(),
+        );
+        storm.push(tokio::spawn(async move {
+            for i in 0.. {
+                let device = format!("storm-{worker}-{i}");
+                let Ok(csr) = csr_for(&device) else { continue };
+                match est.simpleenroll_token(&csr, &token_id, &secret).await {
+                    Ok(_) => enrolled.lock().expect("lock").push(device),
+                    // The server is gone: the storm is over.
+                    Err(_) => return,
+                }
+            }
+        }));
+    }
+    {
+        let (enrolled, revoked, tls, auth) =
+            (enrolled.clone(), revoked.clone(), tls.clone(), auth.clone());
+        storm.push(tokio::spawn(async move {
+            let mut next = 0;
+            loop {
+                let device = enrolled.lock().expect("lock").get(next).cloned();
+                let Some(device) = device else {
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                    continue;
+                };
+                next += 2; // every other device
+                let path = format!("/api/v1/devices/default/{device}/revoke");
+                match https_to(https_addr, &tls, 1, "POST", &path, &auth, "{}").await {
+                    Ok((200, _)) => revoked.lock().expect("lock").push(device),
+                    Ok(_) => {}
+                    Err(_) => return,
+                }
+            }
+        }));
+    }
+    // Once the storm is well under way, kill -9.
+    let deadline = Instant::now() + WAIT * 4;
+    while revoked.lock().expect("lock").len() < 10 {
+        ensure!(Instant::now() < deadline, "the storm did not get going");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let support::lab::Lab { mut gh, dir } = lab;
+    gh.crash().await?;
+    for t in storm {
+        t.abort();
+    }
+    let enrolled = enrolled.lock().expect("lock").clone();
+    let revoked = revoked.lock().expect("lock").clone();
+
+    // Everything the server acknowledged before it died is there after it starts again.
+    let lab = support::lab::Lab {
+        gh: gh.restart().await?,
+        dir,
+    };
+    for device in &enrolled {
+        let (s, v) = lab.api("GET", &format!("/api/v1/devices/default/{device}"), None)?;
+        ensure!(s == 200, "{device} was acknowledged, then lost: {s} {v}");
+        if revoked.contains(device) {
+            ensure!(
+                v["certificates"][0]["status"] == "revoked",
+                "{device}'s revocation was acknowledged, then lost: {v}"
+            );
+        }
+    }
+    let verified = lab.gh.cli(&["audit", "verify"]).await?;
+    println!(
+        "storm: {} enrollments and {} revocations acknowledged before kill -9; all found after \
+         restart; audit verify: {}",
+        enrolled.len(),
+        revoked.len(),
+        verified.trim()
+    );
+    Ok(())
 }
