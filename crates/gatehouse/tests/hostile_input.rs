@@ -687,7 +687,11 @@ fn mib(bytes: u64) -> f64 {
 #[tokio::test]
 #[ignore = "a measurement: prints figures"]
 async fn under_attack_memory() -> Result<()> {
-    let gh = Gatehouse::start(Options::extra(LAB_POLICY)).await?;
+    // Default limits, but no per-source connection rate: the floods come from one host.
+    let gh = Gatehouse::start(Options::extra(&format!(
+        "{LAB_POLICY}\n[limits]\nconnect_rate_per_source = 0\n"
+    )))
+    .await?;
     let addr = gh.listeners.mqtts;
     let mut steady = Steady::connect(&gh).await?;
     steady.round_trip().await?;
