@@ -1,7 +1,7 @@
 //! `gatehouse demo --once --json` as the README runs it, on a small fleet: the real binary
 //! starts its own server, the simulated fleet enrolls over EST and connects over MQTTS,
 //! every attack scenario runs, and the report must show each detected and no benign
-//! device quarantined. The fleet's REST calls authenticate with the API token of the
+//! device restricted, quarantined or with a finding above low. The fleet's REST calls authenticate with the API token of the
 //! operator `demo`, which the demo creates before the server's first start.
 
 mod support;
@@ -25,7 +25,7 @@ const SCENARIOS: [&str; 8] = [
 ];
 
 #[test]
-fn demo_detects_every_attack_scenario_and_quarantines_no_benign_device() -> Result<()> {
+fn demo_detects_every_attack_scenario_and_restricts_no_benign_device() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let mut cmd = Command::new(support::binary());
     cmd.args(["demo", "--once", "--json", "--devices", "60"])
@@ -69,6 +69,24 @@ fn demo_detects_every_attack_scenario_and_quarantines_no_benign_device() -> Resu
             .is_some_and(Vec::is_empty),
         "benign devices were quarantined: {}",
         report["benign_quarantined"]
+    );
+    // For an inline gate a false positive is a working device cut off: not one benign
+    // device restricted, and none with a finding above low.
+    ensure!(
+        report["benign_restricted"]
+            .as_array()
+            .is_some_and(Vec::is_empty),
+        "benign devices were restricted: {}; worst {:#}",
+        report["benign_restricted"],
+        report["worst_benign"]
+    );
+    ensure!(
+        report["benign_above_low"]
+            .as_array()
+            .is_some_and(Vec::is_empty),
+        "benign devices had findings above low: {}; worst {:#}",
+        report["benign_above_low"],
+        report["worst_benign"]
     );
     ensure!(
         report["benign"].as_u64() == Some(52) && report["compromised"].as_u64() == Some(8),

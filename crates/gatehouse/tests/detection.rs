@@ -851,6 +851,48 @@ async fn hand_issued_device_is_quarantined_and_released_too() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_subscription_the_operators_policy_grants_opens_no_incident() -> Result<()> {
+    if skip() {
+        return Ok(());
+    }
+    // The README's example: an application whose identity the operator granted every
+    // device's telemetry.
+    let lab =
+        lab("[[policy.device]]\nid = \"dashboard\"\nsubscribe = [\"devices/+/telemetry/#\"]\n")
+            .await?;
+    let files = lab.gh.issue_files("dashboard").await?;
+    let tls = tls_from_files(&lab, &files.key, &files.cert)?;
+    let mut client = V5::connect_as(lab.gh.listeners.mqtts, tls, "dashboard").await?;
+    // Granted (the SUBACK says so): the operator's decision, not harvesting.
+    client
+        .subscribe("devices/+/telemetry/#", QoS::AtMostOnce)
+        .await?;
+    // Beyond its grant the same identity is probing. Its incident, once it shows, also
+    // shows that the engine has seen the granted subscription before it.
+    client.client.subscribe("#", QoS::AtMostOnce).await?;
+    let detail = incident_of(&lab, "dashboard", "wildcard_harvesting").await?;
+    let filters: Vec<&str> = detail["findings"]
+        .as_array()
+        .map(|f| {
+            f.iter()
+                .filter_map(|x| x["finding"]["evidence"]["filter"].as_str())
+                .collect()
+        })
+        .unwrap_or_default();
+    ensure!(
+        filters.contains(&"#") && !filters.contains(&"devices/+/telemetry/#"),
+        "the granted subscription was held against the device: {detail:#}"
+    );
+    for i in incidents(&lab, "dashboard")? {
+        ensure!(
+            i["kind"] != "exfiltration_broad_subscribe",
+            "the granted subscription was called exfiltration: {i:#}"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn throttle_survives_a_crash_of_the_server() -> Result<()> {
     if skip() {
         return Ok(());
