@@ -684,7 +684,8 @@ struct DeviceQuery {
     /// `active`, `revoked` or `blocked`.
     status: Option<String>,
     model: Option<String>,
-    /// At most 1000; default 100.
+    /// 1 to 1000; default 100.
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
     cursor: Option<String>,
 }
@@ -714,7 +715,7 @@ async fn list_devices(
                 None => None,
             },
         };
-    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let limit = page_limit(q.limit)?;
     let cursor = q.cursor.map(Cursor::from_client);
     blocking(move || {
         let page = s.registry.list_devices(&filter, limit, cursor.as_ref())?;
@@ -1053,7 +1054,8 @@ async fn revoke_token(
 struct AuditQuery {
     /// First sequence number; default 1.
     from: Option<u64>,
-    /// At most 1000; default 100.
+    /// 1 to 1000; default 100.
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
 }
 
@@ -1067,7 +1069,7 @@ async fn audit_records(
     Query(q): Query<AuditQuery>,
 ) -> ApiResult<Json<Vec<serde_json::Value>>> {
     let from = q.from.unwrap_or(1);
-    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let limit = page_limit(q.limit)?;
     blocking(move || {
         let records = match &who.tenant {
             None => s
@@ -1114,4 +1116,16 @@ async fn audit_verify(State(s): State<ApiState>) -> ApiResult<Json<AuditVerifyDt
         }))
     })
     .await
+}
+
+/// A page size from a query: 100 when absent, 1 to 1000 when given; anything else is
+/// refused (422) rather than silently changed.
+pub(crate) fn page_limit(limit: Option<usize>) -> Result<usize, Problem> {
+    match limit {
+        None => Ok(100),
+        Some(n @ 1..=1000) => Ok(n),
+        Some(n) => Err(Problem::invalid(format!(
+            "limit {n} is out of range: give 1 to 1000"
+        ))),
+    }
 }

@@ -855,6 +855,10 @@ async fn openapi_document_is_valid_and_errors_share_one_shape() -> Result<()> {
         // body of the wrong shape.
         ("DELETE", "/api/v1/tenants", None),
         ("GET", "/api/v1/no-such-route", None),
+        // Paging values out of range are refused, not quietly changed.
+        ("GET", "/api/v1/devices?limit=0", None),
+        ("GET", "/api/v1/audit?limit=5000", None),
+        ("GET", "/api/v1/incidents?limit=1001", None),
         ("POST", "/api/v1/tenants", Some(json!({ "id": 17 }))),
     ] {
         let (s, v) = lab.api(method, path, body)?;

@@ -138,8 +138,9 @@ pub(crate) struct IncidentQuery {
     device: Option<String>,
     /// Tenant.
     tenant: Option<String>,
-    /// At most this many (default 100, at most 1000).
-    limit: Option<u32>,
+    /// At most this many: 1 to 1000, default 100.
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<usize>,
 }
 
 /// Incidents, newest first.
@@ -164,7 +165,7 @@ async fn list_incidents(
         tenant,
         device,
         state,
-        limit: q.limit.map_or(100, |l| l as usize).min(1000),
+        limit: crate::rest::page_limit(q.limit)?,
     };
     blocking(move || {
         let list = s.registry.list_incidents(&filter)?;

@@ -553,7 +553,8 @@ async fn run_audit(c: &Client, cmd: audit::Command) -> Result<()> {
         }
         A::Tail { limit } => {
             // The newest records: find the head, then read the last `limit`.
-            let limit = u64::from(limit).max(1);
+            // The API pages at most 1000 records.
+            let limit = u64::from(limit).clamp(1, 1000);
             let head = c.call("GET", "/api/v1/audit/verify", None).await?;
             let total = head["records"].as_u64().unwrap_or(0);
             let from = total.saturating_sub(limit).max(1);
