@@ -666,6 +666,11 @@ impl Inner {
         ) {
             Metrics::reason(&self.metrics.messages_dropped, "retained_store_full");
         }
+        self.set_retained_gauges();
+    }
+
+    /// The retained store's size on `/metrics`.
+    fn set_retained_gauges(&self) {
         self.metrics
             .retained
             .set(self.router.retained_count() as i64);
@@ -827,12 +832,7 @@ impl Inner {
             self.publish_will(&w.identity, w.msg);
         }
         self.router.expire_retained(now);
-        self.metrics
-            .retained
-            .set(self.router.retained_count() as i64);
-        self.metrics
-            .retained_bytes
-            .set(i64::try_from(self.router.retained_bytes()).unwrap_or(i64::MAX));
+        self.set_retained_gauges();
         self.sources
             .lock()
             .retain(|_, b| now.duration_since(b.last) < Duration::from_secs(60));

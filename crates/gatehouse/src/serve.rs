@@ -485,20 +485,21 @@ impl prometheus_client::collector::Collector for PasswordCheckMetrics {
             let c = ConstCounter::new(n);
             c.encode(family.encode_family(&[("reason", reason)])?)?;
         }
-        let in_flight = ConstGauge::new(i64::try_from(checks.in_flight()).unwrap_or(i64::MAX));
-        in_flight.encode(encoder.encode_descriptor(
-            "gatehouse_password_checks_in_flight",
-            "Password checks running or waiting for a memory slot",
-            None,
-            in_flight.metric_type(),
-        )?)?;
-        let slots = ConstGauge::new(i64::try_from(checks.slots()).unwrap_or(i64::MAX));
-        slots.encode(encoder.encode_descriptor(
-            "gatehouse_password_check_slots",
-            "Memory slots of 19 MiB allocated for password checks",
-            None,
-            slots.metric_type(),
-        )?)?;
+        for (name, help, value) in [
+            (
+                "gatehouse_password_checks_in_flight",
+                "Password checks running or waiting for a memory slot",
+                checks.in_flight(),
+            ),
+            (
+                "gatehouse_password_check_slots",
+                "Memory slots of 19 MiB allocated for password checks",
+                checks.slots(),
+            ),
+        ] {
+            let gauge = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
+            gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
+        }
         Ok(())
     }
 }

@@ -722,23 +722,25 @@ async fn cloned_certificate_is_detected() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn throttled_device_is_held_to_its_rate_until_released() -> Result<()> {
-    if skip() {
-        return Ok(());
-    }
-    let playbooks = r#"
-[[playbook]]
-name = "slow-down-floods"
-mode = "auto"
-[playbook.when]
-kinds = ["publish_flood"]
-min_severity = "medium"
-[[playbook.action]]
-type = "throttle"
-rate = 1.0
-for = "10m"
-"#;
+/// A lab whose playbook throttles a flooding device to `rate` messages a second, and the
+/// thermostat `chatty` that flooded until it was: returns the playbook's folder (keep it:
+/// a restarted server reads it again), the lab, the device's key and certificate files,
+/// its client and the throttle action.
+async fn throttled_flooder(
+    rate: f64,
+) -> Result<(
+    tempfile::TempDir,
+    Lab,
+    std::path::PathBuf,
+    std::path::PathBuf,
+    V5,
+    Value,
+)> {
+    let playbooks = format!(
+        "[[playbook]]\nname = \"slow-down-floods\"\nmode = \"auto\"\n\
+         [playbook.when]\nkinds = [\"publish_flood\"]\nmin_severity = \"medium\"\n\
+         [[playbook.action]]\ntype = \"throttle\"\nrate = {rate:?}\nfor = \"10m\"\n"
+    );
     let dir = tempfile::tempdir()?;
     let file = dir.path().join("playbooks.toml");
     std::fs::write(&file, playbooks)?;
@@ -747,7 +749,7 @@ for = "10m"
         file.display().to_string()
     ))
     .await?;
-    let (_key, _cert, mut client) = thermostat(&lab, "chatty").await?;
+    let (key, cert, client) = thermostat(&lab, "chatty").await?;
     for _ in 0..3000 {
         client
             .client
@@ -767,6 +769,15 @@ for = "10m"
             .and_then(|a| a.iter().find(|a| a["kind"] == "throttle").cloned()))
     })
     .await?;
+    Ok((dir, lab, key, cert, client, action))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn throttled_device_is_held_to_its_rate_until_released() -> Result<()> {
+    if skip() {
+        return Ok(());
+    }
+    let (_dir, lab, _key, _cert, mut client, action) = throttled_flooder(1.0).await?;
     // At one message a second, a quick run of QoS 1 publishes meets 0x97 quota exceeded.
     let mut refused = 0;
     for _ in 0..5 {
@@ -897,46 +908,7 @@ async fn throttle_survives_a_crash_of_the_server() -> Result<()> {
     if skip() {
         return Ok(());
     }
-    let playbooks = r#"
-[[playbook]]
-name = "slow-down-floods"
-mode = "auto"
-[playbook.when]
-kinds = ["publish_flood"]
-min_severity = "medium"
-[[playbook.action]]
-type = "throttle"
-rate = 0.2
-for = "10m"
-"#;
-    let dir = tempfile::tempdir()?;
-    let file = dir.path().join("playbooks.toml");
-    std::fs::write(&file, playbooks)?;
-    let lab = lab(&format!(
-        "[respond]\nplaybooks = {:?}\n",
-        file.display().to_string()
-    ))
-    .await?;
-    let (key, cert, client) = thermostat(&lab, "chatty").await?;
-    for _ in 0..3000 {
-        client
-            .client
-            .publish(
-                "devices/chatty/telemetry",
-                QoS::AtMostOnce,
-                false,
-                br#"{"temp":20}"#.to_vec(),
-            )
-            .await?;
-    }
-    eventually(support::WAIT, "a throttle", || {
-        let (s, v) = lab.api("GET", "/api/v1/actions?state=done", None)?;
-        ensure!(s == 200, "actions: {s} {v}");
-        Ok(v["actions"]
-            .as_array()
-            .and_then(|a| a.iter().find(|a| a["kind"] == "throttle").cloned()))
-    })
-    .await?;
+    let (_dir, lab, key, cert, client, _action) = throttled_flooder(0.2).await?;
     drop(client);
 
     // kill -9, and start again on the same data directory.

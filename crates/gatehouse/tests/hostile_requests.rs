@@ -30,21 +30,8 @@ async fn connect_from(host: u8, to: SocketAddr) -> Result<TcpStream> {
     Ok(socket.connect(to).await?)
 }
 
-/// One HTTPS request from 127.0.0.`host`; returns (status, body).
+/// One HTTPS request to `to` from 127.0.0.`host`; returns (status, body).
 async fn https(
-    gh: &Gatehouse,
-    tls: &Arc<ClientConfig>,
-    host: u8,
-    method: &str,
-    path: &str,
-    headers: &str,
-    body: &str,
-) -> Result<(u16, String)> {
-    https_to(gh.listeners.https, tls, host, method, path, headers, body).await
-}
-
-/// [`https`] to an address, for tasks that outlive a server.
-async fn https_to(
     to: SocketAddr,
     tls: &Arc<ClientConfig>,
     host: u8,
@@ -76,17 +63,7 @@ async fn https_to(
     let response = tokio::time::timeout(WAIT * 4, work)
         .await
         .context("HTTPS request timed out")??;
-    let text = String::from_utf8_lossy(&response).into_owned();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .with_context(|| format!("not an HTTP response: {text:?}"))?;
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    Ok((status, body))
+    support::http_status_and_body(&response)
 }
 
 /// A field of `/proc/<pid>/status` in KiB (VmRSS, VmHWM).
@@ -155,7 +132,8 @@ async fn deeply_nested_policy_is_refused_and_the_server_stays_up() -> Result<()>
         };
         for &(method, path) in routes {
             let body = json!({ "text": text }).to_string();
-            let (status, answer) = https(&gh, &tls, 1, method, path, &auth, &body).await?;
+            let (status, answer) =
+                https(gh.listeners.https, &tls, 1, method, path, &auth, &body).await?;
             let head: String = text.chars().take(40).collect();
             match status {
                 422 => {
@@ -181,7 +159,7 @@ async fn deeply_nested_policy_is_refused_and_the_server_stays_up() -> Result<()>
     // The deepest ones name the limit.
     let body = json!({ "text": texts[2] }).to_string();
     let (status, answer) = https(
-        &gh,
+        gh.listeners.https,
         &tls,
         1,
         "POST",
@@ -222,7 +200,7 @@ async fn login_flood_from_many_addresses_keeps_memory_bounded() -> Result<()> {
                     json!({ "name": format!("guess-{a}-{i}"), "password": "hunter2hunter2" })
                         .to_string();
                 let r = https(
-                    &gh,
+                    gh.listeners.https,
                     &tls,
                     10 + a,
                     "POST",
@@ -420,7 +398,7 @@ async fn kill_9_during_an_enrollment_and_revocation_storm_loses_no_acknowledged_
                 };
                 next += 2; // every other device
                 let path = format!("/api/v1/devices/default/{device}/revoke");
-                match https_to(https_addr, &tls, 1, "POST", &path, &auth, "{}").await {
+                match https(https_addr, &tls, 1, "POST", &path, &auth, "{}").await {
                     Ok((200, _)) => revoked.lock().expect("lock").push(device),
                     Ok(_) => {}
                     Err(_) => return,

@@ -392,17 +392,7 @@ impl Gatehouse {
         let response = tokio::time::timeout(WAIT, work)
             .await
             .context("HTTPS request timed out")??;
-        let text = String::from_utf8_lossy(&response).into_owned();
-        let status = text
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .with_context(|| format!("not an HTTP response: {text:?}"))?;
-        let body = text
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_owned())
-            .unwrap_or_default();
-        Ok((status, body))
+        http_status_and_body(&response)
     }
 
     /// The Prometheus metrics text.
@@ -521,6 +511,21 @@ fn read_log(data: &Path, generation: u32) -> String {
         }
     }
     out
+}
+
+/// The status and body of a whole HTTP/1.1 response (read to the end, `Connection: close`).
+pub fn http_status_and_body(response: &[u8]) -> Result<(u16, String)> {
+    let text = String::from_utf8_lossy(response).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("not an HTTP response: {text:?}"))?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
 }
 
 /// The value of one sample in Prometheus/OpenMetrics text; zero when absent.
