@@ -14,10 +14,10 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
-use super::{ActionError, DetectionService};
 use crate::problem::ProblemBody;
 use crate::rest::blocking;
 use crate::{ApiState, Principal, Problem};
+use gatehouse_runtime::{ActionError, DetectionService};
 
 type ApiResult<T> = Result<T, Problem>;
 
@@ -431,10 +431,10 @@ async fn delete_ban(
             addr.to_string(),
         )
         .reason("lifted by an operator");
-        let removed = s.registry.remove_ban(addr, &audit)?;
-        if let Some(d) = &s.detection {
-            d.broker.unban(addr);
-        }
+        let removed = match &s.detection {
+            Some(d) => d.lift_ban(addr, &audit)?,
+            None => s.registry.remove_ban(addr, &audit)?,
+        };
         Ok(Json(json!({ "addr": addr.to_string(), "lifted": removed })))
     })
     .await

@@ -4,6 +4,10 @@
 //!   `simplereenroll` ([`est`]).
 //! - CRLs at `/pki/crl/<issuing CA>.crl`, the URL written into every device certificate.
 //! - The REST API under `/api/v1` and its OpenAPI document at `/api/openapi.json` ([`rest`]).
+//! - The operator dashboard.
+//!
+//! The loop these routes drive — trust, detection, actions, revocations — is
+//! `gatehouse-runtime`'s; this crate only speaks HTTP to it.
 //!
 //! The listener asks TLS clients for a certificate without requiring one and accepts any at
 //! the TLS layer ([`gatehouse_pki::ClientAuth::Deferred`]); the chain each connection sent is
@@ -17,15 +21,14 @@
 mod audit_scope;
 pub mod auth;
 mod dashboard;
-pub mod detection;
+mod detection;
 pub mod est;
-pub mod fleet_history;
 mod metrics;
 mod operators;
 mod problem;
 pub mod rest;
 mod revocation;
-pub mod trust;
+mod trust;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -35,6 +38,8 @@ use arc_swap::ArcSwap;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use gatehouse_pki::Enroller;
+use gatehouse_runtime::fleet_history::FleetHistory;
+use gatehouse_runtime::{DetectionService, RevocationSync, TrustService};
 use gatehouse_store::Registry;
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
@@ -44,16 +49,8 @@ use tokio::sync::watch;
 use tracing::debug;
 
 pub use auth::{Auth, AuthSettings, Principal};
-pub use detection::{
-    ActionError, AddrRange, DetectionMetrics, DetectionService, DetectionSettings,
-    SeverityPenalties,
-};
 pub use metrics::{ApiMetrics, EstLabels};
 pub use problem::Problem;
-pub use revocation::{RevocationSync, SessionControl};
-pub use trust::{
-    TrustError, TrustGate, TrustMetrics, TrustService, TrustSettings, TrustView, view_offline,
-};
 
 /// Limits of the HTTPS listener.
 #[derive(Debug, Clone, Copy)]
@@ -104,12 +101,12 @@ pub struct ApiState {
     /// by trust.
     pub trust: Option<Arc<TrustService>>,
     /// Detection and response; `None` where detection is off.
-    pub detection: Option<Arc<detection::DetectionService>>,
+    pub detection: Option<Arc<DetectionService>>,
     /// Operators, sessions and API tokens.
     pub auth: Arc<Auth>,
     /// Message counters and mean scores over the last day, for the dashboard; `None`
     /// where nothing samples them.
-    pub history: Option<Arc<fleet_history::FleetHistory>>,
+    pub history: Option<Arc<FleetHistory>>,
 }
 
 impl std::fmt::Debug for ApiState {
@@ -132,7 +129,7 @@ pub struct ConnInfo {
 pub fn router(state: ApiState, limits: HttpLimits) -> Router {
     let operator_routes = Router::new()
         .merge(rest::routes())
-        .merge(trust::routes::routes())
+        .merge(trust::routes())
         .merge(detection::routes())
         .merge(operators::routes())
         .route_layer(axum::middleware::from_fn_with_state(

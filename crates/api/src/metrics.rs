@@ -1,4 +1,4 @@
-//! Prometheus metrics of enrollment and revocation.
+//! Prometheus metrics of enrollment.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -15,7 +15,7 @@ pub struct EstLabels {
     pub status: u16,
 }
 
-/// Enrollment and revocation metrics; clones share the same counters.
+/// Enrollment metrics; clones share the same counters.
 #[derive(Debug, Clone)]
 pub struct ApiMetrics {
     /// EST requests by operation and status: refusals (unclaimed serials, unknown
@@ -23,10 +23,6 @@ pub struct ApiMetrics {
     pub est_requests: Family<EstLabels, Counter>,
     /// Time to decide and sign, seconds (TLS excluded).
     pub est_seconds: Histogram,
-    /// Devices whose live sessions were ended because a certificate was revoked.
-    pub revoked_sessions_ended: Counter,
-    /// CRL signings (at revocations and before expiry).
-    pub crls_signed: Counter,
 }
 
 impl Default for ApiMetrics {
@@ -34,8 +30,6 @@ impl Default for ApiMetrics {
         Self {
             est_requests: Family::default(),
             est_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
-            revoked_sessions_ended: Counter::default(),
-            crls_signed: Counter::default(),
         }
     }
 }
@@ -52,16 +46,6 @@ impl ApiMetrics {
             "gatehouse_est_duration_seconds",
             "Time to check an EST request and sign its certificate",
             self.est_seconds.clone(),
-        );
-        registry.register(
-            "gatehouse_revoked_devices_disconnected",
-            "Devices whose live sessions ended because a certificate was revoked",
-            self.revoked_sessions_ended.clone(),
-        );
-        registry.register(
-            "gatehouse_crls_signed",
-            "Certificate revocation lists signed",
-            self.crls_signed.clone(),
         );
     }
 }

@@ -92,7 +92,7 @@ impl utoipa::Modify for SecuritySchemes {
 /// The OpenAPI document, JSON.
 pub fn openapi_json() -> String {
     let mut doc = ApiDoc::openapi();
-    doc.merge(<crate::trust::routes::TrustDoc as OpenApi>::openapi());
+    doc.merge(<crate::trust::TrustDoc as OpenApi>::openapi());
     doc.merge(<crate::detection::DetectionDoc as OpenApi>::openapi());
     doc.merge(<crate::operators::OperatorsDoc as OpenApi>::openapi());
     document_common_errors(&mut doc);

@@ -12,10 +12,10 @@ use gatehouse_types::Tier;
 use serde::{Deserialize, Serialize};
 use utoipa::{OpenApi, ToSchema};
 
-use super::{TrustError, TrustService};
 use crate::problem::ProblemBody;
 use crate::rest::{blocking, device_ref};
 use crate::{ApiState, Principal, Problem};
+use gatehouse_runtime::{TrustError, TrustService};
 
 type ApiResult<T> = Result<T, Problem>;
 

@@ -317,7 +317,7 @@ pub mod raw {
 
     impl Default for Penalties {
         fn default() -> Self {
-            let d = gatehouse_api::SeverityPenalties::default();
+            let d = gatehouse_runtime::SeverityPenalties::default();
             Self {
                 info: d.info,
                 low: d.low,
@@ -463,7 +463,7 @@ pub struct Settings {
     pub ca: CaSettings,
     pub trust: TrustSettings,
     /// `[detect]` and `[respond]`; `None` when detection is off.
-    pub detection: Option<gatehouse_api::DetectionSettings>,
+    pub detection: Option<gatehouse_runtime::DetectionSettings>,
     /// `[api]`: operator sessions, logins and API tokens.
     pub api: gatehouse_api::AuthSettings,
     /// `[passwords]`: the budget of password checks.
@@ -501,7 +501,7 @@ fn fallback_topics(
 fn detection_settings(
     d: raw::Detect,
     r: raw::Respond,
-) -> anyhow::Result<Option<gatehouse_api::DetectionSettings>> {
+) -> anyhow::Result<Option<gatehouse_runtime::DetectionSettings>> {
     if !d.enabled {
         return Ok(None);
     }
@@ -538,11 +538,11 @@ fn detection_settings(
     if r.max_findings_per_incident == 0 {
         bail!("respond.max_findings_per_incident must be at least 1");
     }
-    Ok(Some(gatehouse_api::DetectionSettings {
+    Ok(Some(gatehouse_runtime::DetectionSettings {
         detect: d.rules,
         playbooks,
         queue: d.queue,
-        penalties: gatehouse_api::SeverityPenalties {
+        penalties: gatehouse_runtime::SeverityPenalties {
             info: p.info,
             low: p.low,
             medium: p.medium,
@@ -918,8 +918,8 @@ impl Settings {
 
     /// The trust service's settings: `[trust]`, with the static `[policy]` patterns as the
     /// topics of devices whose model has no profile.
-    pub fn trust_service_settings(&self) -> gatehouse_api::TrustSettings {
-        gatehouse_api::TrustSettings {
+    pub fn trust_service_settings(&self) -> gatehouse_runtime::TrustSettings {
+        gatehouse_runtime::TrustSettings {
             score: self.trust.score.clone(),
             fallback_topics: fallback_topics(&self.policy.publish, &self.policy.subscribe),
             device_topics: self

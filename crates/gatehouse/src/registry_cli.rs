@@ -183,7 +183,7 @@ struct Ctx {
     store: SqliteStore,
     json: bool,
     actor: String,
-    trust: gatehouse_api::TrustSettings,
+    trust: gatehouse_runtime::TrustSettings,
 }
 
 // === impl Ctx ===

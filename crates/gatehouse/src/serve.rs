@@ -6,14 +6,15 @@ use std::time::Duration;
 
 use anyhow::Context;
 use arc_swap::ArcSwap;
-use gatehouse_api::fleet_history::{self, FleetHistory};
-use gatehouse_api::{
-    ApiMetrics, ApiState, DetectionMetrics, DetectionService, HttpLimits, RevocationSync,
-    SessionControl, TrustMetrics, TrustService,
-};
+use gatehouse_api::{ApiMetrics, ApiState, HttpLimits};
 use gatehouse_broker::Broker;
 use gatehouse_pki::password::PasswordChecks;
 use gatehouse_pki::{ClientAuth, Enroller, IssuedCert, PublishedCrl, ServerTlsBuilder};
+use gatehouse_runtime::fleet_history::{self, FleetHistory};
+use gatehouse_runtime::{
+    DetectionMetrics, DetectionService, RevocationMetrics, RevocationSync, SessionControl,
+    TrustMetrics, TrustService,
+};
 use gatehouse_store::{AuditEntry, Registry, SqliteStore};
 use gatehouse_types::{DeviceRef, TenantId};
 use prometheus_client::registry::Registry as MetricsRegistry;
@@ -186,8 +187,10 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     ));
     let api_metrics = ApiMetrics::default();
     api_metrics.register(&mut metrics_registry);
+    let revocation_metrics = RevocationMetrics::default();
+    revocation_metrics.register(&mut metrics_registry);
     let revocations = Arc::new(
-        RevocationSync::start(enroller.clone(), control.clone(), api_metrics.clone())
+        RevocationSync::start(enroller.clone(), control.clone(), revocation_metrics)
             .context("signing the certificate revocation lists")?,
     );
 

@@ -10,7 +10,6 @@
 //! to a responder task that does the writes and the actions.
 
 mod actions;
-mod routes;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -32,7 +31,6 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 pub use actions::ActionError;
-pub(crate) use routes::{DetectionDoc, routes};
 
 use crate::revocation::RevocationSync;
 use crate::trust::TrustService;
@@ -255,7 +253,7 @@ impl DetectionMetrics {
         );
     }
 
-    pub(crate) fn action(&self, action: &str, outcome: &str) {
+    pub fn action(&self, action: &str, outcome: &str) {
         self.actions
             .get_or_create(&ActionLabels {
                 action: action.to_owned(),

@@ -15,7 +15,6 @@
 //! which reads the audit log from where it last stopped.
 
 mod gate;
-pub(crate) mod routes;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -52,7 +51,6 @@ pub use gate::TrustGate;
 
 /// Why the trust service could not do what it was asked.
 #[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
 pub enum TrustError {
     /// The registry failed.
     #[error("registry: {0}")]
@@ -883,7 +881,7 @@ impl TrustService {
 
     /// Whether a posture report of `d` arriving now should be processed (at most one per
     /// `posture_interval`).
-    pub(crate) fn posture_due(&self, d: &DeviceRef) -> bool {
+    pub fn posture_due(&self, d: &DeviceRef) -> bool {
         let now = std::time::Instant::now();
         let mut seen = self.posture_seen.lock();
         match seen.get(d) {
@@ -975,7 +973,7 @@ impl TrustService {
     /// issued by hand, a legacy password user): scored on its identity alone, with the
     /// fallback topics. Put in force with epoch 0, so that any verdict compiled from the
     /// registry replaces it.
-    pub(crate) fn unregistered_verdict(&self, id: &Identity) -> Arc<Verdict> {
+    pub fn unregistered_verdict(&self, id: &Identity) -> Arc<Verdict> {
         self.metrics.verdict_misses.inc();
         let d = DeviceRef {
             tenant: id.tenant.clone(),

@@ -55,7 +55,7 @@ pub(crate) async fn call(
     }
     let router: Router = Router::new()
         .merge(crate::rest::routes())
-        .merge(crate::trust::routes::routes())
+        .merge(crate::trust::routes())
         .merge(crate::detection::routes())
         .with_state(state.clone());
     let mut req = Request::builder().method(c.method).uri(c.path);

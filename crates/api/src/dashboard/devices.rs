@@ -17,8 +17,8 @@ use super::api::{self, Call};
 use super::layout::{self, Nav};
 use super::{PageError, PageResult, Who, blocking, enc, see_other};
 use crate::rest::device_ref;
-use crate::trust::TrustView;
 use crate::{ApiState, ConnInfo, Problem};
+use gatehouse_runtime::TrustView;
 
 /// Devices a page.
 const PAGE: usize = 50;

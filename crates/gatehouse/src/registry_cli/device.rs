@@ -293,7 +293,7 @@ fn show(ctx: &Ctx, d: &DeviceRef) -> Result<()> {
     let now = OffsetDateTime::now_utc();
     // The device is shown even when its trust cannot be computed (a stored policy set
     // this build no longer validates, say): the reason takes the trust's place.
-    let (trust, trust_error) = match gatehouse_api::view_offline(&ctx.store, &ctx.trust, d) {
+    let (trust, trust_error) = match gatehouse_runtime::view_offline(&ctx.store, &ctx.trust, d) {
         Ok(view) => (Some(view), None),
         Err(e) => (None, Some(one_line(&e.to_string()))),
     };
@@ -494,7 +494,7 @@ fn pin(ctx: &Ctx, d: &DeviceRef, tier: &str, duration: &str, reason: &str) -> Re
     let value = serde_json::to_value(&pin)?;
     let entry = entry.detail(json!({ "pin": value }));
     ctx.store.set_device_pin(d, Some(&value), &entry)?;
-    let scored = gatehouse_api::view_offline(&ctx.store, &ctx.trust, d)
+    let scored = gatehouse_runtime::view_offline(&ctx.store, &ctx.trust, d)
         .ok()
         .map(|v| v.assessment.scored_tier);
     let until = fmt_time(OffsetDateTime::from(pin.expires_at));
@@ -534,7 +534,7 @@ fn unpin(ctx: &Ctx, d: &DeviceRef, why: Option<String>) -> Result<()> {
         .entry("unpin", d.to_string())
         .reason(why.unwrap_or_else(|| "unpinned from the command line".to_owned()));
     ctx.store.set_device_pin(d, None, &entry)?;
-    let view = gatehouse_api::view_offline(&ctx.store, &ctx.trust, d).ok();
+    let view = gatehouse_runtime::view_offline(&ctx.store, &ctx.trust, d).ok();
     let tier = view.as_ref().map(|v| v.assessment.tier);
     ctx.print(&json!({ "device": d, "pin": null, "tier": tier }), || {
         let mut t = format!("unpinned {d}");

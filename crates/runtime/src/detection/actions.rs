@@ -20,7 +20,6 @@ use super::DetectionService;
 
 /// Why an action could not be carried out, approved or reversed.
 #[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
 pub enum ActionError {
     /// The registry failed.
     #[error("registry: {0}")]
@@ -455,6 +454,18 @@ impl DetectionService {
                 "a {other} action cannot be reversed"
             ))),
         }
+    }
+
+    /// Lifts the ban on `addr`: the record goes (audited as `audit`), then the broker's
+    /// sanction. Returns the ban lifted; the registry's error if there was none.
+    pub fn lift_ban(
+        &self,
+        addr: IpAddr,
+        audit: &AuditEntry,
+    ) -> Result<gatehouse_store::Ban, gatehouse_store::WriteError> {
+        let removed = self.registry.remove_ban(addr, audit)?;
+        self.broker.unban(addr);
+        Ok(removed)
     }
 
     /// Applies what operators did from the command line since the last call: approvals
