@@ -10,10 +10,11 @@ use gatehouse_api::{ApiMetrics, ApiState, HttpLimits};
 use gatehouse_broker::Broker;
 use gatehouse_pki::password::PasswordChecks;
 use gatehouse_pki::{ClientAuth, Enroller, IssuedCert, PublishedCrl, ServerTlsBuilder};
+use gatehouse_runtime::feed::{DetectionHandler, RevocationHandler};
 use gatehouse_runtime::fleet_history::{self, FleetHistory};
 use gatehouse_runtime::{
-    DetectionMetrics, DetectionService, RevocationMetrics, RevocationSync, SessionControl,
-    TrustMetrics, TrustService,
+    DetectionMetrics, DetectionService, Follower, RegistryFeed, RevocationMetrics, RevocationSync,
+    SessionControl, TrustMetrics, TrustService,
 };
 use gatehouse_store::{AuditEntry, Registry, SqliteStore};
 use gatehouse_types::{DeviceRef, TenantId};
@@ -96,6 +97,10 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     let store = open_registry(&settings)?;
     crate::registry_cli::first_admin(&store)?;
     let registry: Arc<dyn gatehouse_store::Registry> = store.clone();
+    // Where the change feed is followed from: taken before any service loads its state, so
+    // a change another process makes meanwhile is applied rather than lost.
+    let follower = Follower::from_head(Arc::new(RegistryFeed(registry.clone())))
+        .context("reading the change feed")?;
 
     let https = bind(settings.https, settings.backlog)
         .with_context(|| format!("binding HTTPS on {}", settings.https))?;
@@ -278,12 +283,19 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         limits,
         stop_rx.clone(),
     );
-    spawn_registry_poll(
-        revocations,
-        trust,
-        detection,
+    let mut follower = follower.with(Arc::new(RevocationHandler {
+        sync: revocations,
+        resign_after: settings.enrollment.policy.crl_validity / 2,
+    }));
+    if let Some(t) = trust {
+        follower = follower.with(t);
+    }
+    if let Some(d) = detection {
+        follower = follower.with(Arc::new(DetectionHandler(d)));
+    }
+    spawn_follower(
+        Arc::new(follower),
         settings.enrollment.registry_poll,
-        settings.enrollment.policy.crl_validity / 2,
         stop_rx,
     );
 
@@ -362,16 +374,9 @@ fn open_registry(settings: &Settings) -> anyhow::Result<Arc<SqliteStore>> {
     Ok(Arc::new(store))
 }
 
-/// Picks up revocations written by other processes (the CLI) and re-signs CRLs before they
-/// go stale.
-fn spawn_registry_poll(
-    revocations: Arc<RevocationSync>,
-    trust: Option<Arc<TrustService>>,
-    detection: Option<Arc<DetectionService>>,
-    every: Duration,
-    resign_after: Duration,
-    mut stop: watch::Receiver<bool>,
-) {
+/// Follows the change feed every `every`: what other processes (the CLI) changed reaches
+/// the live data plane, and expiries, decay and CRL re-signing happen on time.
+fn spawn_follower(follower: Arc<Follower>, every: Duration, mut stop: watch::Receiver<bool>) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -380,25 +385,11 @@ fn spawn_registry_poll(
                 _ = tick.tick() => {}
                 _ = stop.changed() => return,
             }
-            let r = revocations.clone();
-            match tokio::task::spawn_blocking(move || r.poll(resign_after)).await {
+            let f = follower.clone();
+            match tokio::task::spawn_blocking(move || f.step()).await {
                 Ok(Ok(_)) => {}
-                Ok(Err(e)) => warn!(error = %e, "applying registry changes failed"),
-                Err(e) => warn!(error = %e, "registry poll task failed"),
-            }
-            if let Some(t) = trust.clone() {
-                match tokio::task::spawn_blocking(move || t.poll()).await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => warn!(error = %e, "applying trust changes failed"),
-                    Err(e) => warn!(error = %e, "trust poll task failed"),
-                }
-            }
-            if let Some(d) = detection.clone() {
-                match tokio::task::spawn_blocking(move || d.poll()).await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => warn!(error = %e, "applying operator responses failed"),
-                    Err(e) => warn!(error = %e, "response poll task failed"),
-                }
+                Ok(Err(e)) => warn!(error = %e, "following the change feed failed"),
+                Err(e) => warn!(error = %e, "change feed task failed"),
             }
         }
     });

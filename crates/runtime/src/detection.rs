@@ -271,9 +271,6 @@ pub struct DetectionService {
     revocations: Arc<RevocationSync>,
     settings: DetectionSettings,
     metrics: DetectionMetrics,
-    /// The last audit record this service has looked at (operator approvals and
-    /// reversals written by the command line).
-    audit_seen: Mutex<u64>,
     /// A model profile changed: the engine reloads the profiles it has.
     profiles_stale: AtomicBool,
     /// When timed actions were last checked for expiry.
@@ -303,10 +300,6 @@ impl DetectionService {
         settings: DetectionSettings,
         metrics: DetectionMetrics,
     ) -> std::io::Result<Arc<Self>> {
-        let head = registry
-            .audit_head()
-            .map_err(std::io::Error::other)?
-            .map_or(0, |(seq, _)| seq);
         let this = Arc::new(Self {
             registry,
             broker,
@@ -314,7 +307,6 @@ impl DetectionService {
             revocations,
             settings,
             metrics,
-            audit_seen: Mutex::new(head),
             expiry_checked: Mutex::new(std::time::Instant::now()),
             profiles_stale: AtomicBool::new(false),
             http: actions::Notifier,

@@ -8,11 +8,14 @@
 //! - [`revocation`]: revocations made durable in the registry are made to bite — CRLs
 //!   signed, the MQTTS verifier rebuilt, live sessions ended ([`RevocationSync`]).
 //! - [`fleet_history`]: message counters and mean scores over the last day.
+//! - [`feed`]: one follower of the registry's typed change feed hands what other
+//!   processes changed (the CLI writes the database directly) to the services above.
 //!
 //! The HTTP crate (`gatehouse-api`) calls into these services; nothing here depends on an
 //! HTTP framework, so the loop can be driven by the API, the CLI or a change feed alike.
 
 pub mod detection;
+pub mod feed;
 pub mod fleet_history;
 pub mod revocation;
 pub mod trust;
@@ -21,6 +24,7 @@ pub use detection::{
     ActionError, AddrRange, DetectionMetrics, DetectionService, DetectionSettings,
     SeverityPenalties,
 };
+pub use feed::{ChangeFeed, ChangeHandler, Follower, RegistryFeed};
 pub use revocation::{RevocationMetrics, RevocationSync, SessionControl};
 pub use trust::{
     TrustError, TrustGate, TrustMetrics, TrustService, TrustSettings, TrustView, view_offline,

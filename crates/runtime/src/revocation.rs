@@ -5,15 +5,15 @@
 //! process); [`RevocationSync::sync`] then reads every revoked certificate, signs fresh
 //! CRLs, hands them to the [`SessionControl`] (which rebuilds the MQTTS TLS configuration
 //! so a reconnect is refused) and only then disconnects the sessions of newly revoked
-//! devices. The API calls it right after its write; a poller calls it when the registry
-//! changes underneath (the CLI writes the database directly).
+//! devices. The API calls it right after its write; a revocation written by another
+//! process (the CLI writes the database directly) reaches it through the change feed.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use gatehouse_pki::{EnrollError, Enroller, PublishedCrl};
-use gatehouse_store::{CertSerial, Registry};
+use gatehouse_store::{CertSerial, Change, ChangeRecord, Registry};
 use gatehouse_types::DeviceRef;
 use parking_lot::Mutex;
 use prometheus_client::metrics::counter::Counter;
@@ -68,8 +68,6 @@ pub struct RevocationSync {
 struct SyncState {
     /// Serials already applied (in the served CRLs, sessions ended).
     applied: HashSet<CertSerial>,
-    /// The audit head seen at the last sync: the registry has not changed if it is the same.
-    audit_head: Option<u64>,
     /// When the CRLs were last signed (unix seconds).
     signed_at: i64,
 }
@@ -113,7 +111,7 @@ impl RevocationSync {
 
     /// Applies revocations recorded since the last call, then returns the devices of
     /// `revoked` (certificates this caller just revoked): their sessions are ended by the
-    /// time it returns, by this sync or by a poll that got there first.
+    /// time it returns, by this sync or by one the change feed started first.
     pub fn sync_revoked(
         &self,
         revoked: &[gatehouse_store::Certificate],
@@ -130,26 +128,37 @@ impl RevocationSync {
         Ok(devices)
     }
 
-    /// Like [`sync`](Self::sync) but only reads the revocations when the registry's audit
-    /// head moved, and re-signs the CRLs when `resign_after` seconds passed since the last
-    /// signature: cheap enough to call every few hundred milliseconds.
-    pub fn poll(&self, resign_after: std::time::Duration) -> Result<Vec<DeviceRef>, EnrollError> {
-        let head = self
-            .enroller
-            .registry()
-            .audit_head()
-            .map_err(|e| EnrollError::Internal(format!("reading the audit head: {e}")))?
-            .map(|(seq, _)| seq);
+    /// Applies changes from the feed: when certificates were revoked (by the API, the
+    /// command line or another process), signs fresh CRLs and ends the sessions of the
+    /// devices newly revoked. Returns the devices disconnected.
+    pub fn apply_changes(&self, changes: &[ChangeRecord]) -> Result<Vec<DeviceRef>, EnrollError> {
+        if changes
+            .iter()
+            .any(|c| matches!(c.change, Change::CertificatesRevoked { .. }))
+        {
+            self.sync_inner(false, true)
+        } else {
+            Ok(Vec::new())
+        }
+    }
+
+    /// Re-signs the CRLs when `resign_after` passed since the last signature, so the ones
+    /// served never go stale: cheap enough to call every few hundred milliseconds.
+    pub fn resign_if_stale(
+        &self,
+        resign_after: std::time::Duration,
+    ) -> Result<Vec<DeviceRef>, EnrollError> {
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         let stale = {
             let s = self.state.lock();
             let age = u64::try_from(now - s.signed_at).unwrap_or(0);
             age >= resign_after.as_secs()
         };
-        if !stale && head == self.state.lock().audit_head {
-            return Ok(Vec::new());
+        if stale {
+            self.sync_inner(true, true)
+        } else {
+            Ok(Vec::new())
         }
-        self.sync_inner(stale, true)
     }
 
     fn sync_inner(
@@ -167,12 +176,6 @@ impl RevocationSync {
         disconnect: bool,
     ) -> Result<Vec<DeviceRef>, EnrollError> {
         let registry: &Arc<dyn Registry> = self.enroller.registry();
-        // Read the head first: a change racing with this sync moves it again, and the next
-        // poll sees it.
-        let head = registry
-            .audit_head()
-            .map_err(|e| EnrollError::Internal(format!("reading the audit head: {e}")))?
-            .map(|(seq, _)| seq);
         let revoked = registry
             .list_revoked(None)
             .map_err(|e| EnrollError::Internal(format!("reading revocations: {e}")))?;
@@ -200,7 +203,6 @@ impl RevocationSync {
             }
             state.applied.insert(serial.clone());
         }
-        state.audit_head = head;
         drop(state);
         for device in &devices {
             self.control.disconnect(device);

@@ -11,8 +11,8 @@
 //! with its explanation, in the same transaction as its audit record.
 //!
 //! Changes made through the API are applied before the API answers. Changes made by
-//! another process (the CLI writes the database directly) are found by [`TrustService::poll`],
-//! which reads the audit log from where it last stopped.
+//! another process (the CLI writes the database directly) reach it through the change
+//! feed ([`crate::feed`]) as [`TrustService::apply_changes`].
 
 mod gate;
 
@@ -25,8 +25,8 @@ use arc_swap::ArcSwap;
 use gatehouse_broker::Broker;
 use gatehouse_pki::KeyKind;
 use gatehouse_store::{
-    AssessmentRecord, Assurance, AuditEntry, Device, DeviceFilter, DeviceStatus, DeviceTrust,
-    ModelId, Registry,
+    AssessmentRecord, Assurance, AuditEntry, Change, ChangeRecord, Device, DeviceFilter,
+    DeviceStatus, DeviceTrust, ModelId, Registry,
 };
 use gatehouse_trust::policy::{
     CompileCache, DeviceAttrs, PolicyEngine, PolicyError, PolicyLimits, ProfileTopics, Verdict,
@@ -209,8 +209,6 @@ pub struct TrustService {
     settings: TrustSettings,
     profiles: Mutex<HashMap<ModelId, ProfileEntry>>,
     next_epoch: AtomicU64,
-    /// The last audit record this service has acted on.
-    audit_seen: Mutex<u64>,
     /// When active pins expire, so the device is re-assessed then.
     pin_expiries: Mutex<BTreeMap<SystemTime, Vec<DeviceRef>>>,
     /// When devices with decaying behaviour penalties are next re-assessed, so the gate
@@ -464,10 +462,6 @@ impl TrustService {
                 warn!(version = set.version, error = %e, "the stored policy set does not validate; the default set is in force");
             }
         }
-        let head = registry
-            .audit_head()
-            .map_err(store)?
-            .map_or(0, |(id, _)| id);
         let this = Arc::new(Self {
             registry,
             broker,
@@ -477,7 +471,6 @@ impl TrustService {
             settings,
             profiles: Mutex::new(HashMap::new()),
             next_epoch: AtomicU64::new(1),
-            audit_seen: Mutex::new(head),
             pin_expiries: Mutex::new(BTreeMap::new()),
             decay_checks: Mutex::new(DecayChecks::default()),
             unregistered: Mutex::new(HashMap::new()),
@@ -1049,23 +1042,15 @@ impl TrustService {
         }
     }
 
-    /// Applies what changed in the registry since the last call: reads the audit log
-    /// forward and re-assesses the devices each record names (a new policy set or model
-    /// profile re-assesses every device), then re-assesses devices whose pin expired.
-    /// Returns how many records were read.
-    pub fn poll(&self) -> Result<usize, TrustError> {
-        let from = *self.audit_seen.lock();
-        let records = self.registry.audit_records(from + 1, 1000).map_err(store)?;
+    /// Applies changes from the feed: re-assesses the devices each one names (a new policy
+    /// set or model profile re-assesses every device). Changes this service made itself
+    /// are applied again, which re-reads the same facts and changes nothing.
+    pub fn apply_changes(&self, changes: &[ChangeRecord]) -> Result<(), TrustError> {
         let mut devices: Vec<DeviceRef> = Vec::new();
         let mut everything = None;
-        let mut last = from;
-        for r in &records {
-            last = r.seq;
-            let e = r;
-            match e.action.as_str() {
-                // Written by this service; acting on them again would loop.
-                "verdict" | "scan" | "posture" | "refuse_posture" => {}
-                "set_policy" => {
+        for c in changes {
+            match &c.change {
+                Change::PolicySet => {
                     // A set the API put in force is already the engine's; one written by
                     // another process (the command line) is loaded and applied here.
                     if let Some(set) = self.registry.current_policy_set().map_err(store)? {
@@ -1081,38 +1066,39 @@ impl TrustService {
                         }
                     }
                 }
-                "add_model_profile" | "add_model" => {
+                Change::ModelProfile { .. } => {
                     self.profiles.lock().clear();
                     everything = Some("model profile change");
                 }
-                // Enrollments and renewals come through this server's EST handler, which
-                // runs the scan at join itself; they are not assessed a second time here.
-                "pin" | "unpin" | "revoke" | "reinstate" | "block" | "set_status" | "set_tags" => {
-                    if let Ok(d) = e.subject.parse::<DeviceRef>() {
-                        if e.action == "unpin"
-                            && let Some(u) = self.unregistered.lock().get_mut(&d)
-                        {
-                            // A device outside the registry, released by another process.
-                            u.pin = None;
-                        }
-                        devices.push(d);
+                Change::DevicePin { device, pinned } => {
+                    if !pinned && let Some(u) = self.unregistered.lock().get_mut(device) {
+                        // A device outside the registry, released by another process.
+                        u.pin = None;
                     }
+                    devices.push(device.clone());
                 }
-                "revoke_batch" => everything = Some("batch revocation"),
+                Change::DeviceStatus { device, .. } => devices.push(device.clone()),
+                Change::CertificatesRevoked { devices: revoked } => {
+                    devices.extend(revoked.iter().cloned());
+                }
+                // Enrollments and renewals come through this server's EST handler, which
+                // runs the scan at join itself; the rest is not trust's business.
                 _ => {}
             }
         }
-        *self.audit_seen.lock() = last;
         if let Some(cause) = everything {
-            self.assess_all(cause)?;
+            self.assess_all(cause).map(|_| ())
         } else {
             devices.sort();
             devices.dedup();
-            self.reassess(devices, "registry change")?;
+            self.reassess(devices, "registry change")
         }
+    }
+
+    /// What time alone changes: pins that expired, behaviour penalties that decayed.
+    pub fn tick(&self) -> Result<(), TrustError> {
         self.expire_pins()?;
-        self.follow_decay()?;
-        Ok(records.len())
+        self.follow_decay()
     }
 
     /// Re-assesses the devices whose behaviour penalties have decayed since they were

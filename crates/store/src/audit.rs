@@ -36,6 +36,9 @@ pub struct AuditEntry {
     pub reason: String,
     /// Anything else, as JSON.
     pub detail: serde_json::Value,
+    /// The change this record explains, written to the change feed in the same
+    /// transaction; not part of the record or its hash.
+    pub change: Option<crate::Change>,
 }
 
 impl AuditEntry {
@@ -54,7 +57,15 @@ impl AuditEntry {
             outcome: "ok".to_owned(),
             reason: String::new(),
             detail: serde_json::Value::Null,
+            change: None,
         }
+    }
+
+    /// Asks the running server to act on `change`: it is written to the change feed with
+    /// this record.
+    pub fn change(mut self, change: crate::Change) -> Self {
+        self.change = Some(change);
+        self
     }
 
     /// Sets the outcome.

@@ -1247,6 +1247,7 @@ pub fn all<S: Registry>(make: impl Fn() -> S) {
     actions(&make);
     bans(&make);
     respond_changes_keep_the_audit_chain(&make);
+    change_feed_follows_the_writes_the_loop_acts_on(&make);
 }
 
 // --- the respond stage
@@ -2046,4 +2047,133 @@ pub fn respond_changes_keep_the_audit_chain<S: Registry>(make: impl Fn() -> S) {
     let mut out = Vec::new();
     s.export_jsonl(&mut out).unwrap();
     assert_eq!(audit::verify_jsonl(&out[..]).unwrap(), report);
+}
+
+/// The writes a running server must act on leave a typed change beside their audit record,
+/// in the same transaction; a write that fails leaves none; an entry can carry a request
+/// of its own; the feed reads forward from any point, in order, in pages.
+pub fn change_feed_follows_the_writes_the_loop_acts_on<S: Registry>(make: impl Fn() -> S) {
+    let s = make();
+    assert_eq!(s.change_head().unwrap(), 0);
+    seed(&s);
+    let seeded = s.changes_after(0, 100).unwrap();
+    assert_eq!(
+        seeded.iter().map(|c| &c.change).collect::<Vec<_>>(),
+        [&Change::ModelProfile {
+            model: model("pump")
+        }],
+        "tenants and manufacturers are not the loop's business; a model is"
+    );
+    let from = s.change_head().unwrap();
+    let d = dref("acme", "pump-1");
+    s.create_device(
+        &new_device("acme", "pump-1", None),
+        &entry("create", "acme/pump-1"),
+    )
+    .unwrap();
+    let pin = serde_json::json!({ "tier": "restricted" });
+    s.set_device_pin(&d, Some(&pin), &entry("pin", "acme/pump-1"))
+        .unwrap();
+    s.set_device_pin(&d, None, &entry("unpin", "acme/pump-1"))
+        .unwrap();
+    assert!(
+        s.set_device_pin(
+            &dref("acme", "nobody"),
+            None,
+            &entry("unpin", "acme/nobody")
+        )
+        .is_err()
+    );
+    s.set_device_status(&d, DeviceStatus::Blocked, &entry("block", "acme/pump-1"))
+        .unwrap();
+    s.put_policy_set(
+        "permit(principal, action, resource);",
+        "operator:alice",
+        &entry("set_policy", "policies"),
+    )
+    .unwrap();
+    s.append(&entry("login", "operator:alice")).unwrap();
+    s.append(
+        &entry("request_approval", "action:9").change(Change::ActionApproved {
+            action: ActionId(9),
+        }),
+    )
+    .unwrap();
+    s.revoke_device(
+        &d,
+        RevocationReason::KeyCompromise,
+        t0(),
+        &entry("revoke", "acme/pump-1"),
+    )
+    .unwrap();
+    let addr: std::net::IpAddr = "192.0.2.9".parse().unwrap();
+    s.put_ban(
+        addr,
+        t0() + Duration::hours(1),
+        "connect_flood",
+        &entry("ban", "192.0.2.9"),
+    )
+    .unwrap();
+    s.remove_ban(addr, &entry("unban", "192.0.2.9")).unwrap();
+
+    let feed = s.changes_after(from, 100).unwrap();
+    let expected = [
+        Change::DevicePin {
+            device: d.clone(),
+            pinned: true,
+        },
+        Change::DevicePin {
+            device: d.clone(),
+            pinned: false,
+        },
+        Change::DeviceStatus {
+            device: d.clone(),
+            status: DeviceStatus::Blocked,
+        },
+        Change::PolicySet,
+        Change::ActionApproved {
+            action: ActionId(9),
+        },
+        Change::CertificatesRevoked {
+            devices: vec![d.clone()],
+        },
+        Change::BanLifted { addr },
+    ];
+    assert_eq!(
+        feed.iter().map(|c| c.change.clone()).collect::<Vec<_>>(),
+        expected
+    );
+    assert_eq!(s.change_head().unwrap(), feed.last().unwrap().seq);
+    let actions = [
+        "pin",
+        "unpin",
+        "block",
+        "set_policy",
+        "request_approval",
+        "revoke",
+        "unban",
+    ];
+    for (c, action) in feed.iter().zip(actions) {
+        assert!(c.seq > from);
+        let audit = s.audit_records(c.audit_seq, 1).unwrap();
+        assert_eq!(
+            audit[0].action, action,
+            "change {} explains audit {}",
+            c.seq, c.audit_seq
+        );
+        assert_eq!(c.actor, "operator:test");
+        assert_eq!(c.at, audit[0].at);
+    }
+    for w in feed.windows(2) {
+        assert!(w[0].seq < w[1].seq);
+    }
+    let page = s.changes_after(from, 2).unwrap();
+    assert_eq!(page, feed[..2]);
+    let rest = s.changes_after(page[1].seq, 100).unwrap();
+    assert_eq!(rest, feed[2..]);
+    assert!(
+        s.changes_after(s.change_head().unwrap(), 100)
+            .unwrap()
+            .is_empty()
+    );
 }

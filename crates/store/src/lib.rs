@@ -20,6 +20,7 @@
 //! verify an export with another tool, is in `docs/store.md`.
 
 pub mod audit;
+pub mod change;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 mod error;
@@ -31,6 +32,7 @@ pub mod sqlite;
 mod traits;
 
 pub use audit::{AuditEntry, AuditRecord, Tamper, VerifyError, VerifyReport};
+pub use change::{Change, ChangeRecord};
 pub use error::{
     AuditError, BackendError, OpenError, ReadError, TokenEnrollError, TokenError, WriteError,
 };

@@ -7,6 +7,7 @@ use gatehouse_types::{DeviceRef, Finding, TenantId};
 use time::OffsetDateTime;
 
 use crate::audit::{AuditEntry, AuditRecord, VerifyError, VerifyReport};
+use crate::change::ChangeRecord;
 use crate::error::{AuditError, ReadError, TokenEnrollError, TokenError, WriteError};
 use crate::incident::*;
 use crate::model::*;
@@ -22,6 +23,13 @@ pub trait AuditLog: Send + Sync {
 
     /// The last record's seq and hash, `None` for an empty log.
     fn audit_head(&self) -> Result<Option<(u64, String)>, AuditError>;
+
+    /// The change feed from after `after`, in order, at most `limit` records (see
+    /// [`crate::change`]).
+    fn changes_after(&self, after: u64, limit: usize) -> Result<Vec<ChangeRecord>, AuditError>;
+
+    /// The last change's seq, 0 for an empty feed.
+    fn change_head(&self) -> Result<u64, AuditError>;
 
     /// Writes every record as one JSON line, in order; returns how many.
     fn export_jsonl(&self, out: &mut dyn std::io::Write) -> Result<u64, AuditError>;

@@ -32,4 +32,5 @@ suites!(
     actions,
     bans,
     respond_changes_keep_the_audit_chain,
+    change_feed_follows_the_writes_the_loop_acts_on,
 );

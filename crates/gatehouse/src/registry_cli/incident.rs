@@ -12,8 +12,8 @@ use std::net::IpAddr;
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 use gatehouse_store::{
-    ActionFilter, ActionId, ActionState, AuditLog, DeviceStatus, IncidentDetail, IncidentFilter,
-    IncidentId, IncidentState, Registry, StoredAction, TimelineEvent, WriteError,
+    ActionFilter, ActionId, ActionState, AuditLog, Change, DeviceStatus, IncidentDetail,
+    IncidentFilter, IncidentId, IncidentState, Registry, StoredAction, TimelineEvent, WriteError,
 };
 use gatehouse_types::DeviceRef;
 use serde_json::json;
@@ -318,10 +318,11 @@ fn approve(ctx: &Ctx, id: ActionId) -> Result<()> {
             a.state.as_str()
         );
     }
-    // The running server carries it out when it reads this record.
+    // The running server carries it out when it reads the change from its feed.
     let audit = ctx
         .entry("request_approval", format!("action:{id}"))
-        .reason(format!("{} approved from the command line", a.kind));
+        .reason(format!("{} approved from the command line", a.kind))
+        .change(Change::ActionApproved { action: id });
     ctx.store.append(&audit)?;
     ctx.print(&json!({ "action": id, "requested": true }), || {
         format!(
@@ -371,17 +372,21 @@ fn release(ctx: &Ctx, id: ActionId, note: Option<String>) -> Result<()> {
             .with_context(|| format!("{} action {id} names no device", a.kind))
     };
     // The registry side here; the live side (broker bans and throttles) when the running
-    // server reads the reverse_action record.
+    // server reads the reversal from its change feed.
     match a.kind.as_str() {
         "quarantine" => {
             let d = device()?;
             let audit = ctx
                 .entry("unpin", d.to_string())
-                .reason(format!("released from quarantine (action {id})"));
+                .reason(format!("released from quarantine (action {id})"))
+                .change(Change::DevicePin {
+                    device: d.clone(),
+                    pinned: false,
+                });
             match ctx.store.set_device_pin(&d, None, &audit) {
                 Ok(_) => {}
                 // Outside the registry (a certificate issued by hand): its pin lives in
-                // the running server, which lifts it when it reads this record.
+                // the running server, which lifts it when it reads the change.
                 Err(WriteError::NotFound { .. }) => {
                     ctx.store.append(&audit)?;
                 }
@@ -415,7 +420,8 @@ fn release(ctx: &Ctx, id: ActionId, note: Option<String>) -> Result<()> {
             note.clone()
                 .unwrap_or_else(|| "released by an operator".into()),
         )
-        .detail(json!({ "kind": a.kind }));
+        .detail(json!({ "kind": a.kind }))
+        .change(Change::ActionReversed { action: id });
     let updated = ctx.store.set_action_state(
         id,
         ActionState::Reversed,

@@ -7,8 +7,8 @@ use std::time::{Duration, SystemTime};
 
 use gatehouse_respond::{Action, Mode, PlannedAction, Webhook};
 use gatehouse_store::{
-    ActionFilter, ActionId, ActionRecord, ActionState, AuditEntry, DeviceStatus, IncidentId,
-    RevocationReason, StoredAction,
+    ActionFilter, ActionId, ActionRecord, ActionState, AuditEntry, Change, ChangeRecord,
+    DeviceStatus, IncidentId, RevocationReason, StoredAction,
 };
 use gatehouse_trust::score::Pin;
 use gatehouse_types::{DeviceRef, Finding, Tier};
@@ -468,54 +468,43 @@ impl DetectionService {
         Ok(removed)
     }
 
-    /// Applies what operators did from the command line since the last call: approvals
-    /// are carried out, reversals take their data-plane side (lifting bans and throttles).
-    pub fn poll(self: &Arc<Self>) -> Result<usize, ActionError> {
-        let from = *self.audit_seen.lock();
-        let records = self.registry.audit_records(from + 1, 1000).map_err(store)?;
-        let mut last = from;
-        for r in &records {
-            last = r.seq;
-            if r.action == "add_model_profile" || r.action == "add_model" {
-                self.profiles_stale
-                    .store(true, std::sync::atomic::Ordering::Release);
-                continue;
-            }
-            if r.action == "unban"
-                && let Ok(addr) = r.subject.parse::<IpAddr>()
-            {
+    /// Applies changes from the feed that only the running server can carry out: an
+    /// action approved from the command line is carried out, the data-plane side of a
+    /// reversal or a lifted ban (the broker's ban or throttle) is undone, and a changed
+    /// model profile is read again.
+    pub fn apply_changes(self: &Arc<Self>, changes: &[ChangeRecord]) {
+        for c in changes {
+            match &c.change {
+                Change::ModelProfile { .. } => {
+                    self.profiles_stale
+                        .store(true, std::sync::atomic::Ordering::Release);
+                }
                 // Lifted by the command line (or the API: unbanning twice is harmless).
-                self.broker.unban(addr);
-                continue;
-            }
-            let Some(id) = r
-                .subject
-                .strip_prefix("action:")
-                .and_then(|s| s.parse::<ActionId>().ok())
-            else {
-                continue;
-            };
-            match r.action.as_str() {
-                "request_approval" => {
-                    if let Err(e) = self.approve(id, &r.actor) {
-                        warn!(action = %id, error = %e, "approving an action failed");
+                Change::BanLifted { addr } => {
+                    self.broker.unban(*addr);
+                }
+                Change::ActionApproved { action } => {
+                    if let Err(e) = self.approve(*action, &c.actor) {
+                        warn!(action = %action, error = %e, "approving an action failed");
                     }
                 }
-                "reverse_action" => match self.registry.get_action(id) {
+                Change::ActionReversed { action } => match self.registry.get_action(*action) {
                     Ok(Some(stored)) => {
-                        if let Err(e) = self.undo(&stored, &r.actor, false) {
-                            warn!(action = %id, error = %e, "reversing an action failed");
+                        if let Err(e) = self.undo(&stored, &c.actor, false) {
+                            warn!(action = %action, error = %e, "reversing an action failed");
                         }
                     }
                     Ok(None) => {}
-                    Err(e) => warn!(action = %id, error = %e, "reading an action failed"),
+                    Err(e) => warn!(action = %action, error = %e, "reading an action failed"),
                 },
                 _ => {}
             }
         }
-        *self.audit_seen.lock() = last;
-        self.expire_actions()?;
-        Ok(records.len())
+    }
+
+    /// What time alone changes: timed actions whose time is up are marked as ended.
+    pub fn tick(&self) -> Result<(), ActionError> {
+        self.expire_actions()
     }
 
     /// Marks the timed actions whose time is up as reversed by `system` (their effect has

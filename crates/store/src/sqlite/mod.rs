@@ -27,6 +27,7 @@ use time::OffsetDateTime;
 pub use schema::{MIGRATIONS, SCHEMA_VERSION};
 
 use crate::audit::{self, AuditEntry, AuditRecord, VerifyError, VerifyReport};
+use crate::change::{Change, ChangeRecord};
 use crate::error::*;
 use crate::hex;
 use crate::incident::*;
@@ -394,7 +395,41 @@ fn append_tx(tx: &Transaction<'_>, entry: &AuditEntry) -> Result<AuditRecord, Ba
         ],
     )
     .map_err(backend)?;
+    if let Some(change) = &entry.change {
+        insert_change_tx(tx, &rec, change)?;
+    }
     Ok(rec)
+}
+
+/// Appends one audit record inside `tx` with the change it explains: the caller's, if
+/// its entry carries one, or else `change`.
+pub(crate) fn append_change_tx(
+    tx: &Transaction<'_>,
+    entry: &AuditEntry,
+    change: Change,
+) -> Result<AuditRecord, BackendError> {
+    if entry.change.is_some() {
+        return append_tx(tx, entry);
+    }
+    let rec = append_tx(tx, entry)?;
+    insert_change_tx(tx, &rec, &change)?;
+    Ok(rec)
+}
+
+fn insert_change_tx(
+    tx: &Transaction<'_>,
+    rec: &AuditRecord,
+    change: &Change,
+) -> Result<(), BackendError> {
+    let text = serde_json::to_string(change)
+        .map_err(|e| BackendError::msg(format!("encoding a change: {e}")))?;
+    let audit_seq = i64::try_from(rec.seq).map_err(|_| BackendError::msg("audit seq overflow"))?;
+    tx.execute(
+        "INSERT INTO changes (audit_seq, at, actor, change) VALUES (?1, ?2, ?3, ?4)",
+        params![audit_seq, rec.at, rec.actor, text],
+    )
+    .map_err(backend)?;
+    Ok(())
 }
 
 fn exists(tx: &Connection, sql: &str, p: impl rusqlite::Params) -> Result<bool, WriteError> {
@@ -757,6 +792,42 @@ impl AuditLog for SqliteStore {
         .transpose()
     }
 
+    fn changes_after(&self, after: u64, limit: usize) -> Result<Vec<ChangeRecord>, AuditError> {
+        let after = i64::try_from(after).unwrap_or(i64::MAX);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows: Vec<(i64, i64, i64, String, String)> = self.list(
+            "SELECT seq, audit_seq, at, actor, change FROM changes WHERE seq > ?1 \
+             ORDER BY seq LIMIT ?2",
+            params![after, limit],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+        )?;
+        rows.into_iter()
+            .map(|(seq, audit_seq, at, actor, change)| {
+                let corrupt = |what: &str| AuditError::Corrupt {
+                    what: format!("{what} of change {seq}"),
+                };
+                Ok(ChangeRecord {
+                    seq: u64::try_from(seq).map_err(|_| corrupt("seq"))?,
+                    audit_seq: u64::try_from(audit_seq).map_err(|_| corrupt("audit seq"))?,
+                    at,
+                    actor,
+                    change: serde_json::from_str(&change).map_err(|_| corrupt("text"))?,
+                })
+            })
+            .collect()
+    }
+
+    fn change_head(&self) -> Result<u64, AuditError> {
+        let head: i64 = self.read(|c| {
+            c.query_row("SELECT COALESCE(MAX(seq), 0) FROM changes", [], |r| {
+                r.get(0)
+            })
+        })?;
+        u64::try_from(head).map_err(|_| AuditError::Corrupt {
+            what: "change seq".to_owned(),
+        })
+    }
+
     fn export_jsonl(&self, out: &mut dyn std::io::Write) -> Result<u64, AuditError> {
         // In pages, so a long log is not held in memory at once.
         let mut next = 1u64;
@@ -933,7 +1004,13 @@ impl Registry for SqliteStore {
                 ],
             )
             .map_err(write_err(&format!("model {}", m.id)))?;
-            append_tx(tx, audit)?;
+            append_change_tx(
+                tx,
+                audit,
+                Change::ModelProfile {
+                    model: m.id.clone(),
+                },
+            )?;
             Ok(out)
         })
     }
@@ -986,7 +1063,13 @@ impl Registry for SqliteStore {
                 params![model.as_str(), i64::from(version), toml, secs(audit.at)],
             )
             .map_err(write_err("model profile"))?;
-            append_tx(tx, audit)?;
+            append_change_tx(
+                tx,
+                audit,
+                Change::ModelProfile {
+                    model: model.clone(),
+                },
+            )?;
             Ok(ModelProfile {
                 model: model.clone(),
                 version,
@@ -1210,7 +1293,14 @@ impl Registry for SqliteStore {
                     what: format!("device {d}"),
                 });
             }
-            append_tx(tx, audit)?;
+            append_change_tx(
+                tx,
+                audit,
+                Change::DeviceStatus {
+                    device: d.clone(),
+                    status,
+                },
+            )?;
             get_device_tx(tx, d)
                 .map_err(write_err("device"))?
                 .ok_or_else(|| WriteError::NotFound {
@@ -1309,7 +1399,13 @@ impl Registry for SqliteStore {
                 params![serial.as_str(), secs(at), i64::from(reason.code())],
             )
             .map_err(write_err("certificate"))?;
-            append_tx(tx, audit)?;
+            append_change_tx(
+                tx,
+                audit,
+                Change::CertificatesRevoked {
+                    devices: vec![c.device.clone()],
+                },
+            )?;
             get_cert_tx(tx, serial.as_str())
                 .map_err(write_err("certificate"))?
                 .ok_or_else(|| WriteError::NotFound {
@@ -1333,7 +1429,13 @@ impl Registry for SqliteStore {
                 || format!("device {d}"),
             )?;
             let out = revoke_device_certs_tx(tx, d, reason, secs(at))?;
-            append_tx(tx, audit)?;
+            append_change_tx(
+                tx,
+                audit,
+                Change::CertificatesRevoked {
+                    devices: vec![d.clone()],
+                },
+            )?;
             Ok(out)
         })
     }
@@ -1391,7 +1493,13 @@ impl Registry for SqliteStore {
                     .extend(revoke_device_certs_tx(tx, &d, reason, secs(at))?);
                 out.devices.push(d);
             }
-            append_tx(tx, audit)?;
+            append_change_tx(
+                tx,
+                audit,
+                Change::CertificatesRevoked {
+                    devices: out.devices.clone(),
+                },
+            )?;
             Ok(out)
         })
     }
@@ -1616,7 +1724,14 @@ impl Registry for SqliteStore {
                 params![d.tenant.as_str(), d.device.as_str(), secs(audit.at), pin],
             )
             .map_err(write_err(&format!("trust state of device {d}")))?;
-            append_tx(tx, audit)?;
+            append_change_tx(
+                tx,
+                audit,
+                Change::DevicePin {
+                    device: d.clone(),
+                    pinned: pin.is_some(),
+                },
+            )?;
             trust_after_write(tx, d)
         })
     }
@@ -1708,9 +1823,10 @@ impl Registry for SqliteStore {
                 params![i64::from(version), text, secs(audit.at), created_by],
             )
             .map_err(write_err(&format!("policy set version {version}")))?;
-            append_tx(
+            append_change_tx(
                 tx,
                 &with_detail(audit, "version", serde_json::Value::from(version)),
+                Change::PolicySet,
             )?;
             Ok(PolicySetRecord {
                 version,

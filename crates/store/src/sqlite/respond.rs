@@ -9,8 +9,8 @@ use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 use time::OffsetDateTime;
 
 use super::{
-    BadValue, append_tx, conv, json, parse, parse_opt, read_err, secs, trunc, ts, ts_opt, u32_col,
-    with_detail, write_err,
+    BadValue, append_change_tx, append_tx, conv, json, parse, parse_opt, read_err, secs, trunc, ts,
+    ts_opt, u32_col, with_detail, write_err,
 };
 use crate::audit::AuditEntry;
 use crate::error::{ReadError, WriteError};
@@ -714,7 +714,7 @@ pub(super) fn remove_ban_tx(
         })?;
     tx.execute("DELETE FROM bans WHERE addr = ?1", [addr.to_string()])
         .map_err(write_err("ban"))?;
-    append_tx(tx, audit)?;
+    append_change_tx(tx, audit, crate::Change::BanLifted { addr })?;
     Ok(ban)
 }
 

@@ -245,6 +245,16 @@ CREATE TABLE web_sessions (
 ) STRICT;
 CREATE INDEX web_sessions_by_expiry ON web_sessions (expires_at);
 "#,
+    // 6: the change feed, written beside the audit record it explains.
+    r#"
+CREATE TABLE changes (
+    seq       INTEGER PRIMARY KEY,                -- the feed's order, from 1
+    audit_seq INTEGER NOT NULL,                   -- the audit record written with it
+    at        INTEGER NOT NULL,
+    actor     TEXT NOT NULL,
+    change    TEXT NOT NULL                       -- the Change as tagged JSON
+) STRICT;
+"#,
 ];
 
 /// The schema version this build writes.
