@@ -1,6 +1,12 @@
-//! The gate: the one place that decides what a session may do.
+//! The gate: what a session may do, from its identity and its device's trust verdict.
 //!
-//! The broker consults it on CONNECT, on each SUBSCRIBE filter and on each PUBLISH. It is
+//! It is one of two enforcement points. The other is the respond stage's sanctions
+//! ([`crate::sanctions`]): bans of source addresses, checked at accept before any TLS
+//! work, and throttles of devices to a rate, checked on PUBLISH after the gate allows it.
+//! Sanctions are timed reactions to findings, kept apart from the verdict so that lifting
+//! one never needs a re-assessment; both are stored as actions and restored at start.
+//!
+//! The broker consults the gate on CONNECT, on each SUBSCRIBE filter and on each PUBLISH. It is
 //! held in an [`arc_swap::ArcSwap`], so a new gate (a new policy, a trust verdict) is swapped
 //! in atomically and reaches open sessions: [`crate::Broker::set_gate`] re-checks every
 //! session's subscriptions and disconnects sessions the new gate no longer admits.

@@ -722,12 +722,14 @@ async fn cloned_certificate_is_detected() -> Result<()> {
     Ok(())
 }
 
-/// A lab whose playbook throttles a flooding device to `rate` messages a second, and the
-/// thermostat `chatty` that flooded until it was: returns the playbook's folder (keep it:
-/// a restarted server reads it again), the lab, the device's key and certificate files,
-/// its client and the throttle action.
-async fn throttled_flooder(
-    rate: f64,
+/// A lab whose one playbook answers a publish flood with `action` (a TOML action table's
+/// body) in `mode`, and the thermostat `chatty` that flooded until the action reached
+/// `state`: returns the playbook's folder (keep it: a restarted server reads it again),
+/// the lab, the device's key and certificate files, its client and the action.
+async fn flooder_under_playbook(
+    mode: &str,
+    action: &str,
+    state: &str,
 ) -> Result<(
     tempfile::TempDir,
     Lab,
@@ -736,10 +738,15 @@ async fn throttled_flooder(
     V5,
     Value,
 )> {
+    let kind = action
+        .split('"')
+        .nth(1)
+        .context("the action names its type first")?
+        .to_owned();
     let playbooks = format!(
-        "[[playbook]]\nname = \"slow-down-floods\"\nmode = \"auto\"\n\
+        "[[playbook]]\nname = \"answer-floods\"\nmode = \"{mode}\"\n\
          [playbook.when]\nkinds = [\"publish_flood\"]\nmin_severity = \"medium\"\n\
-         [[playbook.action]]\ntype = \"throttle\"\nrate = {rate:?}\nfor = \"10m\"\n"
+         [[playbook.action]]\n{action}\n"
     );
     let dir = tempfile::tempdir()?;
     let file = dir.path().join("playbooks.toml");
@@ -761,15 +768,45 @@ async fn throttled_flooder(
             )
             .await?;
     }
-    let action = eventually(support::WAIT, "a throttle", || {
-        let (s, v) = lab.api("GET", "/api/v1/actions?state=done", None)?;
+    let found = eventually(support::WAIT, &format!("a {kind} action {state}"), || {
+        let (s, v) = lab.api("GET", &format!("/api/v1/actions?state={state}"), None)?;
         ensure!(s == 200, "actions: {s} {v}");
         Ok(v["actions"]
             .as_array()
-            .and_then(|a| a.iter().find(|a| a["kind"] == "throttle").cloned()))
+            .and_then(|a| a.iter().find(|a| a["kind"] == kind.as_str()).cloned()))
     })
     .await?;
-    Ok((dir, lab, key, cert, client, action))
+    Ok((dir, lab, key, cert, client, found))
+}
+
+/// [`flooder_under_playbook`] with a throttle to `rate` messages a second, carried out.
+async fn throttled_flooder(
+    rate: f64,
+) -> Result<(
+    tempfile::TempDir,
+    Lab,
+    std::path::PathBuf,
+    std::path::PathBuf,
+    V5,
+    Value,
+)> {
+    flooder_under_playbook(
+        "auto",
+        &format!("type = \"throttle\"\nrate = {rate:?}\nfor = \"10m\""),
+        "done",
+    )
+    .await
+}
+
+/// Kills the lab's server with SIGKILL and starts it again on the same data directory.
+async fn crash_and_restart(lab: Lab) -> Result<Lab> {
+    let Lab {
+        mut gh,
+        dir: lab_dir,
+    } = lab;
+    gh.crash().await?;
+    let gh = gh.restart().await?;
+    Ok(Lab { gh, dir: lab_dir })
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -911,14 +948,7 @@ async fn throttle_survives_a_crash_of_the_server() -> Result<()> {
     let (_dir, lab, key, cert, client, _action) = throttled_flooder(0.2).await?;
     drop(client);
 
-    // kill -9, and start again on the same data directory.
-    let Lab {
-        mut gh,
-        dir: lab_dir,
-    } = lab;
-    gh.crash().await?;
-    let gh = gh.restart().await?;
-    let lab = Lab { gh, dir: lab_dir };
+    let lab = crash_and_restart(lab).await?;
     let tls = tls_from_files(&lab, &key, &cert)?;
     let mut client = V5::connect_as(lab.gh.listeners.mqtts, tls, "chatty").await?;
     // At one message every five seconds, a quick run of QoS 1 publishes meets 0x97 quota
@@ -933,6 +963,88 @@ async fn throttle_survives_a_crash_of_the_server() -> Result<()> {
     ensure!(
         refused >= 6,
         "only {refused} of 8 refused after the restart: the throttle was lifted"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pending_approval_survives_a_crash_and_is_carried_out_when_approved_from_the_command_line()
+-> Result<()> {
+    if skip() {
+        return Ok(());
+    }
+    let (_dir, lab, key, cert, client, action) = flooder_under_playbook(
+        "approve",
+        "type = \"quarantine\"\nfor = \"10m\"",
+        "pending_approval",
+    )
+    .await?;
+    drop(client);
+    let lab = crash_and_restart(lab).await?;
+    let id = id_text(&action["id"]);
+    let (s, v) = lab.api("GET", "/api/v1/actions?state=pending_approval", None)?;
+    ensure!(
+        s == 200
+            && v["actions"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|a| id_text(&a["id"]) == id)),
+        "the pending action is gone after the restart: {s} {v}"
+    );
+    // Approved from the command line, which writes only the database: the running
+    // server finds the approval on its change feed and carries the quarantine out.
+    lab.gh.cli(&["incident", "approve", &id]).await?;
+    eventually(support::WAIT, "the approved quarantine carried out", || {
+        let (s, v) = lab.api("GET", "/api/v1/actions?state=done", None)?;
+        ensure!(s == 200, "actions: {s} {v}");
+        Ok(v["actions"]
+            .as_array()
+            .and_then(|a| a.iter().find(|a| id_text(&a["id"]) == id).cloned()))
+    })
+    .await?;
+    lab.wait_for_tier("chatty", "quarantined", support::WAIT)
+        .await?;
+    let tls = tls_from_files(&lab, &key, &cert)?;
+    let mut client = V5::connect_as(lab.gh.listeners.mqtts, tls, "chatty").await?;
+    let reason = publish_acked(&mut client, "chatty").await?;
+    ensure!(
+        reason == PubAckReason::NotAuthorized,
+        "a quarantined device's publish was answered {reason:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pin_survives_a_crash_of_the_server() -> Result<()> {
+    if skip() {
+        return Ok(());
+    }
+    let lab = lab("").await?;
+    let (key, cert, client) = thermostat(&lab, "pinned").await?;
+    drop(client);
+    lab.gh
+        .cli(&[
+            "device",
+            "pin",
+            "default/pinned",
+            "--tier",
+            "quarantined",
+            "--for",
+            "1h",
+            "--reason",
+            "held for inspection",
+        ])
+        .await?;
+    lab.wait_for_tier("pinned", "quarantined", support::WAIT)
+        .await?;
+    let lab = crash_and_restart(lab).await?;
+    lab.wait_for_tier("pinned", "quarantined", support::WAIT)
+        .await?;
+    let tls = tls_from_files(&lab, &key, &cert)?;
+    let mut client = V5::connect_as(lab.gh.listeners.mqtts, tls, "pinned").await?;
+    let reason = publish_acked(&mut client, "pinned").await?;
+    ensure!(
+        reason == PubAckReason::NotAuthorized,
+        "the pinned device's publish was answered {reason:?} after the restart"
     );
     Ok(())
 }
