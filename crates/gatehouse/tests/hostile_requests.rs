@@ -1,7 +1,8 @@
 //! Requests built to take the whole gateway down, against the real binary (threats 16 and
-//! 17): policy text nested to overflow a parser's stack, and floods of expensive password
-//! checks from many addresses, each under its own rate. Each must be refused or shed, and
-//! the broker must go on serving certificate devices.
+//! 17): policy text nested to overflow a parser's stack, floods of expensive password
+//! checks from many addresses, each under its own rate, connections opened and left idle
+//! before CONNECT, and floods of connection attempts. Each must be refused, shed or timed
+//! out, and the broker must go on serving certificate devices.
 
 mod support;
 
@@ -444,4 +445,285 @@ async fn kill_9_during_an_enrollment_and_revocation_storm_loses_no_acknowledged_
         verified.trim()
     );
     Ok(())
+}
+
+/// What each file descriptor the process holds open refers to (`socket:[…]`, a path),
+/// by descriptor number.
+fn open_fds(pid: u32) -> Result<std::collections::BTreeMap<u32, String>> {
+    let mut fds = std::collections::BTreeMap::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .with_context(|| format!("the server (pid {pid}) is gone"))?
+    {
+        let entry = entry?;
+        let Some(fd) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+            continue;
+        };
+        // Closed between the listing and the read: not open any more.
+        if let Ok(target) = std::fs::read_link(entry.path()) {
+            fds.insert(fd, target.display().to_string());
+        }
+    }
+    Ok(fds)
+}
+
+/// The first bytes of a TLS ClientHello that announces 508 bytes of handshake and stops
+/// after the version and a few bytes of the random: the server must wait for the rest.
+fn partial_client_hello() -> Vec<u8> {
+    let mut bytes = vec![0x16, 0x03, 0x01, 0x02, 0x00]; // handshake record, 512 bytes
+    bytes.extend([0x01, 0x00, 0x01, 0xfc]); // ClientHello, 508 bytes
+    bytes.extend([0x03, 0x03]); // TLS 1.2 legacy version
+    bytes.extend([0x5a; 12]); // 12 of the 32 bytes of random
+    bytes
+}
+
+/// A connection that never sends CONNECT.
+enum Idle {
+    /// TCP only: nothing sent, or a ClientHello cut short.
+    Tcp(TcpStream),
+    /// A completed mutual-TLS handshake.
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn idle_tls_connections_do_not_keep_a_real_device_out() -> Result<()> {
+    // Short deadlines so that the test is quick, but long enough for 500 connections to
+    // be opened (a third of them with a TLS handshake) on a small, shared machine.
+    const DEADLINE: &str = "5s";
+    let gh = Gatehouse::start(Options::extra(&format!(
+        "{LAB_POLICY}\n[limits]\ntls_handshake_timeout = \"{DEADLINE}\"\n\
+         connect_timeout = \"{DEADLINE}\"\n"
+    )))
+    .await?;
+    still_serving(&gh, "before-idle").await?;
+    gh.wait_metric_at_most("gatehouse_connections_open", 0.0)
+        .await?;
+    let mqtts = gh.listeners.mqtts;
+    let idle_tls = gh.client_tls("idle-tls")?;
+
+    // 500 connections from ten addresses, 50 each (within each address's burst of 100):
+    // a third send nothing, a third send the start of a ClientHello, a third complete the
+    // TLS handshake with a valid certificate. None sends CONNECT.
+    const IDLE: usize = 500;
+    let mut opening = Vec::new();
+    for i in 0..IDLE {
+        let tls = idle_tls.clone();
+        opening.push(tokio::spawn(async move {
+            let work = async {
+                let mut tcp = connect_from(10 + (i % 10) as u8, mqtts).await?;
+                Ok::<_, anyhow::Error>(match i % 3 {
+                    0 => Idle::Tcp(tcp),
+                    1 => {
+                        tcp.write_all(&partial_client_hello()).await?;
+                        Idle::Tcp(tcp)
+                    }
+                    _ => {
+                        let name = ServerName::IpAddress(mqtts.ip().into());
+                        let tls = tokio_rustls::TlsConnector::from(tls)
+                            .connect(name, tcp)
+                            .await?;
+                        Idle::Tls(Box::new(tls))
+                    }
+                })
+            };
+            tokio::time::timeout(WAIT, work)
+                .await
+                .with_context(|| format!("opening idle connection {i} timed out"))?
+        }));
+    }
+    let mut idle = Vec::with_capacity(IDLE);
+    for (i, o) in opening.into_iter().enumerate() {
+        idle.push(o.await?.with_context(|| format!("idle connection {i}"))?);
+    }
+    let tls_idle = idle.iter().filter(|c| matches!(c, Idle::Tls(_))).count();
+    // The server holds every one of them.
+    gh.wait_metric("gatehouse_connections_open", IDLE as f64)
+        .await?;
+
+    // While they are all open, an enrolled certificate device connects and gets its own
+    // message back through the broker.
+    let started = Instant::now();
+    let device = "real-device";
+    let mut dev = V5::connect_as(mqtts, gh.client_tls(device)?, device).await?;
+    let topic = format!("lab/{device}");
+    dev.subscribe(&topic, Q5::AtLeastOnce).await?;
+    dev.client
+        .publish(&topic, Q5::AtLeastOnce, false, "let in")
+        .await?;
+    let p = dev
+        .publish()
+        .await
+        .context("round trip through the broker")?;
+    ensure!(p.payload.as_ref() == b"let in", "got {p:?}");
+    let device_took = started.elapsed();
+    // ...and none of the idle ones had been let go yet: the device got in beside them.
+    let open = gh.metric("gatehouse_connections_open").await?;
+    ensure!(
+        open >= (IDLE + 1) as f64,
+        "only {open} connections open with the device in: the idle ones were closed before \
+         the device was served (raise DEADLINE if the machine is this slow)"
+    );
+    dev.disconnect().await?;
+
+    // The server closes every idle connection by itself: each is read until it ends.
+    let closing: Vec<_> = idle
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| {
+            tokio::spawn(async move {
+                let closed = match c {
+                    Idle::Tcp(mut s) => raw::read_until_closed(&mut s, WAIT * 2).await,
+                    Idle::Tls(mut s) => raw::read_until_closed(&mut *s, WAIT * 2).await,
+                };
+                closed.with_context(|| format!("idle connection {i}"))
+            })
+        })
+        .collect();
+    let mut sent_nothing = 0;
+    for c in closing {
+        let closed = c.await??;
+        // Whatever it answered (TLS session tickets), it is no MQTT packet.
+        if closed.bytes.is_empty() {
+            sent_nothing += 1;
+        }
+    }
+    let all_closed = started.elapsed();
+    gh.wait_metric_at_most("gatehouse_connections_open", 0.0)
+        .await?;
+    // Closed by the deadlines, and counted under them.
+    let handshake_timeouts = gh
+        .metric("gatehouse_tls_failures_total{reason=\"handshake_timeout\"}")
+        .await?;
+    let connect_timeouts = gh
+        .metric("gatehouse_connections_refused_total{reason=\"connect_timeout\"}")
+        .await?;
+    println!(
+        "idle: {IDLE} connections ({tls_idle} with TLS done) held; a device connected and \
+         round-tripped in {device_took:?} beside them; all closed by the server \
+         {all_closed:?} after that ({sent_nothing} without a byte); {handshake_timeouts} \
+         handshake timeouts, {connect_timeouts} CONNECT timeouts counted"
+    );
+    ensure!(
+        handshake_timeouts >= (IDLE - tls_idle) as f64,
+        "{handshake_timeouts} handshake timeouts for {} connections without TLS",
+        IDLE - tls_idle
+    );
+    ensure!(
+        connect_timeouts >= tls_idle as f64,
+        "{connect_timeouts} CONNECT timeouts for {tls_idle} TLS connections without CONNECT"
+    );
+    still_serving(&gh, "after-idle").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn connection_flood_is_refused_by_rate_without_leaking_descriptors() -> Result<()> {
+    // The default rate (50 new connections a second from one address, bursts of 100);
+    // a short handshake deadline, so that admitted connections that send nothing go soon.
+    let gh = Gatehouse::start(Options::extra(&format!(
+        "{LAB_POLICY}\n[limits]\ntls_handshake_timeout = \"2s\"\n"
+    )))
+    .await?;
+    let pid = gh.pid().context("server pid")?;
+    // Everything the server opens once (stores, logs, the first TLS sessions) is open.
+    still_serving(&gh, "before-flood").await?;
+    gh.wait_metric_at_most("gatehouse_connections_open", 0.0)
+        .await?;
+    const RATE: &str = "gatehouse_connections_refused_total{reason=\"connect_rate_exceeded\"}";
+    const ACCEPTED: &str = "gatehouse_connections_accepted_total";
+    let refused_before = gh.metric(RATE).await?;
+    let accepted_before = gh.metric(ACCEPTED).await?;
+    let fds_before = open_fds(pid)?;
+
+    // 3,000 attempts from one address (not the device's), at most 200 at a time, in four
+    // manners: dropped at once; the start of a ClientHello, then closed; held open until
+    // the server closes it; a TLS handshake with a valid certificate, then dropped
+    // without CONNECT.
+    const ATTEMPTS: usize = 3_000;
+    const FLOODER: u8 = 66;
+    let mqtts = gh.listeners.mqtts;
+    let tls = gh.client_tls("flood")?;
+    let slots = Arc::new(tokio::sync::Semaphore::new(200));
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(ATTEMPTS);
+    for i in 0..ATTEMPTS {
+        let permit = slots.clone().acquire_owned().await?;
+        let tls = tls.clone();
+        tasks.push(tokio::spawn(async move {
+            let _permit = permit;
+            let work = async {
+                let mut tcp = connect_from(FLOODER, mqtts).await?;
+                match i % 4 {
+                    0 => drop(tcp),
+                    1 => {
+                        // Refused ones may already be closed: the write may fail.
+                        let _ = tcp.write_all(&partial_client_hello()).await;
+                        let _ = tcp.shutdown().await;
+                        raw::read_until_closed(&mut tcp, WAIT).await?;
+                    }
+                    2 => {
+                        raw::read_until_closed(&mut tcp, WAIT).await?;
+                    }
+                    _ => {
+                        let name = ServerName::IpAddress(mqtts.ip().into());
+                        // A refused connection fails the handshake.
+                        if let Ok(s) = tokio_rustls::TlsConnector::from(tls)
+                            .connect(name, tcp)
+                            .await
+                        {
+                            drop(s);
+                        }
+                    }
+                }
+                Ok::<_, anyhow::Error>(())
+            };
+            tokio::time::timeout(WAIT * 2, work)
+                .await
+                .with_context(|| format!("flood attempt {i} timed out"))?
+        }));
+    }
+    for (i, t) in tasks.into_iter().enumerate() {
+        t.await?.with_context(|| format!("flood attempt {i}"))?;
+    }
+    let flood_took = started.elapsed();
+
+    // Every connection is closed on the client's side; the server lets go of all of them.
+    gh.wait_metric_at_most("gatehouse_connections_open", 0.0)
+        .await?;
+    const MARGIN: usize = 5;
+    let deadline = Instant::now() + WAIT;
+    let mut after = open_fds(pid)?;
+    while after.len() > fds_before.len() + MARGIN {
+        if Instant::now() >= deadline {
+            let new: Vec<_> = after
+                .iter()
+                .filter(|&(fd, target)| fds_before.get(fd) != Some(target))
+                .collect();
+            bail!(
+                "the server holds {} descriptors after the flood, {} before it; new: {new:?}",
+                after.len(),
+                fds_before.len()
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        after = open_fds(pid)?;
+    }
+    let new: Vec<_> = after
+        .iter()
+        .filter(|&(fd, target)| fds_before.get(fd) != Some(target))
+        .collect();
+    let refused = gh.metric(RATE).await? - refused_before;
+    let accepted = gh.metric(ACCEPTED).await? - accepted_before;
+    println!(
+        "connection flood: {ATTEMPTS} attempts from 127.0.0.{FLOODER} in {flood_took:?}; \
+         {accepted} accepted at TCP level, {refused} refused by the rate limit; \
+         descriptors before {}, after {} (new: {new:?})",
+        fds_before.len(),
+        after.len()
+    );
+    ensure!(
+        accepted >= ATTEMPTS as f64,
+        "only {accepted} of {ATTEMPTS} attempts reached the server"
+    );
+    ensure!(refused > 0.0, "the rate limit refused none of {ATTEMPTS}");
+    // A real device, from another address, still gets in and round-trips.
+    still_serving(&gh, "after-flood").await
 }
