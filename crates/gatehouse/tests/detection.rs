@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::mqttbytes::v5::PubAckReason;
+use rumqttc::v5::mqttbytes::v5::{PubAckReason, SubscribeReasonCode};
 use serde_json::{Value, json};
 use support::clients::V5;
 use support::lab::*;
@@ -100,6 +100,74 @@ async fn publish_acked(client: &mut V5, name: &str) -> Result<PubAckReason> {
         .await?;
     let ack = client.puback().await?;
     Ok(ack.reason)
+}
+
+/// The device's command topic: a subscription its profile grants while it is trusted.
+fn commands(name: &str) -> String {
+    format!("devices/{name}/commands/+")
+}
+
+/// The SUBACK's reason code for one subscription.
+async fn suback_code(client: &mut V5, filter: &str) -> Result<SubscribeReasonCode> {
+    client.client.subscribe(filter, QoS::AtLeastOnce).await?;
+    let codes = client.suback().await?;
+    match codes.as_slice() {
+        [code] => Ok(*code),
+        _ => anyhow::bail!("one filter, {} reason codes: {codes:?}", codes.len()),
+    }
+}
+
+/// Before anything happens: the trusted device's session may publish its telemetry and
+/// holds a subscription to its commands, so that a quarantine has something to take.
+async fn profile_is_open(client: &mut V5, name: &str) -> Result<()> {
+    let reason = publish_acked(client, name).await?;
+    ensure!(
+        reason == PubAckReason::Success,
+        "a trusted device's telemetry is refused: {reason:?}"
+    );
+    let code = suback_code(client, &commands(name)).await?;
+    ensure!(
+        matches!(code, SubscribeReasonCode::Success(_)),
+        "a trusted device's command subscription is refused: {code:?}"
+    );
+    Ok(())
+}
+
+/// The quarantine reached the device's own open MQTT 5 session: it is told on its notice
+/// topic that its command subscription was taken, its telemetry is refused with PUBACK
+/// 0x87 and subscribing to its commands again with SUBACK 0x87. (The same packets were
+/// accepted before, in [`profile_is_open`]: with no quarantine this fails.)
+async fn quarantine_is_enforced_on_its_session(client: &mut V5, name: &str) -> Result<()> {
+    let notice = client
+        .publish()
+        .await
+        .context("no notice of the removed subscription")?;
+    ensure!(
+        notice.topic.as_ref() == format!("$gatehouse/{name}/notice").as_bytes(),
+        "unexpected message {notice:?}"
+    );
+    ensure!(
+        notice.properties.as_ref().is_some_and(|p| p
+            .user_properties
+            .contains(&("gatehouse-notice".into(), "subscriptions-removed".into()))),
+        "the notice is not marked as one: {notice:?}"
+    );
+    let body: Value = serde_json::from_slice(&notice.payload)?;
+    ensure!(
+        body["event"] == "subscriptions_removed" && body["filters"] == json!([commands(name)]),
+        "{body}"
+    );
+    let reason = publish_acked(client, name).await?;
+    ensure!(
+        reason == PubAckReason::NotAuthorized,
+        "a quarantined device's telemetry is refused, got PUBACK {reason:?}"
+    );
+    let code = suback_code(client, &commands(name)).await?;
+    ensure!(
+        code == SubscribeReasonCode::NotAuthorized,
+        "a quarantined device may not subscribe to its commands, got SUBACK {code:?}"
+    );
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -220,18 +288,29 @@ async fn scanning_device_is_quarantined() -> Result<()> {
         return Ok(());
     }
     let lab = lab("").await?;
-    let (_key, _cert, client) = thermostat(&lab, "scanner").await?;
+    let (_key, _cert, mut client) = thermostat(&lab, "scanner").await?;
     lab.wait_for_tier("scanner", "trusted", support::WAIT)
         .await?;
+    profile_is_open(&mut client, "scanner").await?;
     // Probing other devices' topics and the broker's.
-    for i in 0..30 {
+    const PROBES: usize = 30;
+    for i in 0..PROBES {
         client
             .client
             .subscribe(format!("devices/victim-{i}/commands/set"), QoS::AtMostOnce)
             .await?;
     }
+    // Its subscriptions outside the profile are refused all along.
+    for i in 0..PROBES {
+        let codes = client.suback().await?;
+        ensure!(
+            codes == [SubscribeReasonCode::NotAuthorized],
+            "probe {i} was answered {codes:?}"
+        );
+    }
     lab.wait_for_tier("scanner", "quarantined", support::WAIT)
         .await?;
+    quarantine_is_enforced_on_its_session(&mut client, "scanner").await?;
     let detail = incident_of(&lab, "scanner", "topic_scanning").await?;
     ensure!(
         detail["incident"]["technique"].as_str().is_some(),
@@ -243,8 +322,7 @@ async fn scanning_device_is_quarantined() -> Result<()> {
             .is_some_and(|e| !e.is_empty()),
         "{detail:#}"
     );
-    // Its subscriptions outside the profile were refused all along; now even its own
-    // command topic is gone.
+    // The quarantine is the incident's action, done.
     let (s, v) = lab.api(
         "GET",
         &format!(
@@ -269,9 +347,10 @@ async fn brute_forcing_device_is_quarantined() -> Result<()> {
         return Ok(());
     }
     let lab = lab("").await?;
-    let (key, cert, _client) = thermostat(&lab, "guesser").await?;
+    let (key, cert, mut client) = thermostat(&lab, "guesser").await?;
     lab.wait_for_tier("guesser", "trusted", support::WAIT)
         .await?;
+    profile_is_open(&mut client, "guesser").await?;
     // The device tries to log in as others: its certificate, other client ids. Every
     // attempt is refused (client id differs from the certificate's device).
     for i in 0..15 {
@@ -287,6 +366,8 @@ async fn brute_forcing_device_is_quarantined() -> Result<()> {
             .is_some_and(|f| f.iter().any(|f| f["name"] == "credential_brute_force")),
         "the finding is a behaviour factor of the score: {v:#}"
     );
+    // The session it kept open all along is narrowed too.
+    quarantine_is_enforced_on_its_session(&mut client, "guesser").await?;
     let detail = incident_of(&lab, "guesser", "credential_brute_force").await?;
     ensure!(
         detail["findings"][0]["finding"]["evidence"]["failures"].is_string(),
