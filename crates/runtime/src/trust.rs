@@ -299,11 +299,7 @@ pub const MAX_BEHAVIOUR_PENALTIES: usize = 64;
 /// Drops penalties decayed below a tenth of a point and keeps the
 /// [`MAX_BEHAVIOUR_PENALTIES`] heaviest now.
 fn prune_behaviour(list: &mut Vec<BehaviourPenalty>, half_life: Duration, now: SystemTime) {
-    let half = half_life.as_secs_f64().max(1.0);
-    let weight = |b: &BehaviourPenalty| {
-        let age = now.duration_since(b.at).unwrap_or(Duration::ZERO);
-        b.penalty * 0.5f64.powf(age.as_secs_f64() / half)
-    };
+    let weight = |b: &BehaviourPenalty| b.penalty * b.remaining(half_life, now);
     list.retain(|b| weight(b) >= 0.1);
     if list.len() > MAX_BEHAVIOUR_PENALTIES {
         list.sort_by(|a, b| weight(b).total_cmp(&weight(a)));

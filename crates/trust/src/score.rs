@@ -131,6 +131,15 @@ pub struct BehaviourPenalty {
     pub evidence: String,
 }
 
+impl BehaviourPenalty {
+    /// The share of the penalty left at `now`: it halves every `half_life` (taken as at
+    /// least a second), and a penalty from the future has not decayed yet.
+    pub fn remaining(&self, half_life: Duration, now: SystemTime) -> f64 {
+        let age = now.duration_since(self.at).unwrap_or(Duration::ZERO);
+        0.5f64.powf(age.as_secs_f64() / half_life.as_secs_f64().max(1.0))
+    }
+}
+
 /// A factor from any other source (vulnerability matches, OTA state, provenance), with
 /// its penalty already weighed by that source.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -406,11 +415,10 @@ pub fn score(facts: &Facts, config: &ScoreConfig, now: SystemTime) -> Assessment
     }
 
     // Behaviour, decayed.
-    let half_life = config.half_life().as_secs_f64();
     for b in &facts.behaviour {
         let age = now.duration_since(b.at).unwrap_or(Duration::ZERO);
         let base = clean(b.penalty) * w.behaviour;
-        let decayed = base * 0.5f64.powf(age.as_secs_f64() / half_life);
+        let decayed = base * b.remaining(config.half_life(), now);
         add(
             Family::Behaviour,
             &b.name,

@@ -513,3 +513,27 @@ fn documented_config_example_is_valid() {
     assert_eq!(c.thresholds().trusted, 85);
     assert_eq!(c.weights().services.len(), 3);
 }
+
+#[test]
+fn a_behaviour_penalty_halves_every_half_life_and_never_grows() {
+    let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    let hour = Duration::from_secs(3600);
+    let at = |ago: Duration| BehaviourPenalty {
+        name: "publish_flood".into(),
+        penalty: 20.0,
+        at: now - ago,
+        evidence: String::new(),
+    };
+    let left = |ago: Duration| at(ago).remaining(hour, now);
+    assert!((left(Duration::ZERO) - 1.0).abs() < 1e-12);
+    assert!((left(hour) - 0.5).abs() < 1e-12);
+    assert!((left(hour * 3) - 0.125).abs() < 1e-12);
+    let future = BehaviourPenalty {
+        at: now + hour,
+        ..at(Duration::ZERO)
+    };
+    assert!(
+        (future.remaining(hour, now) - 1.0).abs() < 1e-12,
+        "a clock step back adds nothing"
+    );
+}
