@@ -8,6 +8,8 @@
 //! - [`revocation`]: revocations made durable in the registry are made to bite — CRLs
 //!   signed, the MQTTS verifier rebuilt, live sessions ended ([`RevocationSync`]).
 //! - [`fleet_history`]: message counters and mean scores over the last day.
+//! - [`ops`]: what an operator, a playbook or the command line does to a device, one
+//!   implementation and one audit record shape each.
 //! - [`feed`]: one follower of the registry's typed change feed hands what other
 //!   processes changed (the CLI writes the database directly) to the services above.
 //!
@@ -17,6 +19,7 @@
 pub mod detection;
 pub mod feed;
 pub mod fleet_history;
+pub mod ops;
 pub mod revocation;
 pub mod trust;
 

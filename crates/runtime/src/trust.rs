@@ -892,14 +892,20 @@ impl TrustService {
         pin: Option<&Pin>,
         actor: &str,
     ) -> Result<Arc<Verdict>, TrustError> {
-        let value = pin.map(serde_json::to_value).transpose().map_err(store)?;
-        let audit = match pin {
-            Some(p) => AuditEntry::new(now_utc(), actor, "pin", d.to_string())
-                .reason(p.reason.clone())
-                .detail(serde_json::json!({ "pin": p })),
-            None => AuditEntry::new(now_utc(), actor, "unpin", d.to_string()),
-        };
-        match self.registry.set_device_pin(d, value.as_ref(), &audit) {
+        self.pin_because(d, pin, actor, None)
+    }
+
+    /// [`pin`](Self::pin) with the reason recorded (an unpin's; a pin's own reason by
+    /// default).
+    pub fn pin_because(
+        &self,
+        d: &DeviceRef,
+        pin: Option<&Pin>,
+        actor: &str,
+        reason: Option<&str>,
+    ) -> Result<Arc<Verdict>, TrustError> {
+        let audit = crate::ops::pin_record(d, pin, actor, reason).map_err(store)?;
+        match crate::ops::write_pin_record(&*self.registry, d, pin, &audit) {
             Ok(_) => self.assess(d, if pin.is_some() { "pin" } else { "unpin" }),
             Err(gatehouse_store::WriteError::NotFound { .. }) => {
                 self.pin_unregistered(d, pin, &audit)

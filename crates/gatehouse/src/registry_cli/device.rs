@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result};
 use clap::{Subcommand, ValueEnum};
+use gatehouse_runtime::ops;
 use gatehouse_store::{
     BatchScope, CertStatus, Certificate, Cursor, Device, DeviceFilter, DeviceStatus,
     ManufacturerId, ModelId, Registry, RevocationReason,
@@ -484,16 +485,8 @@ fn pin(ctx: &Ctx, d: &DeviceRef, tier: &str, duration: &str, reason: &str) -> Re
     let duration = parse_pin_duration(duration)?;
     let reason = pin_reason(reason)?;
     let device = get(ctx, d)?;
-    let entry = ctx.entry("pin", d.to_string()).reason(reason.clone());
-    let pin = Pin {
-        tier,
-        expires_at: SystemTime::from(entry.at) + duration,
-        reason,
-        by: ctx.actor.clone(),
-    };
-    let value = serde_json::to_value(&pin)?;
-    let entry = entry.detail(json!({ "pin": value }));
-    ctx.store.set_device_pin(d, Some(&value), &entry)?;
+    let pin = ops::new_pin(tier, duration, reason, &ctx.actor);
+    ops::write_pin(&ctx.store, d, Some(&pin), &ctx.actor, None)?;
     let scored = gatehouse_runtime::view_offline(&ctx.store, &ctx.trust, d)
         .ok()
         .map(|v| v.assessment.scored_tier);
@@ -530,10 +523,8 @@ fn unpin(ctx: &Ctx, d: &DeviceRef, why: Option<String>) -> Result<()> {
         .with_context(|| format!("device {d} is not pinned"))?;
     let expired =
         serde_json::from_value::<Pin>(stored).is_ok_and(|p| !p.is_active(SystemTime::now()));
-    let entry = ctx
-        .entry("unpin", d.to_string())
-        .reason(why.unwrap_or_else(|| "unpinned from the command line".to_owned()));
-    ctx.store.set_device_pin(d, None, &entry)?;
+    let why = why.unwrap_or_else(|| "unpinned from the command line".to_owned());
+    ops::write_pin(&ctx.store, d, None, &ctx.actor, Some(&why))?;
     let view = gatehouse_runtime::view_offline(&ctx.store, &ctx.trust, d).ok();
     let tier = view.as_ref().map(|v| v.assessment.tier);
     ctx.print(&json!({ "device": d, "pin": null, "tier": tier }), || {

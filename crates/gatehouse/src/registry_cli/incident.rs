@@ -376,14 +376,9 @@ fn release(ctx: &Ctx, id: ActionId, note: Option<String>) -> Result<()> {
     match a.kind.as_str() {
         "quarantine" => {
             let d = device()?;
-            let audit = ctx
-                .entry("unpin", d.to_string())
-                .reason(format!("released from quarantine (action {id})"))
-                .change(Change::DevicePin {
-                    device: d.clone(),
-                    pinned: false,
-                });
-            match ctx.store.set_device_pin(&d, None, &audit) {
+            let why = format!("released from quarantine (action {id})");
+            let audit = gatehouse_runtime::ops::pin_record(&d, None, &ctx.actor, Some(&why))?;
+            match gatehouse_runtime::ops::write_pin_record(&ctx.store, &d, None, &audit) {
                 Ok(_) => {}
                 // Outside the registry (a certificate issued by hand): its pin lives in
                 // the running server, which lifts it when it reads the change.

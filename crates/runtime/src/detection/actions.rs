@@ -3,14 +3,13 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use gatehouse_respond::{Action, Mode, PlannedAction, Webhook};
 use gatehouse_store::{
     ActionFilter, ActionId, ActionRecord, ActionState, AuditEntry, Change, ChangeRecord,
     DeviceStatus, IncidentId, RevocationReason, StoredAction,
 };
-use gatehouse_trust::score::Pin;
 use gatehouse_types::{DeviceRef, Finding, Tier};
 use serde_json::{Value, json};
 use time::OffsetDateTime;
@@ -253,12 +252,12 @@ impl DetectionService {
                 let trust = self.trust.as_ref().ok_or_else(|| {
                     ActionError::Failed("the trust gate is off: nothing to quarantine with".into())
                 })?;
-                let pin = Pin {
-                    tier: Tier::Quarantined,
-                    expires_at: SystemTime::now() + for_.unwrap_or(DEFAULT_QUARANTINE),
-                    reason: why,
-                    by: actor.to_owned(),
-                };
+                let pin = crate::ops::new_pin(
+                    Tier::Quarantined,
+                    for_.unwrap_or(DEFAULT_QUARANTINE),
+                    why,
+                    actor,
+                );
                 trust
                     .pin(d, Some(&pin), actor)
                     .map_err(|e| ActionError::Failed(e.to_string()))?;
@@ -415,9 +414,7 @@ impl DetectionService {
                                 .map_err(|e| ActionError::Failed(e.to_string()))?;
                         }
                         None => {
-                            let audit = AuditEntry::new(now(), by, "unpin", d.to_string());
-                            self.registry
-                                .set_device_pin(&d, None, &audit)
+                            crate::ops::write_pin(&*self.registry, &d, None, by, None)
                                 .map_err(store)?;
                         }
                     }

@@ -1,0 +1,135 @@
+//! Operations: what an operator, a playbook or the command line does to a device, with one
+//! implementation each and one audit record shape each.
+//!
+//! An operation has a registry side, written here, and a live side, which the running
+//! server applies: at once when it is the caller (the REST API, the dashboard, a playbook,
+//! through [`crate::TrustService`]), or from the change feed when the caller is another
+//! process (the command line), since the registry write carries its typed change.
+//!
+//! Pins come first; the other operations are still carried out where they were (see
+//! `docs/architecture.md`).
+
+use std::time::SystemTime;
+
+use gatehouse_store::{AuditEntry, Change, DeviceTrust, Registry, WriteError};
+use gatehouse_trust::score::Pin;
+use gatehouse_types::DeviceRef;
+use time::OffsetDateTime;
+
+/// The audit record of pinning `d` (`Some`) or lifting its pin (`None`), by `actor`:
+/// action `pin` with the pin's reason and the pin as detail, or `unpin` with `reason`.
+/// It carries the change, so another process's pin reaches a running server.
+pub fn pin_record(
+    d: &DeviceRef,
+    pin: Option<&Pin>,
+    actor: &str,
+    reason: Option<&str>,
+) -> Result<AuditEntry, serde_json::Error> {
+    let at = OffsetDateTime::now_utc();
+    let change = Change::DevicePin {
+        device: d.clone(),
+        pinned: pin.is_some(),
+    };
+    Ok(match pin {
+        Some(p) => AuditEntry::new(at, actor, "pin", d.to_string())
+            .reason(reason.unwrap_or(&p.reason))
+            .detail(serde_json::json!({ "pin": serde_json::to_value(p)? }))
+            .change(change),
+        None => {
+            let e = AuditEntry::new(at, actor, "unpin", d.to_string()).change(change);
+            match reason {
+                Some(r) => e.reason(r),
+                None => e,
+            }
+        }
+    })
+}
+
+/// A pin of `tier` for `duration` from now, by `actor`.
+pub fn new_pin(
+    tier: gatehouse_types::Tier,
+    duration: std::time::Duration,
+    reason: impl Into<String>,
+    actor: &str,
+) -> Pin {
+    Pin {
+        tier,
+        expires_at: SystemTime::now() + duration,
+        reason: reason.into(),
+        by: actor.to_owned(),
+    }
+}
+
+/// The registry side of a pin or unpin of a registered device: the pin stored with its
+/// audit record and change ([`pin_record`]). `NotFound` if the device is not registered.
+pub fn write_pin(
+    registry: &dyn Registry,
+    d: &DeviceRef,
+    pin: Option<&Pin>,
+    actor: &str,
+    reason: Option<&str>,
+) -> Result<DeviceTrust, WriteError> {
+    let record = pin_record(d, pin, actor, reason).map_err(|e| WriteError::Invalid {
+        what: format!("pin ({e})"),
+    })?;
+    write_pin_record(registry, d, pin, &record)
+}
+
+/// [`write_pin`] with the record already made (the caller needs it again when the device
+/// is not registered).
+pub fn write_pin_record(
+    registry: &dyn Registry,
+    d: &DeviceRef,
+    pin: Option<&Pin>,
+    record: &AuditEntry,
+) -> Result<DeviceTrust, WriteError> {
+    let value = pin
+        .map(serde_json::to_value)
+        .transpose()
+        .map_err(|e| WriteError::Invalid {
+            what: format!("pin ({e})"),
+        })?;
+    registry.set_device_pin(d, value.as_ref(), record)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gatehouse_types::Tier;
+    use std::time::Duration;
+
+    #[test]
+    fn a_pin_and_an_unpin_have_one_record_shape_each() {
+        let d: DeviceRef = "acme/pump-1".parse().expect("device");
+        let pin = new_pin(
+            Tier::Quarantined,
+            Duration::from_secs(600),
+            "held",
+            "operator:ann",
+        );
+        let r = pin_record(&d, Some(&pin), "operator:ann", None).expect("record");
+        assert_eq!(
+            (r.action.as_str(), r.subject.as_str()),
+            ("pin", "acme/pump-1")
+        );
+        assert_eq!(r.reason, "held");
+        assert_eq!(r.detail["pin"]["tier"], "quarantined");
+        assert_eq!(
+            r.change,
+            Some(Change::DevicePin {
+                device: d.clone(),
+                pinned: true
+            })
+        );
+        let r = pin_record(&d, None, "operator:ann", Some("cleared")).expect("record");
+        assert_eq!((r.action.as_str(), r.reason.as_str()), ("unpin", "cleared"));
+        assert!(r.detail.is_null());
+        assert_eq!(
+            r.change,
+            Some(Change::DevicePin {
+                device: d,
+                pinned: false
+            })
+        );
+    }
+}
