@@ -424,16 +424,10 @@ async fn delete_ban(
     who.check_unscoped(|| format!("ban of {addr}"))?;
     let by = who.actor();
     blocking(move || {
-        let audit = AuditEntry::new(
-            time::OffsetDateTime::now_utc(),
-            &by,
-            "unban",
-            addr.to_string(),
-        )
-        .reason("lifted by an operator");
+        let why = "lifted by an operator";
         let removed = match &s.detection {
-            Some(d) => d.lift_ban(addr, &audit)?,
-            None => s.registry.remove_ban(addr, &audit)?,
+            Some(d) => d.lift_ban(addr, &by, why)?,
+            None => gatehouse_runtime::ops::write_unban(&*s.registry, addr, &by, why)?,
         };
         Ok(Json(json!({ "addr": addr.to_string(), "lifted": removed })))
     })

@@ -417,12 +417,10 @@ fn mosquitto_pub(
         .context("running mosquitto_pub")
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn brute_forcing_address_is_banned_and_an_operator_lifts_it() -> Result<()> {
-    if skip() {
-        return Ok(());
-    }
-    // Only the real loopback address stays exempt; the attacker comes from 127.0.0.2.
+/// A lab where 127.0.0.2 tried to connect without a client certificate until it was
+/// banned (only the real loopback address stays exempt), and the thermostat `honest`:
+/// returns the lab and the device's key and certificate files.
+async fn banned_intruder() -> Result<(Lab, std::path::PathBuf, std::path::PathBuf)> {
     let lab = lab("[respond]\nnever_ban = [\"127.0.0.1\"]\n").await?;
     let (key, cert, _client) = thermostat(&lab, "honest").await?;
     // No client certificate at all, many times, from one address.
@@ -447,6 +445,15 @@ async fn brute_forcing_address_is_banned_and_an_operator_lifts_it() -> Result<()
     })
     .await?;
     eprintln!("bans: {bans:?}");
+    Ok((lab, key, cert))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn brute_forcing_address_is_banned_and_an_operator_lifts_it() -> Result<()> {
+    if skip() {
+        return Ok(());
+    }
+    let (lab, key, cert) = banned_intruder().await?;
     // A valid device from the banned address is refused; from another it gets in.
     let out = mosquitto_pub(&lab, &key, &cert, "honest", "127.0.0.2")?;
     ensure!(
@@ -1132,5 +1139,28 @@ async fn pin_survives_a_crash_of_the_server() -> Result<()> {
         reason == PubAckReason::NotAuthorized,
         "the pinned device's publish was answered {reason:?} after the restart"
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ban_survives_a_crash_and_is_lifted_from_the_command_line() -> Result<()> {
+    if skip() {
+        return Ok(());
+    }
+    let (lab, key, cert) = banned_intruder().await?;
+    let lab = crash_and_restart(lab).await?;
+    let out = mosquitto_pub(&lab, &key, &cert, "honest", "127.0.0.2")?;
+    ensure!(
+        !out.status.success(),
+        "the banned address got in after the restart"
+    );
+    // The command line writes only the database; the running server lifts the broker's
+    // ban when it reads the change from its feed.
+    lab.gh.cli(&["incident", "unban", "127.0.0.2"]).await?;
+    eventually(support::WAIT, "the ban lifted on the live broker", || {
+        let out = mosquitto_pub(&lab, &key, &cert, "honest", "127.0.0.2")?;
+        Ok(out.status.success().then_some(()))
+    })
+    .await?;
     Ok(())
 }

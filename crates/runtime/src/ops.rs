@@ -6,12 +6,13 @@
 //! through [`crate::TrustService`]), or from the change feed when the caller is another
 //! process (the command line), since the registry write carries its typed change.
 //!
-//! Pins come first; the other operations are still carried out where they were (see
-//! `docs/architecture.md`).
+//! Pins and lifting bans so far; the other operations are still carried out where they
+//! were (see `docs/architecture.md`).
 
+use std::net::IpAddr;
 use std::time::SystemTime;
 
-use gatehouse_store::{AuditEntry, Change, DeviceTrust, Registry, WriteError};
+use gatehouse_store::{AuditEntry, Ban, Change, DeviceTrust, Registry, WriteError};
 use gatehouse_trust::score::Pin;
 use gatehouse_types::DeviceRef;
 use time::OffsetDateTime;
@@ -90,6 +91,21 @@ pub fn write_pin_record(
             what: format!("pin ({e})"),
         })?;
     registry.set_device_pin(d, value.as_ref(), record)
+}
+
+/// The registry side of lifting the ban on `addr`: the ban removed, audited as `unban` of
+/// the address by `actor` with `reason`; the registry writes the `BanLifted` change, which
+/// a running server that did not make it applies to its broker. `NotFound` if there was
+/// no ban.
+pub fn write_unban(
+    registry: &dyn Registry,
+    addr: IpAddr,
+    actor: &str,
+    reason: &str,
+) -> Result<Ban, WriteError> {
+    let record =
+        AuditEntry::new(OffsetDateTime::now_utc(), actor, "unban", addr.to_string()).reason(reason);
+    registry.remove_ban(addr, &record)
 }
 
 #[cfg(test)]

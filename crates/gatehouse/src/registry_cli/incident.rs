@@ -392,8 +392,8 @@ fn release(ctx: &Ctx, id: ActionId, note: Option<String>) -> Result<()> {
             let addr = a
                 .peer
                 .with_context(|| format!("ban action {id} names no address"))?;
-            let audit = ctx.entry("unban", addr.to_string());
-            match ctx.store.remove_ban(addr, &audit) {
+            let why = format!("the ban action {id} released");
+            match gatehouse_runtime::ops::write_unban(&ctx.store, addr, &ctx.actor, &why) {
                 Ok(_) | Err(WriteError::NotFound { .. }) => {}
                 Err(e) => return Err(e.into()),
             }
@@ -448,11 +448,13 @@ fn bans(ctx: &Ctx) -> Result<()> {
 }
 
 fn unban(ctx: &Ctx, addr: IpAddr) -> Result<()> {
-    let audit = ctx.entry("unban", addr.to_string());
-    let ban = ctx.store.remove_ban(addr, &audit).map_err(|e| match e {
-        WriteError::NotFound { .. } => anyhow::anyhow!("{addr} is not banned"),
-        e => e.into(),
-    })?;
+    let why = "lifted from the command line";
+    let ban = gatehouse_runtime::ops::write_unban(&ctx.store, addr, &ctx.actor, why).map_err(
+        |e| match e {
+            WriteError::NotFound { .. } => anyhow::anyhow!("{addr} is not banned"),
+            e => e.into(),
+        },
+    )?;
     ctx.print(&ban, || {
         format!(
             "ban of {addr} lifted; a running server applies it within its registry poll interval"

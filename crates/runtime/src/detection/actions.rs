@@ -430,8 +430,8 @@ impl DetectionService {
                     .peer
                     .ok_or_else(|| ActionError::Invalid("ban action without an address".into()))?;
                 if registry {
-                    let audit = AuditEntry::new(now(), by, "unban", addr.to_string());
-                    self.registry.remove_ban(addr, &audit).map_err(store)?;
+                    crate::ops::write_unban(&*self.registry, addr, by, "the ban action reversed")
+                        .map_err(store)?;
                 }
                 self.broker.unban(addr);
                 Ok(())
@@ -453,14 +453,15 @@ impl DetectionService {
         }
     }
 
-    /// Lifts the ban on `addr`: the record goes (audited as `audit`), then the broker's
-    /// sanction. Returns the ban lifted; the registry's error if there was none.
+    /// Lifts the ban on `addr` ([`crate::ops::write_unban`]), then the broker's sanction.
+    /// Returns the ban lifted; the registry's error if there was none.
     pub fn lift_ban(
         &self,
         addr: IpAddr,
-        audit: &AuditEntry,
+        actor: &str,
+        reason: &str,
     ) -> Result<gatehouse_store::Ban, gatehouse_store::WriteError> {
-        let removed = self.registry.remove_ban(addr, audit)?;
+        let removed = crate::ops::write_unban(&*self.registry, addr, actor, reason)?;
         self.broker.unban(addr);
         Ok(removed)
     }
