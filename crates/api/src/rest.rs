@@ -803,14 +803,12 @@ async fn revoke_device(
     who.check_tenant(&d.tenant, || format!("device {d}"))?;
     let body = body.map(|Json(b)| b).unwrap_or_default();
     let why = reason(body.reason.as_deref())?;
-    let audit = AuditEntry::new(now(), who.actor(), "revoke", d.to_string())
-        .reason(
-            body.comment
-                .unwrap_or_else(|| "revoked through the API".to_owned()),
-        )
-        .detail(json!({ "reason": body.reason }));
+    let comment = body
+        .comment
+        .unwrap_or_else(|| "revoked through the API".to_owned());
+    let by = who.actor();
     blocking(move || {
-        let certs = s.registry.revoke_device(&d, why, now(), &audit)?;
+        let certs = gatehouse_runtime::ops::write_revoke(&*s.registry, &d, why, &by, &comment)?;
         let disconnected = s
             .revocations
             .sync_revoked(&certs)
@@ -835,12 +833,14 @@ async fn reinstate_device(
 ) -> ApiResult<Json<DeviceDto>> {
     let d = device_ref(&tenant, &device)?;
     who.check_tenant(&d.tenant, || format!("device {d}"))?;
-    let audit = AuditEntry::new(now(), who.actor(), "reinstate", d.to_string())
-        .reason("reinstated through the API: may enroll again");
+    let by = who.actor();
     blocking(move || {
-        let dev = s
-            .registry
-            .set_device_status(&d, DeviceStatus::Active, &audit)?;
+        let dev = gatehouse_runtime::ops::write_reinstate(
+            &*s.registry,
+            &d,
+            &by,
+            "reinstated through the API: may enroll again",
+        )?;
         Ok(Json(dev.into()))
     })
     .await

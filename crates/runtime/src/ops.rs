@@ -6,13 +6,16 @@
 //! through [`crate::TrustService`]), or from the change feed when the caller is another
 //! process (the command line), since the registry write carries its typed change.
 //!
-//! Pins and lifting bans so far; the other operations are still carried out where they
-//! were (see `docs/architecture.md`).
+//! Pins, lifting bans, revoking and reinstating devices so far; the other operations are
+//! still carried out where they were (see `docs/architecture.md`).
 
 use std::net::IpAddr;
 use std::time::SystemTime;
 
-use gatehouse_store::{AuditEntry, Ban, Change, DeviceTrust, Registry, WriteError};
+use gatehouse_store::{
+    AuditEntry, Ban, Certificate, Change, Device, DeviceStatus, DeviceTrust, Registry,
+    RevocationReason, WriteError,
+};
 use gatehouse_trust::score::Pin;
 use gatehouse_types::DeviceRef;
 use time::OffsetDateTime;
@@ -106,6 +109,39 @@ pub fn write_unban(
     let record =
         AuditEntry::new(OffsetDateTime::now_utc(), actor, "unban", addr.to_string()).reason(reason);
     registry.remove_ban(addr, &record)
+}
+
+/// The registry side of revoking device `d`: every valid certificate revoked for
+/// `reason`, audited as `revoke` of the device by `actor` with `why` and the reason (name
+/// and RFC 5280 code) as detail; the registry writes the `CertificatesRevoked` change.
+/// The caller that runs the data plane then makes it bite at once
+/// ([`crate::RevocationSync::sync_revoked`]); another process's revocation reaches a
+/// running server through the change feed. Returns the certificates revoked.
+pub fn write_revoke(
+    registry: &dyn Registry,
+    d: &DeviceRef,
+    reason: RevocationReason,
+    actor: &str,
+    why: &str,
+) -> Result<Vec<Certificate>, WriteError> {
+    let at = OffsetDateTime::now_utc();
+    let record = AuditEntry::new(at, actor, "revoke", d.to_string())
+        .reason(why)
+        .detail(serde_json::json!({ "reason": reason, "code": reason.code() }));
+    registry.revoke_device(d, reason, at, &record)
+}
+
+/// The registry side of reinstating device `d` (revoked or blocked): active again, so it
+/// may enroll, audited as `reinstate` by `actor` with `why`.
+pub fn write_reinstate(
+    registry: &dyn Registry,
+    d: &DeviceRef,
+    actor: &str,
+    why: &str,
+) -> Result<Device, WriteError> {
+    let record =
+        AuditEntry::new(OffsetDateTime::now_utc(), actor, "reinstate", d.to_string()).reason(why);
+    registry.set_device_status(d, DeviceStatus::Active, &record)
 }
 
 #[cfg(test)]

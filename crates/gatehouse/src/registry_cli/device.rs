@@ -554,12 +554,8 @@ fn revoke_one(ctx: &Ctx, d: &DeviceRef, reason: Reason, why: Option<String>) -> 
     if device.status == DeviceStatus::Revoked && valid == 0 {
         anyhow::bail!("device {d} is already revoked and has no valid certificate");
     }
-    let entry = ctx
-        .entry("revoke", d.to_string())
-        .reason(why.unwrap_or_else(|| "revoked from the command line".to_owned()))
-        .detail(json!({ "reason": reason.to_store(), "code": reason.to_store().code() }));
-    let at = entry.at;
-    let certs = ctx.store.revoke_device(d, reason.to_store(), at, &entry)?;
+    let why = why.unwrap_or_else(|| "revoked from the command line".to_owned());
+    let certs = ops::write_revoke(&ctx.store, d, reason.to_store(), &ctx.actor, &why)?;
     ctx.print(
         &json!({
             "device": d,
@@ -585,12 +581,8 @@ fn reinstate(ctx: &Ctx, d: &DeviceRef, why: Option<String>) -> Result<()> {
     if device.status == DeviceStatus::Active {
         anyhow::bail!("device {d} is already active");
     }
-    let entry = ctx
-        .entry("reinstate", d.to_string())
-        .reason(why.unwrap_or_else(|| "reinstated from the command line".to_owned()));
-    let device = ctx
-        .store
-        .set_device_status(d, DeviceStatus::Active, &entry)?;
+    let why = why.unwrap_or_else(|| "reinstated from the command line".to_owned());
+    let device = ops::write_reinstate(&ctx.store, d, &ctx.actor, &why)?;
     ctx.print(
         &json!({ "device": d, "status": status_name(device.status) }),
         || format!("reinstated {d}: it may enroll again\n"),

@@ -12,8 +12,8 @@ use std::net::IpAddr;
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 use gatehouse_store::{
-    ActionFilter, ActionId, ActionState, AuditLog, Change, DeviceStatus, IncidentDetail,
-    IncidentFilter, IncidentId, IncidentState, Registry, StoredAction, TimelineEvent, WriteError,
+    ActionFilter, ActionId, ActionState, AuditLog, Change, IncidentDetail, IncidentFilter,
+    IncidentId, IncidentState, Registry, StoredAction, TimelineEvent, WriteError,
 };
 use gatehouse_types::DeviceRef;
 use serde_json::json;
@@ -400,11 +400,8 @@ fn release(ctx: &Ctx, id: ActionId, note: Option<String>) -> Result<()> {
         }
         "revoke" => {
             let d = device()?;
-            let audit = ctx
-                .entry("reinstate", d.to_string())
-                .reason(format!("revocation by a playbook reversed (action {id})"));
-            ctx.store
-                .set_device_status(&d, DeviceStatus::Active, &audit)?;
+            let why = format!("revocation by a playbook reversed (action {id})");
+            gatehouse_runtime::ops::write_reinstate(&ctx.store, &d, &ctx.actor, &why)?;
         }
         "throttle" => {}
         other => bail!("a {other} action cannot be reversed"),

@@ -8,7 +8,7 @@ use std::time::Duration;
 use gatehouse_respond::{Action, Mode, PlannedAction, Webhook};
 use gatehouse_store::{
     ActionFilter, ActionId, ActionRecord, ActionState, AuditEntry, Change, ChangeRecord,
-    DeviceStatus, IncidentId, RevocationReason, StoredAction,
+    IncidentId, RevocationReason, StoredAction,
 };
 use gatehouse_types::{DeviceRef, Finding, Tier};
 use serde_json::{Value, json};
@@ -278,10 +278,7 @@ impl DetectionService {
                 let d = need_device()?;
                 let reason = serde_json::from_value(Value::String(reason.clone()))
                     .unwrap_or(RevocationReason::Unspecified);
-                let audit = AuditEntry::new(now(), actor, "revoke", d.to_string()).reason(why);
-                let certs = self
-                    .registry
-                    .revoke_device(d, reason, now(), &audit)
+                let certs = crate::ops::write_revoke(&*self.registry, d, reason, actor, &why)
                     .map_err(store)?;
                 self.revocations
                     .sync_revoked(&certs)
@@ -439,11 +436,13 @@ impl DetectionService {
             "revoke" => {
                 if registry {
                     let d = device()?;
-                    let audit = AuditEntry::new(now(), by, "reinstate", d.to_string())
-                        .reason("revocation by a playbook reversed: may enroll again");
-                    self.registry
-                        .set_device_status(&d, DeviceStatus::Active, &audit)
-                        .map_err(store)?;
+                    crate::ops::write_reinstate(
+                        &*self.registry,
+                        &d,
+                        by,
+                        "revocation by a playbook reversed: may enroll again",
+                    )
+                    .map_err(store)?;
                 }
                 Ok(())
             }
