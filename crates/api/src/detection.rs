@@ -8,7 +8,7 @@ use axum::extract::{Path, Query, State};
 use axum::routing::{delete, get, post};
 use axum::{Extension, Json, Router};
 use gatehouse_store::{
-    ActionFilter, ActionId, ActionState, AuditEntry, IncidentFilter, IncidentId, IncidentState,
+    ActionFilter, ActionId, AuditEntry, IncidentFilter, IncidentId, IncidentState,
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -347,26 +347,8 @@ async fn reject_action(
     let note = body.and_then(|Json(b)| b.note);
     let by = who.actor();
     blocking(move || {
-        let stored = visible_action(&s, &who, id)?;
-        if stored.state != ActionState::PendingApproval {
-            return Err(Problem::conflict(format!(
-                "action {id} is {}, not waiting for approval",
-                stored.state.as_str()
-            )));
-        }
-        let audit = AuditEntry::new(
-            time::OffsetDateTime::now_utc(),
-            &by,
-            "reject_action",
-            format!("action:{id}"),
-        )
-        .reason(
-            note.clone()
-                .unwrap_or_else(|| "rejected by an operator".into()),
-        );
-        let updated =
-            s.registry
-                .set_action_state(id, ActionState::Rejected, &by, note.as_deref(), &audit)?;
+        visible_action(&s, &who, id)?;
+        let updated = gatehouse_runtime::ops::write_reject(&*s.registry, id, &by, note.as_deref())?;
         Ok(Json(json_of(&updated)?))
     })
     .await

@@ -1164,3 +1164,59 @@ async fn ban_survives_a_crash_and_is_lifted_from_the_command_line() -> Result<()
     .await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rejected_action_is_never_carried_out() -> Result<()> {
+    if skip() {
+        return Ok(());
+    }
+    let (_dir, lab, _key, _cert, _client, action) = flooder_under_playbook(
+        "approve",
+        "type = \"quarantine\"\nfor = \"10m\"",
+        "pending_approval",
+    )
+    .await?;
+    let id = id_text(&action["id"]);
+    lab.gh
+        .cli(&[
+            "incident",
+            "reject",
+            &id,
+            "--note",
+            "a load test, not an attack",
+        ])
+        .await?;
+    let (s, v) = lab.api("GET", "/api/v1/actions?state=rejected", None)?;
+    let rejected = v["actions"]
+        .as_array()
+        .and_then(|a| a.iter().find(|a| id_text(&a["id"]) == id).cloned());
+    ensure!(s == 200 && rejected.is_some(), "not rejected: {s} {v}");
+    // Neither approving nor rejecting it again is possible, from anywhere.
+    let (s, v) = lab.api("POST", &format!("/api/v1/actions/{id}/approve"), None)?;
+    ensure!(s == 409, "approving a rejected action: {s} {v}");
+    let (s, v) = lab.api("POST", &format!("/api/v1/actions/{id}/reject"), None)?;
+    ensure!(s == 409, "rejecting twice: {s} {v}");
+    let again = Command::new(support::binary())
+        .arg("--config")
+        .arg(lab.gh.config_path())
+        .args(["incident", "approve", &id])
+        .output()?;
+    ensure!(
+        !again.status.success(),
+        "approving a rejected action from the command line"
+    );
+    // The quarantine was never pinned on the device.
+    let v = lab.trust("chatty")?;
+    ensure!(
+        v["assessment"]["pin"].is_null(),
+        "a rejected quarantine was pinned: {v:#}"
+    );
+    let audit = lab.audit()?;
+    ensure!(
+        audit.iter().any(|r| r["action"] == "reject_action"
+            && r["subject"] == format!("action:{id}").as_str()
+            && r["reason"] == "a load test, not an attack"),
+        "the rejection is audited with its note"
+    );
+    Ok(())
+}

@@ -6,16 +6,18 @@
 //! through [`crate::TrustService`]), or from the change feed when the caller is another
 //! process (the command line), since the registry write carries its typed change.
 //!
-//! Pins, lifting bans, revoking and reinstating devices so far; the other operations are
-//! still carried out where they were (see `docs/architecture.md`).
+//! Pins, lifting bans, revoking and reinstating devices, and rejecting actions so far; the
+//! other operations are still carried out where they were (see `docs/architecture.md`).
 
 use std::net::IpAddr;
 use std::time::SystemTime;
 
 use gatehouse_store::{
-    AuditEntry, Ban, Certificate, Change, Device, DeviceStatus, DeviceTrust, Registry,
-    RevocationReason, WriteError,
+    ActionId, ActionState, AuditEntry, Ban, Certificate, Change, Device, DeviceStatus, DeviceTrust,
+    Registry, RevocationReason, StoredAction, WriteError,
 };
+
+use crate::ActionError;
 use gatehouse_trust::score::Pin;
 use gatehouse_types::DeviceRef;
 use time::OffsetDateTime;
@@ -142,6 +144,36 @@ pub fn write_reinstate(
     let record =
         AuditEntry::new(OffsetDateTime::now_utc(), actor, "reinstate", d.to_string()).reason(why);
     registry.set_device_status(d, DeviceStatus::Active, &record)
+}
+
+/// Rejects action `id`, which must be waiting for approval: it is never carried out.
+/// Audited as `reject_action` by `actor` with `note` (or a default reason).
+pub fn write_reject(
+    registry: &dyn Registry,
+    id: ActionId,
+    actor: &str,
+    note: Option<&str>,
+) -> Result<StoredAction, ActionError> {
+    let stored = registry
+        .get_action(id)
+        .map_err(|e| ActionError::Store(e.to_string()))?
+        .ok_or_else(|| ActionError::NotFound(format!("action {id}")))?;
+    if stored.state != ActionState::PendingApproval {
+        return Err(ActionError::Invalid(format!(
+            "action {id} is {}, not waiting for approval",
+            stored.state.as_str()
+        )));
+    }
+    let record = AuditEntry::new(
+        OffsetDateTime::now_utc(),
+        actor,
+        "reject_action",
+        format!("action:{id}"),
+    )
+    .reason(note.unwrap_or("rejected by an operator"));
+    registry
+        .set_action_state(id, ActionState::Rejected, actor, note, &record)
+        .map_err(|e| ActionError::Store(e.to_string()))
 }
 
 #[cfg(test)]

@@ -337,23 +337,8 @@ fn approve(ctx: &Ctx, id: ActionId) -> Result<()> {
 fn reject(ctx: &Ctx, id: ActionId, note: Option<String>) -> Result<()> {
     check_note(note.as_ref())?;
     let a = action(ctx, id)?;
-    if a.state != ActionState::PendingApproval {
-        bail!(
-            "action {id} is {}, not waiting for approval",
-            a.state.as_str()
-        );
-    }
-    let audit = ctx.entry("reject_action", format!("action:{id}")).reason(
-        note.clone()
-            .unwrap_or_else(|| "rejected by an operator".into()),
-    );
-    let updated = ctx.store.set_action_state(
-        id,
-        ActionState::Rejected,
-        &ctx.actor,
-        note.as_deref(),
-        &audit,
-    )?;
+    let updated =
+        gatehouse_runtime::ops::write_reject(&ctx.store, id, &ctx.actor, note.as_deref())?;
     ctx.print(&updated, || format!("action {id} ({}) rejected", a.kind))
 }
 
