@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
 use crate::problem::ProblemBody;
-use crate::rest::blocking;
+use crate::rest::{JsonObject, blocking};
 use crate::{ApiState, Principal, Problem};
 use gatehouse_runtime::{ActionError, DetectionService};
 
@@ -132,11 +132,11 @@ fn action_id(text: &str) -> ApiResult<ActionId> {
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct IncidentQuery {
-    /// `open`, `acknowledged` or `resolved`.
+    #[param(schema_with = crate::schema::incident_state)]
     state: Option<String>,
-    /// `tenant/device`.
+    #[param(schema_with = crate::schema::device_ref)]
     device: Option<String>,
-    /// Tenant.
+    #[param(schema_with = crate::schema::tenant_id)]
     tenant: Option<String>,
     /// At most this many: 1 to 1000, default 100.
     #[param(minimum = 1, maximum = 1000)]
@@ -177,12 +177,12 @@ async fn list_incidents(
 /// An incident with its findings and its timeline of findings, actions and state
 /// changes.
 #[utoipa::path(get, path = "/api/v1/incidents/{id}", tag = "incidents",
-    params(("id" = String, Path)),
+    params(IncidentPath),
     responses((status = 200, body = Object), (status = 404, body = ProblemBody)))]
 async fn get_incident(
     State(s): State<ApiState>,
     Extension(who): Extension<Principal>,
-    Path(id): Path<String>,
+    Path(IncidentPath { id }): Path<IncidentPath>,
 ) -> ApiResult<Json<Value>> {
     let id = incident_id(&id)?;
     blocking(move || {
@@ -196,8 +196,9 @@ async fn get_incident(
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct NoteDto {
-    /// Why.
+    /// Why: at most 2048 characters.
     #[serde(default)]
+    #[schema(max_length = 2048)]
     note: Option<String>,
 }
 
@@ -206,12 +207,12 @@ async fn transition(
     who: Principal,
     id: String,
     to: IncidentState,
-    body: Option<Json<NoteDto>>,
+    body: Option<JsonObject<NoteDto>>,
 ) -> ApiResult<Json<Value>> {
     let id = incident_id(&id)?;
-    let note = body.and_then(|Json(b)| b.note);
-    if note.as_ref().is_some_and(|n| n.len() > 2048) {
-        return Err(Problem::invalid("the note is longer than 2048 bytes"));
+    let note = body.and_then(|JsonObject(b)| b.note);
+    if note.as_ref().is_some_and(|n| n.chars().count() > 2048) {
+        return Err(Problem::invalid("the note is longer than 2048 characters"));
     }
     let by = who.actor();
     blocking(move || {
@@ -245,13 +246,13 @@ async fn transition(
 
 /// Acknowledge an incident: someone is on it.
 #[utoipa::path(post, path = "/api/v1/incidents/{id}/acknowledge", tag = "incidents",
-    params(("id" = String, Path)), request_body = NoteDto,
+    params(IncidentPath), request_body = NoteDto,
     responses((status = 200, body = Object), (status = 404, body = ProblemBody), (status = 409, body = ProblemBody)))]
 async fn acknowledge_incident(
     State(s): State<ApiState>,
     Extension(who): Extension<Principal>,
-    Path(id): Path<String>,
-    body: Option<Json<NoteDto>>,
+    Path(IncidentPath { id }): Path<IncidentPath>,
+    body: Option<JsonObject<NoteDto>>,
 ) -> ApiResult<Json<Value>> {
     transition(s, who, id, IncidentState::Acknowledged, body).await
 }
@@ -259,13 +260,13 @@ async fn acknowledge_incident(
 /// Resolve an incident. A later finding of the same kind on the same subject opens a new
 /// one.
 #[utoipa::path(post, path = "/api/v1/incidents/{id}/resolve", tag = "incidents",
-    params(("id" = String, Path)), request_body = NoteDto,
+    params(IncidentPath), request_body = NoteDto,
     responses((status = 200, body = Object), (status = 404, body = ProblemBody), (status = 409, body = ProblemBody)))]
 async fn resolve_incident(
     State(s): State<ApiState>,
     Extension(who): Extension<Principal>,
-    Path(id): Path<String>,
-    body: Option<Json<NoteDto>>,
+    Path(IncidentPath { id }): Path<IncidentPath>,
+    body: Option<JsonObject<NoteDto>>,
 ) -> ApiResult<Json<Value>> {
     transition(s, who, id, IncidentState::Resolved, body).await
 }
@@ -274,12 +275,36 @@ async fn resolve_incident(
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ActionQuery {
-    /// `pending_approval`, `done`, `failed`, `reversed` or `rejected`.
+    #[param(schema_with = crate::schema::action_state)]
     state: Option<String>,
-    /// Incident id.
+    #[param(schema_with = crate::schema::incident_id)]
     incident: Option<String>,
-    /// `tenant/device`.
+    #[param(schema_with = crate::schema::device_ref)]
     device: Option<String>,
+}
+
+/// An incident named in the path.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub(crate) struct IncidentPath {
+    #[param(schema_with = crate::schema::incident_id)]
+    id: String,
+}
+
+/// An action named in the path.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub(crate) struct ActionPath {
+    #[param(schema_with = crate::schema::action_id)]
+    id: String,
+}
+
+/// A banned address named in the path.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub(crate) struct BanPath {
+    #[param(schema_with = crate::schema::ip_addr)]
+    addr: String,
 }
 
 /// Response actions: carried out, failed, reversed, or waiting for an operator.
@@ -316,12 +341,12 @@ async fn list_actions(
 
 /// Approve an action a playbook in `approve` mode proposed: it is carried out now.
 #[utoipa::path(post, path = "/api/v1/actions/{id}/approve", tag = "incidents",
-    params(("id" = String, Path)),
+    params(ActionPath),
     responses((status = 200, body = Object), (status = 404, body = ProblemBody), (status = 409, body = ProblemBody)))]
 async fn approve_action(
     State(s): State<ApiState>,
     Extension(who): Extension<Principal>,
-    Path(id): Path<String>,
+    Path(ActionPath { id }): Path<ActionPath>,
 ) -> ApiResult<Json<Value>> {
     let id = action_id(&id)?;
     let svc = service(&s)?;
@@ -335,16 +360,16 @@ async fn approve_action(
 
 /// Reject an action waiting for approval: it is not carried out.
 #[utoipa::path(post, path = "/api/v1/actions/{id}/reject", tag = "incidents",
-    params(("id" = String, Path)), request_body = NoteDto,
+    params(ActionPath), request_body = NoteDto,
     responses((status = 200, body = Object), (status = 404, body = ProblemBody), (status = 409, body = ProblemBody)))]
 async fn reject_action(
     State(s): State<ApiState>,
     Extension(who): Extension<Principal>,
-    Path(id): Path<String>,
-    body: Option<Json<NoteDto>>,
+    Path(ActionPath { id }): Path<ActionPath>,
+    body: Option<JsonObject<NoteDto>>,
 ) -> ApiResult<Json<Value>> {
     let id = action_id(&id)?;
-    let note = body.and_then(|Json(b)| b.note);
+    let note = body.and_then(|JsonObject(b)| b.note);
     let by = who.actor();
     blocking(move || {
         visible_action(&s, &who, id)?;
@@ -357,17 +382,17 @@ async fn reject_action(
 /// Reverse an action that was carried out: release from quarantine, lift a throttle or a
 /// ban, reinstate a revoked device (which must then enroll again).
 #[utoipa::path(post, path = "/api/v1/actions/{id}/reverse", tag = "incidents",
-    params(("id" = String, Path)), request_body = NoteDto,
+    params(ActionPath), request_body = NoteDto,
     responses((status = 200, body = Object), (status = 404, body = ProblemBody), (status = 409, body = ProblemBody)))]
 async fn reverse_action(
     State(s): State<ApiState>,
     Extension(who): Extension<Principal>,
-    Path(id): Path<String>,
-    body: Option<Json<NoteDto>>,
+    Path(ActionPath { id }): Path<ActionPath>,
+    body: Option<JsonObject<NoteDto>>,
 ) -> ApiResult<Json<Value>> {
     let id = action_id(&id)?;
     let svc = service(&s)?;
-    let note = body.and_then(|Json(b)| b.note);
+    let note = body.and_then(|JsonObject(b)| b.note);
     let by = who.actor();
     blocking(move || {
         visible_action(&s, &who, id)?;
@@ -393,12 +418,12 @@ async fn list_bans(
 
 /// Lift a ban.
 #[utoipa::path(delete, path = "/api/v1/bans/{addr}", tag = "incidents",
-    params(("addr" = String, Path)),
+    params(BanPath),
     responses((status = 200, body = Object), (status = 404, body = ProblemBody)))]
 async fn delete_ban(
     State(s): State<ApiState>,
     Extension(who): Extension<Principal>,
-    Path(addr): Path<String>,
+    Path(BanPath { addr }): Path<BanPath>,
 ) -> ApiResult<Json<Value>> {
     let addr: IpAddr = addr
         .parse()

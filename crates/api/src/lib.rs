@@ -28,6 +28,7 @@ mod operators;
 mod problem;
 pub mod rest;
 mod revocation;
+mod schema;
 mod trust;
 
 use std::net::SocketAddr;

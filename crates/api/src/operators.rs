@@ -18,7 +18,7 @@ use utoipa::{IntoParams, OpenApi, ToSchema};
 
 use crate::auth::{self, LoginRefusal, Principal, Via};
 use crate::problem::ProblemBody;
-use crate::rest::blocking;
+use crate::rest::{JsonObject, blocking};
 use crate::{ApiState, ConnInfo, Problem};
 use gatehouse_pki::password::Shed;
 
@@ -80,7 +80,9 @@ fn operator_name(s: &str) -> ApiResult<OperatorName> {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct LoginDto {
+    #[schema(max_length = 256)]
     name: String,
+    #[schema(max_length = 1024)]
     password: String,
 }
 
@@ -114,9 +116,9 @@ pub(crate) struct SessionDto {
 async fn login(
     State(s): State<ApiState>,
     Extension(conn): Extension<ConnInfo>,
-    Json(body): Json<LoginDto>,
+    JsonObject(body): JsonObject<LoginDto>,
 ) -> ApiResult<Response> {
-    if body.password.len() > 1024 || body.name.len() > 256 {
+    if body.password.chars().count() > 1024 || body.name.chars().count() > 256 {
         return Err(Problem::invalid("name or password too long"));
     }
     let auth = s.auth.clone();
@@ -258,15 +260,18 @@ async fn list_operators(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct NewOperatorDto {
+    #[schema(schema_with = crate::schema::operator_name)]
     name: String,
-    /// `admin`, `operator`, `analyst` or `auditor`.
+    #[schema(schema_with = crate::schema::role)]
     role: String,
     /// Bind the operator to one tenant. An admin bound to a tenant creates operators of
     /// that tenant only.
     #[serde(default)]
+    #[schema(schema_with = crate::schema::tenant_id_or_null)]
     tenant: Option<String>,
     /// At least 12 characters. Without one, a password is generated and returned once.
     #[serde(default)]
+    #[schema(min_length = 12)]
     password: Option<String>,
 }
 
@@ -282,11 +287,12 @@ struct CreatedOperatorDto {
 /// Create an operator.
 #[utoipa::path(post, path = "/api/v1/operators", tag = "operators", request_body = NewOperatorDto,
     responses((status = 201, body = OperatorDto), (status = 403, body = ProblemBody),
+        (status = 404, body = ProblemBody, description = "No such tenant"),
         (status = 409, body = ProblemBody), (status = 422, body = ProblemBody)))]
 async fn create_operator(
     State(s): State<ApiState>,
     Extension(who): Extension<Principal>,
-    Json(body): Json<NewOperatorDto>,
+    JsonObject(body): JsonObject<NewOperatorDto>,
 ) -> ApiResult<(StatusCode, Json<CreatedOperatorDto>)> {
     let name = operator_name(&body.name)?;
     let role: Role = body
@@ -373,26 +379,36 @@ async fn set_disabled(
     .await
 }
 
-/// Disable an operator: its sessions end and its tokens stop working.
+/// An operator named in the path.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub(crate) struct OperatorPath {
+    #[param(schema_with = crate::schema::operator_name)]
+    name: String,
+}
+
+/// Disable an operator: its sessions end and its tokens stop working. An operator cannot
+/// disable itself (409).
 #[utoipa::path(post, path = "/api/v1/operators/{name}/disable", tag = "operators",
-    params(("name" = String, Path)),
-    responses((status = 200, body = OperatorDto), (status = 404, body = ProblemBody)))]
+    params(OperatorPath),
+    responses((status = 200, body = OperatorDto), (status = 404, body = ProblemBody),
+        (status = 409, body = ProblemBody)))]
 async fn disable_operator(
     State(s): State<ApiState>,
     Extension(who): Extension<Principal>,
-    Path(name): Path<String>,
+    Path(OperatorPath { name }): Path<OperatorPath>,
 ) -> ApiResult<Json<OperatorDto>> {
     set_disabled(s, who, name, true).await
 }
 
 /// Enable a disabled operator.
 #[utoipa::path(post, path = "/api/v1/operators/{name}/enable", tag = "operators",
-    params(("name" = String, Path)),
+    params(OperatorPath),
     responses((status = 200, body = OperatorDto), (status = 404, body = ProblemBody)))]
 async fn enable_operator(
     State(s): State<ApiState>,
     Extension(who): Extension<Principal>,
-    Path(name): Path<String>,
+    Path(OperatorPath { name }): Path<OperatorPath>,
 ) -> ApiResult<Json<OperatorDto>> {
     set_disabled(s, who, name, false).await
 }
@@ -469,14 +485,17 @@ async fn list_api_tokens(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct NewApiTokenDto {
-    /// What the token is for.
+    /// What the token is for: at most 200 characters, none of them a control character.
     #[serde(default)]
+    #[schema(max_length = 200, pattern = "^[^\\x00-\\x1F\\x7F-\\x9F]*$")]
     label: String,
-    /// Its scope, a subset of the caller's permissions; all of them when absent.
     #[serde(default)]
+    #[schema(schema_with = crate::schema::permissions_or_null)]
     permissions: Option<Vec<String>>,
-    /// Lifetime in seconds (default 30 days; at most `api.max_token_ttl`).
-    #[serde(default)]
+    /// Lifetime in seconds (default 30 days; at most `api.max_token_ttl`, the maximum
+    /// here).
+    #[serde(default, deserialize_with = "crate::rest::whole_number")]
+    #[schema(minimum = 1, maximum = 31_536_000)]
     expires_in: Option<u64>,
 }
 
@@ -495,7 +514,7 @@ pub(crate) struct CreatedApiTokenDto {
 async fn create_api_token(
     State(s): State<ApiState>,
     Extension(who): Extension<Principal>,
-    Json(body): Json<NewApiTokenDto>,
+    JsonObject(body): JsonObject<NewApiTokenDto>,
 ) -> ApiResult<(StatusCode, Json<CreatedApiTokenDto>)> {
     let permissions: Vec<Permission> = match body.permissions {
         None => who.permissions.clone(),

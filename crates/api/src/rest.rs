@@ -89,25 +89,43 @@ impl utoipa::Modify for SecuritySchemes {
     }
 }
 
-/// The OpenAPI document, JSON.
+/// The OpenAPI document, JSON, as served with the default settings.
 pub fn openapi_json() -> String {
+    openapi_json_with(&crate::AuthSettings::default())
+}
+
+/// The OpenAPI document, JSON, for a server with these operator settings: the longest API
+/// token lifetime it documents is the one the server allows.
+pub fn openapi_json_with(settings: &crate::AuthSettings) -> String {
     let mut doc = ApiDoc::openapi();
     doc.merge(<crate::trust::TrustDoc as OpenApi>::openapi());
     doc.merge(<crate::detection::DetectionDoc as OpenApi>::openapi());
     doc.merge(<crate::operators::OperatorsDoc as OpenApi>::openapi());
     document_common_errors(&mut doc);
-    doc.to_pretty_json().unwrap_or_else(|_| "{}".to_owned())
+    let mut json = serde_json::to_value(&doc).unwrap_or_default();
+    if let Some(batch) = json.pointer_mut("/components/schemas/BatchDto")
+        && let Some(batch) = batch.as_object_mut()
+    {
+        batch.insert("anyOf".to_owned(), batch_scope_rule());
+    }
+    if let Some(max) =
+        json.pointer_mut("/components/schemas/NewApiTokenDto/properties/expires_in/maximum")
+    {
+        *max = json!(settings.max_token_ttl.as_secs());
+    }
+    serde_json::to_string_pretty(&json).unwrap_or_else(|_| "{}".to_owned())
 }
 
 /// Adds to every operation the errors any route can answer whatever it does, each with
 /// the one JSON error body: 400 (a malformed path, query or body), 401 and 403 where an
 /// operator is needed, 404 and 422 where the path names something (nothing by that name,
 /// or not a valid name), 422 for query values out of range, and 413, 415 and 422 where a
-/// JSON body is read (too large, not JSON, JSON of the wrong shape).
+/// JSON body is read (too large, not JSON, JSON of the wrong shape). Marks every path
+/// parameter required.
 fn document_common_errors(doc: &mut utoipa::openapi::OpenApi) {
-    use utoipa::openapi::path::Operation;
+    use utoipa::openapi::path::{Operation, ParameterIn};
     use utoipa::openapi::security::SecurityRequirement;
-    use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+    use utoipa::openapi::{ContentBuilder, Ref, Required, ResponseBuilder};
 
     let problem = |description: &str| {
         ResponseBuilder::new()
@@ -138,6 +156,13 @@ fn document_common_errors(doc: &mut utoipa::openapi::OpenApi) {
         .into_iter()
         .flatten()
         {
+            // OpenAPI requires it, and the derive leaves it out of a parameter whose schema
+            // comes from `schema_with`.
+            for p in op.parameters.iter_mut().flatten() {
+                if p.parameter_in == ParameterIn::Path {
+                    p.required = Required::True;
+                }
+            }
             add(op, "400", "The path, query or body is malformed");
             let public = op
                 .security
@@ -203,12 +228,72 @@ pub(crate) fn routes() -> Router<ApiState> {
         .route("/api/v1/audit/verify", get(audit_verify))
 }
 
-async fn openapi() -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], openapi_json()).into_response()
+async fn openapi(State(s): State<ApiState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        openapi_json_with(s.auth.settings()),
+    )
+        .into_response()
 }
 
 fn now() -> OffsetDateTime {
     OffsetDateTime::now_utc()
+}
+
+/// A JSON request body that must be an object. serde reads a struct from a JSON array
+/// too (its fields in order), so `Json<T>` alone would take `[]` for a body whose fields
+/// all have defaults, and `["acme"]` for `{"id": "acme"}`; the document says object, and
+/// so does the server. Otherwise as `Json`: 415 without a JSON content type, 400 for text
+/// that is not JSON, 422 for JSON of the wrong shape.
+pub(crate) struct JsonObject<T>(pub(crate) T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<S>
+    for JsonObject<T>
+{
+    type Rejection = Response;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Response> {
+        let Json(value) =
+            <Json<serde_json::Value> as axum::extract::FromRequest<S>>::from_request(req, state)
+                .await
+                .map_err(IntoResponse::into_response)?;
+        json_object(value)
+            .map(JsonObject)
+            .map_err(IntoResponse::into_response)
+    }
+}
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::OptionalFromRequest<S>
+    for JsonObject<T>
+{
+    type Rejection = Response;
+
+    async fn from_request(
+        req: axum::extract::Request,
+        state: &S,
+    ) -> Result<Option<Self>, Response> {
+        let value =
+            <Json<serde_json::Value> as axum::extract::OptionalFromRequest<S>>::from_request(
+                req, state,
+            )
+            .await
+            .map_err(IntoResponse::into_response)?;
+        value
+            .map(|Json(v)| json_object(v).map(JsonObject))
+            .transpose()
+            .map_err(IntoResponse::into_response)
+    }
+}
+
+fn json_object<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> ApiResult<T> {
+    if !value.is_object() {
+        return Err(Problem::invalid("the body must be a JSON object"));
+    }
+    serde_json::from_value(value).map_err(|e| {
+        Problem::invalid(format!(
+            "Failed to deserialize the JSON body into the target type: {e}"
+        ))
+    })
 }
 
 /// Runs blocking registry work off the async threads.
@@ -226,6 +311,30 @@ fn parse<T, E: std::fmt::Display>(
     f: impl FnOnce(String) -> Result<T, E>,
 ) -> ApiResult<T> {
     f(v.to_owned()).map_err(|e| Problem::invalid(format!("{what} {v:?}: {e}")))
+}
+
+/// An optional whole number of a JSON body. JSON has one number type: `240.0` is the
+/// integer 240 to JSON Schema, and is read as one here; a fraction, a negative number or
+/// one out of `T`'s range is refused.
+pub(crate) fn whole_number<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: TryFrom<u64>,
+{
+    use serde::de::Error;
+    let Some(n) = Option::<serde_json::Number>::deserialize(d)? else {
+        return Ok(None);
+    };
+    n.as_u64()
+        .or_else(|| {
+            n.as_f64()
+                .filter(|f| f.fract() == 0.0 && (0.0..18_446_744_073_709_551_616.0).contains(f))
+                // Whole and in range: the cast is exact.
+                .map(|f| f as u64)
+        })
+        .and_then(|w| T::try_from(w).ok())
+        .map(Some)
+        .ok_or_else(|| D::Error::custom(format!("{n} is not a whole number in range")))
 }
 
 fn ts(t: OffsetDateTime) -> i64 {
@@ -255,6 +364,7 @@ impl From<gatehouse_store::Tenant> for TenantDto {
 
 #[derive(Deserialize, ToSchema)]
 struct NewTenantDto {
+    #[schema(schema_with = crate::schema::tenant_id)]
     id: String,
     #[serde(default)]
     display_name: String,
@@ -287,7 +397,7 @@ async fn list_tenants(
 async fn create_tenant(
     State(s): State<ApiState>,
     Extension(who): Extension<Principal>,
-    Json(body): Json<NewTenantDto>,
+    JsonObject(body): JsonObject<NewTenantDto>,
 ) -> ApiResult<(StatusCode, Json<TenantDto>)> {
     who.require_unscoped()?;
     let id = parse("tenant", &body.id, TenantId::new)?;
@@ -339,10 +449,15 @@ impl From<gatehouse_store::Manufacturer> for ManufacturerDto {
 
 #[derive(Deserialize, ToSchema)]
 struct NewManufacturerDto {
+    #[schema(schema_with = crate::schema::manufacturer_id)]
     id: String,
     #[serde(default)]
     display_name: String,
+    /// PEM certificates of the IDevID CAs: at least one, each a CA certificate.
+    #[schema(min_items = 1)]
     idevid_ca_pems: Vec<String>,
+    /// Where the model is read in an IDevID: `san-uri-prefix:<prefix>`, `extension:<oid>`,
+    /// `subject:<oid>`, first match wins.
     #[serde(default)]
     model_rules: Vec<String>,
 }
@@ -371,7 +486,7 @@ async fn list_manufacturers(State(s): State<ApiState>) -> ApiResult<Json<Vec<Man
 async fn create_manufacturer(
     State(s): State<ApiState>,
     Extension(who): Extension<Principal>,
-    Json(body): Json<NewManufacturerDto>,
+    JsonObject(body): JsonObject<NewManufacturerDto>,
 ) -> ApiResult<(StatusCode, Json<ManufacturerDto>)> {
     who.require_unscoped()?;
     let id = parse("manufacturer", &body.id, ManufacturerId::new)?;
@@ -431,7 +546,9 @@ impl From<gatehouse_store::Model> for ModelDto {
 
 #[derive(Deserialize, ToSchema)]
 struct NewModelDto {
+    #[schema(schema_with = crate::schema::model_id)]
     id: String,
+    #[schema(schema_with = crate::schema::manufacturer_id)]
     manufacturer: String,
     #[serde(default)]
     display_name: String,
@@ -460,7 +577,7 @@ async fn list_models(State(s): State<ApiState>) -> ApiResult<Json<Vec<ModelDto>>
 async fn create_model(
     State(s): State<ApiState>,
     Extension(who): Extension<Principal>,
-    Json(body): Json<NewModelDto>,
+    JsonObject(body): JsonObject<NewModelDto>,
 ) -> ApiResult<(StatusCode, Json<ModelDto>)> {
     who.require_unscoped()?;
     let m = NewModel {
@@ -489,13 +606,13 @@ struct ProfileVersionDto {
 /// Upload a new version of a model's profile (TOML body), validated first: it must parse,
 /// be consistent and name this model and its manufacturer.
 #[utoipa::path(post, path = "/api/v1/models/{model}/profiles", tag = "registry",
-    params(("model" = String, Path)), request_body(content = String, content_type = "application/toml"),
+    params(ModelPath), request_body(content = String, content_type = "application/toml"),
     responses((status = 201, body = ProfileVersionDto), (status = 404, body = ProblemBody),
         (status = 422, body = ProblemBody)))]
 async fn add_profile(
     State(s): State<ApiState>,
     Extension(who): Extension<Principal>,
-    Path(model): Path<String>,
+    Path(ModelPath { model }): Path<ModelPath>,
     body: String,
 ) -> ApiResult<(StatusCode, Json<ProfileVersionDto>)> {
     who.require_unscoped()?;
@@ -533,17 +650,28 @@ async fn add_profile(
     .await
 }
 
+/// A model named in the path.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+struct ModelPath {
+    #[param(schema_with = crate::schema::model_id)]
+    model: String,
+}
+
 // ---------------------------------------------------------------- claims
 
 #[derive(Deserialize, ToSchema)]
 struct ClaimDto {
+    #[schema(schema_with = crate::schema::serial)]
     serial: String,
     #[serde(default)]
+    #[schema(schema_with = crate::schema::model_id_or_null)]
     expected_model: Option<String>,
 }
 
 #[derive(Deserialize, ToSchema)]
 struct NewClaimsDto {
+    #[schema(schema_with = crate::schema::manufacturer_id)]
     manufacturer: String,
     serials: Vec<ClaimDto>,
 }
@@ -556,13 +684,13 @@ struct ClaimsAddedDto {
 
 /// Claim manufacturer serials for a tenant: only claimed devices enroll with an IDevID.
 #[utoipa::path(post, path = "/api/v1/tenants/{tenant}/claims", tag = "registry",
-    params(("tenant" = String, Path)), request_body = NewClaimsDto,
+    params(TenantPath), request_body = NewClaimsDto,
     responses((status = 200, body = ClaimsAddedDto), (status = 409, body = ProblemBody)))]
 async fn add_claims(
     State(s): State<ApiState>,
     Extension(who): Extension<Principal>,
-    Path(tenant): Path<String>,
-    Json(body): Json<NewClaimsDto>,
+    Path(TenantPath { tenant }): Path<TenantPath>,
+    JsonObject(body): JsonObject<NewClaimsDto>,
 ) -> ApiResult<Json<ClaimsAddedDto>> {
     let tenant = parse("tenant", &tenant, TenantId::new)?;
     who.check_tenant(&tenant, || format!("tenant {tenant}"))?;
@@ -593,7 +721,25 @@ async fn add_claims(
     .await
 }
 
+/// A tenant named in the path.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+struct TenantPath {
+    #[param(schema_with = crate::schema::tenant_id)]
+    tenant: String,
+}
+
 // ---------------------------------------------------------------- devices
+
+/// A device named in the path: its tenant and its id.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub(crate) struct DevicePath {
+    #[param(schema_with = crate::schema::tenant_id)]
+    pub(crate) tenant: String,
+    #[param(schema_with = crate::schema::device_id)]
+    pub(crate) device: String,
+}
 
 /// A device.
 #[derive(Serialize, ToSchema)]
@@ -680,13 +826,17 @@ struct DeviceDetailDto {
 
 #[derive(Deserialize, IntoParams)]
 struct DeviceQuery {
+    #[param(schema_with = crate::schema::tenant_id)]
     tenant: Option<String>,
-    /// `active`, `revoked` or `blocked`.
+    #[param(schema_with = crate::schema::device_status)]
     status: Option<String>,
+    #[param(schema_with = crate::schema::model_id)]
     model: Option<String>,
     /// 1 to 1000; default 100.
     #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
+    /// The `next` of the page before.
+    #[param(schema_with = crate::schema::cursor)]
     cursor: Option<String>,
 }
 
@@ -736,12 +886,12 @@ pub(crate) fn device_ref(tenant: &str, device: &str) -> ApiResult<DeviceRef> {
 
 /// A device and its certificates.
 #[utoipa::path(get, path = "/api/v1/devices/{tenant}/{device}", tag = "devices",
-    params(("tenant" = String, Path), ("device" = String, Path)),
+    params(DevicePath),
     responses((status = 200, body = DeviceDetailDto), (status = 404, body = ProblemBody)))]
 async fn get_device(
     State(s): State<ApiState>,
     Extension(who): Extension<Principal>,
-    Path((tenant, device)): Path<(String, String)>,
+    Path(DevicePath { tenant, device }): Path<DevicePath>,
 ) -> ApiResult<Json<DeviceDetailDto>> {
     let d = device_ref(&tenant, &device)?;
     who.check_tenant(&d.tenant, || format!("device {d}"))?;
@@ -765,6 +915,7 @@ struct RevokeDto {
     /// `superseded`, `cessation_of_operation`, `privilege_withdrawn`, ... Default
     /// `unspecified`.
     #[serde(default)]
+    #[schema(schema_with = crate::schema::revocation_reason_or_null)]
     reason: Option<String>,
     /// Why, for the audit log.
     #[serde(default)]
@@ -791,17 +942,17 @@ fn reason(r: Option<&str>) -> ApiResult<RevocationReason> {
 
 /// Revoke a device: durable first, then its CRL entry, then its live sessions end.
 #[utoipa::path(post, path = "/api/v1/devices/{tenant}/{device}/revoke", tag = "devices",
-    params(("tenant" = String, Path), ("device" = String, Path)), request_body = RevokeDto,
+    params(DevicePath), request_body = RevokeDto,
     responses((status = 200, body = RevokedDto), (status = 404, body = ProblemBody)))]
 async fn revoke_device(
     State(s): State<ApiState>,
     Extension(who): Extension<Principal>,
-    Path((tenant, device)): Path<(String, String)>,
-    body: Option<Json<RevokeDto>>,
+    Path(DevicePath { tenant, device }): Path<DevicePath>,
+    body: Option<JsonObject<RevokeDto>>,
 ) -> ApiResult<Json<RevokedDto>> {
     let d = device_ref(&tenant, &device)?;
     who.check_tenant(&d.tenant, || format!("device {d}"))?;
-    let body = body.map(|Json(b)| b).unwrap_or_default();
+    let body = body.map(|JsonObject(b)| b).unwrap_or_default();
     let why = reason(body.reason.as_deref())?;
     let comment = body
         .comment
@@ -824,12 +975,12 @@ async fn revoke_device(
 
 /// Reinstate a revoked or blocked device (re-claim): it may enroll again.
 #[utoipa::path(post, path = "/api/v1/devices/{tenant}/{device}/reinstate", tag = "devices",
-    params(("tenant" = String, Path), ("device" = String, Path)),
+    params(DevicePath),
     responses((status = 200, body = DeviceDto), (status = 404, body = ProblemBody)))]
 async fn reinstate_device(
     State(s): State<ApiState>,
     Extension(who): Extension<Principal>,
-    Path((tenant, device)): Path<(String, String)>,
+    Path(DevicePath { tenant, device }): Path<DevicePath>,
 ) -> ApiResult<Json<DeviceDto>> {
     let d = device_ref(&tenant, &device)?;
     who.check_tenant(&d.tenant, || format!("device {d}"))?;
@@ -848,6 +999,7 @@ async fn reinstate_device(
 
 #[derive(Deserialize, ToSchema)]
 struct BatchDto {
+    #[schema(schema_with = crate::schema::manufacturer_id)]
     manufacturer: String,
     /// First serial of the range, inclusive (with `serial_to`); none for every device.
     #[serde(default)]
@@ -855,18 +1007,41 @@ struct BatchDto {
     #[serde(default)]
     serial_to: Option<String>,
     #[serde(default)]
+    #[schema(schema_with = crate::schema::revocation_reason_or_null)]
     reason: Option<String>,
     #[serde(default)]
     comment: Option<String>,
 }
 
+/// What [`BatchDto`]'s derived schema cannot say: `serial_from` and `serial_to` come
+/// together (a range) or not at all (every device); null is absent.
+fn batch_scope_rule() -> serde_json::Value {
+    json!([
+        {
+            "required": ["serial_from", "serial_to"],
+            "properties": {
+                "serial_from": { "type": "string" },
+                "serial_to": { "type": "string" }
+            }
+        },
+        {
+            "properties": {
+                "serial_from": { "type": "null" },
+                "serial_to": { "type": "null" }
+            }
+        }
+    ])
+}
+
 /// Revoke a manufacturer's devices, all or a serial range (a compromised batch).
 #[utoipa::path(post, path = "/api/v1/revocations/batch", tag = "devices", request_body = BatchDto,
-    responses((status = 200, body = RevokedDto), (status = 422, body = ProblemBody)))]
+    responses((status = 200, body = RevokedDto),
+        (status = 404, body = ProblemBody, description = "No such manufacturer"),
+        (status = 422, body = ProblemBody)))]
 async fn revoke_batch(
     State(s): State<ApiState>,
     Extension(who): Extension<Principal>,
-    Json(body): Json<BatchDto>,
+    JsonObject(body): JsonObject<BatchDto>,
 ) -> ApiResult<Json<RevokedDto>> {
     who.require_unscoped()?;
     let manufacturer = parse("manufacturer", &body.manufacturer, ManufacturerId::new)?;
@@ -951,13 +1126,17 @@ struct NewTokenSecretDto {
 
 #[derive(Deserialize, ToSchema)]
 struct NewTokenDto {
+    #[schema(schema_with = crate::schema::tenant_id)]
     tenant: String,
+    #[schema(schema_with = crate::schema::model_id)]
     model: String,
     /// Enrollments allowed; default 1.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole_number")]
+    #[schema(value_type = Option<i64>, minimum = 1, maximum = 4_294_967_295_i64)]
     max_uses: Option<u32>,
-    /// Lifetime in seconds; default 86400.
-    #[serde(default)]
+    /// Lifetime in seconds, at most 366 days; default 86400.
+    #[serde(default, deserialize_with = "whole_number")]
+    #[schema(minimum = 1, maximum = 31_622_400)]
     expires_in: Option<u64>,
 }
 
@@ -968,7 +1147,7 @@ struct NewTokenDto {
 async fn create_token(
     State(s): State<ApiState>,
     Extension(who): Extension<Principal>,
-    Json(body): Json<NewTokenDto>,
+    JsonObject(body): JsonObject<NewTokenDto>,
 ) -> ApiResult<(StatusCode, Json<NewTokenSecretDto>)> {
     let lifetime = body.expires_in.unwrap_or(86_400);
     if lifetime == 0 || lifetime > 366 * 86_400 {
@@ -999,9 +1178,35 @@ async fn create_token(
     .await
 }
 
-#[derive(Deserialize, IntoParams)]
+#[derive(Deserialize)]
 struct TokenQuery {
     tenant: String,
+}
+
+/// By hand: the derive drops `required` from a parameter whose schema is `schema_with`.
+impl IntoParams for TokenQuery {
+    fn into_params(
+        _: impl Fn() -> Option<utoipa::openapi::path::ParameterIn>,
+    ) -> Vec<utoipa::openapi::path::Parameter> {
+        use utoipa::openapi::Required;
+        use utoipa::openapi::path::{ParameterBuilder, ParameterIn};
+        vec![
+            ParameterBuilder::new()
+                .name("tenant")
+                .parameter_in(ParameterIn::Query)
+                .required(Required::True)
+                .schema(Some(crate::schema::tenant_id()))
+                .build(),
+        ]
+    }
+}
+
+/// An enrollment token named in the path.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+struct TokenPath {
+    #[param(schema_with = crate::schema::token_id)]
+    id: String,
 }
 
 /// A tenant's tokens, newest first (never their secrets).
@@ -1028,12 +1233,12 @@ async fn list_tokens(
 
 /// Revoke a token.
 #[utoipa::path(post, path = "/api/v1/tokens/{id}/revoke", tag = "tokens",
-    params(("id" = String, Path)),
+    params(TokenPath),
     responses((status = 200, body = TokenDto), (status = 404, body = ProblemBody)))]
 async fn revoke_token(
     State(s): State<ApiState>,
     Extension(who): Extension<Principal>,
-    Path(id): Path<String>,
+    Path(TokenPath { id }): Path<TokenPath>,
 ) -> ApiResult<Json<TokenDto>> {
     let id = parse("token", &id, TokenId::new)?;
     let audit = AuditEntry::new(now(), who.actor(), "revoke_token", id.to_string());
@@ -1053,6 +1258,7 @@ async fn revoke_token(
 #[derive(Deserialize, IntoParams)]
 struct AuditQuery {
     /// First sequence number; default 1.
+    #[param(minimum = 0, maximum = 9_223_372_036_854_775_807_i64)]
     from: Option<u64>,
     /// 1 to 1000; default 100.
     #[param(minimum = 1, maximum = 1000)]
@@ -1069,6 +1275,11 @@ async fn audit_records(
     Query(q): Query<AuditQuery>,
 ) -> ApiResult<Json<Vec<serde_json::Value>>> {
     let from = q.from.unwrap_or(1);
+    if i64::try_from(from).is_err() {
+        return Err(Problem::invalid(format!(
+            "from {from} is out of range: sequence numbers are below 2^63"
+        )));
+    }
     let limit = page_limit(q.limit)?;
     blocking(move || {
         let records = match &who.tenant {

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{OpenApi, ToSchema};
 
 use crate::problem::ProblemBody;
-use crate::rest::{blocking, device_ref};
+use crate::rest::{DevicePath, JsonObject, blocking, device_ref};
 use crate::{ApiState, Principal, Problem};
 use gatehouse_runtime::{TrustError, TrustService};
 
@@ -66,12 +66,12 @@ fn service(s: &ApiState) -> ApiResult<std::sync::Arc<TrustService>> {
 /// A device's trust: score, tier, each factor with its evidence, the pin, the facts they
 /// come from, and the verdict in force with its explanation.
 #[utoipa::path(get, path = "/api/v1/devices/{tenant}/{device}/trust", tag = "trust",
-    params(("tenant" = String, Path), ("device" = String, Path)),
+    params(DevicePath),
     responses((status = 200, body = Object), (status = 404, body = ProblemBody)))]
 async fn get_trust(
     State(s): State<ApiState>,
     Extension(who): Extension<Principal>,
-    Path((tenant, device)): Path<(String, String)>,
+    Path(DevicePath { tenant, device }): Path<DevicePath>,
 ) -> ApiResult<Json<serde_json::Value>> {
     let d = device_ref(&tenant, &device)?;
     who.check_tenant(&d.tenant, || format!("device {d}"))?;
@@ -89,14 +89,17 @@ async fn get_trust(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct PinDto {
-    /// `trusted`, `restricted`, `quarantined` or `blocked`.
+    #[schema(schema_with = crate::schema::tier)]
     tier: String,
-    /// How long the pin holds: `30m`, `2h`, `7days` (at most a year).
     #[serde(rename = "for")]
+    #[schema(schema_with = crate::schema::pin_duration)]
     duration: String,
-    /// Why, for the audit log and whoever reads the device's page.
+    #[schema(schema_with = crate::schema::pin_reason)]
     reason: String,
 }
+
+/// Longest reason of a pin, in characters.
+pub(crate) const MAX_PIN_REASON: usize = 1024;
 
 /// Longest pin.
 const MAX_PIN: Duration = Duration::from_secs(366 * 24 * 3600);
@@ -108,8 +111,10 @@ fn pin_from(dto: &PinDto, by: &str) -> ApiResult<Pin> {
     if dto.reason.trim().is_empty() {
         return Err(Problem::invalid("a pin needs a reason"));
     }
-    if dto.reason.len() > 1024 {
-        return Err(Problem::invalid("the reason is longer than 1024 bytes"));
+    if dto.reason.chars().count() > MAX_PIN_REASON {
+        return Err(Problem::invalid(format!(
+            "the reason is longer than {MAX_PIN_REASON} characters"
+        )));
     }
     Ok(Pin {
         tier,
@@ -133,14 +138,14 @@ fn humantime_duration(text: &str) -> ApiResult<Duration> {
 /// Pin a device's tier until the pin expires; applied to its open sessions before the
 /// answer.
 #[utoipa::path(put, path = "/api/v1/devices/{tenant}/{device}/pin", tag = "trust",
-    params(("tenant" = String, Path), ("device" = String, Path)), request_body = PinDto,
+    params(DevicePath), request_body = PinDto,
     responses((status = 200, body = Object), (status = 404, body = ProblemBody),
         (status = 422, body = ProblemBody)))]
 async fn put_pin(
     State(s): State<ApiState>,
     Extension(who): Extension<Principal>,
-    Path((tenant, device)): Path<(String, String)>,
-    Json(dto): Json<PinDto>,
+    Path(DevicePath { tenant, device }): Path<DevicePath>,
+    JsonObject(dto): JsonObject<PinDto>,
 ) -> ApiResult<Json<serde_json::Value>> {
     let d = device_ref(&tenant, &device)?;
     who.check_tenant(&d.tenant, || format!("device {d}"))?;
@@ -158,12 +163,12 @@ async fn put_pin(
 
 /// Remove a device's pin: its tier follows its score again.
 #[utoipa::path(delete, path = "/api/v1/devices/{tenant}/{device}/pin", tag = "trust",
-    params(("tenant" = String, Path), ("device" = String, Path)),
+    params(DevicePath),
     responses((status = 200, body = Object), (status = 404, body = ProblemBody)))]
 async fn delete_pin(
     State(s): State<ApiState>,
     Extension(who): Extension<Principal>,
-    Path((tenant, device)): Path<(String, String)>,
+    Path(DevicePath { tenant, device }): Path<DevicePath>,
 ) -> ApiResult<Json<serde_json::Value>> {
     let d = device_ref(&tenant, &device)?;
     who.check_tenant(&d.tenant, || format!("device {d}"))?;
@@ -232,7 +237,7 @@ async fn get_policies(State(s): State<ApiState>) -> ApiResult<Json<PolicySetDto>
 async fn put_policies(
     State(s): State<ApiState>,
     Extension(who): Extension<Principal>,
-    Json(dto): Json<PolicyTextDto>,
+    JsonObject(dto): JsonObject<PolicyTextDto>,
 ) -> ApiResult<(StatusCode, Json<PolicySetDto>)> {
     who.require_unscoped()?;
     let svc = service(&s)?;
@@ -258,7 +263,7 @@ async fn put_policies(
         (status = 503, body = ProblemBody)))]
 async fn validate_policies(
     State(s): State<ApiState>,
-    Json(dto): Json<PolicyTextDto>,
+    JsonObject(dto): JsonObject<PolicyTextDto>,
 ) -> ApiResult<Json<PolicySetDto>> {
     let limits = match &s.trust {
         Some(svc) => svc.engine().limits(),

@@ -17,7 +17,7 @@ use crate::hex;
 use crate::operator::*;
 use crate::traits::OperatorStore;
 
-/// Longest API token label, in bytes.
+/// Longest API token label, in characters.
 const MAX_LABEL: usize = 200;
 
 const OPERATOR_COLS: &str = "name, role, tenant, created_at, disabled, failed_logins, \
@@ -316,9 +316,9 @@ impl OperatorStore for SqliteStore {
         t: &NewApiToken,
         audit: &AuditEntry,
     ) -> Result<(ApiToken, ApiTokenText), WriteError> {
-        if t.label.len() > MAX_LABEL || t.label.chars().any(char::is_control) {
+        if t.label.chars().count() > MAX_LABEL || t.label.chars().any(char::is_control) {
             return Err(WriteError::Invalid {
-                what: format!("label (at most {MAX_LABEL} bytes, no control characters)"),
+                what: format!("label (at most {MAX_LABEL} characters, no control characters)"),
             });
         }
         if t.permissions.is_empty() {
