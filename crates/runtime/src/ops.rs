@@ -6,15 +6,16 @@
 //! through [`crate::TrustService`]), or from the change feed when the caller is another
 //! process (the command line), since the registry write carries its typed change.
 //!
-//! Pins, lifting bans, revoking and reinstating devices, and rejecting actions so far; the
-//! other operations are still carried out where they were (see `docs/architecture.md`).
+//! Pins, lifting bans, revoking and reinstating devices, rejecting actions and storing
+//! policy sets so far; the other operations are still carried out where they were (see
+//! `docs/architecture.md`).
 
 use std::net::IpAddr;
 use std::time::SystemTime;
 
 use gatehouse_store::{
     ActionId, ActionState, AuditEntry, Ban, Certificate, Change, Device, DeviceStatus, DeviceTrust,
-    Registry, RevocationReason, StoredAction, WriteError,
+    PolicySetRecord, Registry, RevocationReason, StoredAction, WriteError,
 };
 
 use crate::ActionError;
@@ -174,6 +175,23 @@ pub fn write_reject(
     registry
         .set_action_state(id, ActionState::Rejected, actor, note, &record)
         .map_err(|e| ActionError::Store(e.to_string()))
+}
+
+/// The registry side of a new policy set: `text` (already validated by the caller, whose
+/// policies are `ids`) stored as the next version, audited as `set_policy` by `actor` with
+/// `reason`; the registry writes the `PolicySet` change, so a running server that did not
+/// store it loads it from the feed.
+pub fn write_policy_set(
+    registry: &dyn Registry,
+    text: &str,
+    ids: &[String],
+    actor: &str,
+    reason: &str,
+) -> Result<PolicySetRecord, WriteError> {
+    let record = AuditEntry::new(OffsetDateTime::now_utc(), actor, "set_policy", "policy-set")
+        .reason(reason)
+        .detail(serde_json::json!({ "policies": ids }));
+    registry.put_policy_set(text, actor, &record)
 }
 
 #[cfg(test)]

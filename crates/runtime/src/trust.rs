@@ -759,13 +759,10 @@ impl TrustService {
     pub fn set_policies(&self, text: &str, actor: &str) -> Result<u32, TrustError> {
         let mut engine = (*self.engine.load_full()).clone();
         engine.load(text)?;
-        let audit = AuditEntry::new(now_utc(), actor, "set_policy", "policy-set")
-            .reason("policy set replaced")
-            .detail(serde_json::json!({ "policies": engine.policy_ids() }));
-        let record = self
-            .registry
-            .put_policy_set(text, actor, &audit)
-            .map_err(store)?;
+        let ids = engine.policy_ids();
+        let record =
+            crate::ops::write_policy_set(&*self.registry, text, &ids, actor, "policy set replaced")
+                .map_err(store)?;
         self.engine.store(Arc::new(engine));
         self.assess_all("policy change")?;
         Ok(record.version)

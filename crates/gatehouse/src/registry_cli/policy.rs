@@ -14,9 +14,6 @@ use serde_json::json;
 
 use super::{Ctx, fmt_time, table};
 
-/// The audit subject of every policy set change.
-const SUBJECT: &str = "policy-set";
-
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Print the policy set in force: the newest stored set, or the shipped defaults
@@ -237,11 +234,8 @@ fn reset(ctx: &Ctx) -> Result<()> {
 
 /// Stores `text` as the next version, audited as `set_policy`.
 fn store(ctx: &Ctx, text: &str, ids: Vec<String>, reason: &str) -> Result<()> {
-    let entry = ctx
-        .entry("set_policy", SUBJECT)
-        .reason(reason)
-        .detail(json!({ "policies": ids }));
-    let record = ctx.store.put_policy_set(text, &ctx.actor, &entry)?;
+    let record =
+        gatehouse_runtime::ops::write_policy_set(&ctx.store, text, &ids, &ctx.actor, reason)?;
     ctx.print(
         &json!({ "version": record.version, "policies": ids }),
         || {
