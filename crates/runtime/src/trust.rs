@@ -528,11 +528,7 @@ impl TrustService {
     /// The scan at join: records the device's first facts (identity assurance, key
     /// strength), audited, then compiles its verdict. Called by enrollment and renewal.
     pub fn scan_at_join(&self, d: &DeviceRef, actor: &str) -> Result<Arc<Verdict>, TrustError> {
-        let device = self
-            .registry
-            .get_device(d)
-            .map_err(store)?
-            .ok_or_else(|| TrustError::NoDevice(d.clone()))?;
+        let device = self.registered(d)?;
         let mut facts = join_facts(&*self.registry, &device)?;
         if let Some(existing) = self.registry.get_device_trust(d).map_err(store)?
             && let Ok(old) = serde_json::from_value::<Facts>(existing.facts)
@@ -549,18 +545,23 @@ impl TrustService {
         self.registry
             .put_device_facts(d, &value, now_utc(), Some(&audit))
             .map_err(store)?;
-        self.assess(d, "enrollment")
+        // The facts just written are read again by the assessment; the device is not.
+        self.assess_device(&device, "enrollment", true)
+    }
+
+    /// The registered device `d`.
+    fn registered(&self, d: &DeviceRef) -> Result<Device, TrustError> {
+        self.registry
+            .get_device(d)
+            .map_err(store)?
+            .ok_or_else(|| TrustError::NoDevice(d.clone()))
     }
 
     /// Scores the device from the registry, compiles its verdict, puts it in force and
     /// applies it to its open sessions. A verdict that changes what the device may do is
     /// recorded and audited.
     pub fn assess(&self, d: &DeviceRef, cause: &str) -> Result<Arc<Verdict>, TrustError> {
-        let device = self
-            .registry
-            .get_device(d)
-            .map_err(store)?
-            .ok_or_else(|| TrustError::NoDevice(d.clone()))?;
+        let device = self.registered(d)?;
         self.assess_device(&device, cause, true)
     }
 
@@ -806,11 +807,7 @@ impl TrustService {
             ));
         }
         let report = PostureReport::parse(&signed.report).map_err(perr)?;
-        let device = self
-            .registry
-            .get_device(d)
-            .map_err(store)?
-            .ok_or_else(|| TrustError::NoDevice(d.clone()))?;
+        let device = self.registered(d)?;
         let (mut facts, _, _) = load_facts(&*self.registry, &device)?;
         let profile = self.profile(&device.model)?;
         report.apply(
@@ -838,11 +835,7 @@ impl TrustService {
         penalties: Vec<BehaviourPenalty>,
         actor: &str,
     ) -> Result<Arc<Verdict>, TrustError> {
-        let device = self
-            .registry
-            .get_device(d)
-            .map_err(store)?
-            .ok_or_else(|| TrustError::NoDevice(d.clone()))?;
+        let device = self.registered(d)?;
         let (mut facts, _, _) = load_facts(&*self.registry, &device)?;
         let now = SystemTime::now();
         let detail = serde_json::json!({ "behaviour": penalties });
@@ -935,11 +928,7 @@ impl TrustService {
 
     /// The device's trust: its assessment now, its facts and its verdict in force.
     pub fn view(&self, d: &DeviceRef) -> Result<TrustView, TrustError> {
-        let device = self
-            .registry
-            .get_device(d)
-            .map_err(store)?
-            .ok_or_else(|| TrustError::NoDevice(d.clone()))?;
+        let device = self.registered(d)?;
         let (facts, pin, _) = load_facts(&*self.registry, &device)?;
         let mut assessment = assess(
             &facts,

@@ -427,10 +427,11 @@ impl DetectionService {
                     .peer
                     .ok_or_else(|| ActionError::Invalid("ban action without an address".into()))?;
                 if registry {
-                    crate::ops::write_unban(&*self.registry, addr, by, "the ban action reversed")
+                    self.lift_ban(addr, by, "the ban action reversed")
                         .map_err(store)?;
+                } else {
+                    self.broker.unban(addr);
                 }
-                self.broker.unban(addr);
                 Ok(())
             }
             "revoke" => {
