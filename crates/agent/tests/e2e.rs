@@ -327,21 +327,9 @@ async fn next_message(
 }
 
 /// Whether a program runs; outside CI a missing one skips the part that needs it.
+#[track_caller]
 fn have(program: &str) -> bool {
-    let ok = std::process::Command::new(program)
-        .arg("--help")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok();
-    if !ok {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{program} is not installed, and CI must run this test"
-        );
-        eprintln!("SKIPPED: {program} is not installed");
-    }
-    ok
+    gatehouse_testkit::have_program(program, &["--help"])
 }
 
 fn mode(path: &Path) -> Result<u32> {

@@ -175,21 +175,9 @@ proptest! {
 }
 
 /// Whether a program runs; outside CI a missing one skips the test that needs it.
+#[track_caller]
 fn have(program: &str) -> bool {
-    let ok = std::process::Command::new(program)
-        .arg("version")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok();
-    if !ok {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{program} is not installed, and CI must run this test"
-        );
-        eprintln!("SKIPPED: {program} is not installed");
-    }
-    ok
+    gatehouse_testkit::have_program(program, &["version"])
 }
 
 #[test]

@@ -95,11 +95,7 @@ fn openssl_rsa_key() -> Result<Option<KeyPair>> {
     {
         Ok(out) => out,
         Err(e) => {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "openssl is needed in CI: {e}"
-            );
-            eprintln!("SKIPPED (RSA): openssl is not installed");
+            gatehouse_testkit::skip(format!("openssl is not installed ({e}): no RSA key"));
             return Ok(None);
         }
     };
@@ -240,11 +236,7 @@ fn a_key_that_is_not_pkcs8_is_refused_with_a_reason() -> Result<()> {
     {
         Ok(out) => out,
         Err(e) => {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "openssl is needed in CI: {e}"
-            );
-            eprintln!("SKIPPED: openssl is not installed");
+            gatehouse_testkit::skip(format!("openssl is not installed ({e})"));
             return Ok(());
         }
     };

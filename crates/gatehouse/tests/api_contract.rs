@@ -21,11 +21,7 @@ fn skip() -> bool {
     if support::have_program("schemathesis", &["--version"]) {
         return false;
     }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "schemathesis is required in CI"
-    );
-    eprintln!("skipped: schemathesis is missing");
+    gatehouse_testkit::skip("schemathesis is not installed (pip install 'schemathesis>=4,<5')");
     true
 }
 

@@ -93,9 +93,8 @@ async fn rfc7030_flow_with_curl_and_openssl_then_mosquitto_pub() -> Result<()> {
             .collect();
         ensure!(serious.is_empty(), "pkilint:\n{report}");
     } else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "pkilint is not installed, and CI must run it"
+        gatehouse_testkit::skip(
+            "pkilint is not installed (pip install pkilint): the lint was not run",
         );
     }
 
@@ -831,11 +830,9 @@ async fn openapi_document_is_valid_and_errors_share_one_shape() -> Result<()> {
         .output()?;
     let out = format!("{}{}", text(&check.stdout), text(&check.stderr));
     if out.contains("No module named") {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "openapi-spec-validator is not installed, and CI must run it"
+        gatehouse_testkit::skip(
+            "openapi-spec-validator is not installed (pip install openapi-spec-validator)",
         );
-        eprintln!("SKIPPED: openapi-spec-validator is not installed");
     } else {
         ensure!(check.status.success() && out.contains("valid"), "{out}");
     }

@@ -341,11 +341,7 @@ async fn paho_round_trip_carries_v5_properties() -> Result<()> {
     }
     let probe = run("python3", &["-c", "import paho.mqtt.client"]).await?;
     if !probe.status.success() {
-        ensure!(
-            std::env::var_os("CI").is_none(),
-            "paho-mqtt is not installed (pip install paho-mqtt), and CI must run this test"
-        );
-        eprintln!("SKIPPED: paho-mqtt is not installed (pip install paho-mqtt)");
+        gatehouse_testkit::skip("paho-mqtt is not installed (pip install paho-mqtt)");
         return Ok(());
     }
     let gh = Gatehouse::start(Options::extra(LAB_POLICY)).await?;

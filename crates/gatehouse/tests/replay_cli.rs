@@ -18,16 +18,10 @@ fn data(rel: &str) -> Option<PathBuf> {
     if p.exists() {
         Some(p)
     } else {
-        // In CI a skip is a failure: the shared data is laid beside the checkout there.
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{} is absent, and CI must run this test",
+        gatehouse_testkit::skip(format!(
+            "{} is absent (the shared data folder)",
             p.display()
-        );
-        eprintln!(
-            "skipped: {} is absent (the shared data folder)",
-            p.display()
-        );
+        ));
         None
     }
 }

@@ -24,11 +24,7 @@ fn openssl_available() -> bool {
         .status()
         .is_ok_and(|s| s.success());
     if !found {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "openssl is not installed, and CI must run this test"
-        );
-        eprintln!("SKIPPED: the openssl binary is not installed");
+        gatehouse_testkit::skip("the openssl binary is not installed");
     }
     found
 }

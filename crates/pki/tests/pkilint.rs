@@ -21,9 +21,8 @@ fn lint(
     {
         Ok(out) => out,
         Err(_) => {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "pkilint (lint_pkix_cert) is not installed, and CI must run this test"
+            gatehouse_testkit::skip(
+                "pkilint (lint_pkix_cert) is not installed (pip install pkilint)",
             );
             return Ok(None);
         }
@@ -86,7 +85,6 @@ fn issued_certificates_pass_pkilint() -> TestResult {
         "ldevid.crt",
     ] {
         let Some(report) = lint(&out, file)? else {
-            eprintln!("SKIPPED: lint_pkix_cert (pkilint) is not installed");
             return Ok(());
         };
         if !report.trim().is_empty() {

@@ -23,16 +23,10 @@ fn data(path: &str) -> Option<PathBuf> {
     if p.exists() {
         Some(p)
     } else {
-        // In CI a skip is a failure: the shared data is laid beside the checkout there.
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{} is absent, and CI must run this test",
+        gatehouse_testkit::skip(format!(
+            "{} is absent (the shared data folder is not on this machine)",
             p.display()
-        );
-        eprintln!(
-            "SKIPPED: {} is absent (the shared data folder is not on this machine)",
-            p.display()
-        );
+        ));
         None
     }
 }

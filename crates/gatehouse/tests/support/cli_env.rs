@@ -42,7 +42,7 @@ impl Env {
     }
 
     pub fn run(&self, args: &[&str]) -> Result<Output> {
-        std::process::Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+        std::process::Command::new(super::binary())
             .arg("--config")
             .arg(&self.config)
             .args(args)

@@ -72,9 +72,19 @@ async fn tester_token(config: &Path) -> Result<String> {
     Ok(token)
 }
 
-/// The binary under test.
+/// The binary under test: the one cargo built for these tests, or the one
+/// `GATEHOUSE_BIN` names (to run a suite against a release build:
+/// `cargo build --release -p gatehouse` and `GATEHOUSE_BIN=$PWD/target/release/gatehouse`;
+/// a relative path is taken from the package directory, where tests run).
 pub fn binary() -> &'static str {
-    env!("CARGO_BIN_EXE_gatehouse")
+    static BINARY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BINARY.get_or_init(|| match std::env::var("GATEHOUSE_BIN") {
+        Ok(path) if !path.is_empty() => std::fs::canonicalize(&path)
+            .unwrap_or_else(|e| panic!("GATEHOUSE_BIN={path}: {e}"))
+            .to_string_lossy()
+            .into_owned(),
+        _ => env!("CARGO_BIN_EXE_gatehouse").to_owned(),
+    })
 }
 
 /// A policy that adds a shared `lab/#` namespace every device may publish and subscribe
@@ -539,20 +549,7 @@ pub fn metric_value(text: &str, sample: &str) -> f64 {
 
 /// Whether an external program can be run. In CI (`CI` set) a missing program is an
 /// error, because CI installs them; elsewhere the test is skipped with a message.
+#[track_caller]
 pub fn have_program(program: &str, probe: &[&str]) -> bool {
-    let ok = std::process::Command::new(program)
-        .args(probe)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok();
-    if !ok {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{program} is not installed, and CI must run this test"
-        );
-        eprintln!("SKIPPED: {program} is not installed");
-    }
-    ok
+    gatehouse_testkit::have_program(program, probe)
 }
