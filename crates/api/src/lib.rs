@@ -63,15 +63,24 @@ pub struct HttpLimits {
     pub handshake_timeout: Duration,
     /// Time allowed for a request's headers (slowloris).
     pub header_timeout: Duration,
+    /// Connections open at once; one over it is closed as soon as it is accepted.
+    pub max_connections: usize,
+    /// TLS handshakes worked on at once; the others wait their turn (within
+    /// `handshake_timeout`), so that a flood of handshakes queues here instead of in front
+    /// of the broker's work on the runtime's few workers.
+    pub concurrent_handshakes: usize,
 }
 
 impl Default for HttpLimits {
-    /// 64 KiB bodies, 10 s for the handshake and for headers.
+    /// 64 KiB bodies, 10 s for the handshake and for headers, 1,024 connections, 16
+    /// handshakes at once.
     fn default() -> Self {
         Self {
             max_body: 64 * 1024,
             handshake_timeout: Duration::from_secs(10),
             header_timeout: Duration::from_secs(10),
+            max_connections: 1024,
+            concurrent_handshakes: 16,
         }
     }
 }
@@ -83,6 +92,17 @@ impl HttpLimits {
             max_body,
             handshake_timeout,
             header_timeout,
+            ..Self::default()
+        }
+    }
+
+    /// These limits with at most `max_connections` open and `concurrent_handshakes`
+    /// handshakes at once (each at least 1).
+    pub fn with_connections(self, max_connections: usize, concurrent_handshakes: usize) -> Self {
+        Self {
+            max_connections: max_connections.max(1),
+            concurrent_handshakes: concurrent_handshakes.max(1),
+            ..self
         }
     }
 }
@@ -190,7 +210,9 @@ async fn reject_declared_oversize(
 }
 
 /// Serves `app` over TLS on `listener` until `stop` turns true. `tls` is read at each
-/// handshake, so a swapped configuration applies to new connections.
+/// handshake, so a swapped configuration applies to new connections. At most
+/// `limits.max_connections` are open at once and `limits.concurrent_handshakes` in their
+/// TLS handshake.
 pub fn serve(
     listener: TcpListener,
     tls: Arc<ArcSwap<rustls::ServerConfig>>,
@@ -198,6 +220,8 @@ pub fn serve(
     limits: HttpLimits,
     mut stop: watch::Receiver<bool>,
 ) {
+    let open = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(limits.concurrent_handshakes));
     tokio::spawn(async move {
         loop {
             let (tcp, peer): (_, SocketAddr) = tokio::select! {
@@ -212,12 +236,23 @@ pub fn serve(
             };
             // Small responses must not wait for the peer's delayed ACK behind the TLS 1.3
             // session ticket (about 40 ms a request otherwise).
+            let Ok(slot) = open.clone().try_acquire_owned() else {
+                debug!(%peer, max = limits.max_connections, "HTTPS connection refused: too many open");
+                drop(tcp);
+                continue;
+            };
             let _ = tcp.set_nodelay(true);
             let acceptor = tokio_rustls::TlsAcceptor::from(tls.load_full());
             let app = app.clone();
+            let handshakes = handshakes.clone();
             tokio::spawn(async move {
-                let handshake =
-                    tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await;
+                let _slot = slot;
+                let handshake = tokio::time::timeout(limits.handshake_timeout, async {
+                    // Never closed: a permit always comes, within the deadline or not.
+                    let _turn = handshakes.acquire().await;
+                    acceptor.accept(tcp).await
+                })
+                .await;
                 let Ok(Ok(tls)) = handshake else {
                     debug!(%peer, "HTTPS handshake failed");
                     return;

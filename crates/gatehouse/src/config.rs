@@ -393,17 +393,24 @@ pub mod raw {
         pub logins_per_minute: u32,
         #[serde(with = "humantime_serde")]
         pub max_token_ttl: Duration,
+        /// HTTPS connections open at once.
+        pub max_connections: usize,
+        /// HTTPS TLS handshakes worked on at once.
+        pub concurrent_handshakes: usize,
     }
 
     impl Default for Api {
         fn default() -> Self {
             let d = gatehouse_api::AuthSettings::default();
+            let http = gatehouse_api::HttpLimits::default();
             Self {
                 session_ttl: d.session_ttl,
                 max_failed_logins: d.max_failed_logins,
                 lockout: d.lockout,
                 logins_per_minute: d.logins_per_minute,
                 max_token_ttl: d.max_token_ttl,
+                max_connections: http.max_connections,
+                concurrent_handshakes: http.concurrent_handshakes,
             }
         }
     }
@@ -466,6 +473,8 @@ pub struct Settings {
     pub detection: Option<gatehouse_runtime::DetectionSettings>,
     /// `[api]`: operator sessions, logins and API tokens.
     pub api: gatehouse_api::AuthSettings,
+    /// `[api]`: HTTPS connections open at once, and TLS handshakes at once.
+    pub https_connections: (usize, usize),
     /// `[passwords]`: the budget of password checks.
     pub passwords: gatehouse_pki::password::PasswordBudget,
 }
@@ -861,6 +870,13 @@ impl Settings {
         if api.max_token_ttl.is_zero() {
             bail!("api.max_token_ttl must be above zero");
         }
+        if !(1..=1_000_000).contains(&api.max_connections) {
+            bail!("api.max_connections must be between 1 and 1000000");
+        }
+        if !(1..=4096).contains(&api.concurrent_handshakes) {
+            bail!("api.concurrent_handshakes must be between 1 and 4096");
+        }
+        let https_connections = (api.max_connections, api.concurrent_handshakes);
         let api = gatehouse_api::AuthSettings::new(
             api.session_ttl,
             api.max_failed_logins,
@@ -912,6 +928,7 @@ impl Settings {
             trust,
             detection,
             api,
+            https_connections,
             passwords,
         })
     }

@@ -254,7 +254,8 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         settings.enrollment.max_request_body,
         settings.broker.limits.tls_handshake_timeout,
         settings.broker.limits.connect_timeout,
-    );
+    )
+    .with_connections(settings.https_connections.0, settings.https_connections.1);
     let app = gatehouse_api::router(
         ApiState {
             enroller,

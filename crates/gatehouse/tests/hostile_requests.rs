@@ -8,8 +8,8 @@ mod support;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use rumqttc::v5::mqttbytes::QoS as Q5;
@@ -97,6 +97,139 @@ async fn still_serving(gh: &Gatehouse, device: &str) -> Result<()> {
     dev.disconnect().await
 }
 
+/// Well-behaved certificate devices that, until stopped, connect, publish one QoS 1
+/// message, wait for its PUBACK and disconnect, one round every 150 ms: what a flood does
+/// to everyone else, as a distribution of connect-and-publish times rather than one
+/// sample. Each round is another device (a new id, until 80 have gone round, 12 s), so
+/// that no device comes back within the connection-flood rule's window (10 s): the rule
+/// counts only such returns from one address (127.0.0.1 here), and this is not a flood.
+struct Probe {
+    stop: Arc<AtomicBool>,
+    task: std::thread::JoinHandle<Result<Vec<Duration>>>,
+}
+
+/// Connect-and-publish times one probe saw.
+struct Served {
+    times: Vec<Duration>,
+}
+
+impl Probe {
+    fn start(mqtts: SocketAddr, devices: Vec<(String, Arc<ClientConfig>)>) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        // On a thread and runtime of its own: the attackers' tasks in this process do not
+        // queue in front of it, so what it measures is the server.
+        let task = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(Self::rounds(mqtts, devices, stopped))
+        });
+        Self { stop, task }
+    }
+
+    async fn rounds(
+        mqtts: SocketAddr,
+        devices: Vec<(String, Arc<ClientConfig>)>,
+        stopped: Arc<AtomicBool>,
+    ) -> Result<Vec<Duration>> {
+        {
+            let mut times = Vec::new();
+            for (device, tls) in devices.iter().cycle() {
+                if stopped.load(Ordering::Relaxed) {
+                    break;
+                }
+                let topic = format!("lab/{device}");
+                let started = Instant::now();
+                let round = async {
+                    let mut dev = V5::connect_as(mqtts, tls.clone(), device).await?;
+                    dev.client
+                        .publish(&topic, Q5::AtLeastOnce, false, "probe")
+                        .await?;
+                    let ack = dev.puback().await?;
+                    ensure!(
+                        ack.reason == rumqttc::v5::mqttbytes::v5::PubAckReason::Success,
+                        "the probe's publish was refused: {ack:?}"
+                    );
+                    dev.disconnect().await
+                };
+                tokio::time::timeout(WAIT * 2, round)
+                    .await
+                    .with_context(|| format!("probe round {} did not finish", times.len() + 1))??;
+                let took = started.elapsed();
+                times.push(took);
+                tokio::time::sleep(Duration::from_millis(150).saturating_sub(took)).await;
+            }
+            Ok(times)
+        }
+    }
+
+    /// Stops after the round in progress; every round must have been served.
+    async fn finish(self) -> Result<Served> {
+        self.stop.store(true, Ordering::Relaxed);
+        let task = self.task;
+        let mut times = tokio::task::spawn_blocking(move || task.join())
+            .await?
+            .map_err(|_| anyhow::anyhow!("the probe's thread panicked"))??;
+        ensure!(!times.is_empty(), "the probe never finished a round");
+        times.sort();
+        Ok(Served { times })
+    }
+}
+
+impl Probe {
+    /// `count` probe devices named `{name}-{n}`, with their certificates.
+    fn devices(
+        gh: &Gatehouse,
+        name: &str,
+        count: usize,
+    ) -> Result<Vec<(String, Arc<ClientConfig>)>> {
+        (1..=count)
+            .map(|n| {
+                let device = format!("{name}-{n}");
+                let tls = gh.client_tls(&device)?;
+                Ok((device, tls))
+            })
+            .collect()
+    }
+
+    /// The probe's figures with nothing else going on, for comparison.
+    async fn quiet(gh: &Gatehouse) -> Result<Served> {
+        let probe = Self::start(gh.listeners.mqtts, Self::devices(gh, "alone", 20)?);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        probe.finish().await
+    }
+
+    /// Starts a probe of 80 devices, for the length of a flood.
+    fn during(gh: &Gatehouse) -> Result<Self> {
+        Ok(Self::start(
+            gh.listeners.mqtts,
+            Self::devices(gh, "probe", 80)?,
+        ))
+    }
+}
+
+impl Served {
+    fn quantile(&self, q: f64) -> Duration {
+        let i = ((self.times.len() - 1) as f64 * q).round() as usize;
+        self.times[i]
+    }
+}
+
+impl std::fmt::Display for Served {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        write!(
+            f,
+            "{} connect-and-publish rounds, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            self.times.len(),
+            ms(self.quantile(0.5)),
+            ms(self.quantile(0.99)),
+            ms(self.times[self.times.len() - 1])
+        )
+    }
+}
+
 fn permit_when(condition: &str) -> String {
     format!(
         "@id(\"deep\")\npermit (principal, action == Action::\"publish\", resource)\nwhen {{ {condition} }};"
@@ -109,6 +242,8 @@ async fn deeply_nested_policy_is_refused_and_the_server_stays_up() -> Result<()>
     let pid = gh.pid().context("server pid")?;
     let tls = gh.anonymous_tls()?;
     let auth = format!("Authorization: Bearer {}\r\n", gh.token);
+    let quiet = Probe::quiet(&gh).await?;
+    let probe = Probe::during(&gh)?;
     // Each of these aborted the process, broker and CA with it, before the limits.
     let texts = [
         permit_when(&format!("{}true{}", "(".repeat(150), ")".repeat(150))),
@@ -120,7 +255,8 @@ async fn deeply_nested_policy_is_refused_and_the_server_stays_up() -> Result<()>
         permit_when(&format!("{}true{}", "(".repeat(20_000), ")".repeat(20_000))),
         permit_when(&format!("principal.score{} > 0", " + 1".repeat(5_000))),
     ];
-    for text in &texts {
+    // Five times over, so that the probe has a flood to measure.
+    for text in texts.iter().cycle().take(5 * texts.len()) {
         // A set within the limits would be put in force by PUT (and replace the set the
         // devices below connect under): only validate those.
         let routes: &[(&str, &str)] = if text.len() < 1_000 {
@@ -157,6 +293,8 @@ async fn deeply_nested_policy_is_refused_and_the_server_stays_up() -> Result<()>
             proc_kib(pid, "VmRSS").context("the server died on a nested policy")?;
         }
     }
+    let during = probe.finish().await?;
+    println!("nested policies: a device alone: {quiet}; while they were refused: {during}");
     // The deepest ones name the limit.
     let body = json!({ "text": texts[2] }).to_string();
     let (status, answer) = https(
@@ -182,6 +320,8 @@ async fn login_flood_from_many_addresses_keeps_memory_bounded() -> Result<()> {
     let pid = gh.pid().context("server pid")?;
     still_serving(&gh, "before-flood").await?;
     let before = proc_kib(pid, "VmRSS")?;
+    let quiet = Probe::quiet(&gh).await?;
+    let probe = Probe::during(&gh)?;
 
     // 60 addresses, 10 attempts each: every address stays within its own limit of 10 a
     // minute. All 600 at once: what the server must bound is how many it hashes at once.
@@ -230,6 +370,7 @@ async fn login_flood_from_many_addresses_keeps_memory_bounded() -> Result<()> {
         *by_status.entry(status).or_insert(0usize) += 1;
     }
     let took = started.elapsed();
+    let served = probe.finish().await?;
     let peak = proc_kib(pid, "VmHWM")?;
     let after = proc_kib(pid, "VmRSS")?;
     let slots = gh.metric("gatehouse_password_check_slots").await?;
@@ -241,7 +382,8 @@ async fn login_flood_from_many_addresses_keeps_memory_bounded() -> Result<()> {
     println!(
         "login flood: {} attempts from {ADDRESSES} addresses in {took:?}: {by_status:?}; \
          RSS before {before} KiB, during {during} KiB ({answered_then} answered then), \
-         peak {peak} KiB, after {after} KiB; {slots} check slots; {shed} shed",
+         peak {peak} KiB, after {after} KiB; {slots} check slots; {shed} shed; \
+         a device alone: {quiet}; during the flood: {served}",
         usize::from(ADDRESSES) * EACH
     );
     ensure!(slots <= 2.0, "{slots} memory slots for password checks");
@@ -275,6 +417,8 @@ async fn password_flood_on_the_legacy_listener_does_not_delay_mtls_devices() -> 
     /// Closed with no CONNACK: the address was banned.
     const BANNED: u8 = 0xff;
     let before = proc_kib(pid, "VmRSS")?;
+    let quiet = Probe::quiet(&gh).await?;
+    let probe = Probe::during(&gh)?;
 
     // 600 wrong passwords from 30 addresses, all at once.
     let mut tasks = Vec::new();
@@ -312,6 +456,7 @@ async fn password_flood_on_the_legacy_listener_does_not_delay_mtls_devices() -> 
         ensure!(matches!(code, 3 | 4 | BANNED), "CONNACK return code {code}");
         *codes.entry(code).or_insert(0usize) += 1;
     }
+    let served = probe.finish().await?;
     let peak = proc_kib(pid, "VmHWM")?;
     let slots = gh.metric("gatehouse_password_check_slots").await?;
     let failures = gh
@@ -320,7 +465,8 @@ async fn password_flood_on_the_legacy_listener_does_not_delay_mtls_devices() -> 
     println!(
         "legacy flood: CONNACK codes {codes:?}; an mTLS connect, subscribe and round trip \
          during it took {mtls_took:?}; RSS before {before} KiB, peak {peak} KiB; \
-         {slots} check slots; {failures} bad_password refusals counted"
+         {slots} check slots; {failures} bad_password refusals counted; a device alone: \
+         {quiet}; during the flood: {served}"
     );
     ensure!(slots <= 2.0, "{slots} memory slots for password checks");
     ensure!(
@@ -499,6 +645,8 @@ async fn idle_tls_connections_do_not_keep_a_real_device_out() -> Result<()> {
         .await?;
     let mqtts = gh.listeners.mqtts;
     let idle_tls = gh.client_tls("idle-tls")?;
+    let quiet = Probe::quiet(&gh).await?;
+    let probe = Probe::during(&gh)?;
 
     // 500 connections from ten addresses, 50 each (within each address's burst of 100):
     // a third send nothing, a third send the start of a ClientHello, a third complete the
@@ -535,7 +683,7 @@ async fn idle_tls_connections_do_not_keep_a_real_device_out() -> Result<()> {
         idle.push(o.await?.with_context(|| format!("idle connection {i}"))?);
     }
     let tls_idle = idle.iter().filter(|c| matches!(c, Idle::Tls(_))).count();
-    // The server holds every one of them.
+    // The server holds every one of them (and the probe's connection, when one is open).
     gh.wait_metric("gatehouse_connections_open", IDLE as f64)
         .await?;
 
@@ -555,6 +703,7 @@ async fn idle_tls_connections_do_not_keep_a_real_device_out() -> Result<()> {
         .context("round trip through the broker")?;
     ensure!(p.payload.as_ref() == b"let in", "got {p:?}");
     let device_took = started.elapsed();
+    let served = probe.finish().await?;
     // ...and none of the idle ones had been let go yet: the device got in beside them.
     let open = gh.metric("gatehouse_connections_open").await?;
     ensure!(
@@ -600,7 +749,8 @@ async fn idle_tls_connections_do_not_keep_a_real_device_out() -> Result<()> {
         "idle: {IDLE} connections ({tls_idle} with TLS done) held; a device connected and \
          round-tripped in {device_took:?} beside them; all closed by the server \
          {all_closed:?} after that ({sent_nothing} without a byte); {handshake_timeouts} \
-         handshake timeouts, {connect_timeouts} CONNECT timeouts counted"
+         handshake timeouts, {connect_timeouts} CONNECT timeouts counted; a device alone: \
+         {quiet}; while they were opened and held: {served}"
     );
     ensure!(
         handshake_timeouts >= (IDLE - tls_idle) as f64,
@@ -641,6 +791,8 @@ async fn connection_flood_is_refused_by_rate_without_leaking_descriptors() -> Re
     const FLOODER: u8 = 66;
     let mqtts = gh.listeners.mqtts;
     let tls = gh.client_tls("flood")?;
+    let quiet = Probe::quiet(&gh).await?;
+    let probe = Probe::during(&gh)?;
     let slots = Arc::new(tokio::sync::Semaphore::new(200));
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(ATTEMPTS);
@@ -684,6 +836,7 @@ async fn connection_flood_is_refused_by_rate_without_leaking_descriptors() -> Re
         t.await?.with_context(|| format!("flood attempt {i}"))?;
     }
     let flood_took = started.elapsed();
+    let served = probe.finish().await?;
 
     // Every connection is closed on the client's side; the server lets go of all of them.
     gh.wait_metric_at_most("gatehouse_connections_open", 0.0)
@@ -715,7 +868,8 @@ async fn connection_flood_is_refused_by_rate_without_leaking_descriptors() -> Re
     println!(
         "connection flood: {ATTEMPTS} attempts from 127.0.0.{FLOODER} in {flood_took:?}; \
          {accepted} accepted at TCP level, {refused} refused by the rate limit; \
-         descriptors before {}, after {} (new: {new:?})",
+         descriptors before {}, after {} (new: {new:?}); a device alone: {quiet}; during \
+         the flood, from another address: {served}",
         fds_before.len(),
         after.len()
     );
@@ -726,4 +880,72 @@ async fn connection_flood_is_refused_by_rate_without_leaking_descriptors() -> Re
     ensure!(refused > 0.0, "the rate limit refused none of {ATTEMPTS}");
     // A real device, from another address, still gets in and round-trips.
     still_serving(&gh, "after-flood").await
+}
+
+#[tokio::test]
+async fn https_connections_past_the_limit_are_closed_and_the_rest_still_served() -> Result<()> {
+    const MAX: usize = 8;
+    let gh = Gatehouse::start(Options::extra(&format!(
+        "{LAB_POLICY}\n[api]\nmax_connections = {MAX}\nconcurrent_handshakes = 2\n\
+         [limits]\ntls_handshake_timeout = \"60s\"\n"
+    )))
+    .await?;
+    let listener = gh.listeners.https;
+    let (status, _) = gh.https_get("/healthz").await?;
+    ensure!(status == 200, "/healthz answered {status}");
+
+    // MAX connections that send nothing hold every place (each waits out its deadline).
+    let mut held = Vec::new();
+    for _ in 0..MAX {
+        held.push(connect_from(20, listener).await?);
+    }
+    // The next one is accepted by the kernel and closed by the server at once, long
+    // before the handshake deadline (60 s) would have closed it.
+    let mut over = connect_from(21, listener).await?;
+    let closed = raw::read_until_closed(&mut over, WAIT)
+        .await
+        .context("a connection past max_connections was kept open")?;
+    ensure!(
+        closed.bytes.is_empty(),
+        "it was answered: {:?}",
+        closed.bytes
+    );
+    // So is a well-formed client: refused, not queued.
+    let refused = https(
+        listener,
+        &gh.anonymous_tls()?,
+        22,
+        "GET",
+        "/healthz",
+        "",
+        "",
+    )
+    .await;
+    ensure!(refused.is_err(), "served past the limit: {refused:?}");
+
+    // Once the idle ones go, the listener serves again.
+    drop(held);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match https(
+            listener,
+            &gh.anonymous_tls()?,
+            23,
+            "GET",
+            "/healthz",
+            "",
+            "",
+        )
+        .await
+        {
+            Ok((200, _)) => break,
+            other if Instant::now() >= deadline => {
+                bail!(
+                    "the listener did not serve again after the idle connections closed: {other:?}"
+                )
+            }
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    still_serving(&gh, "after-https-limit").await
 }
