@@ -16,6 +16,43 @@ use serde::Deserialize;
 /// The documented example, with every option at its default.
 pub const EXAMPLE: &str = include_str!("../gatehouse.example.toml");
 
+/// `--data-dir`: the data directory, instead of the configuration's `data_dir`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct DataDirArg {
+    /// The data directory (default: the configuration's `data_dir`, `./gatehouse-data`).
+    #[arg(long, global = true, env = "GATEHOUSE_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+}
+
+// === impl DataDirArg ===
+
+impl DataDirArg {
+    /// `settings` with this data directory, if one was given.
+    pub fn apply(&self, settings: Settings) -> Settings {
+        match &self.data_dir {
+            Some(d) => settings.with_data_dir(d.clone()),
+            None => settings,
+        }
+    }
+}
+
+/// Creates a directory (and its parents) if missing; new directories are 0700.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut b = std::fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
+    b.create(dir)
+}
+
+/// A path for people: absolute, so that it says where even when it was given relative.
+pub fn shown_path(p: &Path) -> String {
+    std::path::absolute(p)
+        .unwrap_or_else(|_| p.to_owned())
+        .display()
+        .to_string()
+}
+
 pub mod raw {
     use super::*;
 
@@ -950,6 +987,38 @@ impl Settings {
             posture_queue: self.trust.posture_queue,
             policy_limits: self.trust.policy_limits,
         }
+    }
+
+    /// These settings with another data directory (and the broker's state file in it).
+    pub fn with_data_dir(mut self, dir: PathBuf) -> Self {
+        self.broker.state_file = Some(dir.join("broker").join("state.bin"));
+        self.data_dir = dir;
+        self
+    }
+
+    /// Fails unless the data directory exists and holds a registry: only `init` and
+    /// `serve` create one, so that a command run in the wrong place or with the wrong
+    /// configuration says so instead of starting an empty registry (or a new CA) there.
+    /// `remote`: whether the command can talk to a server instead.
+    pub fn require_data_dir(&self, remote: bool) -> anyhow::Result<()> {
+        if self.db_path().is_file() {
+            return Ok(());
+        }
+        let dir = shown_path(&self.data_dir);
+        let what = if self.data_dir.is_dir() {
+            format!("{dir} is not a Gatehouse data directory (it holds no gatehouse.db)")
+        } else {
+            format!("no Gatehouse data directory at {dir}")
+        };
+        let remote = if remote {
+            "; or, for a remote server, --server URL (GATEHOUSE_SERVER)"
+        } else {
+            ""
+        };
+        bail!(
+            "{what}: point at the server's with --data-dir DIR (GATEHOUSE_DATA_DIR) or \
+             --config FILE (GATEHOUSE_CONFIG){remote}; `gatehouse init` creates a new one"
+        )
     }
 
     /// The CA directory.

@@ -4,6 +4,7 @@ mod auth;
 mod config;
 mod demo;
 mod https;
+mod output;
 mod registry_cli;
 mod replay;
 mod serve;
@@ -16,7 +17,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use gatehouse_types::{DeviceId, TenantId};
 
-use crate::config::{LogFormat, Settings};
+use crate::config::{DataDirArg, LogFormat, Settings};
 
 /// Gatehouse: enrol, scan, score and gate IoT devices on one MQTT data plane.
 #[derive(Debug, Parser)]
@@ -31,15 +32,23 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the server: MQTTS (mutual TLS) and HTTPS, with a local CA created on first start.
-    Serve,
+    /// Create a data directory: the local CA and the registry (with the `default` tenant).
+    /// Every other command but `serve` expects one to exist.
+    Init(DataDirArg),
+    /// Run the server: MQTTS (mutual TLS) and HTTPS. The data directory, its CA and its
+    /// registry are created on first start.
+    Serve(DataDirArg),
     /// The local certificate authority.
     Ca {
+        #[command(flatten)]
+        dir: DataDirArg,
         #[command(subcommand)]
         command: CaCommand,
     },
     /// Check or print the configuration.
     Config {
+        #[command(flatten)]
+        dir: DataDirArg,
         #[command(subcommand)]
         command: ConfigCommand,
     },
@@ -84,7 +93,7 @@ enum CaCommand {
 
 #[derive(Debug, Subcommand)]
 enum ConfigCommand {
-    /// Validate the configuration file and print the effective settings.
+    /// Validate the configuration file and the files it names, and summarise it.
     Check,
     /// Print a documented configuration file with every option at its default.
     Example,
@@ -107,20 +116,32 @@ fn init_logging(settings: &Settings) {
     }
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        // The reader of our output has gone (`gatehouse … | head`): nothing to say.
+        Err(e) if output::is_broken_pipe(&e) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = cli.config.as_deref();
     match cli.command {
         Command::Config {
             command: ConfigCommand::Example,
-        } => {
-            print!("{}", config::EXAMPLE);
-            Ok(())
-        }
+            ..
+        } => Ok(output::print(config::EXAMPLE)?),
         Command::Config {
+            dir,
             command: ConfigCommand::Check,
         } => {
-            let s = Settings::load(cli.config.as_deref())?;
-            println!("configuration is valid\n{s:#?}");
+            let s = dir.apply(Settings::load(config)?);
+            output::println(&format!("configuration is valid\n{s:#?}"))?;
             Ok(())
         }
         Command::Passwd => {
@@ -130,11 +151,17 @@ fn main() -> anyhow::Result<()> {
                 .context("reading the password from standard input")?;
             let pw = pw.trim_end_matches(['\r', '\n']);
             anyhow::ensure!(!pw.is_empty(), "empty password");
-            println!("{}", auth::hash_password(pw.as_bytes())?);
+            output::println(&auth::hash_password(pw.as_bytes())?)?;
             Ok(())
         }
-        Command::Ca { command } => {
-            let settings = Settings::load(cli.config.as_deref())?;
+        Command::Init(dir) => init(&dir.apply(Settings::load(config)?)),
+        Command::Ca { dir, command } => {
+            let settings = dir.apply(Settings::load(config)?);
+            settings.require_data_dir(false)?;
+            if let CaCommand::Path = command {
+                output::println(&settings.ca_dir().join("ca.crt").display().to_string())?;
+                return Ok(());
+            }
             let mut ca = settings.open_ca()?;
             match command {
                 CaCommand::Issue {
@@ -149,29 +176,30 @@ fn main() -> anyhow::Result<()> {
                     let files = cert
                         .write_to(&out, device.as_str())
                         .with_context(|| format!("writing to {}", out.display()))?;
-                    println!(
+                    output::println(&format!(
                         "issued gatehouse://{tenant}/device/{device} (serial {}, valid until {})\n  key:  {}\n  cert: {}\n  ca:   {}",
                         cert.serial_hex,
-                        cert.not_after,
+                        registry_cli::fmt_time(cert.not_after),
                         files.key.display(),
                         files.cert.display(),
                         files.ca.display()
-                    );
+                    ))?;
                 }
-                CaCommand::Path => println!("{}", settings.ca_dir().join("ca.crt").display()),
+                CaCommand::Path => {}
                 CaCommand::Roll => {
                     let before = ca.active_issuer_name().to_owned();
                     ca.roll_issuing_ca().context("rolling the issuing CA")?;
-                    println!(
-                        "rolled the issuing CA: {} now issues; {before} and its certificates stay trusted until they expire.\nRestart `gatehouse serve` to issue from it.",
+                    output::println(&format!(
+                        "rolled the issuing CA: {} now issues; {before} and its certificates stay trusted until they expire.",
                         ca.active_issuer_name()
-                    );
+                    ))?;
+                    eprintln!("Restart `gatehouse serve` to issue from it.");
                 }
             }
             Ok(())
         }
-        Command::Serve => {
-            let settings = Settings::load(cli.config.as_deref())?;
+        Command::Serve(dir) => {
+            let settings = dir.apply(Settings::load(config)?);
             init_logging(&settings);
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -203,7 +231,7 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Registry(command) => registry_cli::run(command, cli.config.as_deref()),
+        Command::Registry(command) => registry_cli::run(command, config),
         Command::Replay(args) => replay::run(args),
         Command::Bench(args) => {
             tracing_subscriber::fmt()
@@ -219,6 +247,33 @@ fn main() -> anyhow::Result<()> {
             rt.block_on(gatehouse_sim::run(args))
         }
     }
+}
+
+/// `gatehouse init`: creates the data directory (0700), its CA and its registry, and says
+/// where they are. Run again, it changes nothing and says so.
+fn init(settings: &Settings) -> anyhow::Result<()> {
+    let existed = settings.db_path().is_file();
+    config::create_private_dir(&settings.data_dir)
+        .with_context(|| format!("creating {}", settings.data_dir.display()))?;
+    settings.open_ca()?;
+    serve::open_registry(settings)?;
+    let dir = config::shown_path(&settings.data_dir);
+    let head = if existed {
+        format!("{dir} is already a data directory; nothing changed")
+    } else {
+        format!("created the data directory {dir}")
+    };
+    output::println(&format!(
+        "{head}\n  registry: {}\n  ca:       {} (the certificate clients trust)",
+        config::shown_path(&settings.db_path()),
+        config::shown_path(&settings.ca_dir().join("ca.crt")),
+    ))?;
+    if !existed {
+        eprintln!(
+            "Next: `gatehouse serve`; its first start creates the operator `admin` and prints its password once."
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]

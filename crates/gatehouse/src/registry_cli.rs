@@ -70,6 +70,8 @@ pub struct Group<C: Subcommand> {
 /// Options shared by every registry command.
 #[derive(Debug, Args)]
 struct Common {
+    #[command(flatten)]
+    data_dir: crate::config::DataDirArg,
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
@@ -131,6 +133,9 @@ impl Common {
 /// status 1.
 pub fn run(command: RegistryCommand, config: Option<&Path>) -> Result<()> {
     if let Err(e) = dispatch(command, config) {
+        if crate::output::is_broken_pipe(&e) {
+            return Ok(());
+        }
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
@@ -138,7 +143,7 @@ pub fn run(command: RegistryCommand, config: Option<&Path>) -> Result<()> {
 }
 
 fn dispatch(command: RegistryCommand, config: Option<&Path>) -> Result<()> {
-    let settings = Settings::load(config)?;
+    let settings = common_of(&command).data_dir.apply(Settings::load(config)?);
     if let Some(remote) = common_of(&command).remote(&settings)? {
         return remote::run(command, &remote);
     }
@@ -194,8 +199,7 @@ impl Ctx {
             Some(a) => actor_from_flag(&a)?,
             None => default_actor(std::env::var("USER").ok().as_deref()),
         };
-        create_private_dir(&settings.data_dir)
-            .with_context(|| format!("creating {}", settings.data_dir.display()))?;
+        settings.require_data_dir(true)?;
         let path = settings.db_path();
         let store = SqliteStore::open(&path)
             .with_context(|| format!("opening the registry {}", path.display()))?;
@@ -215,16 +219,10 @@ impl Ctx {
     /// Prints `value` as JSON in JSON mode, `text()` otherwise.
     fn print<T: Serialize>(&self, value: &T, text: impl FnOnce() -> String) -> Result<()> {
         if self.json {
-            println!("{}", serde_json::to_string_pretty(value)?);
+            crate::output::print_json(value)
         } else {
-            let t = text();
-            if t.ends_with('\n') {
-                print!("{t}");
-            } else {
-                println!("{t}");
-            }
+            Ok(crate::output::println(&text())?)
         }
-        Ok(())
     }
 
     /// Fails with a hint when the tenant does not exist.
@@ -263,15 +261,6 @@ fn default_actor(user: Option<&str>) -> String {
     }
 }
 
-/// Creates the data directory (and parents) if missing; new directories are 0700.
-fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    let mut b = std::fs::DirBuilder::new();
-    b.recursive(true);
-    #[cfg(unix)]
-    std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
-    b.create(dir)
-}
-
 /// A display name: `name` if given (trimmed, printable, at most 200 characters), else `id`.
 fn display_name(name: Option<String>, id: &str) -> Result<String> {
     let Some(name) = name else {
@@ -286,7 +275,7 @@ fn display_name(name: Option<String>, id: &str) -> Result<String> {
 }
 
 /// A timestamp for people: RFC 3339 in UTC, whole seconds.
-fn fmt_time(t: OffsetDateTime) -> String {
+pub fn fmt_time(t: OffsetDateTime) -> String {
     let t = t.to_offset(time::UtcOffset::UTC);
     t.replace_nanosecond(0)
         .unwrap_or(t)

@@ -356,7 +356,7 @@ fn bind(addr: std::net::SocketAddr, backlog: u32) -> std::io::Result<TcpListener
 }
 
 /// Opens the registry, creating the `default` tenant on first start.
-fn open_registry(settings: &Settings) -> anyhow::Result<Arc<SqliteStore>> {
+pub fn open_registry(settings: &Settings) -> anyhow::Result<Arc<SqliteStore>> {
     let path = settings.db_path();
     let store = SqliteStore::open(&path)
         .with_context(|| format!("opening the registry {}", path.display()))?;

@@ -601,13 +601,17 @@ fn bad_inputs_get_one_line_errors_and_change_nothing() -> Result<()> {
     ])?;
     assert!(err.contains("same length"), "{err}");
 
-    // None of the refusals wrote anything: the tenant and one manufacturer.
+    // None of the refusals wrote anything: `init`'s default tenant, acme and one
+    // manufacturer.
     let records = audit_records(&env)?;
     let actions: Vec<&str> = records
         .iter()
         .filter_map(|r| r["action"].as_str())
         .collect();
-    assert_eq!(actions, ["create_tenant", "add_manufacturer"]);
+    assert_eq!(
+        actions,
+        ["create_tenant", "create_tenant", "add_manufacturer"]
+    );
     env.ok(&["audit", "verify"])?;
     Ok(())
 }

@@ -16,15 +16,30 @@ pub struct Env {
 }
 
 impl Env {
+    /// A data directory made with `gatehouse init`.
     pub fn new() -> Result<Self> {
+        let env = Self::uninitialised()?;
+        env.ok(&["init"])?;
+        Ok(env)
+    }
+
+    /// A configuration whose data directory does not exist yet.
+    pub fn uninitialised() -> Result<Self> {
         let dir = tempfile::tempdir()?;
-        let data = dir.path().join("data");
         let config = dir.path().join("gatehouse.toml");
         std::fs::write(
             &config,
-            format!("data_dir = {:?}\n", data.display().to_string()),
+            format!(
+                "data_dir = {:?}\n",
+                dir.path().join("data").display().to_string()
+            ),
         )?;
         Ok(Self { dir, config })
+    }
+
+    /// The data directory the configuration names.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -48,6 +63,8 @@ impl Env {
             .args(args)
             .env("USER", "tester")
             .env_remove("GATEHOUSE_CONFIG")
+            .env_remove("GATEHOUSE_DATA_DIR")
+            .env_remove("GATEHOUSE_SERVER")
             .output()
             .context("running gatehouse")
     }

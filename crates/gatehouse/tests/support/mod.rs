@@ -35,8 +35,8 @@ use tokio::process::{Child, Command};
 pub const WAIT: Duration = Duration::from_secs(15);
 
 /// The API token of the operator `tester` (admin) in this configuration's data directory:
-/// created with the binary's `admin create` and `admin token` on first use, then read
-/// back from `tester.token`.
+/// created with the binary's `init`, `admin create` and `admin token` on first use, then
+/// read back from `tester.token`.
 async fn tester_token(config: &Path) -> Result<String> {
     let file = config.with_file_name("tester.token");
     if let Ok(t) = std::fs::read_to_string(&file) {
@@ -62,6 +62,20 @@ async fn tester_token(config: &Path) -> Result<String> {
                 .with_context(|| format!("gatehouse {args:?} printed no JSON"))
         }
     };
+    // Only `init` and `serve` create a data directory; the other commands refuse.
+    let init = Command::new(binary())
+        .arg("--config")
+        .arg(config)
+        .arg("init")
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .context("running gatehouse init")?;
+    ensure!(
+        init.status.success(),
+        "gatehouse init failed: {}",
+        String::from_utf8_lossy(&init.stderr)
+    );
     run(&["admin", "create", "tester", "--role", "admin", "--json"]).await?;
     let v = run(&["admin", "token", "tester", "--label", "tests", "--json"]).await?;
     let token = v["token"]
