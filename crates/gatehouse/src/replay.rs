@@ -132,9 +132,8 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
     }
     let report = report(&replayed, args.hold.unwrap_or(config.cooldown));
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        crate::output::print_json(&report)
     } else {
-        print!("{}", report.to_table());
+        Ok(crate::output::print(&report.to_table())?)
     }
-    Ok(())
 }

@@ -96,3 +96,90 @@ fn commands_refuse_a_missing_data_directory_and_create_none() -> Result<()> {
     ensure!(again.contains("already"), "{again}");
     Ok(())
 }
+
+/// Registers the manufacturer `acme` and its model `thermo`, and enrolls
+/// `default/<device>` with one certificate through the store, as the enrollment service
+/// does, so that listings have something to list.
+fn enroll(env: &Env, device: &str) -> Result<()> {
+    use gatehouse_store::{
+        Assurance, AuditEntry, CertSerial, ModelId, NewCertificate, NewDevice, Registry,
+        SqliteStore,
+    };
+    let ca = gatehouse_pki::ManufacturerCa::new("Acme")?;
+    let pem = env.write("acme-ca.pem", ca.cert_pem())?;
+    let pem = pem.to_str().expect("utf-8 path");
+    env.ok(&["manufacturer", "add", "acme", "--ca", pem])?;
+    env.ok(&["model", "add", "thermo", "--manufacturer", "acme"])?;
+    let store = SqliteStore::open(env.db())?;
+    let d: gatehouse_types::DeviceRef = device.parse()?;
+    let now = time::OffsetDateTime::now_utc();
+    let cert = NewCertificate {
+        serial: CertSerial::new(format!("{:032x}", device.len() + 10))?,
+        device: d.clone(),
+        issuer: "gatehouse-issuing-1".to_owned(),
+        not_before: now - time::Duration::minutes(1),
+        not_after: now + time::Duration::days(30),
+        pem: "-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n".to_owned(),
+    };
+    let new = NewDevice {
+        device: d.clone(),
+        model: ModelId::new("thermo")?,
+        manufacturer: None,
+        serial: None,
+        assurance: Assurance::Token,
+        tags: Vec::new(),
+    };
+    store.enroll(
+        &new,
+        &cert,
+        &AuditEntry::new(now, format!("device:{d}"), "enroll", d.to_string()),
+    )?;
+    Ok(())
+}
+
+/// Runs `args` with standard output on a pipe whose reader is already gone, as with
+/// `gatehouse … | head -1` once head has its line: the first write fails.
+fn run_into_closed_pipe(env: &Env, args: &[&str]) -> Result<std::process::Output> {
+    let (reader, writer) = std::io::pipe()?;
+    drop(reader);
+    let out = std::process::Command::new(support::binary())
+        .arg("--config")
+        .arg(&env.config)
+        .args(args)
+        .env_remove("GATEHOUSE_CONFIG")
+        .env_remove("GATEHOUSE_DATA_DIR")
+        .env_remove("GATEHOUSE_SERVER")
+        .env("RUST_BACKTRACE", "1")
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()?;
+    Ok(out)
+}
+
+#[test]
+fn a_reader_that_stops_early_ends_the_command_quietly() -> Result<()> {
+    let env = Env::new()?;
+    enroll(&env, "thermo-1")?;
+    for args in [
+        &["device", "list"][..],
+        &["device", "list", "--json"],
+        &["policy", "show"],
+        &["audit", "tail"],
+        &["audit", "export"],
+        &["tenant", "list"],
+        &["config", "example"],
+    ] {
+        let out = run_into_closed_pipe(&env, args)?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        ensure!(
+            out.status.code() == Some(0) || out.status.code() == Some(141),
+            "gatehouse {args:?} into a closed pipe exited with {}: {stderr}",
+            out.status
+        );
+        ensure!(
+            stderr.trim().is_empty(),
+            "gatehouse {args:?} into a closed pipe said something: {stderr}"
+        );
+    }
+    Ok(())
+}

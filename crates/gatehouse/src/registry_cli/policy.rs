@@ -113,9 +113,7 @@ impl Refused {
             Self::Policy(path, problems) => {
                 if ctx.json {
                     let value = json!({ "ok": false, "problems": problems });
-                    if let Ok(text) = serde_json::to_string_pretty(&value) {
-                        println!("{text}");
-                    }
+                    let _ = crate::output::print_json(&value);
                 }
                 let mut msg = format!(
                     "policy set {} refused, {} problem(s):",

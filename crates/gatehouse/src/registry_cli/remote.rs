@@ -127,12 +127,10 @@ impl Client {
 
     fn print(&self, v: &Value, text: impl FnOnce(&Value) -> String) -> Result<()> {
         if self.json {
-            println!("{}", serde_json::to_string_pretty(v)?);
+            crate::output::print_json(v)
         } else {
-            let t = text(v);
-            println!("{}", t.trim_end());
+            Ok(crate::output::println(text(v).trim_end())?)
         }
-        Ok(())
     }
 }
 
