@@ -95,7 +95,6 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     std::fs::create_dir_all(&settings.data_dir)
         .with_context(|| format!("creating data directory {}", settings.data_dir.display()))?;
     let store = open_registry(&settings)?;
-    crate::registry_cli::first_admin(&store)?;
     let registry: Arc<dyn gatehouse_store::Registry> = store.clone();
     // Where the change feed is followed from: taken before any service loads its state, so
     // a change another process makes meanwhile is applied rather than lost.
@@ -265,7 +264,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
             trust: trust.clone(),
             detection: detection.clone(),
             auth: Arc::new(gatehouse_api::Auth::new(
-                store,
+                store.clone(),
                 settings.api,
                 password_checks.clone(),
             )),
@@ -299,6 +298,10 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         settings.enrollment.registry_poll,
         stop_rx,
     );
+
+    // Only now that every listener is bound: a start that fails (a port taken, a CA file
+    // missing) must not spend the one printing of the first admin's password.
+    crate::registry_cli::first_admin(&store)?;
 
     // Where we actually listen (ports may have been 0), for scripts and tests.
     let listeners = serde_json::json!({

@@ -546,6 +546,71 @@ async fn first_start_prints_the_first_admin_password_once() -> Result<()> {
     Ok(())
 }
 
+/// A first start that fails (its HTTPS port is taken) prints no password: the first admin
+/// is created once the server is up, so the start that works prints it, and it logs in.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_first_start_keeps_the_first_admin_for_the_start_that_works() -> Result<()> {
+    if skip() {
+        return Ok(());
+    }
+    let dir = Gatehouse::scratch_dir()?;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let config = dir.path().join("taken.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {:?}\n[listeners]\nmqtts = \"127.0.0.1:0\"\nhttps = \"{}\"\n",
+            dir.path().display().to_string(),
+            taken.local_addr()?
+        ),
+    )?;
+    let mut serve = tokio::process::Command::new(support::binary());
+    serve
+        .arg("--config")
+        .arg(&config)
+        .arg("serve")
+        .env("NO_COLOR", "1")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    // A deadline only so that a server that wrongly starts fails the test instead of
+    // hanging it.
+    let out = tokio::time::timeout(support::WAIT, serve.output())
+        .await
+        .context("serve with its HTTPS port taken did not exit")??;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success(),
+        "serve with its HTTPS port taken succeeded:\n{stderr}"
+    );
+    ensure!(
+        stderr.contains("binding HTTPS") && !stderr.contains("password"),
+        "the failed start printed a password, or not why it failed:\n{stderr}"
+    );
+    drop(taken);
+
+    let gh = Gatehouse::start_in(
+        dir,
+        Options {
+            no_operator: true,
+            ..Options::default()
+        },
+        0,
+    )
+    .await?;
+    let log = gh.log();
+    let password = log
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("password: "))
+        .with_context(|| format!("the start that works printed no password:\n{log}"))?
+        .to_owned();
+    let dir = gh.data_dir().join("lab");
+    std::fs::create_dir_all(&dir)?;
+    let lab = Lab { gh, dir };
+    let (s, _, v) = login(&lab, &lab.path("admin.jar"), "admin", &password)?;
+    ensure!(s == 200 && v["role"] == "admin", "{s} {v}");
+    Ok(())
+}
+
 /// Runs the binary with a configuration of its own (an empty data directory elsewhere) and
 /// `args`; returns (success, stdout, stderr).
 fn remote_cli(lab: &Lab, token: Option<&str>, args: &[&str]) -> Result<(bool, String, String)> {

@@ -175,16 +175,22 @@ impl Gatehouse {
 
     /// Starts the server in a fresh temporary data directory.
     pub async fn start(options: Options) -> Result<Self> {
-        let dir = Arc::new(
+        Self::start_in(Self::scratch_dir()?, options, 0).await
+    }
+
+    /// A fresh temporary directory for [`start_in`](Self::start_in).
+    pub fn scratch_dir() -> Result<Arc<TempDir>> {
+        Ok(Arc::new(
             tempfile::Builder::new()
                 .prefix("gatehouse-it-")
                 .tempdir()
                 .context("creating the data directory")?,
-        );
-        Self::start_in(dir, options, 0).await
+        ))
     }
 
-    async fn start_in(dir: Arc<TempDir>, options: Options, generation: u32) -> Result<Self> {
+    /// Starts the server with `dir` as its data directory (which may hold state from an
+    /// earlier run); `generation` numbers its log.
+    pub async fn start_in(dir: Arc<TempDir>, options: Options, generation: u32) -> Result<Self> {
         let data = dir.path().to_path_buf();
         let config = config_text(&data, &options);
         let config_path = data.join("gatehouse.toml");
