@@ -225,6 +225,25 @@ impl Ctx {
         }
     }
 
+    /// Prints a listing: a JSON array of `items` in JSON mode; otherwise `text()`, or,
+    /// when there is nothing to list, `empty` on standard error (so that standard output
+    /// holds rows only).
+    fn list<T: Serialize>(
+        &self,
+        items: &[T],
+        empty: &str,
+        text: impl FnOnce() -> String,
+    ) -> Result<()> {
+        if self.json {
+            crate::output::print_json(items)
+        } else if items.is_empty() {
+            eprintln!("{empty}");
+            Ok(())
+        } else {
+            Ok(crate::output::println(&text())?)
+        }
+    }
+
     /// Fails with a hint when the tenant does not exist.
     fn require_tenant(&self, tenant: &TenantId) -> Result<()> {
         if self.store.get_tenant(tenant)?.is_none() {

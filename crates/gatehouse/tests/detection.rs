@@ -674,7 +674,7 @@ async fn operator_works_an_incident_from_the_command_line() -> Result<()> {
             .cli(&["incident", "list", "--device", "default/prober", "--json"])
             .await?,
     )?;
-    let incidents = list["incidents"].as_array().context("incidents")?;
+    let incidents = list.as_array().context("incidents")?;
     ensure!(!incidents.is_empty(), "{list:#}");
     let text = lab.gh.cli(&["incident", "list"]).await?;
     ensure!(text.contains("default/prober"), "{text}");
@@ -691,7 +691,7 @@ async fn operator_works_an_incident_from_the_command_line() -> Result<()> {
             .cli(&["incident", "actions", "--state", "done", "--json"])
             .await?,
     )?;
-    let quarantines: Vec<&Value> = actions["actions"]
+    let quarantines: Vec<&Value> = actions
         .as_array()
         .map(|a| a.iter().filter(|a| a["kind"] == "quarantine").collect())
         .unwrap_or_default();

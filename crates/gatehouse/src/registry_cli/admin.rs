@@ -201,12 +201,10 @@ fn create(
 fn list(ctx: &Ctx) -> Result<()> {
     let ops = ctx.store.list_operators(None)?;
     let now = OffsetDateTime::now_utc();
-    ctx.print(
-        &json!({ "operators": ops.iter().map(view).collect::<Vec<_>>() }),
+    ctx.list(
+        &ops.iter().map(view).collect::<Vec<_>>(),
+        "no operators (create one with `gatehouse admin create NAME`)",
         || {
-            if ops.is_empty() {
-                return "no operators (create one with `gatehouse admin create NAME`)".into();
-            }
             let rows: Vec<Vec<String>> = ops
                 .iter()
                 .map(|o| {
@@ -338,12 +336,10 @@ fn token(
 
 fn tokens(ctx: &Ctx, name: Option<&OperatorName>) -> Result<()> {
     let list = ctx.store.list_api_tokens(name)?;
-    ctx.print(
-        &json!({ "tokens": list.iter().map(token_view).collect::<Vec<_>>() }),
+    ctx.list(
+        &list.iter().map(token_view).collect::<Vec<_>>(),
+        "no API tokens",
         || {
-            if list.is_empty() {
-                return "no API tokens".into();
-            }
             let rows: Vec<Vec<String>> = list
                 .iter()
                 .map(|t| {

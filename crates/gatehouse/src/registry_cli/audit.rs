@@ -167,10 +167,7 @@ fn tail(ctx: &Ctx, limit: usize) -> Result<()> {
             ctx.store.audit_records(from, limit)?
         }
     };
-    ctx.print(&json!({ "records": records }), || {
-        if records.is_empty() {
-            return "the audit log is empty".to_owned();
-        }
+    ctx.list(&records, "the audit log is empty", || {
         let rows: Vec<Vec<String>> = records
             .iter()
             .map(|r| {

@@ -257,35 +257,31 @@ fn list(
             }
             other => other.into(),
         })?;
-    ctx.print(
-        &json!({ "devices": page.items, "next_cursor": page.next }),
-        || {
-            if page.items.is_empty() {
-                return "no devices".to_owned();
-            }
-            let rows: Vec<Vec<String>> = page
-                .items
-                .iter()
-                .map(|d| {
-                    vec![
-                        d.device.to_string(),
-                        d.model.to_string(),
-                        assurance_name(d),
-                        status_name(d.status).to_owned(),
-                        fmt_opt_time(d.last_enrolled_at),
-                    ]
-                })
-                .collect();
-            let mut t = table(
-                &["DEVICE", "MODEL", "ASSURANCE", "STATUS", "LAST ENROLLED"],
-                &rows,
-            );
-            if let Some(next) = &page.next {
-                let _ = writeln!(t, "more: --cursor {}", next.as_str());
-            }
-            t
-        },
-    )
+    ctx.list(&page.items, "no devices", || {
+        let rows: Vec<Vec<String>> = page
+            .items
+            .iter()
+            .map(|d| {
+                vec![
+                    d.device.to_string(),
+                    d.model.to_string(),
+                    assurance_name(d),
+                    status_name(d.status).to_owned(),
+                    fmt_opt_time(d.last_enrolled_at),
+                ]
+            })
+            .collect();
+        table(
+            &["DEVICE", "MODEL", "ASSURANCE", "STATUS", "LAST ENROLLED"],
+            &rows,
+        )
+    })?;
+    // Where the next page starts: commentary, so that standard output stays the rows (or
+    // the JSON array) alone.
+    if let Some(next) = &page.next {
+        eprintln!("more: --cursor {}", next.as_str());
+    }
+    Ok(())
 }
 
 fn show(ctx: &Ctx, d: &DeviceRef) -> Result<()> {

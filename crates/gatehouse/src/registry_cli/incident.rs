@@ -149,10 +149,7 @@ fn list(
         state,
         limit: limit.clamp(1, 1000),
     })?;
-    ctx.print(&json!({ "incidents": incidents }), || {
-        if incidents.is_empty() {
-            return "no incidents".to_owned();
-        }
+    ctx.list(&incidents, "no incidents", || {
         let rows: Vec<Vec<String>> = incidents
             .iter()
             .map(|i| {
@@ -277,10 +274,7 @@ fn actions(ctx: &Ctx, state: Option<ActionState>, incident: Option<IncidentId>) 
         state,
         ..ActionFilter::default()
     })?;
-    ctx.print(&json!({ "actions": list }), || {
-        if list.is_empty() {
-            return "no actions".to_owned();
-        }
+    ctx.list(&list, "no actions", || {
         let rows: Vec<Vec<String>> = list
             .iter()
             .map(|a| {
@@ -417,10 +411,7 @@ fn release(ctx: &Ctx, id: ActionId, note: Option<String>) -> Result<()> {
 
 fn bans(ctx: &Ctx) -> Result<()> {
     let list = ctx.store.list_bans(OffsetDateTime::now_utc())?;
-    ctx.print(&json!({ "bans": list }), || {
-        if list.is_empty() {
-            return "no bans".to_owned();
-        }
+    ctx.list(&list, "no bans", || {
         let rows: Vec<Vec<String>> = list
             .iter()
             .map(|b| vec![b.addr.to_string(), fmt_time(b.until), b.reason.clone()])

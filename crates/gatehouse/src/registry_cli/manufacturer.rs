@@ -104,38 +104,39 @@ fn add(
 fn list(ctx: &Ctx) -> Result<()> {
     let all = ctx.store.list_manufacturers()?;
     let views = all.iter().map(View::of).collect::<Result<Vec<_>>>()?;
-    ctx.print(&json!({ "manufacturers": views }), || {
-        if views.is_empty() {
-            return "no manufacturers (register one with `gatehouse manufacturer add`)".to_owned();
-        }
-        let rows: Vec<Vec<String>> = views
-            .iter()
-            .map(|v| {
-                let next_expiry = v.cas.iter().map(|c| c.not_after).min();
-                vec![
-                    v.id.to_string(),
-                    v.display_name.clone(),
-                    v.cas.len().to_string(),
-                    next_expiry.map_or_else(|| "-".to_owned(), fmt_time),
-                    if v.model_rules.is_empty() {
-                        "-".to_owned()
-                    } else {
-                        v.model_rules.join(", ")
-                    },
-                ]
-            })
-            .collect();
-        table(
-            &[
-                "MANUFACTURER",
-                "NAME",
-                "CAS",
-                "FIRST CA EXPIRY",
-                "MODEL RULES",
-            ],
-            &rows,
-        )
-    })
+    ctx.list(
+        &views,
+        "no manufacturers (register one with `gatehouse manufacturer add`)",
+        || {
+            let rows: Vec<Vec<String>> = views
+                .iter()
+                .map(|v| {
+                    let next_expiry = v.cas.iter().map(|c| c.not_after).min();
+                    vec![
+                        v.id.to_string(),
+                        v.display_name.clone(),
+                        v.cas.len().to_string(),
+                        next_expiry.map_or_else(|| "-".to_owned(), fmt_time),
+                        if v.model_rules.is_empty() {
+                            "-".to_owned()
+                        } else {
+                            v.model_rules.join(", ")
+                        },
+                    ]
+                })
+                .collect();
+            table(
+                &[
+                    "MANUFACTURER",
+                    "NAME",
+                    "CAS",
+                    "FIRST CA EXPIRY",
+                    "MODEL RULES",
+                ],
+                &rows,
+            )
+        },
+    )
 }
 
 fn show(ctx: &Ctx, id: &ManufacturerId) -> Result<()> {

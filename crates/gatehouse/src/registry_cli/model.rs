@@ -124,15 +124,16 @@ fn list(ctx: &Ctx) -> Result<()> {
         ]);
         views.push(json!({ "model": m, "profile_version": version }));
     }
-    ctx.print(&json!({ "models": views }), || {
-        if rows.is_empty() {
-            return "no models (register one with `gatehouse model add`)".to_owned();
-        }
-        table(
-            &["MODEL", "MANUFACTURER", "NAME", "PROFILE", "CREATED"],
-            &rows,
-        )
-    })
+    ctx.list(
+        &views,
+        "no models (register one with `gatehouse model add`)",
+        || {
+            table(
+                &["MODEL", "MANUFACTURER", "NAME", "PROFILE", "CREATED"],
+                &rows,
+            )
+        },
+    )
 }
 
 /// Uploads a new profile version of an existing model.

@@ -158,8 +158,8 @@ fn show(ctx: &Ctx) -> Result<()> {
         Ok(ids) => (Some(ids), None),
         Err(e) => (None, Some(problems(&e))),
     };
-    ctx.print(
-        &json!({
+    if ctx.json {
+        return crate::output::print_json(&json!({
             "version": version,
             "defaults": text == DEFAULT_POLICIES,
             "created_at": created_at.map(|t| t.unix_timestamp()),
@@ -167,40 +167,39 @@ fn show(ctx: &Ctx) -> Result<()> {
             "policies": ids,
             "problems": refused,
             "text": text,
-        }),
-        || {
-            let mut t = match (created_at, created_by) {
-                (Some(at), Some(by)) => format!(
-                    "policy set version {version}, stored {} by {by}{}\n",
-                    fmt_time(at),
-                    if text == DEFAULT_POLICIES {
-                        " (the shipped defaults)"
-                    } else {
-                        ""
-                    }
-                ),
-                _ => format!("policy set version {version}: the shipped defaults (none stored)\n"),
-            };
-            match (&ids, &refused) {
-                (Some(ids), _) => {
-                    let _ = writeln!(t, "policies: {}", ids.join(", "));
-                }
-                (None, Some(problems)) => {
-                    t.push_str(
-                        "warning: this set no longer validates against the schema; a server \
-                         starting now puts the shipped defaults in force instead:\n",
-                    );
-                    for p in problems {
-                        let _ = writeln!(t, "  - {p}");
-                    }
-                }
-                (None, None) => {}
+        }));
+    }
+    // Which set this is goes to standard error, the text alone to standard output: it can
+    // be saved, edited and given back to `policy validate` and `policy set`.
+    let mut about = match (created_at, created_by) {
+        (Some(at), Some(by)) => format!(
+            "policy set version {version}, stored {} by {by}{}\n",
+            fmt_time(at),
+            if text == DEFAULT_POLICIES {
+                " (the shipped defaults)"
+            } else {
+                ""
             }
-            t.push('\n');
-            t.push_str(text);
-            t
-        },
-    )
+        ),
+        _ => format!("policy set version {version}: the shipped defaults (none stored)\n"),
+    };
+    match (&ids, &refused) {
+        (Some(ids), _) => {
+            let _ = writeln!(about, "policies: {}", ids.join(", "));
+        }
+        (None, Some(problems)) => {
+            about.push_str(
+                "warning: this set no longer validates against the schema; a server \
+                 starting now puts the shipped defaults in force instead:\n",
+            );
+            for p in problems {
+                let _ = writeln!(about, "  - {p}");
+            }
+        }
+        (None, None) => {}
+    }
+    eprint!("{about}");
+    Ok(crate::output::print(text)?)
 }
 
 fn validate(ctx: &Ctx, file: &Path) -> Result<()> {
@@ -264,33 +263,33 @@ fn history(ctx: &Ctx) -> Result<()> {
             })
         })
         .collect();
-    ctx.print(&json!({ "versions": views }), || {
-        if sets.is_empty() {
-            return "no policy set stored: the shipped defaults (version 0) are in force"
-                .to_owned();
-        }
-        let rows: Vec<Vec<String>> = sets
-            .iter()
-            .map(|r| {
-                let mut notes = Vec::new();
-                if Some(r.version) == newest {
-                    notes.push("in force");
-                }
-                if r.text == DEFAULT_POLICIES {
-                    notes.push("shipped defaults");
-                }
-                vec![
-                    r.version.to_string(),
-                    fmt_time(r.created_at),
-                    r.created_by.clone(),
-                    check(&r.text)
-                        .map_or_else(|_| "invalid".to_owned(), |ids| ids.len().to_string()),
-                    notes.join(", "),
-                ]
-            })
-            .collect();
-        table(&["VERSION", "STORED", "BY", "POLICIES", "NOTE"], &rows)
-    })
+    ctx.list(
+        &views,
+        "no policy set stored: the shipped defaults (version 0) are in force",
+        || {
+            let rows: Vec<Vec<String>> = sets
+                .iter()
+                .map(|r| {
+                    let mut notes = Vec::new();
+                    if Some(r.version) == newest {
+                        notes.push("in force");
+                    }
+                    if r.text == DEFAULT_POLICIES {
+                        notes.push("shipped defaults");
+                    }
+                    vec![
+                        r.version.to_string(),
+                        fmt_time(r.created_at),
+                        r.created_by.clone(),
+                        check(&r.text)
+                            .map_or_else(|_| "invalid".to_owned(), |ids| ids.len().to_string()),
+                        notes.join(", "),
+                    ]
+                })
+                .collect();
+            table(&["VERSION", "STORED", "BY", "POLICIES", "NOTE"], &rows)
+        },
+    )
 }
 
 #[cfg(test)]

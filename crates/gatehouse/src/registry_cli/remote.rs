@@ -134,6 +134,19 @@ impl Client {
     }
 }
 
+// === impl Client ===
+
+impl Client {
+    /// Prints a listing: in JSON mode the array alone (`v[key]` when the answer wraps it
+    /// in an object), as the local commands print it.
+    fn print_list(&self, v: &Value, key: &str, text: impl FnOnce(&Value) -> String) -> Result<()> {
+        if self.json {
+            return crate::output::print_json(v.get(key).unwrap_or(v));
+        }
+        self.print(v, text)
+    }
+}
+
 fn s(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
@@ -216,7 +229,7 @@ async fn run_device(c: &Client, cmd: device::Command) -> Result<()> {
                 ])
             );
             let v = c.call("GET", &path, None).await?;
-            c.print(&v, |v| {
+            c.print_list(&v, "items", |v| {
                 let rows: Vec<Vec<String>> = v["items"]
                     .as_array()
                     .map(|a| {
@@ -231,12 +244,12 @@ async fn run_device(c: &Client, cmd: device::Command) -> Result<()> {
                             .collect()
                     })
                     .unwrap_or_default();
-                let mut t = table(&["DEVICE", "MODEL", "STATUS"], &rows);
-                if let Some(next) = v["next"].as_str() {
-                    t.push_str(&format!("more: --cursor {next}\n"));
-                }
-                t
-            })
+                table(&["DEVICE", "MODEL", "STATUS"], &rows)
+            })?;
+            if let Some(next) = v["next"].as_str() {
+                eprintln!("more: --cursor {next}");
+            }
+            Ok(())
         }
         D::Show { device } => {
             let base = format!("/api/v1/devices/{}/{}", device.tenant, device.device);
@@ -331,7 +344,7 @@ async fn run_incident(c: &Client, cmd: incident::Command) -> Result<()> {
                 ])
             );
             let v = c.call("GET", &path, None).await?;
-            c.print(&v, |v| {
+            c.print_list(&v, "incidents", |v| {
                 let rows: Vec<Vec<String>> = v["incidents"]
                     .as_array()
                     .map(|a| {
@@ -389,7 +402,7 @@ async fn run_incident(c: &Client, cmd: incident::Command) -> Result<()> {
                 ])
             );
             let v = c.call("GET", &path, None).await?;
-            c.print(&v, |v| {
+            c.print_list(&v, "actions", |v| {
                 let rows: Vec<Vec<String>> = v["actions"]
                     .as_array()
                     .map(|a| {
@@ -431,7 +444,7 @@ async fn run_incident(c: &Client, cmd: incident::Command) -> Result<()> {
         }
         I::Bans => {
             let v = c.call("GET", "/api/v1/bans", None).await?;
-            c.print(&v, |v| {
+            c.print_list(&v, "bans", |v| {
                 let rows: Vec<Vec<String>> = v["bans"]
                     .as_array()
                     .map(|a| {

@@ -60,20 +60,21 @@ fn add(ctx: &Ctx, id: &TenantId, name: Option<String>, exists_ok: bool) -> Resul
 
 fn list(ctx: &Ctx) -> Result<()> {
     let tenants = ctx.store.list_tenants()?;
-    ctx.print(&json!({ "tenants": tenants }), || {
-        if tenants.is_empty() {
-            return "no tenants (create one with `gatehouse tenant add <id>`)".to_owned();
-        }
-        let rows: Vec<Vec<String>> = tenants
-            .iter()
-            .map(|t| {
-                vec![
-                    t.id.to_string(),
-                    t.display_name.clone(),
-                    fmt_time(t.created_at),
-                ]
-            })
-            .collect();
-        table(&["TENANT", "NAME", "CREATED"], &rows)
-    })
+    ctx.list(
+        &tenants,
+        "no tenants (create one with `gatehouse tenant add <id>`)",
+        || {
+            let rows: Vec<Vec<String>> = tenants
+                .iter()
+                .map(|t| {
+                    vec![
+                        t.id.to_string(),
+                        t.display_name.clone(),
+                        fmt_time(t.created_at),
+                    ]
+                })
+                .collect();
+            table(&["TENANT", "NAME", "CREATED"], &rows)
+        },
+    )
 }

@@ -127,10 +127,7 @@ fn list(ctx: &Ctx, tenant: &TenantId) -> Result<()> {
         .iter()
         .map(|t| json!({ "token": t, "state": state(t, now) }))
         .collect();
-    ctx.print(&json!({ "tokens": views }), || {
-        if tokens.is_empty() {
-            return format!("no tokens in tenant {tenant}");
-        }
+    ctx.list(&views, &format!("no tokens in tenant {tenant}"), || {
         let rows: Vec<Vec<String>> = tokens
             .iter()
             .map(|t| {

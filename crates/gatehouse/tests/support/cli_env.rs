@@ -81,6 +81,19 @@ impl Env {
         Ok(stdout)
     }
 
+    /// Runs a command that must succeed; returns its standard output and its standard
+    /// error (the commentary: headers, notes, "nothing to list").
+    pub fn ok_split(&self, args: &[&str]) -> Result<(String, String)> {
+        let out = self.run(args)?;
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        ensure!(
+            out.status.success(),
+            "gatehouse {args:?} failed: {stderr}{stdout}"
+        );
+        Ok((stdout, stderr))
+    }
+
     /// Runs a command with `--json` that must succeed; returns the parsed output.
     pub fn json(&self, args: &[&str]) -> Result<Value> {
         let mut a = args.to_vec();
@@ -118,5 +131,7 @@ impl Env {
 
 pub fn audit_records(env: &Env) -> Result<Vec<Value>> {
     let v = env.json(&["audit", "tail", "--limit", "1000"])?;
-    Ok(v["records"].as_array().cloned().unwrap_or_default())
+    v.as_array()
+        .cloned()
+        .context("audit tail --json printed no array")
 }
