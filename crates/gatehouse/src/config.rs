@@ -1075,6 +1075,151 @@ impl Settings {
     }
 }
 
+/// `config check`: the files the configuration names must be there, and the data
+/// directory must be one or creatable; then a short summary for people: the listeners,
+/// the data directory, the CA, what differs from the defaults, and what was checked.
+pub fn check(s: &Settings, file: Option<&Path>) -> anyhow::Result<String> {
+    use std::fmt::Write as _;
+    let mut checked = Vec::new();
+    let need_file = |checked: &mut Vec<String>, what: &str, p: &Path| -> anyhow::Result<()> {
+        std::fs::File::open(p)
+            .with_context(|| format!("{what} {}: cannot be read", shown_path(p)))?;
+        checked.push(format!("{what} {}", shown_path(p)));
+        Ok(())
+    };
+    if let Some(k) = &s.ca.kek_file {
+        need_file(&mut checked, "ca.kek_file", k)?;
+    }
+    if let Some(ext) = &s.ca.external {
+        need_file(&mut checked, "ca.external_cert", &ext.cert)?;
+        need_file(&mut checked, "ca.external_key", &ext.key)?;
+        if !ext.chain.as_os_str().is_empty() {
+            need_file(&mut checked, "ca.external_chain", &ext.chain)?;
+        }
+    }
+    let data = shown_path(&s.data_dir);
+    let data_state = if s.data_dir.is_dir() {
+        if s.db_path().is_file() {
+            "exists, with its registry".to_owned()
+        } else {
+            "exists, without a registry yet (`gatehouse init` or `serve` creates it)".to_owned()
+        }
+    } else if s.data_dir.exists() {
+        bail!("data_dir {data} is not a directory");
+    } else {
+        let parent = std::path::absolute(&s.data_dir)
+            .ok()
+            .and_then(|p| p.parent().map(Path::to_owned))
+            .unwrap_or_default();
+        if !parent.is_dir() {
+            bail!(
+                "data_dir {data}: its parent {} does not exist",
+                parent.display()
+            );
+        }
+        "does not exist yet (`gatehouse init` or `serve` creates it)".to_owned()
+    };
+    checked.push(format!("data_dir {data}"));
+    if s.ca.external.is_none() && s.ca_dir().join("ca.crt").is_file() {
+        need_file(
+            &mut checked,
+            "the CA certificate",
+            &s.ca_dir().join("ca.crt"),
+        )?;
+    }
+
+    let mut out = String::new();
+    match file {
+        Some(f) => {
+            let _ = writeln!(out, "configuration {} is valid", shown_path(f));
+        }
+        None => out.push_str("no configuration file: the built-in defaults\n"),
+    }
+    let _ = writeln!(
+        out,
+        "listeners:  MQTTS {} (client certificates required), HTTPS {}, plain MQTT {}",
+        s.mqtts,
+        s.https,
+        s.mqtt.map_or_else(
+            || "off".to_owned(),
+            |a| format!("{a} ({} legacy users)", s.legacy_users.len())
+        )
+    );
+    let _ = writeln!(out, "data dir:   {data} ({data_state})");
+    let ca = match (&s.ca.external, &s.ca.kek_file) {
+        (Some(ext), _) => format!("external, {}", shown_path(&ext.cert)),
+        (None, Some(k)) => format!("embedded, keys sealed with {}", shown_path(k)),
+        (None, None) if std::env::var_os("GATEHOUSE_CA_KEK").is_some() => {
+            "embedded, keys sealed with GATEHOUSE_CA_KEK".to_owned()
+        }
+        (None, None) => "embedded, keys sealed with a generated ca.kek beside them \
+                         (set GATEHOUSE_CA_KEK or ca.kek_file to protect them at rest)"
+            .to_owned(),
+    };
+    let _ = writeln!(out, "CA:         {ca}");
+    let _ = writeln!(
+        out,
+        "detection:  {}",
+        if s.detection.is_some() { "on" } else { "off" }
+    );
+    let changed = match file {
+        Some(f) => differences(&std::fs::read_to_string(f)?)?,
+        None => Vec::new(),
+    };
+    if changed.is_empty() {
+        out.push_str("every other setting at its default\n");
+    } else {
+        out.push_str("set differently from the defaults:\n");
+        for c in changed {
+            let _ = writeln!(out, "  {c}");
+        }
+    }
+    let _ = writeln!(out, "checked: {}", checked.join("; "));
+    Ok(out)
+}
+
+/// The settings of a configuration text that differ from the documented defaults, as
+/// `key = value`, in key order.
+fn differences(text: &str) -> anyhow::Result<Vec<String>> {
+    fn flatten(
+        prefix: &str,
+        v: &toml::Value,
+        out: &mut std::collections::BTreeMap<String, String>,
+    ) {
+        match v {
+            toml::Value::Table(t) => {
+                for (k, v) in t {
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    flatten(&key, v, out);
+                }
+            }
+            other => {
+                out.insert(prefix.to_owned(), other.to_string());
+            }
+        }
+    }
+    let mut defaults = std::collections::BTreeMap::new();
+    flatten("", &toml::from_str(EXAMPLE)?, &mut defaults);
+    let mut file = std::collections::BTreeMap::new();
+    flatten("", &toml::from_str(text)?, &mut file);
+    Ok(file
+        .into_iter()
+        .filter(|(k, v)| defaults.get(k) != Some(v))
+        .map(|(k, v)| {
+            // A password hash is the operator's secret-ish detail, not a summary's.
+            if k.ends_with("password_hash") {
+                format!("{k} = (set)")
+            } else {
+                format!("{k} = {v}")
+            }
+        })
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

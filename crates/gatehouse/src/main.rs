@@ -141,7 +141,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             command: ConfigCommand::Check,
         } => {
             let s = dir.apply(Settings::load(config)?);
-            output::println(&format!("configuration is valid\n{s:#?}"))?;
+            output::print(&config::check(&s, config)?)?;
             Ok(())
         }
         Command::Passwd => {

@@ -271,3 +271,74 @@ fn policy_show_prints_a_set_that_validates_and_sets() -> Result<()> {
     ensure!(again == text, "the stored set is not the one shown");
     Ok(())
 }
+
+#[test]
+fn config_check_checks_the_files_it_names_and_summarises() -> Result<()> {
+    let env = Env::new()?;
+    // A file that names a CA certificate that is not there: refused, naming it.
+    let missing = env.path("no-such-ca.pem");
+    let key = env.write("ca.key", "not read: the certificate is missing first")?;
+    let bad = env.write(
+        "bad.toml",
+        &format!(
+            "[ca]\nexternal_cert = {:?}\nexternal_key = {:?}\n",
+            missing.display().to_string(),
+            key.display().to_string()
+        ),
+    )?;
+    let out = std::process::Command::new(support::binary())
+        .arg("--config")
+        .arg(&bad)
+        .args(["config", "check"])
+        .env_remove("GATEHOUSE_DATA_DIR")
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(!out.status.success(), "a missing CA file passed the check");
+    ensure!(
+        stderr.contains(&missing.display().to_string()),
+        "the refusal does not name the missing file: {stderr}"
+    );
+
+    // A data directory whose parent is missing: refused.
+    let orphan = env.write(
+        "orphan.toml",
+        "data_dir = \"/no-such-parent/gatehouse-data\"\n",
+    )?;
+    let out = std::process::Command::new(support::binary())
+        .arg("--config")
+        .arg(&orphan)
+        .args(["config", "check"])
+        .env_remove("GATEHOUSE_DATA_DIR")
+        .output()?;
+    ensure!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("/no-such-parent"),
+        "a data directory without a parent passed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A good file: a short summary for people, with what differs from the defaults.
+    std::fs::write(
+        &env.config,
+        format!(
+            "data_dir = {:?}\n[limits]\nmax_connections = 5000\n",
+            env.data_dir().display().to_string()
+        ),
+    )?;
+    let summary = env.ok(&["config", "check"])?;
+    for needle in [
+        "is valid",
+        "listeners:",
+        "plain MQTT off",
+        "data dir:",
+        "limits.max_connections = 5000",
+        "checked:",
+        "ca.crt",
+    ] {
+        ensure!(summary.contains(needle), "no {needle:?} in:\n{summary}");
+    }
+    ensure!(
+        !summary.contains("Settings {") && summary.lines().count() < 20,
+        "not a summary:\n{summary}"
+    );
+    Ok(())
+}

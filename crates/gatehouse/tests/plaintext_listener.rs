@@ -57,7 +57,7 @@ async fn plaintext_listener_is_off_by_default() -> Result<()> {
     ensure!(out.status.success(), "gatehouse config check failed");
     let text = String::from_utf8_lossy(&out.stdout);
     ensure!(
-        text.contains("mqtt: None"),
+        text.contains("plain MQTT off"),
         "default settings have a plain listener:\n{text}"
     );
 
