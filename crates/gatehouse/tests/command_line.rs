@@ -342,3 +342,36 @@ fn config_check_checks_the_files_it_names_and_summarises() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn a_log_that_is_not_a_terminal_has_no_colour_codes() -> Result<()> {
+    let env = Env::new()?;
+    // The HTTPS port is taken, so the server logs its first lines and exits.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0")?;
+    std::fs::write(
+        &env.config,
+        format!(
+            "data_dir = {:?}\n[listeners]\nmqtts = \"127.0.0.1:0\"\nhttps = \"{}\"\n",
+            env.data_dir().display().to_string(),
+            taken.local_addr()?
+        ),
+    )?;
+    let out = std::process::Command::new(support::binary())
+        .arg("--config")
+        .arg(&env.config)
+        .arg("serve")
+        .env_remove("NO_COLOR")
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null())
+        .output()?;
+    let log = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success() && log.contains("registry ready"),
+        "{log}"
+    );
+    ensure!(
+        !log.contains('\u{1b}'),
+        "colour codes in a log file:\n{log:?}"
+    );
+    Ok(())
+}
