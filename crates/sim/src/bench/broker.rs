@@ -406,16 +406,27 @@ fn gatehouse_command(
 /// registry of the Gatehouse configured by `conf`, with the binary's own CLI, before the
 /// server starts; returns the token.
 async fn gatehouse_api_token(bin: &Path, conf: &Path) -> anyhow::Result<String> {
-    gatehouse_admin(
-        bin,
-        conf,
-        &["create", BENCH_OPERATOR, "--role", "admin", "--json"],
-    )
-    .await?;
-    let answer = gatehouse_admin(
+    // The data directory is made by `init` (or the first `serve`), not by the commands
+    // that use it.
+    gatehouse_cli(bin, conf, &["init"]).await?;
+    gatehouse_cli(
         bin,
         conf,
         &[
+            "admin",
+            "create",
+            BENCH_OPERATOR,
+            "--role",
+            "admin",
+            "--json",
+        ],
+    )
+    .await?;
+    let answer = gatehouse_cli(
+        bin,
+        conf,
+        &[
+            "admin",
             "token",
             BENCH_OPERATOR,
             "--label",
@@ -427,16 +438,15 @@ async fn gatehouse_api_token(bin: &Path, conf: &Path) -> anyhow::Result<String> 
     token_from_json(&answer)
 }
 
-/// Runs `gatehouse --config <conf> admin <args>`; returns its standard output, or fails
-/// with its standard error.
-async fn gatehouse_admin(bin: &Path, conf: &Path, args: &[&str]) -> anyhow::Result<Vec<u8>> {
-    let what = format!("gatehouse admin {}", args.join(" "));
+/// Runs `gatehouse --config <conf> <args>`; returns its standard output, or fails with
+/// its standard error.
+async fn gatehouse_cli(bin: &Path, conf: &Path, args: &[&str]) -> anyhow::Result<Vec<u8>> {
+    let what = format!("gatehouse {}", args.join(" "));
     let output = tokio::time::timeout(
         ADMIN_TIMEOUT,
         Command::new(bin)
             .arg("--config")
             .arg(conf)
-            .arg("admin")
             .args(args)
             .stdin(Stdio::null())
             .kill_on_drop(true)
