@@ -63,6 +63,11 @@ enum Command {
     Bench(gatehouse_sim::BenchArgs),
     /// Score the detectors on recorded, labelled traffic (pcap/pcapng captures, telemetry CSV).
     Replay(replay::ReplayArgs),
+    /// Model profiles from recorded traffic.
+    Profile {
+        #[command(subcommand)]
+        command: replay::ProfileCommand,
+    },
     #[command(flatten)]
     Registry(registry_cli::RegistryCommand),
 }
@@ -236,6 +241,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Registry(command) => registry_cli::run(command, config),
         Command::Replay(args) => replay::run(args),
+        Command::Profile { command } => replay::profile(command),
         Command::Bench(args) => {
             tracing_subscriber::fmt()
                 .with_env_filter(

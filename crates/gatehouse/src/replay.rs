@@ -6,7 +6,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
-use gatehouse_replay::{DetectConfig, Format, RecordingSpec, replay_file, report};
+use gatehouse_replay::{
+    DetectConfig, Format, ProfileView, RecordingSpec, read_recording, replay_file_with_profiles,
+    report,
+};
 
 const LONG_ABOUT: &str = "\
 Replay recorded, labelled traffic through the detection engine, offline, and score its findings.
@@ -69,9 +72,112 @@ pub struct ReplayArgs {
     /// the detection cooldown.
     #[arg(long, value_parser = crate::humantime_duration)]
     hold: Option<Duration>,
+    /// A model profile (TOML, as `gatehouse model profile` takes, e.g. one written by
+    /// `gatehouse profile learn`) for the engine to know: its topics, rates and payload
+    /// field ranges apply to the recordings' devices of its model. Repeat for several.
+    #[arg(long, value_name = "FILE")]
+    profile: Vec<PathBuf>,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+}
+
+/// Arguments of `gatehouse profile learn`.
+#[derive(Debug, Args)]
+pub struct LearnArgs {
+    /// Recordings of the model's devices: telemetry CSV files or packet captures, read as
+    /// `gatehouse replay` reads them. Only units of class `benign` or `normal` are learned
+    /// from.
+    #[arg(required = true, value_name = "FILE")]
+    files: Vec<PathBuf>,
+    /// Format of every FILE; by default from its extension, else from its first bytes.
+    #[arg(long, value_enum)]
+    format: Option<FormatArg>,
+    /// The model; by default from the first file's name (telemetry) .
+    #[arg(long)]
+    model: Option<String>,
+    /// The model's manufacturer, as registered.
+    #[arg(long)]
+    manufacturer: String,
+    /// The model's current firmware version, for the profile's `[firmware]`.
+    #[arg(long, value_name = "VERSION")]
+    firmware: String,
+    /// Write the profile here instead of standard output.
+    #[arg(long, short, value_name = "FILE")]
+    out: Option<PathBuf>,
+}
+
+/// `gatehouse profile …`
+#[derive(Debug, clap::Subcommand)]
+pub enum ProfileCommand {
+    /// Learn a model profile from recorded benign traffic: the topics its devices publish
+    /// on, generous rates, and robust ranges of each numeric reading (0.1%..99.9% of the
+    /// benign readings, widened by a tenth). Prints TOML to review, then upload with
+    /// `gatehouse model profile MODEL FILE`, or try with `gatehouse replay --profile FILE`.
+    Learn(LearnArgs),
+}
+
+/// Runs `gatehouse profile …`.
+pub fn profile(command: ProfileCommand) -> anyhow::Result<()> {
+    match command {
+        ProfileCommand::Learn(args) => learn(args),
+    }
+}
+
+fn learn(args: LearnArgs) -> anyhow::Result<()> {
+    let spec = RecordingSpec {
+        format: args.format.map(FormatArg::format),
+        label: None,
+        model: args.model.clone(),
+    };
+    let mut traces = Vec::with_capacity(args.files.len());
+    let mut names = Vec::with_capacity(args.files.len());
+    let mut model = args.model.clone();
+    for path in &args.files {
+        let (name, _, trace) = read_recording(path, &spec)?;
+        if model.is_none() {
+            model = trace.models.first().map(|(_, m)| m.clone());
+        }
+        names.push(name);
+        traces.push(trace);
+    }
+    let model = model
+        .context("no model: the recordings do not name one (captures do not); give --model")?;
+    let learned = gatehouse_replay::learn::learn(&model, &traces);
+    anyhow::ensure!(
+        learned.benign_units > 0,
+        "no benign units in {} units read: profiles are learned from units of class benign \
+         or normal only (telemetry: the type/label column; captures: the file name)",
+        learned.units
+    );
+    let text = learned.to_toml(&args.manufacturer, &args.firmware, &names);
+    // What is written must be a profile the server takes.
+    gatehouse_trust::profile::ModelProfile::parse(&text).map_err(|e| {
+        anyhow::anyhow!("the learned profile does not validate ({e}); it was:\n{text}")
+    })?;
+    eprintln!(
+        "learned {model}: {} benign units of {} ({} topic(s))",
+        learned.benign_units,
+        learned.units,
+        learned.topics.len()
+    );
+    match &args.out {
+        Some(path) => {
+            std::fs::write(path, &text).with_context(|| format!("writing {}", path.display()))
+        }
+        None => Ok(crate::output::print(&text)?),
+    }
+}
+
+/// Reads a model profile file into what the detection engine needs.
+fn profile_view(path: &std::path::Path) -> anyhow::Result<ProfileView> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let profile = gatehouse_trust::profile::ModelProfile::parse(&text)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let model = gatehouse_store::ModelId::new(profile.model())
+        .map_err(|e| anyhow::anyhow!("{}: model {:?}: {e}", path.display(), profile.model()))?;
+    Ok(gatehouse_runtime::detection::profile_view(&model, &profile))
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -80,6 +186,15 @@ enum FormatArg {
     Pcap,
     /// Device telemetry CSV.
     Csv,
+}
+
+impl FormatArg {
+    fn format(self) -> Format {
+        match self {
+            FormatArg::Pcap => Format::Pcap,
+            FormatArg::Csv => Format::Csv,
+        }
+    }
 }
 
 /// Runs `gatehouse replay`.
@@ -110,17 +225,19 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
         None => DetectConfig::default(),
     };
     let spec = RecordingSpec {
-        format: args.format.map(|f| match f {
-            FormatArg::Pcap => Format::Pcap,
-            FormatArg::Csv => Format::Csv,
-        }),
+        format: args.format.map(FormatArg::format),
         label: args.label.clone(),
         model: args.model.clone(),
     };
+    let profiles = args
+        .profile
+        .iter()
+        .map(|p| profile_view(p))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let mut replayed = Vec::with_capacity(args.files.len());
     for path in &args.files {
         let started = Instant::now();
-        let r = replay_file(path, &spec, &config)?;
+        let r = replay_file_with_profiles(path, &spec, &config, &profiles)?;
         eprintln!(
             "replayed {}: {} units, {} findings in {:.2?}",
             r.name,

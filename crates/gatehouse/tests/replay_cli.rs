@@ -98,3 +98,67 @@ fn replay_scores_a_capture_and_a_telemetry_file() -> Result<()> {
     );
     Ok(())
 }
+
+/// A profile learned from a telemetry file's benign rows is one the server takes, and
+/// scoring the same file with it flags no benign row, while the readings that leave the
+/// benign range (the GPS tracker's DDoS rows reach twice its benign latitude) are flagged.
+#[test]
+fn a_profile_learned_from_benign_rows_flags_no_benign_row() -> Result<()> {
+    let Some(gps) = data("ton_iot/Train_Test_IoT_GPS_Tracker.csv") else {
+        return Ok(());
+    };
+    let dir = tempfile::tempdir()?;
+    let profile = dir.path().join("gps.toml");
+    let out = Command::new(support::binary())
+        .args([
+            "profile",
+            "learn",
+            "--manufacturer",
+            "acme",
+            "--firmware",
+            "1.0.0",
+        ])
+        .arg("--out")
+        .arg(&profile)
+        .arg(&gps)
+        .output()
+        .context("running gatehouse profile learn")?;
+    ensure!(
+        out.status.success(),
+        "profile learn failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&profile)?;
+    // What the server would be given: it parses as a model profile, with both readings
+    // bounded on the file's topic.
+    let parsed = gatehouse_trust::profile::ModelProfile::parse(&text)
+        .map_err(|e| anyhow::anyhow!("{e}\n{text}"))?;
+    ensure!(parsed.model() == "gps_tracker", "{text}");
+    let topic = &parsed.topics()[0];
+    ensure!(
+        topic.pattern.as_str() == "devices/{device}/telemetry" && topic.fields.len() == 2,
+        "{text}"
+    );
+
+    let profile_arg = profile.to_string_lossy().into_owned();
+    let with = replay(&["--profile", &profile_arg], std::slice::from_ref(&gps))?;
+    consistent(&with)?;
+    let class = |r: &Value, name: &str| -> Result<Value> {
+        r["score"]["classes"]
+            .as_array()
+            .context("classes")?
+            .iter()
+            .find(|c| c["class"] == name)
+            .cloned()
+            .with_context(|| format!("no class {name}: {r:#}"))
+    };
+    ensure!(class(&with, "normal")?["flagged"] == 0, "{with:#}");
+    ensure!(
+        class(&with, "ddos")?["flagged"].as_u64().unwrap_or(0) > 0,
+        "{with:#}"
+    );
+    // Without the profile the engine knows no range, and flags none of them.
+    let without = replay(&[], &[gps])?;
+    ensure!(class(&without, "ddos")?["flagged"] == 0, "{without:#}");
+    Ok(())
+}

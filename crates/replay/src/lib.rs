@@ -12,6 +12,7 @@
 //! without panicking, and the arithmetic of the score, defined per unit in [`mod@score`].
 
 pub mod capture;
+pub mod learn;
 pub mod report;
 pub mod run;
 pub mod score;
@@ -21,8 +22,11 @@ pub mod trace;
 mod unix_secs;
 
 pub use capture::{CaptureError, CaptureOptions, capture_trace};
-pub use gatehouse_detect::DetectConfig;
-pub use report::{Format, RecordingSpec, ReplayError, Replayed, Report, replay_file, report};
+pub use gatehouse_detect::{DetectConfig, ProfileView};
+pub use report::{
+    Format, RecordingSpec, ReplayError, Replayed, Report, read_recording, replay_file,
+    replay_file_with_profiles, report,
+};
 pub use score::{Score, ScoreOptions, Scored, score};
 pub use telemetry::{TelemetryError, TelemetryOptions, telemetry_trace};
 pub use trace::{Event, Extraction, Trace, Unit};

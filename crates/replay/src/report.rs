@@ -7,15 +7,15 @@ use std::io::{BufReader, Read};
 use std::path::Path;
 use std::time::Duration;
 
-use gatehouse_detect::DetectConfig;
+use gatehouse_detect::{DetectConfig, ProfileView};
 use gatehouse_types::Finding;
 use serde::Serialize;
 
 use crate::capture::{CaptureError, CaptureOptions, capture_trace};
-use crate::run::{replay_end, run};
+use crate::run::{replay_end, run_with_profiles};
 use crate::score::{Score, ScoreOptions, Scored, score};
 use crate::telemetry::{TelemetryError, TelemetryOptions, model_from_file_name, telemetry_trace};
-use crate::trace::{Extraction, Unit};
+use crate::trace::{Extraction, Trace, Unit};
 
 /// What a recording holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -131,6 +131,43 @@ pub fn replay_file(
     spec: &RecordingSpec,
     config: &DetectConfig,
 ) -> Result<Replayed, ReplayError> {
+    replay_file_with_profiles(path, spec, config, &[])
+}
+
+/// [`replay_file`], with these model profiles known to the engine.
+pub fn replay_file_with_profiles(
+    path: &Path,
+    spec: &RecordingSpec,
+    config: &DetectConfig,
+    profiles: &[ProfileView],
+) -> Result<Replayed, ReplayError> {
+    let (name, format, trace) = read_recording(path, spec)?;
+    let findings = run_with_profiles(&trace, config.clone(), profiles)
+        .into_iter()
+        .map(|e| e.finding)
+        .collect();
+    let end = replay_end(&trace);
+    let mut units = trace.units;
+    // A connection the capture did not see end is open for the whole replay.
+    if let Some(end) = end {
+        for u in units.iter_mut().filter(|u| u.open) {
+            u.last = u.last.max(end);
+        }
+    }
+    Ok(Replayed {
+        name,
+        format,
+        units,
+        extraction: trace.extraction,
+        findings,
+    })
+}
+
+/// Reads `path` into a trace: its file name, its format and what it yielded.
+pub fn read_recording(
+    path: &Path,
+    spec: &RecordingSpec,
+) -> Result<(String, Format, Trace), ReplayError> {
     let shown = path.display().to_string();
     let name = path
         .file_name()
@@ -177,25 +214,7 @@ pub fn replay_file(
             })?
         }
     };
-    let findings = run(&trace, config.clone())
-        .into_iter()
-        .map(|e| e.finding)
-        .collect();
-    let end = replay_end(&trace);
-    let mut units = trace.units;
-    // A connection the capture did not see end is open for the whole replay.
-    if let Some(end) = end {
-        for u in units.iter_mut().filter(|u| u.open) {
-            u.last = u.last.max(end);
-        }
-    }
-    Ok(Replayed {
-        name,
-        format,
-        units,
-        extraction: trace.extraction,
-        findings,
-    })
+    Ok((name, format, trace))
 }
 
 /// One recording's line in the report.

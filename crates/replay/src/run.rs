@@ -2,7 +2,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use gatehouse_detect::{DetectConfig, Engine};
+use gatehouse_detect::{DetectConfig, Engine, ProfileView};
 use gatehouse_types::Finding;
 
 use crate::trace::{Trace, observed_at};
@@ -42,7 +42,20 @@ pub fn replay_end(trace: &Trace) -> Option<SystemTime> {
 /// and `tick` at every whole second of trace time from the first observation to
 /// [`DRAIN`] after the last.
 pub fn run(trace: &Trace, config: DetectConfig) -> Vec<Emitted> {
+    run_with_profiles(trace, config, &[])
+}
+
+/// [`run`], with these model profiles known to the engine (their topics, rates and
+/// payload field ranges), as a server knows the profiles operators uploaded.
+pub fn run_with_profiles(
+    trace: &Trace,
+    config: DetectConfig,
+    profiles: &[ProfileView],
+) -> Vec<Emitted> {
     let mut engine = Engine::new(config);
+    for profile in profiles {
+        engine.set_profile(profile.clone());
+    }
     for (device, model) in &trace.models {
         engine.set_model(device, Some(model));
     }
