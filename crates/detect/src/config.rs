@@ -85,6 +85,8 @@ pub struct DetectConfig {
     pub cloned_identity: ClonedIdentityConfig,
     /// Rule `out_of_range_reading`.
     pub out_of_range_reading: Toggle,
+    /// Rule `reading_jump`.
+    pub reading_jump: ReadingJumpConfig,
     /// Detector `cohort_deviation`.
     pub cohort_deviation: CohortDeviationConfig,
     /// Detector `burst`.
@@ -111,6 +113,7 @@ impl Default for DetectConfig {
             beaconing: BeaconingConfig::default(),
             cloned_identity: ClonedIdentityConfig::default(),
             out_of_range_reading: Toggle::default(),
+            reading_jump: ReadingJumpConfig::default(),
             cohort_deviation: CohortDeviationConfig::default(),
             burst: BurstConfig::default(),
         }
@@ -405,6 +408,28 @@ impl Default for ClonedIdentityConfig {
     }
 }
 
+/// `reading_jump`: a reading that changed by more than the profile's `max_step` for its
+/// field since the device's previous reading of it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReadingJumpConfig {
+    /// Whether the rule runs.
+    pub enabled: bool,
+    /// Readings further apart than this are not compared: a device that was away may
+    /// come back somewhere else (a tracker moved while it was off).
+    #[serde(with = "humantime_serde")]
+    pub max_gap: Duration,
+}
+
+impl Default for ReadingJumpConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_gap: Duration::from_secs(300),
+        }
+    }
+}
+
 /// `cohort_deviation`: robust z-scores against the model's cohort.
 ///
 /// A value inside the range the profile declares for it (a field's `min`/`max`, the
@@ -595,6 +620,7 @@ impl DetectConfig {
         nonzero("beaconing.min_period", self.beaconing.min_period)?;
         positive("cloned_identity.switches", self.cloned_identity.switches)?;
         nonzero("cloned_identity.window", self.cloned_identity.window)?;
+        nonzero("reading_jump.max_gap", self.reading_jump.max_gap)?;
         positive("cohort_deviation.z", self.cohort_deviation.z)?;
         positive(
             "cohort_deviation.reading_z",

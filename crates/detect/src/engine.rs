@@ -137,6 +137,10 @@ struct DeviceState {
     /// Per cohort metric, consecutive readings (message sizes, field values) that
     /// deviated from the baseline.
     reading_streak: [u8; METRICS],
+    /// Per field slot, the device's previous reading (NaN: none yet), for `reading_jump`.
+    last_reading: [f32; FIELD_SLOTS],
+    /// Per field slot, when the previous reading came, whole seconds since the Unix epoch.
+    last_reading_at: [u32; FIELD_SLOTS],
     /// Per cohort metric, consecutive baseline refreshes at which the device's summary
     /// deviated.
     summary_streak: [u8; METRICS],
@@ -474,6 +478,8 @@ impl Engine {
                     d.features.fields = Default::default();
                     d.reading_streak = [0; METRICS];
                     d.summary_streak = [0; METRICS];
+                    d.last_reading = [f32::NAN; FIELD_SLOTS];
+                    d.last_reading_at = [0; FIELD_SLOTS];
                 }
             }
         }
@@ -496,6 +502,9 @@ impl Engine {
         if let Some(d) = self.devices.get_mut(i) {
             if d.model != m {
                 d.topic_cache = Default::default();
+                // The other model's field slots are other fields.
+                d.last_reading = [f32::NAN; FIELD_SLOTS];
+                d.last_reading_at = [0; FIELD_SLOTS];
             }
             d.model = m;
         }
@@ -556,6 +565,8 @@ impl Engine {
                 features: Features::default(),
                 cooldowns: Cooldowns::default(),
                 reading_streak: [0; METRICS],
+                last_reading: [f32::NAN; FIELD_SLOTS],
+                last_reading_at: [0; FIELD_SLOTS],
                 summary_streak: [0; METRICS],
                 peak: 0.0,
                 peak_at: 0,
@@ -1761,6 +1772,19 @@ fn reading(
     {
         s.add(v);
     }
+    if let (Some(max_step), Some(slot)) = (field.max_step, field.slot) {
+        jump_check(
+            cfg,
+            d,
+            field,
+            usize::from(slot),
+            max_step,
+            v,
+            now,
+            topic,
+            out,
+        );
+    }
     if !field.contains(v) {
         d.features.out_of_range = d.features.out_of_range.saturating_add(1);
         if cfg.out_of_range_reading.enabled {
@@ -1822,6 +1846,77 @@ fn reading(
             let sev = deviation_severity(v, field.range(), z, deviation_threshold(cfg));
             push_deviation(cfg, d, now, &field.name, v, &b, z, sev, field.range(), out);
         }
+    }
+}
+
+/// Compares a reading with the device's previous one of the same field (when it came
+/// within `reading_jump.max_gap`), fires `reading_jump` when it moved by more than the
+/// profile's `max_step`, and remembers it.
+#[allow(clippy::too_many_arguments)]
+fn jump_check(
+    cfg: &DetectConfig,
+    d: &mut DeviceState,
+    field: &Field,
+    slot: usize,
+    max_step: f64,
+    v: f64,
+    now: u64,
+    topic: &str,
+    out: &mut Vec<Finding>,
+) {
+    let (Some(&prev), Some(&prev_at)) = (d.last_reading.get(slot), d.last_reading_at.get(slot))
+    else {
+        return;
+    };
+    let secs = u32::try_from(now / 1000).unwrap_or(u32::MAX).max(1);
+    if let Some(s) = d.last_reading.get_mut(slot) {
+        *s = v as f32;
+    }
+    if let Some(s) = d.last_reading_at.get_mut(slot) {
+        *s = secs;
+    }
+    let recent = prev_at > 0
+        && u64::from(secs.saturating_sub(prev_at)) <= cfg.reading_jump.max_gap.as_secs();
+    if !cfg.reading_jump.enabled || !prev.is_finite() || !recent {
+        return;
+    }
+    let prev = f64::from(prev);
+    let jump = (v - prev).abs();
+    if jump <= max_step {
+        return;
+    }
+    let sev = if jump > 4.0 * max_step {
+        Severity::High
+    } else {
+        Severity::Medium
+    };
+    if d.cooldowns
+        .admit(Rule::ReadingJump, sev, now, dur_ms(cfg.cooldown))
+    {
+        out.push(finding(
+            Rule::ReadingJump,
+            now,
+            subject(d),
+            sev,
+            confidence_for(jump / max_step),
+            format!(
+                "{} reported {}={} right after {}: a change of {} where its profile allows {}",
+                d.key,
+                field.name,
+                num(v),
+                num(prev),
+                num(jump),
+                num(max_step)
+            ),
+            &[
+                ("field", field.name.to_string()),
+                ("value", num(v)),
+                ("previous", num(prev)),
+                ("change", num(jump)),
+                ("max_step", num(max_step)),
+                ("topic", topic.to_owned()),
+            ],
+        ));
     }
 }
 

@@ -33,7 +33,8 @@ pub use cohort::{Baseline, Robust};
 pub use config::{
     BeaconingConfig, BruteForceConfig, BurstConfig, ClonedIdentityConfig, CohortConfig,
     CohortDeviationConfig, ConfigError, ConnectFloodConfig, DetectConfig, MalformedConfig,
-    PublishFloodConfig, SlowConnectionConfig, Toggle, TopicScanningConfig, WildcardConfig,
+    PublishFloodConfig, ReadingJumpConfig, SlowConnectionConfig, Toggle, TopicScanningConfig,
+    WildcardConfig,
 };
 pub use engine::{Engine, Grants};
 pub use features::{

@@ -510,6 +510,7 @@ mod tests {
             name: name.into(),
             min: None,
             max: None,
+            max_step: None,
             slot: None,
         }
     }

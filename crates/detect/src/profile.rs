@@ -36,6 +36,8 @@ pub struct FieldSpec {
     pub min: Option<f64>,
     /// The greatest allowed value.
     pub max: Option<f64>,
+    /// The largest change between two consecutive readings of one device.
+    pub max_step: Option<f64>,
 }
 
 /// Most payload fields compiled for one topic (a bit mask tracks them while parsing).
@@ -189,6 +191,8 @@ pub(crate) struct Field {
     pub(crate) name: Box<str>,
     pub(crate) min: Option<f64>,
     pub(crate) max: Option<f64>,
+    /// The largest change between two consecutive readings of one device.
+    pub(crate) max_step: Option<f64>,
     /// The model-wide slot whose per-device mean and cohort baseline this field feeds.
     pub(crate) slot: Option<u8>,
 }
@@ -284,6 +288,7 @@ impl Compiled {
                 name: spec.name.as_str().into(),
                 min: spec.min.filter(|v| v.is_finite()),
                 max: spec.max.filter(|v| v.is_finite()),
+                max_step: spec.max_step.filter(|v| v.is_finite() && *v > 0.0),
                 slot: slot.and_then(|s| u8::try_from(s).ok()),
             };
             if let Some(r) = slot.and_then(|s| slot_ranges.get_mut(s))

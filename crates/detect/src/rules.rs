@@ -31,12 +31,13 @@ pub(crate) enum Rule {
     Beaconing,
     ClonedIdentity,
     OutOfRangeReading,
+    ReadingJump,
     CohortDeviation,
     Burst,
 }
 
 /// Number of rules.
-pub(crate) const RULE_COUNT: usize = 15;
+pub(crate) const RULE_COUNT: usize = 16;
 
 impl Rule {
     pub(crate) fn info(self) -> &'static RuleInfo {
@@ -123,6 +124,12 @@ pub static RULES: [RuleInfo; RULE_COUNT] = [
         technique: "T0856",
         technique_name: "Spoof Reporting Message",
         description: "a JSON payload value outside the range the profile gives its field",
+    },
+    RuleInfo {
+        name: "reading_jump",
+        technique: "T0856",
+        technique_name: "Spoof Reporting Message",
+        description: "a JSON payload value that changed by more than the profile's max_step for its field since the device's previous reading of it (within max_gap)",
     },
     RuleInfo {
         name: "cohort_deviation",

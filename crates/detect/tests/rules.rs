@@ -727,6 +727,85 @@ fn out_of_range_reading_stays_silent_at_the_range_bounds() {
     );
 }
 
+// === reading_jump ===
+
+/// The test profile with `max_step` on `temp`: the benign fleet's readings move by at
+/// most 3 degrees from one to the next.
+fn engine_with_steps(extra: &[&str]) -> Engine {
+    let mut e = engine_for(DetectConfig::default(), 10, extra);
+    let mut p = profile();
+    for f in p.fields.iter_mut().filter(|f| f.name == "temp") {
+        f.max_step = Some(4.0);
+    }
+    e.set_profile(p);
+    e
+}
+
+#[test]
+fn reading_jump_fires_on_a_leap_and_never_on_the_fleet() {
+    let mut trace = Trace::default();
+    benign_fleet(&mut trace, 10, END, 41);
+    // Inside the range both times, but 19 degrees apart a second apart.
+    let leap = |t: f64, temp: f64| {
+        publish(
+            t,
+            "leap",
+            "devices/leap/telemetry",
+            &format!(r#"{{"temp":{temp},"env":{{"hum":45}}}}"#),
+        )
+    };
+    trace.push(connect(299.0, "leap", ip(7, 1), 60));
+    trace.push(leap(300.0, 21.0));
+    trace.push(leap(301.0, 40.0));
+    let f = run(&mut engine_with_steps(&["leap"]), trace);
+    assert!(fired_for(&f, "reading_jump", "leap"), "{}", show(&f));
+    let hit = of_kind(&f, "reading_jump")[0];
+    assert_eq!(hit.evidence.get("previous").map(String::as_str), Some("21"));
+    assert_eq!(hit.evidence.get("change").map(String::as_str), Some("19"));
+    assert_eq!(
+        of_kind(&f, "reading_jump").len(),
+        1,
+        "the fleet's readings never moved by more than max_step: {}",
+        show(&f)
+    );
+    assert!(
+        of_kind(&f, "out_of_range_reading").is_empty(),
+        "{}",
+        show(&f)
+    );
+}
+
+#[test]
+fn reading_jump_compares_only_readings_close_in_time() {
+    let mut trace = Trace::default();
+    let reading = |t: f64, temp: f64| {
+        publish(
+            t,
+            "away",
+            "devices/away/telemetry",
+            &format!(r#"{{"temp":{temp},"env":{{"hum":45}}}}"#),
+        )
+    };
+    trace.push(connect(10.0, "away", ip(7, 2), 60));
+    trace.push(reading(11.0, 21.0));
+    // Back after longer than reading_jump.max_gap (300 s): somewhere else, not a leap.
+    trace.push(connect(400.0, "away", ip(7, 2), 60));
+    trace.push(reading(401.0, 60.0));
+    let quiet = run(&mut engine_with_steps(&["away"]), trace);
+    assert!(
+        of_kind(&quiet, "reading_jump").is_empty(),
+        "{}",
+        show(&quiet)
+    );
+
+    let mut trace = Trace::default();
+    trace.push(connect(10.0, "away", ip(7, 2), 60));
+    trace.push(reading(11.0, 21.0));
+    trace.push(reading(250.0, 60.0));
+    let f = run(&mut engine_with_steps(&["away"]), trace);
+    assert!(fired_for(&f, "reading_jump", "away"), "{}", show(&f));
+}
+
 // === cohort_deviation ===
 
 #[test]
@@ -977,7 +1056,7 @@ fn replaying_a_trace_gives_the_same_findings() {
 #[test]
 fn rules_list_every_kind_with_a_technique() {
     let rules = Engine::rules();
-    assert_eq!(rules.len(), 15);
+    assert_eq!(rules.len(), 16);
     for r in rules {
         assert!(r.technique.starts_with("T0"), "{r:?}");
         assert!(!r.description.is_empty());

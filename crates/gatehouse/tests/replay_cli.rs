@@ -100,8 +100,9 @@ fn replay_scores_a_capture_and_a_telemetry_file() -> Result<()> {
 }
 
 /// A profile learned from a telemetry file's benign rows is one the server takes, and
-/// scoring the same file with it flags no benign row, while the readings that leave the
-/// benign range (the GPS tracker's DDoS rows reach twice its benign latitude) are flagged.
+/// scoring the same file with it flags no benign row, while readings that leave the
+/// benign range (the GPS tracker's DDoS rows reach twice its benign latitude) or jump
+/// further than benign fixes ever do (its injection rows) are flagged.
 #[test]
 fn a_profile_learned_from_benign_rows_flags_no_benign_row() -> Result<()> {
     let Some(gps) = data("ton_iot/Train_Test_IoT_GPS_Tracker.csv") else {
@@ -136,7 +137,9 @@ fn a_profile_learned_from_benign_rows_flags_no_benign_row() -> Result<()> {
     ensure!(parsed.model() == "gps_tracker", "{text}");
     let topic = &parsed.topics()[0];
     ensure!(
-        topic.pattern.as_str() == "devices/{device}/telemetry" && topic.fields.len() == 2,
+        topic.pattern.as_str() == "devices/{device}/telemetry"
+            && topic.fields.len() == 2
+            && topic.fields.iter().all(|f| f.max_step.is_some()),
         "{text}"
     );
 
@@ -153,10 +156,12 @@ fn a_profile_learned_from_benign_rows_flags_no_benign_row() -> Result<()> {
             .with_context(|| format!("no class {name}: {r:#}"))
     };
     ensure!(class(&with, "normal")?["flagged"] == 0, "{with:#}");
-    ensure!(
-        class(&with, "ddos")?["flagged"].as_u64().unwrap_or(0) > 0,
-        "{with:#}"
-    );
+    for attack in ["ddos", "injection"] {
+        ensure!(
+            class(&with, attack)?["flagged"].as_u64().unwrap_or(0) > 0,
+            "{attack}: {with:#}"
+        );
+    }
     // Without the profile the engine knows no range, and flags none of them.
     let without = replay(&[], &[gps])?;
     ensure!(class(&without, "ddos")?["flagged"] == 0, "{without:#}");

@@ -59,7 +59,14 @@ pub struct LearnedTopic {
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct LearnedField {
     values: Vec<f64>,
+    /// Changes between consecutive benign readings of one device, no more than
+    /// [`MAX_GAP`] apart.
+    steps: Vec<f64>,
 }
+
+/// Consecutive readings further apart than this are not a step (the detector's default
+/// `reading_jump.max_gap`).
+pub const MAX_GAP: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// A numeric field's learned range.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -80,6 +87,19 @@ pub struct Range {
     pub max: f64,
 }
 
+/// A numeric field's learned largest step between consecutive readings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Step {
+    /// Steps it was learned from.
+    pub steps: usize,
+    /// The 99.9% quantile of the steps.
+    pub high: f64,
+    /// The largest step seen.
+    pub max_seen: f64,
+    /// The bound: `high` and half as much again.
+    pub max_step: f64,
+}
+
 /// A profile learned from benign traffic.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Learned {
@@ -95,7 +115,30 @@ pub struct Learned {
     pub topics: BTreeMap<String, LearnedTopic>,
 }
 
+/// Nearest-rank quantile `p` of sorted `v` (not empty).
+fn quantile(v: &[f64], p: f64) -> f64 {
+    let i = ((v.len() as f64) * p).ceil() as usize;
+    v[i.clamp(1, v.len()) - 1]
+}
+
 impl LearnedField {
+    /// The largest step to allow between consecutive readings, when there are at least
+    /// [`MIN_READINGS`] steps and they are not all zero.
+    pub fn step(&self) -> Option<Step> {
+        if self.steps.len() < MIN_READINGS {
+            return None;
+        }
+        let mut v = self.steps.clone();
+        v.sort_by(f64::total_cmp);
+        let high = quantile(&v, 0.999);
+        (high > 0.0).then(|| Step {
+            steps: v.len(),
+            high,
+            max_seen: v[v.len() - 1],
+            max_step: high * 1.5,
+        })
+    }
+
     /// The robust range of the readings, when there are at least [`MIN_READINGS`].
     pub fn range(&self) -> Option<Range> {
         if self.values.len() < MIN_READINGS {
@@ -103,12 +146,7 @@ impl LearnedField {
         }
         let mut v = self.values.clone();
         v.sort_by(f64::total_cmp);
-        let q = |p: f64| {
-            // Nearest rank.
-            let i = ((v.len() as f64) * p).ceil() as usize;
-            v[i.clamp(1, v.len()) - 1]
-        };
-        let (low, high) = (q(0.001), q(0.999));
+        let (low, high) = (quantile(&v, 0.001), quantile(&v, 0.999));
         let span = high - low;
         let margin = if span > 0.0 {
             span / 10.0
@@ -152,7 +190,33 @@ impl LearnedTopic {
         (self.busiest_second * 2).max(5)
     }
 
-    fn add_json(&mut self, prefix: &str, value: &serde_json::Value, depth: usize) {
+    /// Takes one payload's readings; `previous` holds the device's last reading of each
+    /// numeric field on this topic and when it came.
+    fn add_payload(
+        &mut self,
+        value: &serde_json::Value,
+        at: SystemTime,
+        previous: &mut BTreeMap<String, (f64, SystemTime)>,
+    ) {
+        let mut numbers = Vec::new();
+        self.add_json("", value, 1, &mut numbers);
+        for (path, x) in numbers {
+            if let Some((before, when)) = previous.insert(path.clone(), (x, at))
+                && at.duration_since(when).is_ok_and(|gap| gap <= MAX_GAP)
+                && let Some(field) = self.fields.get_mut(&path)
+            {
+                field.steps.push((x - before).abs());
+            }
+        }
+    }
+
+    fn add_json(
+        &mut self,
+        prefix: &str,
+        value: &serde_json::Value,
+        depth: usize,
+        numbers: &mut Vec<(String, f64)>,
+    ) {
         let serde_json::Value::Object(map) = value else {
             return;
         };
@@ -169,7 +233,8 @@ impl LearnedTopic {
                             self.fields_dropped += 1;
                             continue;
                         }
-                        self.fields.entry(path).or_default().values.push(x);
+                        self.fields.entry(path.clone()).or_default().values.push(x);
+                        numbers.push((path, x));
                     }
                 }
                 serde_json::Value::String(s) => {
@@ -183,7 +248,7 @@ impl LearnedTopic {
                     }
                 }
                 serde_json::Value::Object(_) if depth < MAX_DEPTH => {
-                    self.add_json(&path, v, depth + 1);
+                    self.add_json(&path, v, depth + 1, numbers);
                 }
                 _ => {}
             }
@@ -212,6 +277,9 @@ pub fn learn(model: &str, traces: &[Trace]) -> Learned {
     // (pattern, device) → (minute, count in it), (second, count in it)
     let mut minutes: BTreeMap<(String, String), (u64, u64)> = BTreeMap::new();
     let mut seconds: BTreeMap<(String, String), (u64, u64)> = BTreeMap::new();
+    // (pattern, device) → field → the device's previous benign reading and its time.
+    let mut previous: BTreeMap<(String, String), BTreeMap<String, (f64, SystemTime)>> =
+        BTreeMap::new();
     for trace in traces {
         learned.units += trace.units.len();
         learned.benign_units += trace.units.iter().filter(|u| is_benign(&u.label)).count();
@@ -223,15 +291,17 @@ pub fn learn(model: &str, traces: &[Trace]) -> Learned {
             let Observation::Publish(p) = &event.obs else {
                 continue;
             };
+            let device = p.identity.device.as_str();
+            let pattern = generalise(&p.topic, device);
             if !trace
                 .units
                 .get(event.unit)
                 .is_some_and(|u| is_benign(&u.label))
             {
+                // A step across an attack's readings is not a benign step.
+                previous.remove(&(pattern, device.to_owned()));
                 continue;
             }
-            let device = p.identity.device.as_str();
-            let pattern = generalise(&p.topic, device);
             let topic = learned
                 .topics
                 .entry(pattern.clone())
@@ -252,7 +322,9 @@ pub fn learn(model: &str, traces: &[Trace]) -> Learned {
                 *busiest = (*busiest).max(slot.1);
             }
             match serde_json::from_slice::<serde_json::Value>(&p.payload) {
-                Ok(v @ serde_json::Value::Object(_)) => topic.add_json("", &v, 1),
+                Ok(v @ serde_json::Value::Object(_)) => {
+                    topic.add_payload(&v, p.at, previous.entry(key).or_default());
+                }
                 _ => topic.not_json += 1,
             }
             learned.span = Some(match learned.span {
@@ -398,10 +470,24 @@ impl Learned {
                             number(r.low),
                             number(r.high)
                         );
+                        let step = field.step();
+                        if let Some(s) = step {
+                            let _ = writeln!(
+                                t,
+                                "# {name}: {} steps between consecutive readings within {}s, largest {}; 99.9% {}, and half as much again.",
+                                s.steps,
+                                MAX_GAP.as_secs(),
+                                number(s.max_seen),
+                                number(s.high)
+                            );
+                        }
                         let _ = writeln!(t, "[[topics.fields]]");
                         let _ = writeln!(t, "name = {}", quoted(name));
                         let _ = writeln!(t, "min = {}", number(r.min));
                         let _ = writeln!(t, "max = {}", number(r.max));
+                        if let Some(s) = step {
+                            let _ = writeln!(t, "max_step = {}", number(s.max_step));
+                        }
                     }
                     None => {
                         let _ = writeln!(
@@ -433,6 +519,35 @@ mod tests {
             "{r:?}"
         );
         assert_eq!(r.max_seen, 1e9);
+    }
+
+    #[test]
+    fn steps_are_learned_between_close_readings_only() {
+        let mut topic = LearnedTopic::new("devices/{device}/telemetry".into());
+        let mut previous = BTreeMap::new();
+        let t0 = UNIX_EPOCH + std::time::Duration::from_secs(1_000_000);
+        for i in 0..100u32 {
+            // Up and down by 1, a reading a second.
+            let v = serde_json::json!({ "temp": 20 + (i % 2), "env": { "hum": 40 } });
+            topic.add_payload(
+                &v,
+                t0 + std::time::Duration::from_secs(u64::from(i)),
+                &mut previous,
+            );
+        }
+        // After an hour away, somewhere else: not a step.
+        let v = serde_json::json!({ "temp": 90 });
+        topic.add_payload(
+            &v,
+            t0 + std::time::Duration::from_secs(3_700),
+            &mut previous,
+        );
+        let temp = &topic.fields["temp"];
+        let s = temp.step().unwrap();
+        assert_eq!((s.steps, s.high, s.max_seen), (99, 1.0, 1.0));
+        assert_eq!(s.max_step, 1.5);
+        // A constant reading has no step to learn.
+        assert!(topic.fields["env.hum"].step().is_none());
     }
 
     #[test]

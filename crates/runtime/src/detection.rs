@@ -673,6 +673,7 @@ pub fn profile_view(model: &ModelId, p: &ModelProfile) -> ProfileView {
                         name: f.name.clone(),
                         min: f.min,
                         max: f.max,
+                        max_step: f.max_step,
                     });
                 }
             }

@@ -104,6 +104,8 @@ struct RawField {
     min: Option<Spanned<f64>>,
     #[serde(default)]
     max: Option<Spanned<f64>>,
+    #[serde(default)]
+    max_step: Option<Spanned<f64>>,
 }
 
 // === validated profile ===
@@ -196,6 +198,9 @@ pub struct FieldRange {
     pub min: Option<f64>,
     /// The greatest allowed value.
     pub max: Option<f64>,
+    /// The largest change between two consecutive readings of one device, if stated.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_step: Option<f64>,
 }
 
 impl FieldRange {
@@ -666,9 +671,23 @@ impl Validator<'_> {
             let max_span = raw.max.as_ref().map(Spanned::span);
             let min = bound(raw.min, "min")?;
             let max = bound(raw.max, "max")?;
+            let max_step = match raw.max_step {
+                Some(v) if !(v.get_ref().is_finite() && *v.get_ref() > 0.0) => {
+                    return Err(self.err(
+                        ff("max_step"),
+                        v.span(),
+                        "must be a finite number above zero",
+                    ));
+                }
+                other => other.map(|v| *v.get_ref()),
+            };
             match (min, max, max_span) {
-                (None, None, _) => {
-                    return Err(self.err(ff("name"), nspan, "a field needs a min, a max or both"));
+                (None, None, _) if max_step.is_none() => {
+                    return Err(self.err(
+                        ff("name"),
+                        nspan,
+                        "a field needs a min, a max, a max_step or some of them",
+                    ));
                 }
                 (Some(lo), Some(hi), Some(span)) if lo > hi => {
                     return Err(self.err(
@@ -679,7 +698,12 @@ impl Validator<'_> {
                 }
                 _ => {}
             }
-            fields.push(FieldRange { name, min, max });
+            fields.push(FieldRange {
+                name,
+                min,
+                max,
+                max_step,
+            });
         }
         Ok(TopicRule {
             pattern,
@@ -793,6 +817,28 @@ mod tests {
             parse_signing_key("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----")
                 .is_err()
         );
+    }
+
+    fn with_field(field: &str) -> String {
+        format!(
+            "manufacturer = \"acme\"\nmodel = \"t\"\n[firmware]\ncurrent = \"1.0\"\n\
+             supported = [\"1.0\"]\n[[topics]]\npattern = \"devices/{{device}}/t\"\n\
+             direction = \"publish\"\nkind = \"telemetry\"\npayload = \"json\"\n\
+             [[topics.fields]]\nname = \"temp\"\n{field}\n"
+        )
+    }
+
+    #[test]
+    fn a_field_may_bound_its_step_alone_but_only_above_zero() {
+        let p = ModelProfile::parse(&with_field("max_step = 2.5")).unwrap();
+        assert_eq!(p.topics()[0].fields[0].max_step, Some(2.5));
+        assert_eq!(p.topics()[0].fields[0].min, None);
+        for bad in ["max_step = 0", "max_step = -1", "max_step = nan", "max_step = inf"] {
+            let e = ModelProfile::parse(&with_field(bad)).unwrap_err().to_string();
+            assert!(e.contains("max_step") && e.contains("above zero"), "{bad}: {e}");
+        }
+        let e = ModelProfile::parse(&with_field("")).unwrap_err().to_string();
+        assert!(e.contains("needs a min, a max, a max_step"), "{e}");
     }
 
     #[test]
