@@ -167,3 +167,61 @@ fn a_profile_learned_from_benign_rows_flags_no_benign_row() -> Result<()> {
     ensure!(class(&without, "ddos")?["flagged"] == 0, "{without:#}");
     Ok(())
 }
+
+/// The bar for learned profiles on TON_IoT: normal rows flagged at most 1 % with
+/// the 300 s hold and 0.1 % strict, each file scored with the profile learned from its
+/// own benign rows.
+#[test]
+fn learned_profiles_keep_the_normal_rows_false_positive_rate_under_the_bar() -> Result<()> {
+    let mut files = Vec::new();
+    for name in ["Fridge", "Thermostat", "GPS_Tracker"] {
+        let Some(f) = data(&format!("ton_iot/Train_Test_IoT_{name}.csv")) else {
+            return Ok(());
+        };
+        files.push(f);
+    }
+    let dir = tempfile::tempdir()?;
+    let mut args = Vec::new();
+    for (i, file) in files.iter().enumerate() {
+        let profile = dir.path().join(format!("{i}.toml"));
+        let out = Command::new(support::binary())
+            .args([
+                "profile",
+                "learn",
+                "--manufacturer",
+                "acme",
+                "--firmware",
+                "1.0.0",
+            ])
+            .arg("--out")
+            .arg(&profile)
+            .arg(file)
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        args.push("--profile".to_owned());
+        args.push(profile.to_string_lossy().into_owned());
+    }
+    for (hold, bar) in [(None, 0.01), (Some("0s"), 0.001)] {
+        let mut a: Vec<&str> = args.iter().map(String::as_str).collect();
+        if let Some(h) = hold {
+            a.extend(["--hold", h]);
+        }
+        let r = replay(&a, &files)?;
+        consistent(&r)?;
+        let normal = r["score"]["classes"]
+            .as_array()
+            .context("classes")?
+            .iter()
+            .find(|c| c["class"] == "normal")
+            .cloned()
+            .context("no normal class")?;
+        let fpr = normal["flagged"].as_f64().unwrap_or(f64::MAX)
+            / normal["units"].as_f64().context("units")?;
+        ensure!(fpr <= bar, "hold {hold:?}: FPR {fpr} above {bar}: {normal}");
+    }
+    Ok(())
+}

@@ -833,11 +833,23 @@ mod tests {
         let p = ModelProfile::parse(&with_field("max_step = 2.5")).unwrap();
         assert_eq!(p.topics()[0].fields[0].max_step, Some(2.5));
         assert_eq!(p.topics()[0].fields[0].min, None);
-        for bad in ["max_step = 0", "max_step = -1", "max_step = nan", "max_step = inf"] {
-            let e = ModelProfile::parse(&with_field(bad)).unwrap_err().to_string();
-            assert!(e.contains("max_step") && e.contains("above zero"), "{bad}: {e}");
+        for bad in [
+            "max_step = 0",
+            "max_step = -1",
+            "max_step = nan",
+            "max_step = inf",
+        ] {
+            let e = ModelProfile::parse(&with_field(bad))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("max_step") && e.contains("above zero"),
+                "{bad}: {e}"
+            );
         }
-        let e = ModelProfile::parse(&with_field("")).unwrap_err().to_string();
+        let e = ModelProfile::parse(&with_field(""))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("needs a min, a max, a max_step"), "{e}");
     }
 
