@@ -62,6 +62,7 @@ fn profile(model: usize) -> ProfileView {
                 min: Some(-40.0),
                 max: Some(85.0),
                 max_step: None,
+                max_repeats: None,
             },
             FieldSpec {
                 topic: p("fleet/{device}/telemetry"),
@@ -69,6 +70,7 @@ fn profile(model: usize) -> ProfileView {
                 min: Some(0.0),
                 max: Some(100.0),
                 max_step: None,
+                max_repeats: None,
             },
             FieldSpec {
                 topic: p("fleet/{device}/telemetry"),
@@ -76,6 +78,7 @@ fn profile(model: usize) -> ProfileView {
                 min: Some(0.0),
                 max: Some(100.0),
                 max_step: None,
+                max_repeats: None,
             },
         ],
         max_rate_per_sec: Some(2.0),

@@ -87,6 +87,8 @@ pub struct DetectConfig {
     pub out_of_range_reading: Toggle,
     /// Rule `reading_jump`.
     pub reading_jump: ReadingJumpConfig,
+    /// Rule `stuck_reading`.
+    pub stuck_reading: Toggle,
     /// Detector `cohort_deviation`.
     pub cohort_deviation: CohortDeviationConfig,
     /// Detector `burst`.
@@ -114,6 +116,7 @@ impl Default for DetectConfig {
             cloned_identity: ClonedIdentityConfig::default(),
             out_of_range_reading: Toggle::default(),
             reading_jump: ReadingJumpConfig::default(),
+            stuck_reading: Toggle::default(),
             cohort_deviation: CohortDeviationConfig::default(),
             burst: BurstConfig::default(),
         }

@@ -141,6 +141,8 @@ struct DeviceState {
     last_reading: [f32; FIELD_SLOTS],
     /// Per field slot, when the previous reading came, whole seconds since the Unix epoch.
     last_reading_at: [u32; FIELD_SLOTS],
+    /// Per field slot, how many readings in a row repeated the one before them.
+    repeats: [u32; FIELD_SLOTS],
     /// Per cohort metric, consecutive baseline refreshes at which the device's summary
     /// deviated.
     summary_streak: [u8; METRICS],
@@ -480,6 +482,7 @@ impl Engine {
                     d.summary_streak = [0; METRICS];
                     d.last_reading = [f32::NAN; FIELD_SLOTS];
                     d.last_reading_at = [0; FIELD_SLOTS];
+                    d.repeats = [0; FIELD_SLOTS];
                 }
             }
         }
@@ -505,6 +508,7 @@ impl Engine {
                 // The other model's field slots are other fields.
                 d.last_reading = [f32::NAN; FIELD_SLOTS];
                 d.last_reading_at = [0; FIELD_SLOTS];
+                d.repeats = [0; FIELD_SLOTS];
             }
             d.model = m;
         }
@@ -567,6 +571,7 @@ impl Engine {
                 reading_streak: [0; METRICS],
                 last_reading: [f32::NAN; FIELD_SLOTS],
                 last_reading_at: [0; FIELD_SLOTS],
+                repeats: [0; FIELD_SLOTS],
                 summary_streak: [0; METRICS],
                 peak: 0.0,
                 peak_at: 0,
@@ -1772,18 +1777,10 @@ fn reading(
     {
         s.add(v);
     }
-    if let (Some(max_step), Some(slot)) = (field.max_step, field.slot) {
-        jump_check(
-            cfg,
-            d,
-            field,
-            usize::from(slot),
-            max_step,
-            v,
-            now,
-            topic,
-            out,
-        );
+    if let Some(slot) = field.slot
+        && (field.max_step.is_some() || field.max_repeats.is_some())
+    {
+        sequence_check(cfg, d, field, usize::from(slot), v, now, topic, out);
     }
     if !field.contains(v) {
         d.features.out_of_range = d.features.out_of_range.saturating_add(1);
@@ -1849,32 +1846,79 @@ fn reading(
     }
 }
 
-/// Compares a reading with the device's previous one of the same field (when it came
-/// within `reading_jump.max_gap`), fires `reading_jump` when it moved by more than the
-/// profile's `max_step`, and remembers it.
+/// Compares a reading with the device's previous one of the same field and remembers
+/// it: `stuck_reading` when it repeated the one before more than the profile's
+/// `max_repeats` times in a row, `reading_jump` when it moved by more than `max_step`
+/// since one that came within `reading_jump.max_gap`.
 #[allow(clippy::too_many_arguments)]
-fn jump_check(
+fn sequence_check(
     cfg: &DetectConfig,
     d: &mut DeviceState,
     field: &Field,
     slot: usize,
-    max_step: f64,
     v: f64,
     now: u64,
     topic: &str,
     out: &mut Vec<Finding>,
 ) {
-    let (Some(&prev), Some(&prev_at)) = (d.last_reading.get(slot), d.last_reading_at.get(slot))
-    else {
+    let (Some(&prev), Some(&prev_at), Some(&repeats)) = (
+        d.last_reading.get(slot),
+        d.last_reading_at.get(slot),
+        d.repeats.get(slot),
+    ) else {
         return;
     };
     let secs = u32::try_from(now / 1000).unwrap_or(u32::MAX).max(1);
+    let repeats = if prev.is_finite() && prev == v as f32 {
+        repeats.saturating_add(1)
+    } else {
+        0
+    };
     if let Some(s) = d.last_reading.get_mut(slot) {
         *s = v as f32;
     }
     if let Some(s) = d.last_reading_at.get_mut(slot) {
         *s = secs;
     }
+    if let Some(s) = d.repeats.get_mut(slot) {
+        *s = repeats;
+    }
+    if let Some(max_repeats) = field.max_repeats
+        && cfg.stuck_reading.enabled
+        && repeats > max_repeats
+        && d.cooldowns.admit(
+            Rule::StuckReading,
+            Severity::Medium,
+            now,
+            dur_ms(cfg.cooldown),
+        )
+    {
+        out.push(finding(
+            Rule::StuckReading,
+            now,
+            subject(d),
+            Severity::Medium,
+            confidence_for(f64::from(repeats) / f64::from(max_repeats)),
+            format!(
+                "{} reported {}={} {} times in a row after the first; its profile allows {}",
+                d.key,
+                field.name,
+                num(v),
+                repeats,
+                max_repeats
+            ),
+            &[
+                ("field", field.name.to_string()),
+                ("value", num(v)),
+                ("repeats", repeats.to_string()),
+                ("max_repeats", max_repeats.to_string()),
+                ("topic", topic.to_owned()),
+            ],
+        ));
+    }
+    let Some(max_step) = field.max_step else {
+        return;
+    };
     let recent = prev_at > 0
         && u64::from(secs.saturating_sub(prev_at)) <= cfg.reading_jump.max_gap.as_secs();
     if !cfg.reading_jump.enabled || !prev.is_finite() || !recent {

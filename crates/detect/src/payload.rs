@@ -511,6 +511,7 @@ mod tests {
             min: None,
             max: None,
             max_step: None,
+            max_repeats: None,
             slot: None,
         }
     }

@@ -38,6 +38,8 @@ pub struct FieldSpec {
     pub max: Option<f64>,
     /// The largest change between two consecutive readings of one device.
     pub max_step: Option<f64>,
+    /// The most consecutive identical readings of one device.
+    pub max_repeats: Option<u32>,
 }
 
 /// Most payload fields compiled for one topic (a bit mask tracks them while parsing).
@@ -193,6 +195,8 @@ pub(crate) struct Field {
     pub(crate) max: Option<f64>,
     /// The largest change between two consecutive readings of one device.
     pub(crate) max_step: Option<f64>,
+    /// The most consecutive identical readings of one device.
+    pub(crate) max_repeats: Option<u32>,
     /// The model-wide slot whose per-device mean and cohort baseline this field feeds.
     pub(crate) slot: Option<u8>,
 }
@@ -289,6 +293,7 @@ impl Compiled {
                 min: spec.min.filter(|v| v.is_finite()),
                 max: spec.max.filter(|v| v.is_finite()),
                 max_step: spec.max_step.filter(|v| v.is_finite() && *v > 0.0),
+                max_repeats: spec.max_repeats.filter(|n| *n >= 1),
                 slot: slot.and_then(|s| u8::try_from(s).ok()),
             };
             if let Some(r) = slot.and_then(|s| slot_ranges.get_mut(s))

@@ -32,12 +32,13 @@ pub(crate) enum Rule {
     ClonedIdentity,
     OutOfRangeReading,
     ReadingJump,
+    StuckReading,
     CohortDeviation,
     Burst,
 }
 
 /// Number of rules.
-pub(crate) const RULE_COUNT: usize = 16;
+pub(crate) const RULE_COUNT: usize = 17;
 
 impl Rule {
     pub(crate) fn info(self) -> &'static RuleInfo {
@@ -130,6 +131,12 @@ pub static RULES: [RuleInfo; RULE_COUNT] = [
         technique: "T0856",
         technique_name: "Spoof Reporting Message",
         description: "a JSON payload value that changed by more than the profile's max_step for its field since the device's previous reading of it (within max_gap)",
+    },
+    RuleInfo {
+        name: "stuck_reading",
+        technique: "T0832",
+        technique_name: "Manipulation of View",
+        description: "a JSON payload value the device repeated more times in a row than the profile's max_repeats for its field allows (a stuck sensor, or readings replayed)",
     },
     RuleInfo {
         name: "cohort_deviation",

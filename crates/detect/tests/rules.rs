@@ -736,6 +736,7 @@ fn engine_with_steps(extra: &[&str]) -> Engine {
     let mut p = profile();
     for f in p.fields.iter_mut().filter(|f| f.name == "temp") {
         f.max_step = Some(4.0);
+        f.max_repeats = Some(10);
     }
     e.set_profile(p);
     e
@@ -804,6 +805,40 @@ fn reading_jump_compares_only_readings_close_in_time() {
     trace.push(reading(250.0, 60.0));
     let f = run(&mut engine_with_steps(&["away"]), trace);
     assert!(fired_for(&f, "reading_jump", "away"), "{}", show(&f));
+}
+
+// === stuck_reading ===
+
+#[test]
+fn stuck_reading_fires_on_a_sensor_that_repeats_itself_and_never_on_the_fleet() {
+    let mut trace = Trace::default();
+    benign_fleet(&mut trace, 10, END, 43);
+    let reading = |t: f64, device: &str, temp: f64| {
+        publish(
+            t,
+            device,
+            &format!("devices/{device}/telemetry"),
+            &format!(r#"{{"temp":{temp},"env":{{"hum":45}}}}"#),
+        )
+    };
+    // Ten repeats are allowed (eleven equal readings); the twelfth is one too many.
+    trace.push(connect(99.0, "frozen", ip(7, 3), 60));
+    for i in 0..12 {
+        trace.push(reading(100.0 + f64::from(i), "frozen", 21.5));
+    }
+    trace.push(connect(99.0, "steady", ip(7, 4), 60));
+    for i in 0..11 {
+        trace.push(reading(100.0 + f64::from(i), "steady", 21.5));
+    }
+    trace.push(reading(111.0, "steady", 21.6));
+    let f = run(&mut engine_with_steps(&["frozen", "steady"]), trace);
+    assert!(fired_for(&f, "stuck_reading", "frozen"), "{}", show(&f));
+    let hits = of_kind(&f, "stuck_reading");
+    assert_eq!(hits.len(), 1, "only the frozen sensor: {}", show(&f));
+    assert_eq!(
+        hits[0].evidence.get("repeats").map(String::as_str),
+        Some("11")
+    );
 }
 
 // === cohort_deviation ===
@@ -1056,7 +1091,7 @@ fn replaying_a_trace_gives_the_same_findings() {
 #[test]
 fn rules_list_every_kind_with_a_technique() {
     let rules = Engine::rules();
-    assert_eq!(rules.len(), 16);
+    assert_eq!(rules.len(), 17);
     for r in rules {
         assert!(r.technique.starts_with("T0"), "{r:?}");
         assert!(!r.description.is_empty());

@@ -62,7 +62,13 @@ pub struct LearnedField {
     /// Changes between consecutive benign readings of one device, no more than
     /// [`MAX_GAP`] apart.
     steps: Vec<f64>,
+    /// The most times in a row one device repeated its previous reading.
+    longest_repeats: u32,
 }
+
+/// One device's previous reading of each field on a topic: the value, when it came, and
+/// how many times in a row it had repeated the one before.
+type Previous = BTreeMap<String, (f64, SystemTime, u32)>;
 
 /// Consecutive readings further apart than this are not a step (the detector's default
 /// `reading_jump.max_gap`).
@@ -122,6 +128,20 @@ fn quantile(v: &[f64], p: f64) -> f64 {
 }
 
 impl LearnedField {
+    /// The most repeats in a row to allow: twice the longest run of one device's benign
+    /// readings (at least 3), for a field of at least [`MIN_READINGS`] readings taking
+    /// more than 10 distinct values (a measurement: a status or a setting may hold its
+    /// value for as long as it likes).
+    pub fn max_repeats(&self) -> Option<u32> {
+        if self.values.len() < MIN_READINGS {
+            return None;
+        }
+        let mut v = self.values.clone();
+        v.sort_by(f64::total_cmp);
+        v.dedup();
+        (v.len() > 10).then(|| self.longest_repeats.saturating_mul(2).max(3))
+    }
+
     /// The largest step to allow between consecutive readings, when there are at least
     /// [`MIN_READINGS`] steps and they are not all zero.
     pub fn step(&self) -> Option<Step> {
@@ -192,20 +212,25 @@ impl LearnedTopic {
 
     /// Takes one payload's readings; `previous` holds the device's last reading of each
     /// numeric field on this topic and when it came.
-    fn add_payload(
-        &mut self,
-        value: &serde_json::Value,
-        at: SystemTime,
-        previous: &mut BTreeMap<String, (f64, SystemTime)>,
-    ) {
+    fn add_payload(&mut self, value: &serde_json::Value, at: SystemTime, previous: &mut Previous) {
         let mut numbers = Vec::new();
         self.add_json("", value, 1, &mut numbers);
         for (path, x) in numbers {
-            if let Some((before, when)) = previous.insert(path.clone(), (x, at))
+            let before = previous.get(&path).copied();
+            let repeats = match before {
+                // Compared as the detector compares them.
+                Some((b, _, n)) if b as f32 == x as f32 => n.saturating_add(1),
+                _ => 0,
+            };
+            previous.insert(path.clone(), (x, at, repeats));
+            let Some(field) = self.fields.get_mut(&path) else {
+                continue;
+            };
+            field.longest_repeats = field.longest_repeats.max(repeats);
+            if let Some((b, when, _)) = before
                 && at.duration_since(when).is_ok_and(|gap| gap <= MAX_GAP)
-                && let Some(field) = self.fields.get_mut(&path)
             {
-                field.steps.push((x - before).abs());
+                field.steps.push((x - b).abs());
             }
         }
     }
@@ -278,8 +303,7 @@ pub fn learn(model: &str, traces: &[Trace]) -> Learned {
     let mut minutes: BTreeMap<(String, String), (u64, u64)> = BTreeMap::new();
     let mut seconds: BTreeMap<(String, String), (u64, u64)> = BTreeMap::new();
     // (pattern, device) → field → the device's previous benign reading and its time.
-    let mut previous: BTreeMap<(String, String), BTreeMap<String, (f64, SystemTime)>> =
-        BTreeMap::new();
+    let mut previous: BTreeMap<(String, String), Previous> = BTreeMap::new();
     for trace in traces {
         learned.units += trace.units.len();
         learned.benign_units += trace.units.iter().filter(|u| is_benign(&u.label)).count();
@@ -488,6 +512,14 @@ impl Learned {
                         if let Some(s) = step {
                             let _ = writeln!(t, "max_step = {}", number(s.max_step));
                         }
+                        if let Some(n) = field.max_repeats() {
+                            let _ = writeln!(
+                                t,
+                                "# longest run of one device repeating its reading: {}; twice that.",
+                                field.longest_repeats
+                            );
+                            let _ = writeln!(t, "max_repeats = {n}");
+                        }
                     }
                     None => {
                         let _ = writeln!(
@@ -546,8 +578,13 @@ mod tests {
         let s = temp.step().unwrap();
         assert_eq!((s.steps, s.high, s.max_seen), (99, 1.0, 1.0));
         assert_eq!(s.max_step, 1.5);
-        // A constant reading has no step to learn.
+        // A constant reading has no step to learn, and no repeats to bound: it may be a
+        // setting.
         assert!(topic.fields["env.hum"].step().is_none());
+        assert!(topic.fields["env.hum"].max_repeats().is_none());
+        // temp alternates: never repeated, but only two values, so no bound either.
+        assert_eq!(topic.fields["temp"].longest_repeats, 0);
+        assert!(topic.fields["temp"].max_repeats().is_none());
     }
 
     #[test]

@@ -674,6 +674,7 @@ pub fn profile_view(model: &ModelId, p: &ModelProfile) -> ProfileView {
                         min: f.min,
                         max: f.max,
                         max_step: f.max_step,
+                        max_repeats: f.max_repeats,
                     });
                 }
             }

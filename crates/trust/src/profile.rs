@@ -106,6 +106,8 @@ struct RawField {
     max: Option<Spanned<f64>>,
     #[serde(default)]
     max_step: Option<Spanned<f64>>,
+    #[serde(default)]
+    max_repeats: Option<Spanned<i64>>,
 }
 
 // === validated profile ===
@@ -201,6 +203,10 @@ pub struct FieldRange {
     /// The largest change between two consecutive readings of one device, if stated.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_step: Option<f64>,
+    /// The most consecutive identical readings of one device, if stated (a sensor that
+    /// repeats itself longer is stuck, or its readings are being replayed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_repeats: Option<u32>,
 }
 
 impl FieldRange {
@@ -681,12 +687,25 @@ impl Validator<'_> {
                 }
                 other => other.map(|v| *v.get_ref()),
             };
+            let max_repeats = match raw.max_repeats {
+                Some(v) => match u32::try_from(*v.get_ref()) {
+                    Ok(n) if n >= 1 => Some(n),
+                    _ => {
+                        return Err(self.err(
+                            ff("max_repeats"),
+                            v.span(),
+                            "must be a whole number from 1 to 4294967295",
+                        ));
+                    }
+                },
+                None => None,
+            };
             match (min, max, max_span) {
-                (None, None, _) if max_step.is_none() => {
+                (None, None, _) if max_step.is_none() && max_repeats.is_none() => {
                     return Err(self.err(
                         ff("name"),
                         nspan,
-                        "a field needs a min, a max, a max_step or some of them",
+                        "a field needs a min, a max, a max_step, a max_repeats or some of them",
                     ));
                 }
                 (Some(lo), Some(hi), Some(span)) if lo > hi => {
@@ -703,6 +722,7 @@ impl Validator<'_> {
                 min,
                 max,
                 max_step,
+                max_repeats,
             });
         }
         Ok(TopicRule {
@@ -851,6 +871,18 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("needs a min, a max, a max_step"), "{e}");
+        let p = ModelProfile::parse(&with_field("max_repeats = 12")).unwrap();
+        assert_eq!(p.topics()[0].fields[0].max_repeats, Some(12));
+        for bad in [
+            "max_repeats = 0",
+            "max_repeats = -3",
+            "max_repeats = 5000000000",
+        ] {
+            let e = ModelProfile::parse(&with_field(bad))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("max_repeats"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -131,6 +131,7 @@ pub fn profile() -> ProfileView {
                 min: Some(-40.0),
                 max: Some(85.0),
                 max_step: None,
+                max_repeats: None,
             },
             FieldSpec {
                 topic: pat("devices/{device}/telemetry"),
@@ -138,6 +139,7 @@ pub fn profile() -> ProfileView {
                 min: Some(0.0),
                 max: Some(100.0),
                 max_step: None,
+                max_repeats: None,
             },
         ],
         max_rate_per_sec: Some(2.0),
