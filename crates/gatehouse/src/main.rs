@@ -30,6 +30,38 @@ struct Cli {
     command: Command,
 }
 
+/// `gatehouse serve`: the data directory and the listening addresses, over the
+/// configuration's.
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    dir: DataDirArg,
+    /// Listen for MQTTS here instead of the configuration's `listeners.mqtts`
+    /// (`0.0.0.0:8883`); port 0 picks a free port.
+    #[arg(long, env = "GATEHOUSE_MQTTS", value_name = "ADDR")]
+    mqtts: Option<std::net::SocketAddr>,
+    /// Listen for HTTPS here instead of the configuration's `listeners.https`
+    /// (`0.0.0.0:8443`); port 0 picks a free port.
+    #[arg(long, env = "GATEHOUSE_HTTPS", value_name = "ADDR")]
+    https: Option<std::net::SocketAddr>,
+}
+
+// === impl ServeArgs ===
+
+impl ServeArgs {
+    /// `settings` with this data directory and these listeners, where given.
+    fn apply(&self, settings: Settings) -> Settings {
+        let mut settings = self.dir.apply(settings);
+        if let Some(a) = self.mqtts {
+            settings.mqtts = a;
+        }
+        if let Some(a) = self.https {
+            settings.https = a;
+        }
+        settings
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Create a data directory: the local CA and the registry (with the `default` tenant).
@@ -37,7 +69,7 @@ enum Command {
     Init(DataDirArg),
     /// Run the server: MQTTS (mutual TLS) and HTTPS. The data directory, its CA and its
     /// registry are created on first start.
-    Serve(DataDirArg),
+    Serve(ServeArgs),
     /// The local certificate authority.
     Ca {
         #[command(flatten)]
@@ -205,8 +237,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Serve(dir) => {
-            let settings = dir.apply(Settings::load(config)?);
+        Command::Serve(args) => {
+            let settings = args.apply(Settings::load(config)?);
             init_logging(&settings);
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
