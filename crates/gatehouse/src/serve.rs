@@ -56,8 +56,12 @@ fn server_names(extra: &[String]) -> (Vec<String>, Vec<IpAddr>) {
 
 /// Runs until SIGTERM or Ctrl-C, then shuts down gracefully.
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    // Caught from before the listeners open: a SIGTERM while the server is still starting
+    // stops it gracefully once it is up (saving the sessions and retained messages it took
+    // meanwhile) instead of ending the process on the spot.
+    let signal = shutdown_signal();
     let running = start(settings).await?;
-    wait_for_signal().await;
+    signal.await;
     running.shutdown().await
 }
 
@@ -429,25 +433,47 @@ impl SessionControl for MqttsControl {
     }
 }
 
+/// Waits for SIGTERM or Ctrl-C.
 pub async fn wait_for_signal() {
+    shutdown_signal().await;
+}
+
+/// SIGTERM or Ctrl-C, caught from the moment this is called (not from the first poll):
+/// one that arrives before the future is awaited completes it at once.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
+        let term = signal(SignalKind::terminate()).ok();
+        let interrupt = signal(SignalKind::interrupt()).ok();
+        async move {
+            match (term, interrupt) {
+                (Some(mut term), Some(mut interrupt)) => {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = interrupt.recv() => {}
+                    }
                 }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+                (Some(mut term), None) => {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = tokio::signal::ctrl_c() => {}
+                    }
+                }
+                (None, Some(mut interrupt)) => {
+                    let _ = interrupt.recv().await;
+                }
+                (None, None) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
