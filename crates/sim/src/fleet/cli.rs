@@ -13,6 +13,9 @@ use crate::bench::parse_duration;
 /// The default place of the Mirai credential list (the shared data beside a checkout).
 pub const SHARED_CREDENTIALS: &str = "../shared/data/credentials/mirai-default-credentials.csv";
 
+/// How long each check of the server's listeners before a run may take.
+const PREFLIGHT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Options of `gatehouse sim`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct SimArgs {
@@ -255,6 +258,7 @@ pub async fn run(args: SimArgs) -> anyhow::Result<FleetReport> {
              so a ban of one reaches every simulated device",
         );
     }
+    super::server::preflight(&target, PREFLIGHT_TIMEOUT).await?;
     let report = super::run(target, opts, &narrator).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);

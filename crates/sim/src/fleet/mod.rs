@@ -458,7 +458,12 @@ pub async fn run(
     ));
     if enrolled.is_empty() {
         report.judge();
-        bail!("no device enrolled{}", first_error(&enroll_errors));
+        bail!(
+            "no device enrolled over EST at {} ({}){}",
+            target.https_url(),
+            target.https,
+            first_error(&enroll_errors)
+        );
     }
     if opts.enroll_only {
         report.compromised = 0;
@@ -622,6 +627,14 @@ pub async fn run(
         device_tasks.len(),
         first_error(&connect_errors)
     ));
+    if device_tasks.is_empty() {
+        let _ = stop_tx.send(true);
+        bail!(
+            "no device could connect to the server's MQTTS listener at {}{}",
+            target.mqtts,
+            first_error(&connect_errors)
+        );
+    }
 
     // Normal traffic.
     let phase = narrator.phase("warming up", 0);

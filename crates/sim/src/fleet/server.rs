@@ -83,6 +83,38 @@ impl Target {
     }
 }
 
+/// Checks, before a run, that the server answers where `target` says it is: its HTTPS
+/// listener (TCP, TLS against the target's anchors, and a REST call with the API token),
+/// its MQTTS listener and its legacy listener if one is given (TCP), each within
+/// `timeout`. Fails naming the address tried, what it was given as, and the cause.
+pub async fn preflight(target: &Target, timeout: Duration) -> anyhow::Result<()> {
+    let api = Api::with_timeout(target, timeout)?;
+    api.get("/api/v1/tenants").await.with_context(|| {
+        format!(
+            "the server's HTTPS listener at {} (--server {}) did not answer the simulator",
+            target.https,
+            target.https_url()
+        )
+    })?;
+    let mut listeners = vec![("MQTTS", "--mqtt", target.mqtts)];
+    if let Some(legacy) = target.legacy {
+        listeners.push(("plain MQTT", "--legacy", legacy));
+    }
+    for (what, option, addr) in listeners {
+        match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                bail!("the server's {what} listener at {addr} ({option}) is not reachable: {e}")
+            }
+            Err(_) => bail!(
+                "the server's {what} listener at {addr} ({option}) did not answer within {} s",
+                timeout.as_secs()
+            ),
+        }
+    }
+    Ok(())
+}
+
 /// The server's REST API, without a client certificate, authenticated with the target's
 /// API token.
 #[derive(Debug, Clone)]
@@ -93,13 +125,19 @@ pub struct Api {
 impl Api {
     /// The REST API of `target`, with its API token if it has one.
     pub fn new(target: &Target) -> anyhow::Result<Self> {
+        Self::with_timeout(target, REST_TIMEOUT)
+    }
+
+    /// The REST API of `target`, each exchange (connection, then request) within
+    /// `timeout`.
+    pub fn with_timeout(target: &Target, timeout: Duration) -> anyhow::Result<Self> {
         Ok(Self {
             target: HttpsTarget {
                 addr: target.https,
                 bind: None,
                 server_name: target.server_name.clone(),
                 tls: target.client_tls(None, true)?,
-                timeout: REST_TIMEOUT,
+                timeout,
                 authorization: target.api_token.as_deref().map(bearer_auth),
             },
         })
