@@ -225,7 +225,19 @@ pub async fn run(
     }
     let api = Api::new(&target)?;
     let run_id = opts.run_id.clone();
-    let plan = plan(opts.devices, opts.compromised, &opts.scenarios, &run_id);
+    // Scenarios this server cannot host are skipped, not staged: their devices stay benign.
+    let skipped: Vec<(Scenario, String)> = opts
+        .scenarios
+        .iter()
+        .filter_map(|s| cannot_run(*s, &target).map(|why| (*s, why)))
+        .collect();
+    let runnable: Vec<Scenario> = opts
+        .scenarios
+        .iter()
+        .copied()
+        .filter(|s| !skipped.iter().any(|(k, _)| k == s))
+        .collect();
+    let plan = plan(opts.devices, opts.compromised, &runnable, &run_id);
     let n = plan.ids.len();
     let manufacturer = scoped(models::MANUFACTURER, &run_id);
     let model_id = |k: Kind| scoped(k.model(), &run_id);
@@ -249,12 +261,15 @@ pub async fn run(
             .collect::<Vec<_>>()
             .join(", "),
         plan.attackers.len(),
-        opts.scenarios
+        runnable
             .iter()
             .map(|s| s.name())
             .collect::<Vec<_>>()
             .join(", ")
     ));
+    for (s, why) in &skipped {
+        narrator.say(format!("skipping {}: {why}", s.name()));
+    }
 
     // The registry: what a fleet operator registers before devices arrive.
     let phase = narrator.phase("registering", 0);
@@ -465,6 +480,7 @@ pub async fn run(
             first_error(&enroll_errors)
         );
     }
+    let enrolled_ids: HashSet<usize> = enrolled.keys().copied().collect();
     if opts.enroll_only {
         report.compromised = 0;
         report.benign = n;
@@ -592,8 +608,9 @@ pub async fn run(
             match Client::connect(&dev.opts).await {
                 Ok((client, _)) => {
                     let took = t0.elapsed();
+                    let index = dev.index;
                     let handle = tokio::spawn(dev.run(client, shared, state));
-                    Ok((took, handle))
+                    Ok((index, took, handle))
                 }
                 Err(e) => Err(format!("{}: {e}", dev.id)),
             }
@@ -602,11 +619,13 @@ pub async fn run(
     let mut connect_lat = hist();
     let mut connect_errors: BTreeMap<String, usize> = BTreeMap::new();
     let mut device_tasks = Vec::new();
+    let mut connected: HashSet<usize> = HashSet::new();
     while let Some(done) = connects.join_next().await {
         phase.inc(1);
         match done {
-            Ok(Ok((took, handle))) => {
+            Ok(Ok((index, took, handle))) => {
                 record(&mut connect_lat, took);
+                connected.insert(index);
                 device_tasks.push(handle);
             }
             Ok(Err(e)) => {
@@ -753,6 +772,21 @@ pub async fn run(
         }
     }
     let _ = attack_started;
+    // An attacker that never enrolled or connected did not attack: its scenario is skipped.
+    for r in &mut results {
+        let Some(i) = plan.ids.iter().position(|id| *id == r.device) else {
+            continue;
+        };
+        if !enrolled_ids.contains(&i) {
+            r.skip(format!("its device {} did not enroll", r.device));
+        } else if !connected.contains(&i) {
+            r.skip(format!("its device {} did not connect", r.device));
+        }
+    }
+    for (s, why) in &skipped {
+        results.push(ScenarioResult::skipped(*s, why.clone()));
+    }
+    results.sort_by_key(|r| r.scenario);
     report.scenarios = results;
     let benign: Vec<usize> = (0..n).filter(|i| !plan.attackers.contains_key(i)).collect();
     benign_outcome(
@@ -771,10 +805,15 @@ pub async fn run(
         v.dedup();
         v
     };
+    let ran = report.scenarios.iter().filter(|s| s.ran()).count();
     phase.finish(format!(
-        "{} of {} scenarios detected; {} benign devices restricted or worse, {} with a finding above low",
+        "{} of {ran} scenarios that ran detected{}; {} benign devices restricted or worse, {} with a finding above low",
         report.scenarios.iter().filter(|s| s.detected).count(),
-        report.scenarios.len(),
+        if ran == report.scenarios.len() {
+            String::new()
+        } else {
+            format!(" ({} skipped)", report.scenarios.len() - ran)
+        },
         report.benign_restricted.len(),
         report.benign_above_low.len()
     ));
@@ -797,6 +836,18 @@ pub async fn run(
     report.elapsed_secs = started.elapsed().as_secs_f64();
     report.judge();
     Ok(report)
+}
+
+/// Why `scenario` cannot run against `target`, if it cannot.
+fn cannot_run(scenario: Scenario, target: &Target) -> Option<String> {
+    match scenario {
+        Scenario::BruteForce if target.legacy.is_none() => Some(
+            "the server has no plain MQTT listener for legacy devices to guess passwords on \
+             (give it with --legacy host:port)"
+                .into(),
+        ),
+        _ => None,
+    }
 }
 
 /// Resident memory of this process, from `/proc/self/status`.
@@ -1140,6 +1191,12 @@ async fn verify(
         }
         out.push(ScenarioResult {
             scenario: *scenario,
+            outcome: if detected {
+                report::Outcome::Detected
+            } else {
+                report::Outcome::Missed
+            },
+            skipped: None,
             device: id.clone(),
             model: plan.kinds[*i].model().to_owned(),
             source: match (scenario, addr) {

@@ -92,10 +92,37 @@ impl Scenario {
     }
 }
 
+/// What became of a scenario.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// It ran and the server detected it.
+    Detected,
+    /// It ran and the server did not detect it: a failure of the run.
+    Missed,
+    /// It could not run (see `skipped`): neither detected nor missed.
+    Skipped,
+}
+
+impl Outcome {
+    /// The label the text report shows.
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Detected => "DETECTED",
+            Outcome::Missed => "MISSED",
+            Outcome::Skipped => "SKIPPED",
+        }
+    }
+}
+
 /// One attacker's outcome.
 #[derive(Debug, Clone, Serialize)]
 pub struct ScenarioResult {
     pub scenario: Scenario,
+    /// Detected, missed, or skipped (could not run).
+    pub outcome: Outcome,
+    /// Why the scenario could not run, when it was skipped.
+    pub skipped: Option<String>,
     /// The compromised device.
     pub device: String,
     pub model: String,
@@ -115,6 +142,42 @@ pub struct ScenarioResult {
     pub time_to_detect_ms: Option<f64>,
     /// What was seen, or why it was not detected.
     pub note: String,
+}
+
+impl ScenarioResult {
+    /// A scenario that could not run, and why.
+    pub fn skipped(scenario: Scenario, why: impl Into<String>) -> Self {
+        let why = why.into();
+        Self {
+            scenario,
+            outcome: Outcome::Skipped,
+            skipped: Some(why.clone()),
+            device: String::new(),
+            model: String::new(),
+            source: String::new(),
+            detected: false,
+            findings: Vec::new(),
+            response: Vec::new(),
+            tier: None,
+            time_to_block_ms: None,
+            time_to_detect_ms: None,
+            note: why,
+        }
+    }
+
+    /// Marks a scenario that was staged but could not run, and why.
+    pub fn skip(&mut self, why: impl Into<String>) {
+        let why = why.into();
+        self.outcome = Outcome::Skipped;
+        self.detected = false;
+        self.note = why.clone();
+        self.skipped = Some(why);
+    }
+
+    /// Whether it ran (detected or missed).
+    pub fn ran(&self) -> bool {
+        self.skipped.is_none()
+    }
 }
 
 /// Latency percentiles of one operation.
@@ -192,8 +255,26 @@ impl FleetReport {
     /// restricted or worse.
     pub fn judge(&mut self) {
         self.failures.clear();
+        for s in &mut self.scenarios {
+            s.outcome = match (s.ran(), s.detected) {
+                (false, _) => Outcome::Skipped,
+                (true, true) => Outcome::Detected,
+                (true, false) => Outcome::Missed,
+            };
+        }
+        let skipped: Vec<&ScenarioResult> = self.scenarios.iter().filter(|s| !s.ran()).collect();
+        if !self.scenarios.is_empty() && skipped.len() == self.scenarios.len() {
+            self.failures.push(format!(
+                "no attack scenario ran, so nothing was shown about detection: {}",
+                skipped
+                    .iter()
+                    .map(|s| format!("{} skipped ({})", s.scenario.name(), s.note))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ));
+        }
         for s in &self.scenarios {
-            if !s.detected {
+            if s.ran() && !s.detected {
                 self.failures.push(format!(
                     "scenario {} on {} was not detected: {}",
                     s.scenario.name(),
@@ -302,10 +383,14 @@ impl FleetReport {
             let ttd = s
                 .time_to_detect_ms
                 .map_or(String::new(), |ms| format!(", in the API after {ms:.0} ms"));
+            if let Some(why) = &s.skipped {
+                let _ = writeln!(o, "  {:<8} {:<20} {why}", "SKIPPED", s.scenario.name());
+                continue;
+            }
             let _ = writeln!(
                 o,
-                "  {} {:<20} {} ({}, from {}): {}{ttd}",
-                if s.detected { "DETECTED" } else { "MISSED  " },
+                "  {:<8} {:<20} {} ({}, from {}): {}{ttd}",
+                s.outcome.label(),
                 s.scenario.name(),
                 s.device,
                 s.model,
@@ -387,10 +472,27 @@ impl FleetReport {
         }
         let _ = writeln!(o, "\nelapsed {:.1} s", self.elapsed_secs);
         if self.passed {
-            let _ = writeln!(
-                o,
-                "PASS: every attack scenario was detected and no benign device was restricted"
-            );
+            let skipped: Vec<&str> = self
+                .scenarios
+                .iter()
+                .filter(|s| !s.ran())
+                .map(|s| s.scenario.name())
+                .collect();
+            if skipped.is_empty() {
+                let _ = writeln!(
+                    o,
+                    "PASS: every attack scenario was detected and no benign device was restricted"
+                );
+            } else {
+                let _ = writeln!(
+                    o,
+                    "PASS: the {} attack scenario(s) that ran were all detected, {} could not \
+                     run ({}), and no benign device was restricted",
+                    self.scenarios.len() - skipped.len(),
+                    skipped.len(),
+                    skipped.join(", ")
+                );
+            }
         } else {
             for f in &self.failures {
                 let _ = writeln!(o, "FAIL: {f}");
@@ -415,6 +517,12 @@ mod tests {
     fn result(scenario: Scenario, detected: bool) -> ScenarioResult {
         ScenarioResult {
             scenario,
+            outcome: if detected {
+                Outcome::Detected
+            } else {
+                Outcome::Missed
+            },
+            skipped: None,
             device: "PMP-000001".into(),
             model: "pump-p7".into(),
             source: "127.0.1.1".into(),
@@ -517,6 +625,67 @@ mod tests {
             text.contains("FAIL: 1 benign device(s) restricted"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_skipped_scenario_is_neither_detected_nor_missed_and_all_skipped_does_not_pass() {
+        let enrolled = Load {
+            enrollment: Latency {
+                count: 10,
+                ..Latency::default()
+            },
+            ..Load::default()
+        };
+        let no_legacy = "the server has no plain MQTT listener (pass --legacy)";
+        let mut r = FleetReport {
+            scenarios: vec![
+                ScenarioResult::skipped(Scenario::BruteForce, no_legacy),
+                result(Scenario::PublishFlood, true),
+            ],
+            load: enrolled.clone(),
+            ..FleetReport::default()
+        };
+        r.judge();
+        assert!(r.passed, "{:?}", r.failures);
+        assert_eq!(r.scenarios[0].outcome, Outcome::Skipped);
+        assert_eq!(r.scenarios[1].outcome, Outcome::Detected);
+        let text = r.to_text();
+        assert!(
+            text.contains(&format!("SKIPPED  brute_force          {no_legacy}")),
+            "{text}"
+        );
+        assert!(!text.contains("MISSED"), "{text}");
+        assert!(
+            text.contains("PASS: the 1 attack scenario(s) that ran were all detected, 1 could not run (brute_force)"),
+            "{text}"
+        );
+        let json = serde_json::to_value(&r).expect("JSON");
+        assert_eq!(json["scenarios"][0]["outcome"], "skipped");
+        assert_eq!(json["scenarios"][0]["skipped"], no_legacy);
+        assert_eq!(json["scenarios"][0]["detected"], false);
+        assert_eq!(json["scenarios"][1]["outcome"], "detected");
+        assert!(json["scenarios"][1]["skipped"].is_null());
+
+        // A missed scenario beside a skipped one still fails, and only it is named.
+        r.scenarios[1].detected = false;
+        r.judge();
+        assert!(!r.passed);
+        assert_eq!(r.failures.len(), 1, "{:?}", r.failures);
+        assert!(r.failures[0].contains("publish_flood"), "{:?}", r.failures);
+        assert!(r.to_text().contains("MISSED   publish_flood"));
+
+        // Every scenario skipped: nothing was shown about detection, so no PASS.
+        r.scenarios[1].skip("the device PLC-000009 did not connect");
+        r.judge();
+        assert!(!r.passed);
+        assert_eq!(r.failures.len(), 1, "{:?}", r.failures);
+        assert!(r.failures[0].starts_with("no attack scenario ran"));
+        assert!(r.failures[0].contains("brute_force skipped"));
+        assert!(r.failures[0].contains("publish_flood skipped"));
+        let text = r.to_text();
+        assert!(!text.contains("PASS"), "{text}");
+        assert!(text.contains("FAIL: no attack scenario ran"), "{text}");
+        assert_eq!(r.scenarios[1].outcome, Outcome::Skipped);
     }
 
     #[test]
