@@ -45,6 +45,10 @@ pub struct DemoArgs {
     /// Keep the server's state in this directory instead of a temporary one.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// Without --once: after the report the fleet keeps running, and a new device attacks
+    /// this often (the scenarios in turn); 0s for none.
+    #[arg(long, default_value = "3m", value_parser = gatehouse_sim::bench::parse_duration)]
+    pub attack_every: std::time::Duration,
     #[command(flatten)]
     pub fleet: FleetArgs,
 }
@@ -166,6 +170,18 @@ fn demo_password(settings: &Settings) -> anyhow::Result<String> {
     Ok(password)
 }
 
+/// `3m`, `90s`, `1h` for a duration.
+fn humantime(d: std::time::Duration) -> String {
+    let s = d.as_secs();
+    if s >= 3600 && s.is_multiple_of(3600) {
+        format!("{} h", s / 3600)
+    } else if s >= 60 && s.is_multiple_of(60) {
+        format!("{} min", s / 60)
+    } else {
+        format!("{s} s")
+    }
+}
+
 /// Server logs go to a file in the demo's directory, not over the narration.
 fn init_file_logging(path: &Path) -> anyhow::Result<()> {
     let file = std::fs::File::create(path)
@@ -253,10 +269,16 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     };
     let opts = args.fleet.options(true, String::new(), DEMO_DEVICES)?;
     let outcome = tokio::select! {
-        r = fleet::run(target, opts, &narrator) => r,
+        r = async {
+            if args.once {
+                fleet::run(target, opts, &narrator).await.map(|r| (r, None))
+            } else {
+                fleet::run_and_keep(target, opts, &narrator).await
+            }
+        } => r,
         () = crate::serve::wait_for_signal() => Err(anyhow::anyhow!("interrupted")),
     };
-    let report = match outcome {
+    let (report, running) = match outcome {
         Ok(r) => r,
         Err(e) => {
             let _ = server.shutdown().await;
@@ -271,8 +293,22 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     }
     drop(out);
     if !args.once {
+        let fleet_line = match &running {
+            Some(r) if args.attack_every.is_zero() => format!(
+                "The simulated fleet keeps running ({} sessions): benign telemetry and the \
+                 console's commands, no further attacks.",
+                r.sessions()
+            ),
+            Some(r) => format!(
+                "The simulated fleet keeps running ({} sessions): benign telemetry and the \
+                 console's commands, and every {} a new device attacks (reported here).",
+                r.sessions(),
+                humantime(args.attack_every)
+            ),
+            None => "The fleet was only enrolled: no sessions.".to_owned(),
+        };
         narrator.say(format!(
-            "\nThe server keeps running with the fleet's state: REST API https://localhost:{port}/api/v1/incidents \
+            "\n{fleet_line}\nThe server keeps running with the fleet's state: REST API https://localhost:{port}/api/v1/incidents \
              (trust {ca}), MQTTS localhost:{mqtts}. Ctrl-C stops it.\n\
              The API takes the operator {DEMO_OPERATOR}'s token:\n\
              \n    curl --cacert {ca} -H \"Authorization: Bearer {api_token}\" \\\n        https://localhost:{port}/api/v1/incidents\n\n\
@@ -283,7 +319,23 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             ca = server.ca_file.display(),
             mqtts = server.mqtts.port(),
         ));
-        crate::serve::wait_for_signal().await;
+        match running {
+            Some(r) => {
+                let every = if args.attack_every.is_zero() {
+                    // No attacks: sleep for as long as anyone will watch.
+                    std::time::Duration::from_secs(u64::from(u32::MAX))
+                } else {
+                    args.attack_every
+                };
+                r.keep_on(crate::serve::wait_for_signal(), every, &narrator)
+                    .await;
+            }
+            None => crate::serve::wait_for_signal().await,
+        }
+        narrator.say("stopping: the fleet disconnects, then the server shuts down");
+        server.shutdown().await?;
+        // Stopped by the operator: the report above was the run's verdict.
+        return Ok(());
     }
     server.shutdown().await?;
     if !report.passed {

@@ -122,3 +122,160 @@ fn demo_detects_every_attack_scenario_and_restricts_no_benign_device() -> Result
     );
     Ok(())
 }
+
+/// Without `--once` the demo keeps its fleet running after the report, so that the
+/// dashboard it advertises shows live sessions: they stay open after the scripted
+/// attacks, an occasional attack is launched and reported, and Ctrl-C stops it cleanly.
+#[test]
+fn demo_keeps_the_fleet_running_until_interrupted() -> Result<()> {
+    use std::io::BufRead as _;
+    use std::process::Stdio;
+    use std::sync::mpsc;
+    use std::time::{Duration, Instant};
+
+    let dir = tempfile::tempdir()?;
+    let mut child = Command::new(support::binary())
+        .args([
+            "demo",
+            "--devices",
+            "20",
+            "--scenario",
+            "publish-flood",
+            "--warmup",
+            "1s",
+            "--attack-for",
+            "5s",
+            "--attack-every",
+            "2s",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting gatehouse demo")?;
+    let pid = child.id();
+    // Kill the demo whatever happens below.
+    struct Reap(std::process::Child);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let stderr = child.stderr.take().context("stderr")?;
+    let mut child = Reap(child);
+    let (tx, rx) = mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = String::new();
+    let mut wait_for = |what: &str, within: Duration| -> Result<String> {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    seen.push_str(&line);
+                    seen.push('\n');
+                    if line.contains(what) {
+                        return Ok(line);
+                    }
+                }
+                Err(_) => anyhow::bail!("no line with {what:?} on standard error: {seen}"),
+            }
+        }
+    };
+    let line = wait_for("Dashboard: https://localhost:", Duration::from_secs(240))?;
+    let port: u16 = line
+        .split("https://localhost:")
+        .nth(1)
+        .and_then(|r| r.split('/').next())
+        .and_then(|p| p.parse().ok())
+        .with_context(|| format!("no port in {line:?}"))?;
+    let ca = dir.path().join("data").join("ca").join("ca.crt");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let open = || -> Result<f64> {
+        let text = rt.block_on(https_get(port, &ca, "/metrics"))?;
+        Ok(support::metric_value(&text, "gatehouse_connections_open"))
+    };
+    // The 19 benign devices and the console, at least most of them, stay connected...
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut sessions = open()?;
+    while sessions < 15.0 {
+        ensure!(
+            Instant::now() < deadline,
+            "only {sessions} connections open after the report: {seen}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+        sessions = open()?;
+    }
+    // ...through an occasional attack, launched and reported on standard error...
+    wait_for("attack: publish_flood by a new", Duration::from_secs(60))?;
+    let outcome = wait_for("attack outcome: publish_flood by ", Duration::from_secs(90))?;
+    ensure!(
+        outcome.contains(": detected") && outcome.contains("Gatehouse:"),
+        "{outcome}"
+    );
+    let later = open()?;
+    ensure!(
+        later >= 15.0,
+        "{later} connections open after the occasional attack: {seen}"
+    );
+    // ...until Ctrl-C, after which the demo stops cleanly.
+    let status = Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()?;
+    ensure!(status.success(), "kill -INT failed");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = child.0.try_wait()? {
+            break s;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the demo did not exit after SIGINT: {seen}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(5)) {
+        seen.push_str(&line);
+        seen.push('\n');
+    }
+    ensure!(status.success(), "the demo exited with {status}: {seen}");
+    ensure!(seen.contains("stopping"), "{seen}");
+    Ok(())
+}
+
+/// `GET path` on the demo's HTTPS listener, trusting its CA.
+async fn https_get(port: u16, ca: &std::path::Path, path: &str) -> Result<String> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let pem = std::fs::read_to_string(ca).with_context(|| format!("reading {}", ca.display()))?;
+    let anchors = gatehouse_pki::load_certs_pem(&pem)?;
+    let config = gatehouse_pki::client_config(&anchors, None)?;
+    let connector = tokio_rustls::TlsConnector::from(config);
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let name = rustls::pki_types::ServerName::try_from("localhost")?;
+    let mut tls = connector.connect(name, tcp).await?;
+    tls.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
+    let mut response = Vec::new();
+    if let Err(e) = tls.read_to_end(&mut response).await
+        && response.is_empty()
+    {
+        return Err(e.into());
+    }
+    let (status, body) = support::http_status_and_body(&response)?;
+    ensure!(status == 200, "{path} answered {status}: {body}");
+    Ok(body)
+}

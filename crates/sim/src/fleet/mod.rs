@@ -19,6 +19,7 @@ pub mod report;
 pub mod server;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -210,6 +211,26 @@ pub async fn run(
     opts: FleetOptions,
     narrator: &Narrator,
 ) -> anyhow::Result<FleetReport> {
+    Ok(run_inner(target, opts, narrator, false).await?.0)
+}
+
+/// Runs a fleet against `target` and reports, then leaves the benign fleet and the
+/// console running: see [`Running`]. `None` for an enrollment-only run, which leaves no
+/// sessions.
+pub async fn run_and_keep(
+    target: Target,
+    opts: FleetOptions,
+    narrator: &Narrator,
+) -> anyhow::Result<(FleetReport, Option<Running>)> {
+    run_inner(target, opts, narrator, true).await
+}
+
+async fn run_inner(
+    target: Target,
+    opts: FleetOptions,
+    narrator: &Narrator,
+    keep: bool,
+) -> anyhow::Result<(FleetReport, Option<Running>)> {
     let started = Instant::now();
     let (nofile, _) = crate::bench::raise_nofile_limit();
     let needed = opts.devices as u64 + 256;
@@ -487,11 +508,12 @@ pub async fn run(
         report.load.process_rss_mib = process_rss_mib();
         report.elapsed_secs = started.elapsed().as_secs_f64();
         report.judge();
-        return Ok(report);
+        return Ok((report, None));
     }
 
-    // Sessions.
+    // Sessions. The attackers stop on their own signal, after the scripted attacks.
     let (stop_tx, stop_rx) = watch::channel(false);
+    let (attackers_stop_tx, attackers_stop_rx) = watch::channel(false);
     let (go_tx, go_rx) = watch::channel(false);
     let (report_tx, mut report_rx) = mpsc::unbounded_channel::<AttackReport>();
     let counters = Arc::new(Counters::default());
@@ -592,7 +614,11 @@ pub async fn run(
         };
         let shared = Shared {
             counters: counters.clone(),
-            stop: stop_rx.clone(),
+            stop: if attack.is_some() {
+                attackers_stop_rx.clone()
+            } else {
+                stop_rx.clone()
+            },
             go: go_rx.clone(),
             attack_for: opts.attack_for,
             benign_ids: benign_ids.clone(),
@@ -648,6 +674,7 @@ pub async fn run(
     ));
     if device_tasks.is_empty() {
         let _ = stop_tx.send(true);
+        let _ = attackers_stop_tx.send(true);
         bail!(
             "no device could connect to the server's MQTTS listener at {}{}",
             target.mqtts,
@@ -826,16 +853,272 @@ pub async fn run(
     report.load.sessions_at_peak = counters.peak_sessions.load(Ordering::Relaxed);
     report.load.command_round_trip = latency(&rtt.lock(), 0, report.load.traffic_secs);
     report.load.process_rss_mib = process_rss_mib();
-    let _ = stop_tx.send(true);
-    for t in device_tasks {
-        let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
-    }
-    if let Some(t) = console_task {
-        let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
-    }
+    // The scripted attackers are done: they leave.
+    let _ = attackers_stop_tx.send(true);
     report.elapsed_secs = started.elapsed().as_secs_f64();
     report.judge();
-    Ok(report)
+    let running = Running {
+        ctx: Arc::new(AttackContext {
+            api,
+            target,
+            tenant: opts.tenant.clone(),
+            run_id,
+            counters,
+            benign_ids,
+            credentials,
+            source_addrs: opts.source_addrs.clone(),
+            attacker_addrs: opts.attacker_addrs.clone(),
+            first_address: plan.attackers.len(),
+            first_index: n + 1,
+            attack_for: opts.attack_for,
+            detect_wait: opts.detect_wait,
+        }),
+        scenarios: runnable,
+        launched: 0,
+        stop_tx,
+        device_tasks,
+        console_task,
+    };
+    if keep {
+        return Ok((report, Some(running)));
+    }
+    running.stop().await;
+    Ok((report, None))
+}
+
+/// What an occasional attack needs of the fleet it joins.
+#[derive(Debug)]
+struct AttackContext {
+    api: Api,
+    target: Target,
+    tenant: String,
+    run_id: String,
+    counters: Arc<Counters>,
+    benign_ids: Arc<Vec<String>>,
+    credentials: Arc<Vec<(String, String)>>,
+    source_addrs: Vec<IpAddr>,
+    attacker_addrs: Vec<IpAddr>,
+    /// The first attacker address the scripted attacks left unused.
+    first_address: usize,
+    /// The first device index the scripted fleet left unused.
+    first_index: usize,
+    attack_for: Duration,
+    detect_wait: Duration,
+}
+
+/// A fleet left running after its report (`gatehouse demo` without `--once`): the benign
+/// devices go on with their telemetry at their cadence and the console with its
+/// commands, and [`Running::keep_on`] launches an occasional attack, each by a new
+/// device enrolled for it, and says what the server did about it.
+#[derive(Debug)]
+pub struct Running {
+    ctx: Arc<AttackContext>,
+    scenarios: Vec<Scenario>,
+    launched: usize,
+    stop_tx: watch::Sender<bool>,
+    device_tasks: Vec<tokio::task::JoinHandle<()>>,
+    console_task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Sessions of the fleet open now.
+    pub fn sessions(&self) -> u64 {
+        self.ctx.counters.sessions.load(Ordering::Relaxed)
+    }
+
+    /// Keeps the fleet running until `until` completes, launching one attack (the
+    /// scenarios in turn) every `every`, then stops it.
+    pub async fn keep_on(
+        mut self,
+        until: impl std::future::Future<Output = ()>,
+        every: Duration,
+        narrator: &Narrator,
+    ) {
+        tokio::pin!(until);
+        loop {
+            tokio::select! {
+                () = &mut until => break,
+                () = tokio::time::sleep(every) => {}
+            }
+            let Some(scenario) = (!self.scenarios.is_empty())
+                .then(|| self.scenarios[self.launched % self.scenarios.len()])
+            else {
+                continue;
+            };
+            let seq = self.launched;
+            self.launched += 1;
+            let ctx = self.ctx.clone();
+            tokio::select! {
+                () = &mut until => break,
+                r = attack_once(ctx, scenario, seq, narrator) => match r {
+                    Ok(line) => narrator.say(line),
+                    Err(e) => narrator.say(format!("attack {}: could not run: {e:#}", scenario.name())),
+                },
+            }
+        }
+        self.stop().await;
+    }
+
+    /// Stops every device and the console, and waits for them to disconnect.
+    pub async fn stop(self) {
+        let _ = self.stop_tx.send(true);
+        let all = async {
+            for t in self.device_tasks {
+                let _ = t.await;
+            }
+            if let Some(t) = self.console_task {
+                let _ = t.await;
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(10), all).await;
+    }
+}
+
+/// One occasional attack: a new device of the scenario's model enrolls with a one-use
+/// token, connects, behaves for a moment, attacks; then what the server detected and did
+/// is read back, the device leaves, and the outcome is returned as a line.
+async fn attack_once(
+    ctx: Arc<AttackContext>,
+    scenario: Scenario,
+    seq: usize,
+    narrator: &Narrator,
+) -> anyhow::Result<String> {
+    let kind = stage(scenario);
+    let index = ctx.first_index + seq;
+    let id = device_id(kind, index, &ctx.run_id);
+    let addr = (!ctx.attacker_addrs.is_empty())
+        .then(|| ctx.attacker_addrs[(ctx.first_address + seq) % ctx.attacker_addrs.len()]);
+    narrator.say(format!(
+        "attack: {} by a new {} {id}{}: {}",
+        scenario.name(),
+        kind.name(),
+        addr.map_or(String::new(), |a| format!(" from {a}")),
+        scenario.describe()
+    ));
+    let t = ctx
+        .api
+        .post_json(
+            "/api/v1/tokens",
+            &json!({
+                "tenant": ctx.tenant,
+                "model": scoped(kind.model(), &ctx.run_id),
+                "max_uses": 1,
+                "expires_in": 600,
+            }),
+            &[201],
+        )
+        .await?;
+    let token = EnrollmentToken::new(
+        t["token"]["id"].as_str().context("token id")?,
+        t["secret"].as_str().context("token secret")?,
+    )?
+    .for_device(id.parse().context("device id")?)
+    .in_tenant(ctx.tenant.parse().context("tenant id")?);
+    let est = EstClient::new(&ctx.target.https_url(), ctx.target.anchors.clone())?;
+    let creds = gatehouse_agent::enroll(&est, &Enrollment::Token(token))
+        .await
+        .context("enrolling over EST")?
+        .credentials;
+    let bind = match scenario {
+        Scenario::ClonedCertificate => {
+            (!ctx.source_addrs.is_empty()).then(|| ctx.source_addrs[index % ctx.source_addrs.len()])
+        }
+        _ => addr,
+    };
+    let opts = ConnectOptions {
+        addr: ctx.target.mqtts,
+        bind,
+        tls: ctx.target.client_tls(
+            Some((creds.chain().to_vec(), creds.key().clone_key())),
+            false,
+        )?,
+        server_name: ctx.target.server_name.clone(),
+        version: ProtocolVersion::V5,
+        client_id: id.clone(),
+        keep_alive: KEEP_ALIVE,
+        receive_maximum: None,
+        read_chunk: READ_CHUNK,
+        timeout: Duration::from_secs(20),
+    };
+    let (client, _) = Client::connect(&opts)
+        .await
+        .with_context(|| format!("connecting to MQTTS {}", ctx.target.mqtts))?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (go_tx, go_rx) = watch::channel(false);
+    let (report_tx, mut report_rx) = mpsc::unbounded_channel::<AttackReport>();
+    let state = AttackState::new(id.clone(), scenario, report_tx);
+    let dev = Device {
+        index,
+        id: id.clone(),
+        kind,
+        attack: Some(scenario),
+        opts,
+        signer: PostureSigner::new(&creds).ok().map(Arc::new),
+        sensor: models::Sensor::new(kind, index as u64),
+    };
+    let shared = Shared {
+        counters: ctx.counters.clone(),
+        stop: stop_rx,
+        go: go_rx,
+        attack_for: ctx.attack_for,
+        benign_ids: ctx.benign_ids.clone(),
+        legacy: ctx.target.legacy,
+        attacker_addr: addr,
+        credentials: ctx.credentials.clone(),
+    };
+    let task = tokio::spawn(dev.run(client, shared, Some(state)));
+    // A moment of normal behaviour (its posture in), then the attack.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let _ = go_tx.send(true);
+    let mut reports = HashMap::new();
+    if let Ok(Some(r)) =
+        tokio::time::timeout(ctx.attack_for + Duration::from_secs(5), report_rx.recv()).await
+    {
+        reports.insert(r.device.clone(), r);
+    }
+    let plan = Plan {
+        kinds: vec![kind],
+        ids: vec![id.clone()],
+        attackers: BTreeMap::from([(0, scenario)]),
+    };
+    let addrs = HashMap::from([(0, addr)]);
+    let deadline = Instant::now() + ctx.detect_wait;
+    let result = loop {
+        let mut results = verify(&ctx.api, &ctx.tenant, &plan, &addrs, &reports).await?;
+        let r = results.pop().context("no result")?;
+        if r.detected || Instant::now() >= deadline {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    let mut line = format!(
+        "attack outcome: {} by {id}: {}",
+        scenario.name(),
+        if result.detected {
+            "detected"
+        } else {
+            "NOT detected"
+        }
+    );
+    if let Some(ms) = result.time_to_block_ms {
+        let _ = write!(line, ", blocked on the wire after {ms:.0} ms");
+    }
+    if !result.findings.is_empty() {
+        let _ = write!(line, "; incidents: {}", result.findings.join(", "));
+    }
+    let mut response = result.response.clone();
+    if let Some(t) = &result.tier {
+        response.push(format!("tier {t}"));
+    }
+    if !response.is_empty() {
+        let _ = write!(line, "; Gatehouse: {}", response.join(", "));
+    }
+    if !result.note.is_empty() {
+        let _ = write!(line, " ({})", result.note);
+    }
+    Ok(line)
 }
 
 /// Why `scenario` cannot run against `target`, if it cannot.
