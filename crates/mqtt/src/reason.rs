@@ -53,6 +53,67 @@ impl ReasonCode {
     pub const SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED: Self = Self(0xA1);
     pub const WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED: Self = Self(0xA2);
 
+    /// The code's name in the MQTT 5.0 specification (§2.4), lower case: `0x87` → "not
+    /// authorized". 0x00 is "success" (a DISCONNECT calls it normal disconnection, a
+    /// SUBACK granted QoS 0). `None` for a byte the specification does not define.
+    pub fn name(self) -> Option<&'static str> {
+        Some(match self.0 {
+            0x00 => "success",
+            0x01 => "granted QoS 1",
+            0x02 => "granted QoS 2",
+            0x04 => "disconnect with will message",
+            0x10 => "no matching subscribers",
+            0x11 => "no subscription existed",
+            0x18 => "continue authentication",
+            0x19 => "re-authenticate",
+            0x80 => "unspecified error",
+            0x81 => "malformed packet",
+            0x82 => "protocol error",
+            0x83 => "implementation specific error",
+            0x84 => "unsupported protocol version",
+            0x85 => "client identifier not valid",
+            0x86 => "bad user name or password",
+            0x87 => "not authorized",
+            0x88 => "server unavailable",
+            0x89 => "server busy",
+            0x8A => "banned",
+            0x8B => "server shutting down",
+            0x8C => "bad authentication method",
+            0x8D => "keep alive timeout",
+            0x8E => "session taken over",
+            0x8F => "topic filter invalid",
+            0x90 => "topic name invalid",
+            0x91 => "packet identifier in use",
+            0x92 => "packet identifier not found",
+            0x93 => "receive maximum exceeded",
+            0x94 => "topic alias invalid",
+            0x95 => "packet too large",
+            0x96 => "message rate too high",
+            0x97 => "quota exceeded",
+            0x98 => "administrative action",
+            0x99 => "payload format invalid",
+            0x9A => "retain not supported",
+            0x9B => "QoS not supported",
+            0x9C => "use another server",
+            0x9D => "server moved",
+            0x9E => "shared subscriptions not supported",
+            0x9F => "connection rate exceeded",
+            0xA0 => "maximum connect time",
+            0xA1 => "subscription identifiers not supported",
+            0xA2 => "wildcard subscriptions not supported",
+            _ => return None,
+        })
+    }
+
+    /// The code in hex with its name, for people: `0x87 (not authorized)`. (`Display`
+    /// stays the bare `0x87`, which metric labels use.)
+    pub fn explained(self) -> String {
+        match self.name() {
+            Some(name) => format!("0x{:02X} ({name})", self.0),
+            None => format!("0x{:02X} (not an MQTT 5 reason code)", self.0),
+        }
+    }
+
     /// Whether the code reports a failure (0x80 and above).
     pub fn is_error(self) -> bool {
         self.0 >= 0x80
@@ -129,5 +190,35 @@ impl ReasonCode {
 impl std::fmt::Display for ReasonCode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "0x{:02X}", self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reason_codes_are_explained_with_their_names_in_the_specification() {
+        assert_eq!(
+            ReasonCode::NOT_AUTHORIZED.explained(),
+            "0x87 (not authorized)"
+        );
+        assert_eq!(ReasonCode::BANNED.explained(), "0x8A (banned)");
+        assert_eq!(
+            ReasonCode::CONNECTION_RATE_EXCEEDED.explained(),
+            "0x9F (connection rate exceeded)"
+        );
+        assert_eq!(ReasonCode::SUCCESS.name(), Some("success"));
+        assert_eq!(
+            ReasonCode(0x03).explained(),
+            "0x03 (not an MQTT 5 reason code)"
+        );
+        // Every code the crate names has a name; Display stays bare (metric labels).
+        for code in (0..=0xFFu8).map(ReasonCode) {
+            if code.is_valid_for(14) || code.is_valid_for(2) || code.is_valid_for(9) {
+                assert!(code.name().is_some(), "{code} has no name");
+            }
+        }
+        assert_eq!(ReasonCode::NOT_AUTHORIZED.to_string(), "0x87");
     }
 }

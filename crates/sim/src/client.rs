@@ -80,7 +80,7 @@ pub enum ClientError {
     #[error("invalid topic: {0}")]
     Topic(#[from] TopicError),
     /// The server refused CONNECT or SUBSCRIBE, or disconnected us, with this reason code.
-    #[error("refused by server with reason code {0}")]
+    #[error("refused by server with reason code {}", .0.explained())]
     Refused(ReasonCode),
     /// The server closed the connection.
     #[error("connection closed by server")]

@@ -425,7 +425,7 @@ impl Device {
                         return Ok(End::TakenOver);
                     }
                     Packet::Disconnect(d) => {
-                        return Ok(End::Ended(format!("DISCONNECT 0x{:02x}", d.reason.0)));
+                        return Ok(End::Ended(format!("DISCONNECT {}", d.reason.explained())));
                     }
                     Packet::SubAck(ack) => {
                         if let (Some(a), Err(e)) = (attack, granted(&ack)) {
@@ -601,7 +601,7 @@ async fn run_clone(
                         }
                         Ok(Packet::Disconnect(d)) if d.reason == ReasonCode::SESSION_TAKEN_OVER => break,
                         Ok(Packet::Disconnect(d)) => {
-                            attack.lock().block(format!("the clone was disconnected (0x{:02x})", d.reason.0));
+                            attack.lock().block(format!("the clone was disconnected ({})", d.reason.explained()));
                             return;
                         }
                         Ok(_) => {}

@@ -525,7 +525,7 @@ fn round_note(round: usize, r: &Round) -> String {
         .collect::<Vec<_>>()
         .join("; ");
     format!(
-        "round {round} ({}, {}): {first}; blocked at {}; probe refused (0x87) at {}; notices: \
+        "round {round} ({}, {}): {first}; blocked at {}; probe refused (0x87, not authorized) at {}; notices: \
          {}; session ended: {}; sent {} malicious packets{} and {} probes ({} accepted, {} \
          refused, {} other); verdict after: {}{}; incidents: {}",
         r.mode.name(),
@@ -691,7 +691,9 @@ impl Seen {
     /// The first enforcement seen, and what it was.
     pub fn first(&self) -> Option<(Duration, &'static str)> {
         let notice = self.notices.first().map(|(d, _)| (*d, "notice"));
-        let probe = self.probe_refused.map(|d| (d, "probe refused (0x87)"));
+        let probe = self
+            .probe_refused
+            .map(|d| (d, "probe refused: 0x87 (not authorized)"));
         let ended = self.ended.as_ref().map(|(d, _)| (*d, "session ended"));
         [notice, probe, ended]
             .into_iter()
@@ -1065,7 +1067,7 @@ impl DeviceTask {
                         Ok(())
                     }
                     Ok(Packet::Disconnect(d)) => {
-                        seen.ended = Some((start.elapsed(), format!("DISCONNECT 0x{:02x}", d.reason.0)));
+                        seen.ended = Some((start.elapsed(), format!("DISCONNECT {}", d.reason.explained())));
                         Ok(())
                     }
                     Ok(_) => Ok(()),

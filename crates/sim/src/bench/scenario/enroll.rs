@@ -591,7 +591,10 @@ async fn revoke_and_watch(
             loop {
                 match client.recv().await {
                     Ok(Packet::Disconnect(d)) => {
-                        return (Instant::now(), format!("DISCONNECT 0x{:02x}", d.reason.0));
+                        return (
+                            Instant::now(),
+                            format!("DISCONNECT {}", d.reason.explained()),
+                        );
                     }
                     Ok(_) => {}
                     Err(e) => return (Instant::now(), e.to_string()),

@@ -614,7 +614,7 @@ impl SessionTask {
                         if let Some(at) = publishing.iter().position(|(id, _)| *id == ack.packet_id) {
                             let (_, done) = publishing.swap_remove(at);
                             let _ = done.send(if ack.reason.is_error() {
-                                Err(format!("PUBACK reason 0x{:02x}", ack.reason.0))
+                                Err(format!("PUBACK reason {}", ack.reason.explained()))
                             } else {
                                 Ok(())
                             });
