@@ -110,3 +110,76 @@ async fn sim_against_a_closed_port_fails_at_once_naming_the_address_and_the_caus
     );
     Ok(())
 }
+
+/// Against a server without a plain MQTT listener the brute force cannot run: it is
+/// reported as skipped with the reason, neither detected nor missed, beside a scenario
+/// that ran and was detected. A run where every scenario was skipped does not pass.
+#[tokio::test]
+async fn scenarios_that_cannot_run_are_reported_skipped_not_missed() -> Result<()> {
+    let gh = Gatehouse::start_default().await?;
+    ensure!(
+        gh.listeners.mqtt.is_none(),
+        "the server has a plain listener"
+    );
+    let target = [
+        format!("--server=https://localhost:{}", gh.listeners.https.port()),
+        format!("--mqtt=localhost:{}", gh.listeners.mqtts.port()),
+        "--json".to_owned(),
+        "--scenario=brute-force".to_owned(),
+    ];
+
+    let mut args = target.to_vec();
+    args.push("--scenario=publish-flood".to_owned());
+    let out = sim(&gh, &args).await?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let report: serde_json::Value =
+        serde_json::from_slice(&out.stdout).with_context(|| format!("no JSON report: {stderr}"))?;
+    let scenarios = report["scenarios"].as_array().context("scenarios")?;
+    let brute = scenarios
+        .iter()
+        .find(|s| s["scenario"] == "brute_force")
+        .with_context(|| format!("brute_force not in the report: {report:#}"))?;
+    ensure!(
+        brute["outcome"] == "skipped"
+            && brute["detected"] == false
+            && brute["skipped"]
+                .as_str()
+                .is_some_and(|r| r.contains("--legacy")),
+        "{brute:#}"
+    );
+    let flood = scenarios
+        .iter()
+        .find(|s| s["scenario"] == "publish_flood")
+        .with_context(|| format!("publish_flood not in the report: {report:#}"))?;
+    ensure!(
+        flood["outcome"] == "detected" && flood["skipped"].is_null(),
+        "{flood:#}\n{stderr}"
+    );
+    ensure!(
+        report["passed"] == true && out.status.success(),
+        "{}\n{stderr}",
+        report["failures"]
+    );
+    ensure!(stderr.contains("skipping brute_force"), "{stderr}");
+
+    // Only the brute force: nothing ran, so no PASS.
+    let out = sim(&gh, &target).await?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let report: serde_json::Value =
+        serde_json::from_slice(&out.stdout).with_context(|| format!("no JSON report: {stderr}"))?;
+    ensure!(!out.status.success(), "exited {}: {stderr}", out.status);
+    ensure!(report["passed"] == false, "{report:#}");
+    ensure!(
+        report["failures"][0]
+            .as_str()
+            .is_some_and(|f| f.starts_with("no attack scenario ran")),
+        "{}",
+        report["failures"]
+    );
+    ensure!(
+        report["scenarios"][0]["outcome"] == "skipped",
+        "{}",
+        report["scenarios"]
+    );
+    Ok(())
+}
