@@ -161,6 +161,31 @@ impl AttackState {
     }
 }
 
+/// The gate's notice on `$gatehouse/{device}/notice`, in words: which subscriptions
+/// were removed and why (the raw text when it is not the notice's JSON).
+pub(crate) fn describe_notice(payload: &[u8]) -> String {
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(payload) else {
+        return format!("a notice: {}", String::from_utf8_lossy(payload));
+    };
+    let filters: Vec<&str> = v["filters"]
+        .as_array()
+        .map(|f| f.iter().filter_map(serde_json::Value::as_str).collect())
+        .unwrap_or_default();
+    match (v["event"].as_str(), filters.as_slice()) {
+        (Some("subscriptions_removed"), []) => "its subscriptions were removed".to_owned(),
+        (Some("subscriptions_removed"), f) => format!(
+            "its subscription{} to {} {} removed{}",
+            if f.len() == 1 { "" } else { "s" },
+            f.join(", "),
+            if f.len() == 1 { "was" } else { "were" },
+            v["reason"]
+                .as_str()
+                .map_or(String::new(), |r| format!(" ({r})"))
+        ),
+        _ => format!("a notice: {v}"),
+    }
+}
+
 /// What a device is and does.
 #[derive(Debug)]
 pub struct Device {
@@ -398,10 +423,7 @@ impl Device {
                         }
                         if p.topic == notice {
                             match attack {
-                                Some(a) => a.lock().block(format!(
-                                    "subscriptions removed ({})",
-                                    String::from_utf8_lossy(&p.payload)
-                                )),
+                                Some(a) => a.lock().block(describe_notice(&p.payload)),
                                 None => sh.counters.benign_enforced.lock().push(self.id.clone()),
                             }
                         } else if p.topic.starts_with(&format!("devices/{}/commands/", self.id)) {
@@ -793,6 +815,22 @@ pub fn load_credentials(path: Option<&std::path::Path>) -> (Vec<(String, String)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_gates_notice_is_told_in_words() {
+        let notice = br#"{"event":"subscriptions_removed","filters":["devices/+/telemetry/#"],"reason":"no longer allowed by the device's verdict"}"#;
+        assert_eq!(
+            describe_notice(notice),
+            "its subscription to devices/+/telemetry/# was removed (no longer allowed by the \
+             device's verdict)"
+        );
+        let two = br#"{"event":"subscriptions_removed","filters":["a/#","b/+"]}"#;
+        assert_eq!(
+            describe_notice(two),
+            "its subscriptions to a/#, b/+ were removed"
+        );
+        assert_eq!(describe_notice(b"\xff"), "a notice: \u{fffd}");
+    }
 
     #[test]
     fn credentials_come_from_the_csv_or_the_builtin_list() {

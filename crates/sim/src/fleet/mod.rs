@@ -741,10 +741,10 @@ async fn run_inner(
                 phase.inc(1);
                 let line = match (&r.started, &r.blocked) {
                     (Some(s), Some((at, how))) => format!(
-                        "  {} {:<20} {} blocked after {:.0} ms: {how}",
+                        "  {} {:<20} {} enforced on the wire after {:.0} ms: {how}",
                         "+", r.scenario.name(), r.device, at.duration_since(*s).as_secs_f64() * 1000.0
                     ),
-                    _ => format!("  {} {:<20} {} not blocked on the wire{}", "-", r.scenario.name(), r.device,
+                    _ => format!("  {} {:<20} {} no enforcement on the wire{}", "-", r.scenario.name(), r.device,
                         if r.note.is_empty() { String::new() } else { format!(" ({})", r.note) }),
                 };
                 narrator.say(line);
@@ -1103,7 +1103,7 @@ async fn attack_once(
         }
     );
     if let Some(ms) = result.time_to_block_ms {
-        let _ = write!(line, ", blocked on the wire after {ms:.0} ms");
+        let _ = write!(line, ", enforced on the wire after {ms:.0} ms");
     }
     if !result.findings.is_empty() {
         let _ = write!(line, "; incidents: {}", result.findings.join(", "));

@@ -377,9 +377,13 @@ impl FleetReport {
         }
         let _ = writeln!(o, "\nAttacks");
         for s in &self.scenarios {
-            let ttb = s.time_to_block_ms.map_or("not blocked".to_owned(), |ms| {
-                format!("blocked in {ms:.0} ms")
-            });
+            // What the enforcement was is in the note below: a quarantine may remove
+            // subscriptions and leave the session, which is not a disconnection.
+            let ttb = s
+                .time_to_block_ms
+                .map_or("no enforcement on the wire".to_owned(), |ms| {
+                    format!("enforced on the wire after {ms:.0} ms")
+                });
             let ttd = s
                 .time_to_detect_ms
                 .map_or(String::new(), |ms| format!(", in the API after {ms:.0} ms"));
