@@ -7,6 +7,7 @@ mod https;
 mod output;
 mod registry_cli;
 mod replay;
+mod sbom;
 mod serve;
 
 use std::io::Read;
@@ -99,6 +100,11 @@ enum Command {
     Profile {
         #[command(subcommand)]
         command: replay::ProfileCommand,
+    },
+    /// Software bills of materials (CycloneDX and SPDX JSON).
+    Sbom {
+        #[command(subcommand)]
+        command: sbom::SbomCommand,
     },
     #[command(flatten)]
     Registry(registry_cli::RegistryCommand),
@@ -274,6 +280,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Registry(command) => registry_cli::run(command, config),
         Command::Replay(args) => replay::run(args),
         Command::Profile { command } => replay::profile(command),
+        Command::Sbom { command } => sbom::run(command),
         Command::Bench(args) => {
             tracing_subscriber::fmt()
                 .with_env_filter(
