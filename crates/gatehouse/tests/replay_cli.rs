@@ -99,6 +99,23 @@ fn replay_scores_a_capture_and_a_telemetry_file() -> Result<()> {
     Ok(())
 }
 
+/// `gatehouse profile learn FILE --out PROFILE`, for a made-up manufacturer and firmware.
+fn learn(file: &std::path::Path, profile: &std::path::Path) -> Result<()> {
+    let out = Command::new(support::binary())
+        .args(["profile", "learn", "--manufacturer", "acme"])
+        .args(["--firmware", "1.0.0", "--out"])
+        .arg(profile)
+        .arg(file)
+        .output()
+        .context("running gatehouse profile learn")?;
+    ensure!(
+        out.status.success(),
+        "profile learn failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
 /// A profile learned from a telemetry file's benign rows is one the server takes, and
 /// scoring the same file with it flags no benign row, while readings that leave the
 /// benign range (the GPS tracker's DDoS rows reach twice its benign latitude) or jump
@@ -110,25 +127,7 @@ fn a_profile_learned_from_benign_rows_flags_no_benign_row() -> Result<()> {
     };
     let dir = tempfile::tempdir()?;
     let profile = dir.path().join("gps.toml");
-    let out = Command::new(support::binary())
-        .args([
-            "profile",
-            "learn",
-            "--manufacturer",
-            "acme",
-            "--firmware",
-            "1.0.0",
-        ])
-        .arg("--out")
-        .arg(&profile)
-        .arg(&gps)
-        .output()
-        .context("running gatehouse profile learn")?;
-    ensure!(
-        out.status.success(),
-        "profile learn failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    learn(&gps, &profile)?;
     let text = std::fs::read_to_string(&profile)?;
     // What the server would be given: it parses as a model profile, with both readings
     // bounded on the file's topic.
@@ -184,24 +183,7 @@ fn learned_profiles_keep_the_normal_rows_false_positive_rate_under_the_bar() -> 
     let mut args = Vec::new();
     for (i, file) in files.iter().enumerate() {
         let profile = dir.path().join(format!("{i}.toml"));
-        let out = Command::new(support::binary())
-            .args([
-                "profile",
-                "learn",
-                "--manufacturer",
-                "acme",
-                "--firmware",
-                "1.0.0",
-            ])
-            .arg("--out")
-            .arg(&profile)
-            .arg(file)
-            .output()?;
-        ensure!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        learn(file, &profile)?;
         args.push("--profile".to_owned());
         args.push(profile.to_string_lossy().into_owned());
     }
