@@ -510,8 +510,10 @@ pub struct Settings {
     pub detection: Option<gatehouse_runtime::DetectionSettings>,
     /// `[api]`: operator sessions, logins and API tokens.
     pub api: gatehouse_api::AuthSettings,
-    /// `[api]`: HTTPS connections open at once, and TLS handshakes at once.
-    pub https_connections: (usize, usize),
+    /// The HTTPS listener's limits: request bodies (`enrollment.max_request_body`),
+    /// handshake and header deadlines (`[limits]`), connections and handshakes at once
+    /// (`[api]`).
+    pub http_limits: gatehouse_api::HttpLimits,
     /// `[passwords]`: the budget of password checks.
     pub passwords: gatehouse_pki::password::PasswordBudget,
 }
@@ -940,6 +942,12 @@ impl Settings {
 
         let data_dir = raw.data_dir;
         let save_interval = raw.persistence.save_interval;
+        let http_limits = gatehouse_api::HttpLimits::new(
+            enrollment.max_request_body,
+            limits.tls_handshake_timeout,
+            limits.connect_timeout,
+        )
+        .with_connections(https_connections.0, https_connections.1);
         Ok(Self {
             broker: BrokerConfig {
                 limits,
@@ -965,7 +973,7 @@ impl Settings {
             trust,
             detection,
             api,
-            https_connections,
+            http_limits,
             passwords,
         })
     }

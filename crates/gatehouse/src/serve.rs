@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use arc_swap::ArcSwap;
-use gatehouse_api::{ApiMetrics, ApiState, HttpLimits};
+use gatehouse_api::{ApiMetrics, ApiState};
 use gatehouse_broker::Broker;
 use gatehouse_pki::password::PasswordChecks;
 use gatehouse_pki::{ClientAuth, Enroller, IssuedCert, PublishedCrl, ServerTlsBuilder};
@@ -253,12 +253,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
             stop_rx.clone(),
         );
     }
-    let limits = HttpLimits::new(
-        settings.enrollment.max_request_body,
-        settings.broker.limits.tls_handshake_timeout,
-        settings.broker.limits.connect_timeout,
-    )
-    .with_connections(settings.https_connections.0, settings.https_connections.1);
+    let limits = settings.http_limits;
     let app = gatehouse_api::router(
         ApiState {
             enroller,

@@ -175,9 +175,7 @@ impl Probe {
         times.sort();
         Ok(Served { times })
     }
-}
 
-impl Probe {
     /// `count` probe devices named `{name}-{n}`, with their certificates.
     fn devices(
         gh: &Gatehouse,
